@@ -1,0 +1,1 @@
+"""Analysis: agreement, disease associations, tables, figures and the report."""

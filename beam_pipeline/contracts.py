@@ -1,0 +1,127 @@
+"""The project's contracts, defined once and imported wherever they are used.
+
+Everything here is plain Python (no Beam, no TensorFlow) so that the pipeline, the trainer, the
+analysis and the synthetic generator can all import it cheaply.
+
+Tensor layout
+-------------
+A participant's short-axis stack at end-diastole is a float32 array of shape
+``(TENSOR_ROWS, TENSOR_COLS, TENSOR_SLICES, 1)`` = ``(256, 256, 13, 1)``, axes
+``(row, column, slice, channel)``:
+
+* slices are ordered **base to apex** along the slice normal; slice ``k`` of the acquisition sits at
+  index ``k``; indices past the acquired slice count are zero (padding at the apical end);
+* each slice is **zero-padded centred** in-plane (an odd remainder goes to the bottom/right); a slice
+  larger than 256 in either dimension is centre-cropped and flagged;
+* intensities are normalised **per image** (per participant volume) to mean 0 / sd 1 over the acquired
+  pixels (Khurshid et al. 2021); padding stays exactly 0;
+* the voxel size travels beside the tensor as ``spacing_mm = (row_mm, col_mm, slice_mm)`` where
+  ``row_mm``/``col_mm`` are DICOM PixelSpacing (0028,0030) [0]/[1] and ``slice_mm`` is the centre-to-centre
+  slice distance.
+
+Label volumes (InlineVF-derived training labels, model argmax) use the same layout without the
+channel axis, dtype uint8, values from :data:`LABEL_MAP`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- Tensor layout --------------------------------------------------------------------------------
+TENSOR_ROWS: Final = 256
+TENSOR_COLS: Final = 256
+TENSOR_SLICES: Final = 13
+TENSOR_CHANNELS: Final = 1
+TENSOR_SHAPE: Final = (TENSOR_ROWS, TENSOR_COLS, TENSOR_SLICES, TENSOR_CHANNELS)
+LABEL_VOLUME_SHAPE: Final = (TENSOR_ROWS, TENSOR_COLS, TENSOR_SLICES)
+TENSOR_DTYPE: Final = "float32"
+SLICE_ORDER: Final = "base_to_apex"
+PADDING: Final = "zero_centred"
+NORMALISATION: Final = "per_image_zscore_over_acquired_pixels"
+SPACING_FIELDS: Final = ("row_mm", "col_mm", "slice_mm")
+
+# --- Label map ------------------------------------------------------------------------------------
+BACKGROUND: Final = 0
+LV_CAVITY: Final = 1
+MYOCARDIUM: Final = 2
+LABEL_MAP: Final = {"background": BACKGROUND, "lv_cavity": LV_CAVITY, "myocardium": MYOCARDIUM}
+NUM_CLASSES: Final = len(LABEL_MAP)
+
+# --- Methods (one results row per participant x instance x method) --------------------------------
+METHOD_ML4H_SEG: Final = "ml4h_seg"
+METHOD_ML4H_REG: Final = "ml4h_reg"
+METHOD_INLINEVF: Final = "inlinevf"
+METHOD_INLINEVF_RECALIBRATED: Final = "inlinevf_recalibrated"
+INPUT_METHODS: Final = (METHOD_ML4H_SEG, METHOD_ML4H_REG, METHOD_INLINEVF)
+ALL_METHODS: Final = (*INPUT_METHODS, METHOD_INLINEVF_RECALIBRATED)
+
+# --- The paper's numbers (Khurshid et al. 2021) ---------------------------------------------------
+MYOCARDIAL_DENSITY_G_PER_ML: Final = 1.05
+PAPER_SLICE_DEPTH_MM: Final = 10.0
+INLINEVF_RECALIBRATION_SLOPE: Final = 0.543487
+INLINEVF_RECALIBRATION_INTERCEPT_G: Final = 5.808005
+LVH_LVMI_THRESHOLD_G_M2: Final = {"male": 72.0, "female": 55.0}
+LVH_PERCENTILE: Final = 90.0
+SEXES: Final = ("female", "male")
+
+# --- UK Biobank bulk field and file naming --------------------------------------------------------
+SAX_FIELD_ID: Final = 20209
+LAX_FIELD_ID: Final = 20208
+
+# --- SavedModel serving contract ------------------------------------------------------------------
+SERVING_SIGNATURE: Final = "serving_default"
+SIGNATURE_INPUT_IMAGE: Final = "image"  # float32 (B, 256, 256, 13, 1), layout above
+SIGNATURE_INPUT_SPACING: Final = "spacing_mm"  # float32 (B, 3): row_mm, col_mm, slice_mm
+SIGNATURE_OUTPUT_PROBABILITIES: Final = "probabilities"  # ML4H_seg: float32 (B, 256, 256, 13, 3)
+SIGNATURE_OUTPUT_MASS: Final = "lv_mass_g"  # ML4H_reg: float32 (B,)
+MODEL_CARD_FILENAME: Final = "model_card.json"
+MODEL_KIND_SEG: Final = "ml4h_seg"
+MODEL_KIND_REG: Final = "ml4h_reg"
+
+# --- TFRecord feature keys (the spec itself lives in beam_pipeline.tfrecord, which imports TF) -----
+FEATURE_EID: Final = "eid"
+FEATURE_INSTANCE: Final = "instance"
+FEATURE_IMAGE: Final = "image"  # bytes: float32 TENSOR_SHAPE, C order
+FEATURE_LABELS: Final = "labels"  # bytes: uint8 LABEL_VOLUME_SHAPE, C order (InlineVF labels)
+FEATURE_HAS_LABELS: Final = "has_labels"  # int64 0/1
+FEATURE_SPACING: Final = "spacing_mm"  # float32[3]
+FEATURE_SEX: Final = "sex"  # int64: 0 female, 1 male, -1 unknown
+FEATURE_MANUAL_MASS: Final = "manual_lv_mass_g"  # float32, NaN when unknown
+FEATURE_HAS_MANUAL_MASS: Final = "has_manual_mass"  # int64 0/1
+FEATURE_N_SLICES: Final = "n_slices"  # int64
+
+SEX_CODE: Final = {"female": 0, "male": 1}
+
+# --- QC flags (the vocabulary of the results' qc_flags column) ------------------------------------
+QC_MISSING_SLICES: Final = "missing_slices"
+QC_NONCONTIGUOUS_SLICES: Final = "noncontiguous_slices"
+QC_INCONSISTENT_SPACING: Final = "inconsistent_spacing"
+QC_SLICE_COUNT_OUT_OF_RANGE: Final = "slice_count_out_of_range"
+QC_TOO_MANY_SLICES_TRUNCATED: Final = "too_many_slices_truncated"
+QC_IMAGE_CROPPED: Final = "image_cropped"
+QC_EMPTY_MID_SLICE_MYOCARDIUM: Final = "empty_mid_slice_myocardium"
+QC_MYOCARDIUM_NOT_RING: Final = "myocardium_not_ring"
+QC_MASS_IMPLAUSIBLE: Final = "mass_implausible"
+QC_INLINEVF_CONTOUR_MISSING: Final = "inlinevf_contour_missing"
+QC_INLINEVF_CONTOUR_IMPLAUSIBLE: Final = "inlinevf_contour_implausible"
+QC_NO_PHENOTYPE: Final = "no_phenotype"
+QC_DUPLICATE_SLICE_ACQUISITION: Final = "duplicate_slice_acquisition"
+QC_FLAGS: Final = (
+    QC_MISSING_SLICES,
+    QC_NONCONTIGUOUS_SLICES,
+    QC_INCONSISTENT_SPACING,
+    QC_SLICE_COUNT_OUT_OF_RANGE,
+    QC_TOO_MANY_SLICES_TRUNCATED,
+    QC_IMAGE_CROPPED,
+    QC_EMPTY_MID_SLICE_MYOCARDIUM,
+    QC_MYOCARDIUM_NOT_RING,
+    QC_MASS_IMPLAUSIBLE,
+    QC_INLINEVF_CONTOUR_MISSING,
+    QC_INLINEVF_CONTOUR_IMPLAUSIBLE,
+    QC_NO_PHENOTYPE,
+    QC_DUPLICATE_SLICE_ACQUISITION,
+)
+# Flags that describe the data but do not fail QC on their own.
+QC_INFORMATIONAL_FLAGS: Final = frozenset({QC_NO_PHENOTYPE, QC_DUPLICATE_SLICE_ACQUISITION})
+PLAUSIBLE_LV_MASS_RANGE_G: Final = (20.0, 400.0)
+PLAUSIBLE_SLICE_COUNT: Final = (6, 13)

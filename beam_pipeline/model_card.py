@@ -1,0 +1,90 @@
+"""The model card that travels next to every exported SavedModel (``model_card.json``).
+
+The trainer writes it; the pipeline reads it (kind, version, calibration) and refuses a model whose
+tensor contract differs from ``beam_pipeline.contracts``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from beam_pipeline import contracts
+
+
+def tensor_contract() -> dict[str, Any]:
+    """The tensor layout a model was trained on, as recorded in its card."""
+    return {
+        "input_shape": list(contracts.TENSOR_SHAPE),
+        "dtype": contracts.TENSOR_DTYPE,
+        "slice_order": contracts.SLICE_ORDER,
+        "padding": contracts.PADDING,
+        "normalisation": contracts.NORMALISATION,
+        "spacing_fields": list(contracts.SPACING_FIELDS),
+    }
+
+
+def signature_contract(kind: str) -> dict[str, Any]:
+    outputs = (
+        {contracts.SIGNATURE_OUTPUT_PROBABILITIES: [None, *contracts.LABEL_VOLUME_SHAPE, contracts.NUM_CLASSES]}
+        if kind == contracts.MODEL_KIND_SEG
+        else {contracts.SIGNATURE_OUTPUT_MASS: [None]}
+    )
+    return {
+        "name": contracts.SERVING_SIGNATURE,
+        "inputs": {
+            contracts.SIGNATURE_INPUT_IMAGE: [None, *contracts.TENSOR_SHAPE],
+            contracts.SIGNATURE_INPUT_SPACING: [None, len(contracts.SPACING_FIELDS)],
+        },
+        "outputs": outputs,
+    }
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything a user needs to know to trust, reproduce or reject a model."""
+
+    kind: str  # contracts.MODEL_KIND_SEG | contracts.MODEL_KIND_REG
+    version: str
+    label_map: dict[str, int] = field(default_factory=lambda: dict(contracts.LABEL_MAP))
+    tensor: dict[str, Any] = field(default_factory=tensor_contract)
+    signature: dict[str, Any] = field(default_factory=dict)
+    training_data: dict[str, Any] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    # Optional sex-stratified centering learned at training time: {"raw_mean_g": {"female": .., "male": ..},
+    # "manual_mean_g": {...}}; used by the pipeline when a run has no manual masses of its own.
+    calibration: dict[str, Any] = field(default_factory=dict)
+    trained_on_synthetic_data: bool = False
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in (contracts.MODEL_KIND_SEG, contracts.MODEL_KIND_REG):
+            raise ValueError(
+                f"model card kind must be {contracts.MODEL_KIND_SEG!r} or {contracts.MODEL_KIND_REG!r}. "
+                f"Received: {self.kind!r}"
+            )
+        if not self.signature:
+            object.__setattr__(self, "signature", signature_contract(self.kind))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def check_compatible(self) -> None:
+        """Raise ValueError when the card's tensor contract is not the one this code builds."""
+        expected = tensor_contract()
+        for key, value in expected.items():
+            if self.tensor.get(key) != value:
+                raise ValueError(
+                    f"model expects tensor {key}={self.tensor.get(key)!r} but lvmass builds {value!r}"
+                )
+        if self.label_map != contracts.LABEL_MAP:
+            raise ValueError(f"model label map {self.label_map!r} differs from {contracts.LABEL_MAP!r}")

@@ -1,0 +1,130 @@
+"""Records and Parquet schemas of the pipeline's outputs, defined once.
+
+``ResultRecord`` / ``ErrorRecord`` are what the pipeline emits; ``RESULTS_SCHEMA`` / ``ERRORS_SCHEMA`` are
+their pyarrow schemas (a test checks the two agree field by field). Results are written
+hive-partitioned by ``method`` (``OUTPUT/lvmass/method=ml4h_seg/*.parquet``), so the files themselves
+carry ``RESULTS_FILE_SCHEMA`` (the schema without the partition column); DuckDB
+(``read_parquet(..., hive_partitioning=true)``) and a BigQuery external table with hive partitioning
+restore it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+RESULTS_PARTITION_COLUMNS: tuple[str, ...] = ("method",)
+RESULTS_DIRNAME = "lvmass"
+ERRORS_DIRNAME = "errors"
+SUMMARY_FILENAME = "summary.json"
+
+# Phenotype file columns, as `lvmass synth` writes them (UK Biobank's 0=female/1=male coding is
+# also accepted by the reader).
+PHENOTYPE_COLUMNS: tuple[str, ...] = (
+    "eid",
+    "sex",
+    "age",
+    "height_cm",
+    "weight_kg",
+    "hypertension",
+    "atrial_fibrillation",
+    "heart_failure",
+    "manual_lv_mass_g",
+)
+DISEASE_COLUMNS: tuple[str, ...] = ("hypertension", "atrial_fibrillation", "heart_failure")
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One participant x instance x method. Units are in the names; None means unknown."""
+
+    eid: int
+    instance: int
+    method: str
+    lv_mass_raw_g: float | None
+    lv_mass_g: float | None  # calibrated: sex-centred (seg, inlinevf), recalibrated, or raw (reg)
+    calibration: str  # e.g. "sex_mean_centered", "linear_recalibration", "none"
+    myocardium_volume_ml: float | None
+    lv_cavity_volume_ml: float | None
+    bsa_m2: float | None
+    lvmi_g_m2: float | None
+    lvh: bool | None
+    lvh_p90: bool | None
+    sex: str | None
+    age: float | None
+    n_slices: int
+    pixel_spacing_row_mm: float
+    pixel_spacing_col_mm: float
+    slice_spacing_mm: float
+    qc_flags: list[str] = field(default_factory=list)
+    qc_pass: bool = True
+    model_version: str | None = None
+    pipeline_version: str = ""
+    source_uri: str = ""
+
+    def to_row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """One failed input (dead letter): nothing is dropped silently."""
+
+    source_uri: str
+    eid: int | None
+    instance: int | None
+    stage: str  # read | decode | tensor | inference | measure | phenotypes
+    error_type: str
+    message: str
+    pipeline_version: str = ""
+
+    def to_row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+RESULTS_SCHEMA = pa.schema(
+    [
+        pa.field("eid", pa.int64(), nullable=False),
+        pa.field("instance", pa.int32(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("lv_mass_raw_g", pa.float64()),
+        pa.field("lv_mass_g", pa.float64()),
+        pa.field("calibration", pa.string(), nullable=False),
+        pa.field("myocardium_volume_ml", pa.float64()),
+        pa.field("lv_cavity_volume_ml", pa.float64()),
+        pa.field("bsa_m2", pa.float64()),
+        pa.field("lvmi_g_m2", pa.float64()),
+        pa.field("lvh", pa.bool_()),
+        pa.field("lvh_p90", pa.bool_()),
+        pa.field("sex", pa.string()),
+        pa.field("age", pa.float64()),
+        pa.field("n_slices", pa.int32(), nullable=False),
+        pa.field("pixel_spacing_row_mm", pa.float64(), nullable=False),
+        pa.field("pixel_spacing_col_mm", pa.float64(), nullable=False),
+        pa.field("slice_spacing_mm", pa.float64(), nullable=False),
+        pa.field("qc_flags", pa.list_(pa.string()), nullable=False),
+        pa.field("qc_pass", pa.bool_(), nullable=False),
+        pa.field("model_version", pa.string()),
+        pa.field("pipeline_version", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+    ]
+)
+
+RESULTS_FILE_SCHEMA = pa.schema(
+    [f for f in RESULTS_SCHEMA if f.name not in RESULTS_PARTITION_COLUMNS]
+)
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("eid", pa.int64()),
+        pa.field("instance", pa.int32()),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("error_type", pa.string(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+        pa.field("pipeline_version", pa.string(), nullable=False),
+    ]
+)

@@ -1,0 +1,61 @@
+"""What decoding one participant produces: the end-diastolic short-axis stack and its geometry.
+
+A ``DecodedStudy`` is the hand-off between decoding (``beam_pipeline.decode``) and everything
+downstream (tensor building, InlineVF labels, inference, measurement). It holds plain numpy arrays in
+the acquisition's own grid; padding to the model's tensor layout happens in ``beam_pipeline.tensor``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class DecodeError(ValueError):
+    """A participant's files cannot be turned into a short-axis stack.
+
+    ``stage`` names the step that failed (``read``, ``manifest``, ``headers``, ``series``, ``pixels``,
+    ``geometry``) and the message names the file and the reason; the pipeline turns it into one
+    dead-letter row.
+    """
+
+    def __init__(self, source: str, stage: str, reason: str):
+        self.source = source
+        self.stage = stage
+        self.reason = reason
+        super().__init__(f"{source}: {stage}: {reason}")
+
+
+@dataclass(frozen=True)
+class DecodedStudy:
+    """One participant x instance at end-diastole, slices ordered base to apex.
+
+    ``images[k]`` is slice ``k``'s end-diastolic frame, float32 ``(rows, cols)`` after the DICOM
+    Rescale Slope/Intercept (0028,1053)/(0028,1052); ``outlines[k]`` is the InlineVF overlay outline of
+    the same slice and frame (bool ``(rows, cols)``) or ``None`` where InlineVF drew none.
+    ``slice_positions_mm[k]`` is the slice centre projected on the stack's normal (from
+    ImagePositionPatient (0020,0032) and ImageOrientationPatient (0020,0037)), increasing from base to
+    apex. ``pixel_spacing_mm`` is PixelSpacing (0028,0030): (row spacing, column spacing).
+    """
+
+    eid: int | None
+    instance: int | None
+    source_uri: str
+    images: tuple[np.ndarray, ...]
+    outlines: tuple[np.ndarray | None, ...]
+    pixel_spacing_mm: tuple[float, float]
+    slice_spacing_mm: float
+    slice_thickness_mm: float
+    slice_positions_mm: tuple[float, ...]
+    end_diastolic_trigger_times_ms: tuple[float, ...] = ()
+    series_descriptions: tuple[str, ...] = ()
+    qc_flags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.images)
+
+    @property
+    def has_inlinevf(self) -> bool:
+        return any(o is not None for o in self.outlines)

@@ -1,0 +1,56 @@
+"""The ``lvmass`` console script: one entry, a subcommand per package.
+
+Each subcommand is also reachable as ``python -m <package>``:
+
+=============  ==================================
+``synth``      ``python -m lvmass.synth``
+``run``        ``python -m beam_pipeline``
+``train``      ``python -m trainer.task``
+``analyze``    ``python -m analysis``
+=============  ==================================
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+# subcommand -> (module, function taking argv, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "synth": ("lvmass.synth.cli", "main", "write a synthetic UK Biobank-format cohort with known truth"),
+    "run": ("beam_pipeline.pipeline", "main", "run the Beam pipeline: participant zips -> LV mass Parquet"),
+    "train": ("trainer.task", "main", "train ML4H_seg / ML4H_reg and export SavedModels"),
+    "analyze": ("analysis.report", "main", "agreement, disease associations, tables, figures, report"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: lvmass <command> [options]", "", "commands:"]
+    lines += [f"  {name:<9} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    lines += ["", "Run 'lvmass <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    if args[0] in {"--version", "version"}:
+        from lvmass import __version__
+
+        print(__version__)
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in SUBCOMMANDS:
+        print(f"lvmass: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name, _ = SUBCOMMANDS[name]
+    entry: Callable[[list[str]], int | None] = getattr(importlib.import_module(module_name), func_name)
+    result = entry(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

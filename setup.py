@@ -1,0 +1,45 @@
+"""lvmass: left-ventricular mass from UK Biobank short-axis cine CMR (Khurshid et al. 2021), at scale."""
+
+from setuptools import find_packages, setup
+
+# Direct dependencies. Exact versions that resolve together are pinned in constraints.txt
+# (see the Makefile); the ranges here are what the code is written against.
+INSTALL_REQUIRES = [
+    "apache-beam[gcp]==2.77.0",
+    "tensorflow==2.21.0",
+    "tensorboard==2.21.*",  # TF 2.21 no longer pulls it in; Keras' TensorBoard callback needs it
+    "protobuf>=6.33,<7",
+    "numpy>=2.0,<2.5",
+    "pyarrow>=20,<26",
+    "pandas>=2.2,<2.4",
+    "scipy>=1.13",
+    "pydicom>=3.0,<4",
+    "statsmodels>=0.14",
+    "matplotlib>=3.9",
+    "duckdb>=1.1",
+    "google-cloud-storage>=2.18",
+    "tqdm>=4.66",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "ruff>=0.6",
+    "gcp-storage-emulator>=2024.8.3",
+    "pydicom-data>=1.0",
+]
+
+setup(
+    name="lvmass",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11,<3.13",
+    packages=find_packages(include=["lvmass", "lvmass.*", "beam_pipeline", "beam_pipeline.*",
+                                    "trainer", "trainer.*", "analysis", "analysis.*"]),
+    include_package_data=True,
+    package_data={"beam_pipeline": ["sql/*.sql", "models/*/*", "models/*/*/*", "models/*/*/*/*"],
+                  "analysis": ["templates/*"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["lvmass = lvmass.cli:main"]},
+)
