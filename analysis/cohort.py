@@ -1,0 +1,129 @@
+"""Join the pipeline's long results with phenotypes (and truth) into one row per participant.
+
+The analysis frame has the phenotype columns, ``holdout`` (bool), optional truth columns, and for each
+method the columns ``{method}__{field}`` for ``METHOD_FIELDS``. Which rows count is decided here, once,
+and every exclusion is counted in ``Cohort.exclusions`` (nothing disappears without a trace):
+
+* only the requested imaging ``instance`` (2 = first imaging visit) is analysed;
+* rows failing QC (``qc_pass`` false) are excluded by default (their values become missing);
+* results for eids absent from the phenotype file cannot be adjusted for age and sex and are counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from beam_pipeline.contracts import ALL_METHODS
+from beam_pipeline.schema import PHENOTYPE_COLUMNS
+
+METHOD_FIELDS: tuple[str, ...] = ("lv_mass_g", "lv_mass_raw_g", "lvmi_g_m2", "lvh", "lvh_p90", "bsa_m2")
+MANUAL_MASS = "manual_lv_mass_g"
+TRUE_MASS = "true_lv_mass_g"
+TRUE_LVMI = "true_lvmi_g_m2"
+FIRST_IMAGING_INSTANCE = 2
+
+METHOD_LABELS: dict[str, str] = {
+    "ml4h_seg": "ML4H_seg",
+    "ml4h_reg": "ML4H_reg",
+    "inlinevf": "InlineVF (centred)",
+    "inlinevf_recalibrated": "InlineVF (recalibrated)",
+}
+
+
+def method_label(method: str) -> str:
+    """Display name of a method (the paper's names)."""
+    return METHOD_LABELS.get(method, method)
+
+
+def mcol(method: str, field: str) -> str:
+    """Column name of one method's field in the analysis frame."""
+    return f"{method}__{field}"
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """One row per participant with phenotypes, the holdout flag and each method's values."""
+
+    frame: pd.DataFrame
+    methods: tuple[str, ...]
+    exclusions: pd.DataFrame  # one row per method: what was read and what was left out, and why
+    instance: int
+    holdout_source: str  # "file" or "manual mass available"
+
+
+def _ordered_methods(present: Iterable[str]) -> tuple[str, ...]:
+    present = set(present)
+    known = [m for m in ALL_METHODS if m in present]
+    return tuple(known + sorted(present - set(known)))
+
+
+def build_cohort(
+    results: pd.DataFrame,
+    phenotypes: pd.DataFrame,
+    *,
+    holdout_eids: Iterable[int] | None = None,
+    truth: pd.DataFrame | None = None,
+    instance: int = FIRST_IMAGING_INSTANCE,
+    qc_pass_only: bool = True,
+) -> Cohort:
+    """The analysis frame (see the module docstring). Inputs are not modified.
+
+    ``holdout_eids`` None means the evaluation set is every participant with a manual mass (the
+    issue's default); participants not in it form the training set of Table 1.
+    """
+    methods = _ordered_methods(results["method"].unique())
+    pheno_eids = set(phenotypes["eid"].astype(np.int64))
+    rows = []
+    kept = []
+    for method in methods:
+        part = results[results["method"] == method]
+        at_instance = part[part["instance"] == instance]
+        no_pheno = ~at_instance["eid"].isin(pheno_eids)
+        qc_fail = ~at_instance["qc_pass"].astype(bool)
+        usable = at_instance[~no_pheno].copy()
+        for flag in ("lvh", "lvh_p90"):  # nullable bools arrive as object: make them 1.0 / 0.0 / NaN
+            usable[flag] = usable[flag].astype(float)
+        failing = ~usable["qc_pass"].astype(bool)
+        missing_mass = usable["lv_mass_g"].isna() & ~(failing & qc_pass_only)
+        if qc_pass_only:
+            usable.loc[failing, list(METHOD_FIELDS)] = np.nan
+        rows.append(
+            {
+                "method": method,
+                "rows_read": len(part),
+                "other_instance": int(len(part) - len(at_instance)),
+                "no_phenotype": int(no_pheno.sum()),
+                "qc_fail": int((qc_fail & ~no_pheno).sum()),
+                "qc_fail_excluded": int((qc_fail & ~no_pheno).sum()) if qc_pass_only else 0,
+                "missing_mass": int(missing_mass.sum()),
+                "analysed": int(usable["lv_mass_g"].notna().sum()),
+            }
+        )
+        wide = usable[["eid", *METHOD_FIELDS]].rename(columns={f: mcol(method, f) for f in METHOD_FIELDS})
+        kept.append(wide.set_index("eid"))
+    imaged = sorted(set().union(*(set(k.index) for k in kept))) if kept else []
+    frame = phenotypes[list(PHENOTYPE_COLUMNS)].copy()
+    frame = frame[frame["eid"].isin(imaged)].set_index("eid")
+    for wide in kept:
+        frame = frame.join(wide, how="left")
+    frame = frame.reset_index()
+    if holdout_eids is None:
+        frame["holdout"] = frame[MANUAL_MASS].notna()
+        holdout_source = "manual mass available"
+    else:
+        frame["holdout"] = frame["eid"].isin(set(holdout_eids))
+        holdout_source = "file"
+    if truth is not None:
+        extra = [c for c in truth.columns if c != "eid" and c not in frame.columns]
+        frame = frame.merge(truth[["eid", *extra]], on="eid", how="left")
+    return Cohort(
+        frame=frame,
+        methods=methods,
+        exclusions=pd.DataFrame(rows),
+        instance=instance,
+        holdout_source=holdout_source,
+    )

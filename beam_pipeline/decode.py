@@ -1,0 +1,812 @@
+"""Decode one participant's short-axis cine CMR into a :class:`~beam_pipeline.study.DecodedStudy`.
+
+Reads only what the mass needs (ARCHITECTURE.md, "Read only what is needed"):
+
+1. list the zip's members (central directory) and parse the manifest, a hint used only to skip members
+   it clearly describes as something other than short-axis cine;
+2. read DICOM *headers* (``stop_before_pixels`` with ``specific_tags``) of the remaining ``.dcm`` members;
+3. choose the short-axis series (UKBB_FORMAT.md: ``CINE_segmented_SAX_bK`` per slice, a mixed
+   ``CINE_segmented_SAX`` series, or any vendor's cine stack grouped by position), the stack normal,
+   the end-diastolic (ED) frame of each slice, and the base-to-apex order;
+4. decode pixels of the chosen ED frames only, and InlineVF overlays of the matching
+   ``CINE_segmented_SAX_InlineVF`` instances only.
+
+:class:`DecodeStats` counts every header read, pixel decode, overlay decode and byte read, so tests can
+prove the decoder never touches more than it needs. Every failure raises
+:class:`~beam_pipeline.study.DecodeError` naming the file/member and the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
+
+from beam_pipeline import contracts, geometry
+from beam_pipeline.manifest import ManifestError, is_manifest_name, parse_manifest
+from beam_pipeline.overlay import overlay_outline
+from beam_pipeline.study import DecodedStudy, DecodeError
+
+ED_RULES = ("first_trigger_time", "first_instance")
+_UKBB_ZIP_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)\.zip$", re.IGNORECASE)
+_BK_SERIES = re.compile(r"^cine_segmented_sax_b(\d+)$")
+INLINEVF_SERIES = "cine_segmented_sax_inlinevf"
+MIXED_SAX_SERIES = "cine_segmented_sax"
+SAX_SERIES_PREFIX = "cine_segmented_sax"
+# Any-vendor layout: series whose (normalised) description contains one of these are not short-axis cine.
+NON_SAX_DESCRIPTION_WORDS = (
+    "lax",
+    "2ch",
+    "3ch",
+    "4ch",
+    "lvot",
+    "localizer",
+    "localiser",
+    "scout",
+    "survey",
+    "inline_vf",
+    "flow",
+)
+# The scanner's mitral-valve (long-axis) images inside the InlineVF series have 6 mm slices.
+MITRAL_VALVE_SLICE_THICKNESS_MM = 6.0
+OVERLAY_GROUP = 0x6000
+PIXEL_SPACING_REL_TOL = 1e-3
+
+# Tags read from every candidate header; pixel data and overlay data are not among them.
+HEADER_TAGS = [
+    Tag(0x0008, 0x0021),  # SeriesDate
+    Tag(0x0008, 0x0022),  # AcquisitionDate
+    Tag(0x0008, 0x0031),  # SeriesTime
+    Tag(0x0008, 0x0032),  # AcquisitionTime
+    Tag(0x0008, 0x103E),  # SeriesDescription
+    Tag(0x0010, 0x0020),  # PatientID
+    Tag(0x0018, 0x0050),  # SliceThickness
+    Tag(0x0018, 0x0088),  # SpacingBetweenSlices
+    Tag(0x0018, 0x1060),  # TriggerTime
+    Tag(0x0020, 0x000E),  # SeriesInstanceUID
+    Tag(0x0020, 0x0011),  # SeriesNumber
+    Tag(0x0020, 0x0013),  # InstanceNumber
+    Tag(0x0020, 0x0032),  # ImagePositionPatient
+    Tag(0x0020, 0x0037),  # ImageOrientationPatient
+    Tag(0x0028, 0x0008),  # NumberOfFrames
+    Tag(0x0028, 0x0010),  # Rows
+    Tag(0x0028, 0x0011),  # Columns
+    Tag(0x0028, 0x0030),  # PixelSpacing
+    Tag(OVERLAY_GROUP, 0x0010),  # OverlayRows: present iff an overlay plane exists
+]
+
+
+@dataclass
+class DecodeStats:
+    """What one decode touched. ``bytes_read`` counts bytes read from the participant's file object
+    (the zip, compressed) or, for loose members, from the member streams."""
+
+    members_listed: int = 0
+    headers_read: int = 0
+    pixel_frames_decoded: int = 0
+    overlay_frames_decoded: int = 0
+    bytes_read: int = 0
+    members_skipped_by_manifest: int = 0
+    manifest_rows: int = 0
+    manifest_error: str | None = None
+
+
+@dataclass(frozen=True)
+class HeaderInfo:
+    """The header fields of one DICOM member that slice selection needs."""
+
+    member: str
+    series_description: str  # ml4h-normalised: lower case, spaces -> "_"
+    series_uid: str
+    series_number: int | None
+    instance_number: int | None
+    trigger_time_ms: float | None
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing_mm: tuple[float, float] | None
+    slice_thickness_mm: float | None
+    spacing_between_slices_mm: float | None
+    rows: int | None
+    cols: int | None
+    acquisition_key: tuple[str, str, str, str]  # (AcquisitionDate, AcquisitionTime, SeriesDate, SeriesTime)
+    has_overlay: bool
+    patient_id: str
+    number_of_frames: int
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """One chosen slice before pixel decoding."""
+
+    ed: HeaderInfo
+    number: int | None
+    position_mm: float
+
+
+class _CountingReader:
+    """A read-only file wrapper that counts the bytes actually read from ``raw`` (seeks are free)."""
+
+    def __init__(self, raw: BinaryIO, stats: DecodeStats):
+        self._raw = raw
+        self._stats = stats
+        self.name = str(getattr(raw, "name", "") or "")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return bool(getattr(self._raw, "seekable", lambda: True)())
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._stats.bytes_read += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> _CountingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def normalise_description(description: str) -> str:
+    """ml4h's matching form of SeriesDescription (0008,103E): lower case, spaces replaced by ``_``."""
+    return description.strip().lower().replace(" ", "_")
+
+
+def parse_ukbb_zip_name(name: str) -> tuple[int, int, int, int] | None:
+    """``{eid}_{field}_{instance}_{array}.zip`` -> (eid, field, instance, array); None otherwise.
+
+    ``name`` may be a path or URI; only its last component is matched.
+    """
+    base = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    match = _UKBB_ZIP_NAME.match(base)
+    if match is None:
+        return None
+    eid, field, instance, array = (int(g) for g in match.groups())
+    return eid, field, instance, array
+
+
+# --- headers ---------------------------------------------------------------------------------------
+
+
+def _float_or_none(value) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) else None
+
+
+def _int_or_none(value) -> int | None:
+    f = _float_or_none(value)
+    return None if f is None else int(f)
+
+
+def _floats(value, n: int) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and all(np.isfinite(out)) else None
+
+
+def header_info(ds: pydicom.Dataset, member: str) -> HeaderInfo:
+    """Extract the selection fields from a (header-only) dataset."""
+    spacing = _floats(ds.get("PixelSpacing"), 2)
+    return HeaderInfo(
+        member=member,
+        series_description=normalise_description(str(ds.get("SeriesDescription", "") or "")),
+        series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+        series_number=_int_or_none(ds.get("SeriesNumber")),
+        instance_number=_int_or_none(ds.get("InstanceNumber")),
+        trigger_time_ms=_float_or_none(ds.get("TriggerTime")),
+        position=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
+        orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+        pixel_spacing_mm=None if spacing is None else (spacing[0], spacing[1]),
+        slice_thickness_mm=_float_or_none(ds.get("SliceThickness")),
+        spacing_between_slices_mm=_float_or_none(ds.get("SpacingBetweenSlices")),
+        rows=_int_or_none(ds.get("Rows")),
+        cols=_int_or_none(ds.get("Columns")),
+        acquisition_key=(
+            str(ds.get("AcquisitionDate", "") or ""),
+            str(ds.get("AcquisitionTime", "") or ""),
+            str(ds.get("SeriesDate", "") or ""),
+            str(ds.get("SeriesTime", "") or ""),
+        ),
+        has_overlay=Tag(OVERLAY_GROUP, 0x0010) in ds,
+        patient_id=str(ds.get("PatientID", "") or ""),
+        number_of_frames=_int_or_none(ds.get("NumberOfFrames")) or 1,
+    )
+
+
+def _read_error_reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _read_headers(
+    names: Iterable[str],
+    members: Mapping[str, Callable[[], BinaryIO]],
+    source_uri: str,
+    stats: DecodeStats,
+    *,
+    require_dicom: Callable[[str], bool],
+) -> list[HeaderInfo]:
+    """Header-only reads. A member that must be DICOM (``.dcm``) and is not raises; others are skipped."""
+    out = []
+    for name in names:
+        try:
+            with members[name]() as fp:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+        except InvalidDicomError as exc:
+            if require_dicom(name):
+                raise DecodeError(
+                    source_uri, "headers", f"member {name!r} is not a DICOM file ({exc})"
+                ) from exc
+            continue
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise DecodeError(
+                source_uri, "read", f"member {name!r} cannot be read from the zip ({_read_error_reason(exc)})"
+            ) from exc
+        except Exception as exc:
+            raise DecodeError(
+                source_uri, "headers", f"member {name!r}: unreadable DICOM header ({_read_error_reason(exc)})"
+            ) from exc
+        stats.headers_read += 1
+        out.append(header_info(ds, name))
+    return out
+
+
+# --- selection -------------------------------------------------------------------------------------
+
+
+def _require_geometry(h: HeaderInfo, source_uri: str) -> None:
+    missing = [
+        label
+        for label, value in (
+            ("ImagePositionPatient (0020,0032)", h.position),
+            ("ImageOrientationPatient (0020,0037)", h.orientation),
+            ("PixelSpacing (0028,0030)", h.pixel_spacing_mm),
+        )
+        if value is None
+    ]
+    if missing:
+        raise DecodeError(source_uri, "geometry", f"member {h.member!r} lacks {', '.join(missing)}")
+
+
+def choose_ed_frame(frames: Sequence[HeaderInfo], rule: str = "first_trigger_time") -> HeaderInfo:
+    """The end-diastolic frame of one slice.
+
+    ``first_trigger_time`` (default, UK Biobank and ml4h): smallest TriggerTime (0018,1060), ties and
+    missing values broken by InstanceNumber then member name. ``first_instance``: smallest
+    InstanceNumber (0020,0013).
+    """
+    if rule not in ED_RULES:
+        raise ValueError(f"unknown ED rule {rule!r}; expected one of {ED_RULES}")
+    if not frames:
+        raise ValueError("no frames to choose an end-diastolic frame from")
+    inf = float("inf")
+
+    def by_trigger(h: HeaderInfo):
+        tt = inf if h.trigger_time_ms is None else h.trigger_time_ms
+        num = inf if h.instance_number is None else h.instance_number
+        return (tt, num, h.member)
+
+    def by_instance(h: HeaderInfo):
+        tt = inf if h.trigger_time_ms is None else h.trigger_time_ms
+        num = inf if h.instance_number is None else h.instance_number
+        return (num, tt, h.member)
+
+    return min(frames, key=by_trigger if rule == "first_trigger_time" else by_instance)
+
+
+def _latest_series(frames: Sequence[HeaderInfo]) -> tuple[list[HeaderInfo], bool]:
+    """Keep the frames of the latest-acquired series (AcquisitionDate/Time, then SeriesDate/Time, then
+    SeriesNumber, then UID); True when more than one series was present."""
+    by_uid: dict[str, list[HeaderInfo]] = defaultdict(list)
+    for h in frames:
+        by_uid[h.series_uid].append(h)
+    if len(by_uid) == 1:
+        return list(frames), False
+
+    def key(uid: str):
+        hs = by_uid[uid]
+        acq = max(h.acquisition_key for h in hs)
+        number = max((h.series_number or -1) for h in hs)
+        return (acq, number, uid)
+
+    return by_uid[max(by_uid, key=key)], True
+
+
+def _group_by_position(frames: Sequence[HeaderInfo], normal: np.ndarray) -> list[list[HeaderInfo]]:
+    """Group frames into slices by their projected position (tolerance: a quarter of the smallest
+    plausible slice gap, 1 mm)."""
+    positions = [geometry.project_position_mm(h.position, normal) for h in frames]  # type: ignore[arg-type]
+    return [[frames[i] for i in idx] for idx in geometry.cluster_positions_mm(positions, tol_mm=1.0)]
+
+
+def _descriptions(headers: Sequence[HeaderInfo]) -> list[str]:
+    return sorted({h.series_description or "<empty>" for h in headers})
+
+
+def _is_mitral_valve(h: HeaderInfo) -> bool:
+    return (
+        h.slice_thickness_mm is not None
+        and abs(h.slice_thickness_mm - MITRAL_VALVE_SLICE_THICKNESS_MM) < 0.01
+    )
+
+
+def _select_slices(
+    headers: Sequence[HeaderInfo], source_uri: str, *, ukbb_required: bool, ed_rule: str
+) -> tuple[list[_Slice], list[HeaderInfo], np.ndarray, float, set[str], str]:
+    """Choose slices and their ED frames; returns (slices sorted base->apex, InlineVF candidates,
+    stack normal, direction sign, decode QC flags, layout name)."""
+    flags: set[str] = set()
+    bk: dict[int, list[HeaderInfo]] = defaultdict(list)
+    mixed: list[HeaderInfo] = []
+    inlinevf: list[HeaderInfo] = []
+    for h in headers:
+        match = _BK_SERIES.match(h.series_description)
+        if match:
+            bk[int(match.group(1))].append(h)
+        elif h.series_description == MIXED_SAX_SERIES:
+            mixed.append(h)
+        elif h.series_description == INLINEVF_SERIES:
+            inlinevf.append(h)
+
+    # Candidate slice groups with an optional slice number (b1 = base).
+    groups: list[tuple[int | None, list[HeaderInfo]]] = []
+    if bk:
+        layout = "ukbb_bk"
+        for number in sorted(bk):
+            frames, duplicated = _latest_series(bk[number])
+            if duplicated:
+                flags.add(contracts.QC_DUPLICATE_SLICE_ACQUISITION)
+            groups.append((number, frames))
+        image_pool = [h for _, fr in groups for h in fr]
+    else:
+        if mixed:
+            layout, image_pool = "ukbb_mixed", mixed
+        elif inlinevf:
+            layout, image_pool = "ukbb_inlinevf_only", [h for h in inlinevf if not _is_mitral_valve(h)]
+        elif not ukbb_required:
+            layout = "any_vendor"
+            image_pool = [
+                h
+                for h in headers
+                if not any(word in h.series_description for word in NON_SAX_DESCRIPTION_WORDS)
+                and h.position is not None
+                and h.orientation is not None
+            ]
+        else:
+            raise DecodeError(
+                source_uri,
+                "series",
+                f"no short-axis cine series (CINE_segmented_SAX_b*, CINE_segmented_SAX or "
+                f"CINE_segmented_SAX_InlineVF) among {len(headers)} DICOM headers; "
+                f"series found: {_descriptions(headers)}",
+            )
+        if not image_pool:
+            raise DecodeError(
+                source_uri,
+                "series",
+                f"no short-axis cine images with geometry among {len(headers)} DICOM headers; "
+                f"series found: {_descriptions(headers)}",
+            )
+    for h in image_pool:
+        _require_geometry(h, source_uri)
+
+    normals_pool = [fr for _, fr in groups] if groups else [[h] for h in image_pool]
+    normals = [geometry.slice_normal(fr[0].orientation) for fr in normals_pool]  # type: ignore[arg-type]
+    normal = geometry.stack_normal(normals)
+
+    if not groups:
+        parallel = [
+            h for h in image_pool if geometry.is_parallel(geometry.slice_normal(h.orientation), normal)
+        ]
+        for cluster in _group_by_position(parallel, normal):
+            frames, duplicated = _latest_series(cluster)
+            if duplicated:
+                flags.add(contracts.QC_DUPLICATE_SLICE_ACQUISITION)
+            number = None
+            if layout == "ukbb_inlinevf_only":
+                nums = [h.instance_number for h in frames if h.instance_number is not None]
+                number = min(nums) if nums else None
+            groups.append((number, frames))
+        if layout == "any_vendor" and len(groups) < 2:
+            raise DecodeError(
+                source_uri,
+                "series",
+                f"no short-axis stack: the images parallel to the dominant orientation lie at {len(groups)} "
+                f"position(s); series found: {_descriptions(headers)}",
+            )
+
+    chosen: list[tuple[int | None, HeaderInfo]] = []
+    for number, frames in groups:
+        ed = choose_ed_frame(frames, ed_rule)
+        if not geometry.is_parallel(geometry.slice_normal(ed.orientation), normal):  # type: ignore[arg-type]
+            flags.add(contracts.QC_MISSING_SLICES)  # an off-axis "slice" is dropped; the stack has a hole
+            continue
+        chosen.append((number, ed))
+    if not chosen:
+        raise DecodeError(source_uri, "series", "no short-axis slice is parallel to the stack")
+
+    raw_positions = [geometry.project_position_mm(ed.position, normal) for _, ed in chosen]  # type: ignore[arg-type]
+    numbers = [n for n, _ in chosen]
+    if all(n is not None for n in numbers) and len(set(numbers)) > 1:
+        sign = geometry.numbering_sign(numbers, raw_positions)  # type: ignore[arg-type]
+    else:
+        sign = geometry.apex_sign(normal)
+    slices = sorted(
+        (
+            _Slice(ed=ed, number=n, position_mm=sign * p)
+            for (n, ed), p in zip(chosen, raw_positions, strict=True)
+        ),
+        key=lambda s: (s.position_mm, s.ed.member),
+    )
+    if layout == "ukbb_bk":
+        present = sorted(n for n in numbers if n is not None)
+        if present != list(range(1, len(present) + 1)):
+            flags.add(contracts.QC_MISSING_SLICES)
+    if layout == "ukbb_inlinevf_only":
+        vf_pool = [h for h in inlinevf if not _is_mitral_valve(h)]
+    else:
+        vf_pool = [h for h in inlinevf if not _is_mitral_valve(h) and h.position and h.orientation]
+    return slices, vf_pool, normal, sign, flags, layout
+
+
+def _match_inlinevf(
+    slices: Sequence[_Slice], vf_pool: Sequence[HeaderInfo], normal: np.ndarray, sign: float, tol_mm: float
+) -> list[HeaderInfo | None]:
+    """For each slice, the InlineVF instance at the same position (within ``tol_mm``) whose TriggerTime
+    is nearest the slice's ED frame; None when there is none or it carries no overlay."""
+    candidates = []
+    for h in vf_pool:
+        if h.orientation is None or h.position is None:
+            continue
+        if not geometry.is_parallel(geometry.slice_normal(h.orientation), normal):
+            continue  # long-axis images inside the InlineVF series
+        candidates.append((sign * geometry.project_position_mm(h.position, normal), h))
+    matched: list[HeaderInfo | None] = []
+    for s in slices:
+        near = [h for p, h in candidates if abs(p - s.position_mm) <= tol_mm]
+        if not near:
+            matched.append(None)
+            continue
+        near, _ = _latest_series(near)
+        ed_tt = s.ed.trigger_time_ms
+        if ed_tt is None:
+            best = choose_ed_frame(near)
+        else:
+            best = min(
+                near,
+                key=lambda h: (
+                    abs(h.trigger_time_ms - ed_tt) if h.trigger_time_ms is not None else float("inf"),
+                    h.instance_number if h.instance_number is not None else 0,
+                    h.member,
+                ),
+            )
+        matched.append(best if best.has_overlay else None)
+    return matched
+
+
+# --- pixels ----------------------------------------------------------------------------------------
+
+
+def decode_frame_pixels(ds: pydicom.Dataset, *, source_uri: str, member: str) -> np.ndarray:
+    """Pixel data (7FE0,0010) of one single-frame image as float32 after RescaleSlope (0028,1053) and
+    RescaleIntercept (0028,1052)."""
+    if "PixelData" not in ds:
+        raise DecodeError(source_uri, "pixels", f"member {member!r} has no Pixel Data (7FE0,0010)")
+    frames = _int_or_none(ds.get("NumberOfFrames")) or 1
+    if frames != 1:
+        raise DecodeError(
+            source_uri,
+            "pixels",
+            f"member {member!r} is multi-frame ({frames} frames); one frame per file expected",
+        )
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        raise DecodeError(
+            source_uri,
+            "pixels",
+            f"member {member!r}: pixel data cannot be decoded ({_read_error_reason(exc)})",
+        ) from exc
+    if arr.ndim != 2:
+        raise DecodeError(
+            source_uri, "pixels", f"member {member!r}: expected a 2-D image, got shape {arr.shape}"
+        )
+    slope = _float_or_none(ds.get("RescaleSlope"))
+    intercept = _float_or_none(ds.get("RescaleIntercept"))
+    out = arr.astype(np.float32)
+    if slope is not None and slope != 1.0:
+        out = out * np.float32(slope)
+    if intercept is not None and intercept != 0.0:
+        out = out + np.float32(intercept)
+    return out
+
+
+def _read_full(
+    member: str, members: Mapping[str, Callable[[], BinaryIO]], source_uri: str, *, stop_before_pixels: bool
+) -> pydicom.Dataset:
+    try:
+        with members[member]() as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
+            if not stop_before_pixels and "PixelData" in ds:
+                _ = ds.PixelData  # read the value while the stream is open
+            return ds
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise DecodeError(
+            source_uri, "read", f"member {member!r} cannot be read from the zip ({_read_error_reason(exc)})"
+        ) from exc
+    except InvalidDicomError as exc:
+        raise DecodeError(source_uri, "pixels", f"member {member!r} is not a DICOM file ({exc})") from exc
+
+
+# --- entry points ----------------------------------------------------------------------------------
+
+
+def _decode(
+    members: Mapping[str, Callable[[], BinaryIO]],
+    header_names: Sequence[str],
+    fallback_names: Sequence[str],
+    source_uri: str,
+    *,
+    eid: int | None,
+    instance: int | None,
+    ed_rule: str,
+    stats: DecodeStats,
+    ukbb_required: bool,
+    require_dicom: Callable[[str], bool],
+) -> DecodedStudy:
+    if ed_rule not in ED_RULES:
+        raise ValueError(f"unknown ed_rule {ed_rule!r}; expected one of {ED_RULES}")
+    headers = _read_headers(header_names, members, source_uri, stats, require_dicom=require_dicom)
+    has_sax = any(h.series_description.startswith(SAX_SERIES_PREFIX) for h in headers)
+    if fallback_names and not has_sax:
+        # The manifest is never the authority: if it hid the SAX series, read the skipped headers too.
+        headers += _read_headers(fallback_names, members, source_uri, stats, require_dicom=require_dicom)
+    if not headers:
+        raise DecodeError(source_uri, "series", f"no DICOM files among {stats.members_listed} members")
+
+    slices, vf_pool, normal, sign, flags, _layout = _select_slices(
+        headers, source_uri, ukbb_required=ukbb_required, ed_rule=ed_rule
+    )
+
+    spacings = {s.ed.pixel_spacing_mm for s in slices}
+    ref = slices[0].ed.pixel_spacing_mm
+    assert ref is not None
+    for sp in spacings:
+        assert sp is not None
+        if any(abs(a - b) > PIXEL_SPACING_REL_TOL * max(abs(b), 1e-6) for a, b in zip(sp, ref, strict=True)):
+            raise DecodeError(
+                source_uri, "geometry", f"PixelSpacing (0028,0030) differs between slices: {sorted(spacings)}"
+            )
+    positions = [s.position_mm for s in slices]
+    between = [s.ed.spacing_between_slices_mm for s in slices if s.ed.spacing_between_slices_mm]
+    thickness = [s.ed.slice_thickness_mm for s in slices if s.ed.slice_thickness_mm]
+    thickness_mm = float(np.median(thickness)) if thickness else float("nan")
+    try:
+        spacing_mm = geometry.slice_spacing_mm(
+            positions,
+            spacing_between_slices_mm=float(np.median(between)) if between else None,
+            slice_thickness_mm=thickness_mm if thickness else None,
+        )
+    except ValueError as exc:
+        raise DecodeError(source_uri, "geometry", str(exc)) from exc
+    if len({round(p, 3) for p in positions}) != len(positions):
+        raise DecodeError(
+            source_uri, "geometry", f"two slices share one position along the normal: {positions}"
+        )
+
+    from beam_pipeline.qc import geometry_qc_flags  # local: qc imports study, not decode
+
+    flags.update(geometry_qc_flags(positions, spacing_mm))
+
+    images = []
+    for s in slices:
+        ds = _read_full(s.ed.member, members, source_uri, stop_before_pixels=False)
+        image = decode_frame_pixels(ds, source_uri=source_uri, member=s.ed.member)
+        stats.pixel_frames_decoded += 1
+        images.append(image)
+
+    outlines: list[np.ndarray | None] = []
+    tol_mm = max(0.5, 0.25 * spacing_mm)
+    for image, vf in zip(images, _match_inlinevf(slices, vf_pool, normal, sign, tol_mm), strict=True):
+        if vf is None:
+            outlines.append(None)
+            continue
+        ds = _read_full(vf.member, members, source_uri, stop_before_pixels=True)
+        try:
+            outline = overlay_outline(ds, OVERLAY_GROUP, source=f"{source_uri} member {vf.member!r}")
+        except ValueError as exc:
+            raise DecodeError(source_uri, "pixels", str(exc)) from exc
+        stats.overlay_frames_decoded += 1
+        outlines.append(outline if outline is not None and outline.shape == image.shape else None)
+
+    if eid is None:
+        ids = {s.ed.patient_id for s in slices}
+        if len(ids) == 1 and next(iter(ids)).isdigit():
+            eid = int(next(iter(ids)))
+    return DecodedStudy(
+        eid=eid,
+        instance=instance,
+        source_uri=source_uri,
+        images=tuple(images),
+        outlines=tuple(outlines),
+        pixel_spacing_mm=(float(ref[0]), float(ref[1])),
+        slice_spacing_mm=float(spacing_mm),
+        slice_thickness_mm=thickness_mm,
+        slice_positions_mm=tuple(float(p) for p in positions),
+        end_diastolic_trigger_times_ms=tuple(
+            float("nan") if s.ed.trigger_time_ms is None else s.ed.trigger_time_ms for s in slices
+        ),
+        series_descriptions=tuple(s.ed.series_description for s in slices),
+        qc_flags=tuple(f for f in contracts.QC_FLAGS if f in flags),
+    )
+
+
+def decode_dicom_members(
+    members: Mapping[str, Callable[[], BinaryIO]],
+    source_uri: str,
+    *,
+    eid: int | None = None,
+    instance: int | None = None,
+    ed_rule: str = "first_trigger_time",
+    stats: DecodeStats | None = None,
+) -> DecodedStudy:
+    """Decode a folder (or any mapping of name -> opener) of cine short-axis DICOMs from any vendor.
+
+    UK Biobank series are used when present; otherwise every image parallel to the dominant slice
+    orientation is grouped into slices by position along the normal and into phases by TriggerTime,
+    and the base-to-apex direction follows the anatomical rule of :func:`geometry.apex_sign`. Members
+    that are not DICOM are skipped unless their name ends in ``.dcm`` (then it is an error).
+    ``eid`` falls back to a numeric PatientID (0010,0020).
+    """
+    stats = stats if stats is not None else DecodeStats()
+    counted = {name: _counting_opener(opener, stats) for name, opener in members.items()}
+    names = sorted(n for n in counted if not is_manifest_name(n))
+    stats.members_listed += len(members)
+    return _decode(
+        counted,
+        names,
+        (),
+        source_uri,
+        eid=eid,
+        instance=instance,
+        ed_rule=ed_rule,
+        stats=stats,
+        ukbb_required=False,
+        require_dicom=lambda n: n.lower().endswith(".dcm"),
+    )
+
+
+def _counting_opener(opener: Callable[[], BinaryIO], stats: DecodeStats) -> Callable[[], BinaryIO]:
+    def open_counted() -> BinaryIO:
+        return _CountingReader(opener(), stats)  # type: ignore[return-value]
+
+    return open_counted
+
+
+def decode_participant_zip(
+    fileobj: BinaryIO,
+    source_uri: str,
+    *,
+    ed_rule: str = "first_trigger_time",
+    stats: DecodeStats | None = None,
+) -> DecodedStudy:
+    """Decode one participant zip, streamed from a seekable file object (never extracted to disk).
+
+    A zip carrying a manifest must hold a UK Biobank short-axis series; any other zip is decoded as UK
+    Biobank when its series say so, else as the any-vendor layout. ``eid``/``instance`` come from a
+    UK Biobank file name (``{eid}_{field}_{instance}_{array}.zip``), else ``eid`` from a numeric PatientID.
+    """
+    stats = stats if stats is not None else DecodeStats()
+    if ed_rule not in ED_RULES:
+        raise ValueError(f"unknown ed_rule {ed_rule!r}; expected one of {ED_RULES}")
+    counting = _CountingReader(fileobj, stats)
+    try:
+        start = counting.tell()
+        magic = counting.read(4)
+        counting.seek(start)
+    except OSError as exc:
+        raise DecodeError(source_uri, "read", f"cannot read the file ({_read_error_reason(exc)})") from exc
+    try:
+        zf = zipfile.ZipFile(counting)  # type: ignore[arg-type]
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
+        if magic == b"PK\x03\x04":
+            reason = f"truncated or corrupt zip ({_read_error_reason(exc)})"
+        elif not magic:
+            reason = "empty file, not a zip"
+        else:
+            reason = f"not a zip file (starts with {magic!r})"
+        raise DecodeError(source_uri, "read", reason) from exc
+    with zf:
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        stats.members_listed += len(infos)
+        names = [i.filename for i in infos]
+        openers: dict[str, Callable[[], BinaryIO]] = {n: (lambda n=n: zf.open(n)) for n in names}
+        manifests = [n for n in names if is_manifest_name(n)]
+        dcm = sorted(n for n in names if n.lower().endswith(".dcm"))
+        parsed_name = parse_ukbb_zip_name(source_uri)
+        header_names, skipped = list(dcm), []
+        if manifests:
+            header_names, skipped = _manifest_filter(manifests[0], dcm, openers, source_uri, stats)
+        if not dcm and not manifests:
+            # Any-vendor zip: files may have any names; non-DICOM members are skipped.
+            header_names = sorted(names)
+        # A manifest marks the UK Biobank layout; without one, another vendor's stack is accepted too
+        # (even under a UK Biobank file name).
+        ukbb_required = bool(manifests)
+        if ukbb_required and not dcm:
+            raise DecodeError(
+                source_uri, "series", f"zip holds no .dcm members ({len(names)} members: {sorted(names)[:5]})"
+            )
+        return _decode(
+            openers,
+            header_names,
+            skipped,
+            source_uri,
+            eid=parsed_name[0] if parsed_name else None,
+            instance=parsed_name[2] if parsed_name else None,
+            ed_rule=ed_rule,
+            stats=stats,
+            ukbb_required=ukbb_required,
+            require_dicom=lambda n: n.lower().endswith(".dcm"),
+        )
+
+
+def _manifest_filter(
+    manifest_name: str,
+    dcm_names: Sequence[str],
+    openers: Mapping[str, Callable[[], BinaryIO]],
+    source_uri: str,
+    stats: DecodeStats,
+) -> tuple[list[str], list[str]]:
+    """Split ``.dcm`` members into (read headers, skip) using the manifest's series descriptions.
+
+    Only members the manifest lists with a description that is not short-axis cine are skipped; an
+    unreadable manifest skips nothing (the headers are the authority) and is recorded in ``stats``.
+    """
+    try:
+        with openers[manifest_name]() as fp:
+            text = fp.read().decode("utf-8", errors="replace")
+        rows = parse_manifest(text, source=f"{source_uri} member {manifest_name!r}")
+    except (ManifestError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        stats.manifest_error = str(exc)
+        return list(dcm_names), []
+    stats.manifest_rows = len(rows)
+    described = {r.filename.rsplit("/", 1)[-1]: normalise_description(r.series_description) for r in rows}
+    keep, skip = [], []
+    for name in dcm_names:
+        desc = described.get(name.rsplit("/", 1)[-1])
+        if desc is not None and not desc.startswith(SAX_SERIES_PREFIX):
+            skip.append(name)
+        else:
+            keep.append(name)
+    stats.members_skipped_by_manifest = len(skip)
+    return keep, skip

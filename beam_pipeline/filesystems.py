@@ -1,0 +1,73 @@
+"""Reading and writing through Beam's ``FileSystems``, so local paths and ``gs://`` work the same.
+
+Why not ``open()``: the pipeline runs on Dataflow workers where inputs and outputs live in GCS, and in
+tests against a local folder or a GCS emulator. Every byte the pipeline reads or writes outside Beam's
+own sources/sinks goes through these few functions. Compression is never guessed from the file name
+(``.gz`` phenotype files aside, which are decompressed on request): a participant zip must come back
+as the raw, seekable byte stream that ``zipfile`` needs.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import IO
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path components with the right separator for ``base``'s filesystem (``/`` for ``gs://``)."""
+    return FileSystems.join(base, *parts)
+
+
+def exists(path: str) -> bool:
+    """True when ``path`` (a file, local or ``gs://``) exists."""
+    return FileSystems.exists(path)
+
+
+def open_read(path: str) -> IO[bytes]:
+    """Open ``path`` for reading as a binary stream, without decompression.
+
+    Local files and GCS objects both come back seekable (GCS reads ranges on demand), so a zip's
+    central directory and chosen members can be read without fetching the whole object.
+    """
+    return FileSystems.open(path, mime_type="application/octet-stream",
+                            compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def ensure_seekable(stream: IO[bytes]) -> IO[bytes]:
+    """Return ``stream`` itself when it can seek, else its bytes in memory (the last resort)."""
+    seekable = getattr(stream, "seekable", None)
+    if seekable is not None and seekable():
+        return stream
+    return io.BytesIO(stream.read())
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole content of a (small) file: phenotype tables, model cards, calibration JSON."""
+    with open_read(path) as stream:
+        return stream.read()
+
+
+def read_text(path: str, encoding: str = "utf-8") -> str:
+    """The whole content of a small text file."""
+    return read_bytes(path).decode(encoding)
+
+
+def write_bytes(path: str, data: bytes, *, mime_type: str = "application/octet-stream") -> None:
+    """Create (or replace) ``path`` with ``data`` (parent folders created where the filesystem has them)."""
+    with FileSystems.create(path, mime_type=mime_type,
+                            compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+        stream.write(data)
+
+
+def write_text(path: str, text: str, *, mime_type: str = "text/plain") -> None:
+    """Create (or replace) ``path`` with UTF-8 ``text``."""
+    write_bytes(path, text.encode("utf-8"), mime_type=mime_type)
+
+
+def match(pattern: str) -> list[str]:
+    """Sorted paths matching a glob (local or ``gs://``); empty when nothing matches."""
+    results = FileSystems.match([pattern])
+    return sorted(m.path for result in results for m in result.metadata_list)

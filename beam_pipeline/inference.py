@@ -1,0 +1,210 @@
+"""Our own Beam ``ModelHandler`` over a TensorFlow SavedModel (ML4H_seg and ML4H_reg).
+
+Why our own: Beam's ``TFModelHandlerNumpy`` loads through ``tf.keras.models.load_model``, which under
+Keras 3 cannot read a SavedModel folder (apache/beam#30616). This handler loads with
+``tf.saved_model.load`` and calls the ``serving_default`` signature (``beam_pipeline.contracts``) on a
+batch. It reads the ``model_card.json`` next to the model, refuses a model built for another tensor
+contract or of the wrong kind, and reports the card's version as each prediction's ``model_id``.
+
+Examples are any objects with ``image`` (float32 ``contracts.TENSOR_SHAPE``) and ``spacing_mm``
+(3 floats: row, col, slice mm) attributes, so the pipeline can pass its participant records through
+``RunInference(KeyedModelHandler(...))`` without a join afterwards. Predictions are, per example:
+
+* ``ml4h_seg``: the argmax label volume, uint8 ``contracts.LABEL_VOLUME_SHAPE`` (``argmax=True``, the
+  default: taken inside TensorFlow so only 1/12 of the bytes leave the model), or the raw class
+  probabilities float32 ``(256, 256, 13, 3)`` with ``argmax=False``;
+* ``ml4h_reg``: the LV mass in grams (a Python float).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from beam_pipeline import contracts, filesystems
+from beam_pipeline.model_card import ModelCard
+
+logger = logging.getLogger(__name__)
+
+MODEL_KINDS = (contracts.MODEL_KIND_SEG, contracts.MODEL_KIND_REG)
+# The bundled models (the trainer issue exports them here); None when absent.
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+
+class ModelExample(Protocol):
+    """What the handler needs from an example: the model tensor and its voxel size."""
+
+    @property
+    def image(self) -> np.ndarray: ...
+
+    @property
+    def spacing_mm(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """The minimal example: a ``contracts.TENSOR_SHAPE`` float32 image and its (row, col, slice) mm."""
+
+    image: np.ndarray
+    spacing_mm: np.ndarray
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded SavedModel: the serving function, its card, and the object that keeps it alive."""
+
+    serve: Any
+    card: ModelCard
+    module: Any
+
+
+def bundled_model_dir(kind: str) -> str | None:
+    """The project's bundled SavedModel for ``kind``, or None when the trainer has not shipped one."""
+    candidate = BUNDLED_MODELS_DIR / kind
+    return str(candidate) if (candidate / "saved_model.pb").exists() else None
+
+
+def read_model_card(model_dir: str, *, expected_kind: str | None = None) -> ModelCard:
+    """Read and check ``model_dir/model_card.json``.
+
+    Raises ``FileNotFoundError`` naming the path when the card is missing and ``ValueError`` when its
+    kind differs from ``expected_kind`` or its tensor contract/label map differ from the contracts.
+    """
+    card_path = filesystems.join(model_dir, contracts.MODEL_CARD_FILENAME)
+    if not filesystems.exists(card_path):
+        raise FileNotFoundError(f"{card_path}: no model card next to the SavedModel")
+    card = ModelCard.from_json(filesystems.read_text(card_path))
+    if expected_kind is not None and card.kind != expected_kind:
+        raise ValueError(f"{card_path}: model card kind is {card.kind!r}, expected {expected_kind!r}")
+    try:
+        card.check_compatible()
+    except ValueError as exc:
+        raise ValueError(f"{card_path}: {exc}") from exc
+    return card
+
+
+def stack_batch(batch: Sequence[ModelExample]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack examples into the signature's ``image`` (B, 256, 256, 13, 1) and ``spacing_mm`` (B, 3).
+
+    Raises ``ValueError`` naming the offending example index when a shape differs from the contract.
+    """
+    if not batch:
+        raise ValueError("cannot run inference on an empty batch")
+    for i, example in enumerate(batch):
+        shape = np.shape(example.image)
+        if shape != contracts.TENSOR_SHAPE:
+            raise ValueError(f"example {i}: image shape {shape}, expected {contracts.TENSOR_SHAPE}")
+        if np.shape(example.spacing_mm) != (len(contracts.SPACING_FIELDS),):
+            raise ValueError(f"example {i}: spacing_mm shape {np.shape(example.spacing_mm)}, expected (3,)")
+    images = np.stack([np.asarray(e.image, dtype=np.float32) for e in batch])
+    spacing = np.stack([np.asarray(e.spacing_mm, dtype=np.float32) for e in batch])
+    return images, spacing
+
+
+class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
+    """Runs an lvmass SavedModel (``serving_default``) on batches of participant tensors.
+
+    Args:
+      model_dir: the SavedModel folder (local or any path TensorFlow can open), with
+        ``model_card.json`` beside ``saved_model.pb``.
+      kind: ``contracts.MODEL_KIND_SEG`` or ``contracts.MODEL_KIND_REG``; must match the card.
+      argmax: for segmentation, return the argmax labels (uint8) rather than probabilities.
+      min_batch_size, max_batch_size: Beam's batching bounds (a participant tensor is 3.4 MB).
+      large_model: share one model per worker machine across processes (Beam multi-process shared).
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        kind: str,
+        argmax: bool = True,
+        min_batch_size: int = 1,
+        max_batch_size: int = 8,
+        large_model: bool = False,
+    ):
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"kind must be one of {MODEL_KINDS}. Received: {kind!r}")
+        if not 1 <= min_batch_size <= max_batch_size:
+            raise ValueError(
+                f"need 1 <= min_batch_size <= max_batch_size. Received: {min_batch_size}, {max_batch_size}"
+            )
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+                         large_model=large_model)
+        self._model_dir = model_dir
+        self._kind = kind
+        self._argmax = argmax
+
+    @property
+    def model_dir(self) -> str:
+        return self._model_dir
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    def load_model(self) -> LoadedModel:
+        """Load the SavedModel once per worker (RunInference shares it between threads/processes)."""
+        import tensorflow as tf
+
+        card = read_model_card(self._model_dir, expected_kind=self._kind)
+        module = tf.saved_model.load(self._model_dir)
+        if contracts.SERVING_SIGNATURE not in module.signatures:
+            raise ValueError(
+                f"{self._model_dir}: SavedModel has no {contracts.SERVING_SIGNATURE!r} signature "
+                f"(has {sorted(module.signatures)})"
+            )
+        logger.info("loaded %s model %s version %s", self._kind, self._model_dir, card.version)
+        return LoadedModel(serve=module.signatures[contracts.SERVING_SIGNATURE], card=card, module=module)
+
+    def run_inference(
+        self,
+        batch: Sequence[ModelExample],
+        model: LoadedModel,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        """One signature call per batch; one ``PredictionResult`` per example, in order."""
+        import tensorflow as tf
+
+        images, spacing = stack_batch(batch)
+        outputs = model.serve(**{
+            contracts.SIGNATURE_INPUT_IMAGE: tf.constant(images),
+            contracts.SIGNATURE_INPUT_SPACING: tf.constant(spacing),
+        })
+        if self._kind == contracts.MODEL_KIND_SEG:
+            probabilities = outputs[contracts.SIGNATURE_OUTPUT_PROBABILITIES]
+            expected = (len(batch), *contracts.LABEL_VOLUME_SHAPE, contracts.NUM_CLASSES)
+            if tuple(probabilities.shape) != expected:
+                raise ValueError(
+                    f"{self._model_dir}: {contracts.SIGNATURE_OUTPUT_PROBABILITIES!r} has shape "
+                    f"{tuple(probabilities.shape)}, expected {expected}"
+                )
+            if self._argmax:
+                values = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8).numpy()
+            else:
+                values = probabilities.numpy()
+            predictions: list[Any] = list(values)
+        else:
+            mass = np.asarray(outputs[contracts.SIGNATURE_OUTPUT_MASS].numpy(), dtype=np.float64).reshape(-1)
+            if mass.shape != (len(batch),):
+                raise ValueError(
+                    f"{self._model_dir}: {contracts.SIGNATURE_OUTPUT_MASS!r} has {mass.shape[0]} values "
+                    f"for a batch of {len(batch)}"
+                )
+            predictions = [float(m) for m in mass]
+        return [
+            PredictionResult(example, prediction, model_id=model.card.version)
+            for example, prediction in zip(batch, predictions, strict=True)
+        ]
+
+    def get_num_bytes(self, batch: Sequence[ModelExample]) -> int:
+        return sum(int(np.asarray(e.image).nbytes) for e in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return f"lvmass_{self._kind}"

@@ -1,0 +1,133 @@
+"""Parse the manifest of a UK Biobank participant zip (``manifest.cvs`` / ``manifest.csv``).
+
+The manifest is a hint, never the authority (the DICOM header is): the decoder uses it only to skip
+members that are clearly not short-axis cine images before reading their headers. Its real defect is
+repaired here: the ``date`` column holds an unquoted comma (``Aug 30, 2015 10:12:33``), which shifts every
+later column by one in a naive CSV parse (UKBB_FORMAT.md, "The manifest").
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+
+MANIFEST_PREFIX = "manifest"
+
+# Canonical column names; header spellings are normalised (lower case, spaces/underscores removed)
+# and mapped here. Only `filename`, `patientid`, `date`, `series discription` are verified spellings.
+_HEADER_ALIASES: dict[str, str] = {
+    "filename": "filename",
+    "file": "filename",
+    "patientid": "patient_id",
+    "studyid": "study_id",
+    "studydescription": "study_description",
+    "studydiscription": "study_description",
+    "date": "date",
+    "seriesid": "series_id",
+    "seriesdiscription": "series_description",
+    "seriesdescription": "series_description",
+    "modality": "modality",
+    "aet": "aet",
+    "host": "host",
+}
+_REQUIRED = ("filename", "series_description")
+# `Mon DD` then ` YYYY ...`: the two halves a naive split makes of the date.
+_DATE_HEAD = re.compile(r"^\s*[A-Za-z]{3,9}\.?\s+\d{1,2}\s*$")
+_DATE_TAIL = re.compile(r"^\s*\d{4}\b")
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be parsed; the message names the manifest and the line."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One manifest line. ``series_description`` is as written (ml4h-normalise it before matching)."""
+
+    filename: str
+    series_description: str
+    patient_id: str = ""
+    study_id: str = ""
+    study_description: str = ""
+    date: str = ""
+    series_id: str = ""
+    modality: str | None = None
+    aet: str = ""
+    host: str = ""
+
+
+def is_manifest_name(member_name: str) -> bool:
+    """Any zip member whose base name starts with ``manifest`` is the manifest (``.cvs`` is the real name)."""
+    base = member_name.rsplit("/", 1)[-1]
+    return base.lower().startswith(MANIFEST_PREFIX)
+
+
+def _canonical_header(header: list[str], source: str) -> list[str]:
+    names = []
+    for raw in header:
+        key = re.sub(r"[\s_]+", "", raw.strip().lower())
+        if key not in _HEADER_ALIASES:
+            raise ManifestError(
+                f"{source}: manifest header has unknown column {raw.strip()!r} (header: {header})"
+            )
+        names.append(_HEADER_ALIASES[key])
+    missing = [c for c in _REQUIRED if c not in names]
+    if missing:
+        raise ManifestError(f"{source}: manifest header lacks column(s) {missing} (header: {header})")
+    return names
+
+
+def _repair_date(fields: list[str], date_index: int) -> list[str]:
+    """Join ``Mon DD`` and `` YYYY hh:mm:ss`` that the unquoted comma split into two fields."""
+    if (
+        date_index + 1 < len(fields)
+        and _DATE_HEAD.match(fields[date_index])
+        and _DATE_TAIL.match(fields[date_index + 1])
+    ):
+        joined = f"{fields[date_index].strip()}, {fields[date_index + 1].strip()}"
+        return [*fields[:date_index], joined, *fields[date_index + 2 :]]
+    return fields
+
+
+def parse_manifest(text: str, *, source: str) -> list[ManifestRow]:
+    """Parse manifest text into rows, repairing the unquoted comma in ``date``.
+
+    Rows may carry 9 or 10 fields (``modality`` is optional); a header naming 10 columns with rows of
+    9 (or the reverse) is accepted by dropping/adding ``modality``. Raises :class:`ManifestError`
+    naming ``source`` and the line for anything else.
+    """
+    lines = [line for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if line.strip()]
+    if not lines:
+        raise ManifestError(f"{source}: manifest is empty")
+    parsed = list(csv.reader(io.StringIO("\n".join(lines)), skipinitialspace=False))
+    header = _canonical_header(parsed[0], source)
+    date_index = header.index("date") if "date" in header else None
+    rows: list[ManifestRow] = []
+    for line_no, fields in enumerate(parsed[1:], start=2):
+        if date_index is not None:
+            # Always repair (the split is unambiguous): a 9-field row split to 10 fields under a
+            # 10-column header has the right count and still needs it.
+            fields = _repair_date(fields, date_index)
+        names = header
+        if len(fields) != len(header):
+            # Tolerate a header with/without the optional modality column.
+            if "modality" in header and len(fields) == len(header) - 1:
+                names = [n for n in header if n != "modality"]
+            elif (
+                "modality" not in header and len(fields) == len(header) + 1 and "series_description" in header
+            ):
+                at = header.index("series_description") + 1
+                names = [*header[:at], "modality", *header[at:]]
+            else:
+                raise ManifestError(
+                    f"{source}: manifest line {line_no} has {len(fields)} fields, expected {len(header)} "
+                    f"after repairing the date: {lines[line_no - 1]!r}"
+                )
+        values = dict(zip(names, (f.strip() for f in fields), strict=True))
+        if not values.get("filename"):
+            raise ManifestError(f"{source}: manifest line {line_no} has an empty filename")
+        modality = values.pop("modality", None)
+        rows.append(ManifestRow(**values, modality=modality or None))
+    return rows

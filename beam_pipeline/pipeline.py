@@ -1,0 +1,299 @@
+"""``python -m beam_pipeline`` / ``lvmass run``: participant zips -> LV mass, LVMI, LVH -> Parquet.
+
+Our flags are parsed with argparse (``parse_known_args``); everything else becomes Beam
+``PipelineOptions`` (``--runner``, ``--direct_num_workers``, Dataflow's ``--project``...), so the same
+command runs locally (FnApiRunner / DirectRunner multi-processing) and on Dataflow::
+
+    python -m beam_pipeline --input 'gs://bucket/20209/*_20209_*.zip' --phenotypes gs://bucket/pheno.csv \\
+        --output gs://bucket/lvmass-run --methods ml4h_seg,ml4h_reg,inlinevf --runner DataflowRunner ...
+
+``--mode tensorize`` decodes the same way and writes TFRecords for the trainer instead.
+Outputs (``beam_pipeline.schema``): ``OUTPUT/lvmass/method=<m>/results-*.parquet``,
+``OUTPUT/errors/errors-*.parquet``, ``OUTPUT/summary.json`` (and ``OUTPUT/tfrecords/`` in tensorize mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_pipeline import contracts, filesystems
+from beam_pipeline.decode import ED_RULES
+from beam_pipeline.inference import SavedModelHandler, bundled_model_dir, read_model_card
+from beam_pipeline.schema import SUMMARY_FILENAME
+from beam_pipeline.summary import OutputRow
+from beam_pipeline.transforms import (
+    CalibrateAndIndex,
+    DecodeParticipants,
+    EncodeExamples,
+    MeasureInlineVF,
+    ReadParticipants,
+    RegressMass,
+    SegmentAndMeasure,
+    WriteErrors,
+    WriteResults,
+    WriteSummary,
+    WriteTFRecords,
+)
+
+logger = logging.getLogger(__name__)
+
+MODE_INFER = "infer"
+MODE_TENSORIZE = "tensorize"
+MODES = (MODE_INFER, MODE_TENSORIZE)
+
+
+class ConfigError(ValueError):
+    """The run's options cannot work (a missing model, an unknown method): said before any work starts."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Our own options, checked; the Beam ones travel separately as ``PipelineOptions``."""
+
+    input: str
+    output: str
+    phenotypes: str | None
+    methods: tuple[str, ...]
+    mode: str
+    model_seg: str | None
+    model_reg: str | None
+    calibration: str | None
+    ed_rule: str
+    batch_size: int
+    large_model: bool
+    num_shards: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m beam_pipeline",
+        description="Participant zips -> LV mass, LVMI, LVH -> Parquet (or TFRecords with --mode tensorize). "
+        "Unknown options are passed to Beam as PipelineOptions (e.g. --runner).",
+    )
+    parser.add_argument("--input", required=True,
+                        help="glob of participant zips, local or gs:// (e.g. gs://b/20209/*_20209_*.zip)")
+    parser.add_argument("--output", required=True, help="output folder, local or gs://")
+    parser.add_argument("--phenotypes", default=None,
+                        help="phenotype table (CSV or Parquet, local or gs://), columns as `lvmass synth` "
+                        "writes them")
+    parser.add_argument("--methods", default=",".join(contracts.INPUT_METHODS),
+                        help=f"comma-separated subset of {','.join(contracts.INPUT_METHODS)} "
+                        f"({contracts.METHOD_INLINEVF_RECALIBRATED} comes with {contracts.METHOD_INLINEVF})")
+    parser.add_argument("--mode", choices=MODES, default=MODE_INFER)
+    parser.add_argument("--model_seg", default=None, help="ML4H_seg SavedModel folder (default: bundled)")
+    parser.add_argument("--model_reg", default=None, help="ML4H_reg SavedModel folder (default: bundled)")
+    parser.add_argument("--calibration", default=None,
+                        help="JSON {method: {raw_mean_g: {sex: g}, manual_mean_g: {sex: g}}} used for "
+                        "sex-stratified centering when the run has no manual masses")
+    parser.add_argument("--ed_rule", choices=ED_RULES, default=ED_RULES[0],
+                        help="end-diastolic frame rule for non-UK Biobank data")
+    parser.add_argument("--batch_size", type=int, default=8, help="max participants per inference batch")
+    parser.add_argument("--large_model", action="store_true",
+                        help="share one model copy across a worker's processes")
+    parser.add_argument("--num_shards", type=int, default=1,
+                        help="Parquet files per method (0: let the runner decide)")
+    return parser
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``"ml4h_seg,inlinevf"`` -> the methods in contract order; unknown names raise ConfigError."""
+    requested = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(requested) - set(contracts.INPUT_METHODS))
+    if unknown or not requested:
+        raise ConfigError(f"--methods must name some of {list(contracts.INPUT_METHODS)}. Received: {text!r}")
+    return tuple(m for m in contracts.INPUT_METHODS if m in requested)
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
+    """Split our flags from Beam's; resolve default models; fail fast on what cannot work."""
+    args, beam_args = _parser().parse_known_args(argv)
+    methods = parse_methods(args.methods)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch_size must be >= 1. Received: {args.batch_size}")
+    model_seg = args.model_seg
+    model_reg = args.model_reg
+    if args.mode == MODE_INFER:
+        if contracts.METHOD_ML4H_SEG in methods:
+            model_seg = model_seg or bundled_model_dir(contracts.MODEL_KIND_SEG)
+            if model_seg is None:
+                raise ConfigError(
+                    "method ml4h_seg needs a SavedModel: pass --model_seg DIR (no bundled model under "
+                    "beam_pipeline/models/ml4h_seg/), or drop ml4h_seg from --methods")
+        if contracts.METHOD_ML4H_REG in methods:
+            model_reg = model_reg or bundled_model_dir(contracts.MODEL_KIND_REG)
+            if model_reg is None:
+                raise ConfigError(
+                    "method ml4h_reg needs a SavedModel: pass --model_reg DIR (no bundled model under "
+                    "beam_pipeline/models/ml4h_reg/), or drop ml4h_reg from --methods")
+    config = RunConfig(
+        input=args.input, output=args.output.rstrip("/"), phenotypes=args.phenotypes, methods=methods,
+        mode=args.mode, model_seg=model_seg if contracts.METHOD_ML4H_SEG in methods else None,
+        model_reg=model_reg if contracts.METHOD_ML4H_REG in methods else None,
+        calibration=args.calibration, ed_rule=args.ed_rule, batch_size=args.batch_size,
+        large_model=args.large_model, num_shards=args.num_shards,
+    )
+    return config, beam_args
+
+
+def centering_from_dict(spec: Any, *, source: str) -> Any:
+    """``{"raw_mean_g": {sex: g}, "manual_mean_g": {sex: g}}`` -> ``mass.SexCentering``."""
+    from beam_pipeline.mass import SexCentering
+
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{source}: calibration must be an object with raw_mean_g and manual_mean_g")
+    try:
+        return SexCentering.from_dict(spec, source=source)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{source}: bad calibration ({exc})") from exc
+
+
+def fallback_centering(config: RunConfig) -> dict[str, Any]:
+    """Centering to use for a method when the run has no manual masses: --calibration, else the card."""
+    fallback: dict[str, Any] = {}
+    if config.model_seg is not None:
+        card = read_model_card(config.model_seg, expected_kind=contracts.MODEL_KIND_SEG)
+        if card.calibration:
+            fallback[contracts.METHOD_ML4H_SEG] = centering_from_dict(
+                card.calibration, source=f"{config.model_seg} model card")
+    if config.calibration:
+        try:
+            spec = json.loads(filesystems.read_text(config.calibration))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{config.calibration}: cannot read the calibration JSON ({exc})") from exc
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{config.calibration}: calibration JSON must be an object keyed by method")
+        for method, method_spec in spec.items():
+            if method not in contracts.INPUT_METHODS:
+                raise ConfigError(f"{config.calibration}: unknown method {method!r}")
+            fallback[method] = centering_from_dict(method_spec, source=config.calibration)
+    return fallback
+
+
+def _check_inputs(config: RunConfig) -> None:
+    if config.phenotypes and not filesystems.exists(config.phenotypes):
+        raise ConfigError(f"--phenotypes {config.phenotypes}: file not found")
+    for flag, path in (("--model_seg", config.model_seg), ("--model_reg", config.model_reg)):
+        if path is not None:
+            kind = contracts.MODEL_KIND_SEG if flag == "--model_seg" else contracts.MODEL_KIND_REG
+            try:
+                read_model_card(path, expected_kind=kind)
+            except (FileNotFoundError, ValueError) as exc:
+                raise ConfigError(f"{flag} {path}: {exc}") from exc
+
+
+def build_pipeline(p: beam.Pipeline, config: RunConfig) -> None:
+    """Add the whole job to ``p`` (not run): read -> decode -> methods -> calibrate -> write."""
+    files = p | "ReadParticipants" >> ReadParticipants(config.input)
+    uris = files | "InputURIs" >> beam.Map(lambda f: f.metadata.path)
+    with_inlinevf = config.mode == MODE_TENSORIZE or contracts.METHOD_INLINEVF in config.methods
+    participants, decode_errors = files | "DecodeParticipants" >> DecodeParticipants(
+        ed_rule=config.ed_rule, with_inlinevf=with_inlinevf)
+    error_sets = [decode_errors]
+
+    if config.mode == MODE_TENSORIZE:
+        examples, encode_errors = participants | "EncodeExamples" >> EncodeExamples(config.phenotypes)
+        error_sets.append(encode_errors)
+        _ = examples | "WriteTFRecords" >> WriteTFRecords(config.output)
+        rows = examples | "SummaryRows" >> beam.MapTuple(lambda uri, _: OutputRow(uri, "tfrecord", True))
+    else:
+        measurement_sets = []
+        if config.model_seg is not None:
+            handler = SavedModelHandler(config.model_seg, kind=contracts.MODEL_KIND_SEG,
+                                        max_batch_size=config.batch_size, large_model=config.large_model)
+            measured, errors = participants | "ML4H_seg" >> SegmentAndMeasure(handler)
+            measurement_sets.append(measured)
+            error_sets.append(errors)
+        if config.model_reg is not None:
+            handler = SavedModelHandler(config.model_reg, kind=contracts.MODEL_KIND_REG,
+                                        max_batch_size=config.batch_size, large_model=config.large_model)
+            measured, errors = participants | "ML4H_reg" >> RegressMass(handler)
+            measurement_sets.append(measured)
+            error_sets.append(errors)
+        if contracts.METHOD_INLINEVF in config.methods:
+            measured, errors = participants | "InlineVF" >> MeasureInlineVF()
+            measurement_sets.append(measured)
+            error_sets.append(errors)
+        measurements = measurement_sets | "FlattenMeasurements" >> beam.Flatten()
+        records = measurements | "CalibrateAndIndex" >> CalibrateAndIndex(
+            config.phenotypes, fallback_centering(config))
+        output_methods = list(config.methods)
+        if contracts.METHOD_INLINEVF in config.methods:
+            output_methods.append(contracts.METHOD_INLINEVF_RECALIBRATED)
+        _ = records | "WriteResults" >> WriteResults(config.output, output_methods,
+                                                     num_shards=config.num_shards)
+        rows = records | "SummaryRows" >> beam.Map(lambda r: OutputRow(r.source_uri, r.method, r.qc_pass))
+
+    errors = tuple(error_sets) | "FlattenErrors" >> beam.Flatten()
+    _ = errors | "WriteErrors" >> WriteErrors(config.output)
+    _ = (uris, rows, errors) | "WriteSummary" >> WriteSummary(
+        config.output, mode=config.mode, options=config.as_dict())
+
+
+def _log_counters(result: Any) -> dict[str, int]:
+    """The run's Beam counters (namespace ``lvmass``), logged and returned."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace("lvmass"))["counters"]
+    except (AttributeError, NotImplementedError, KeyError):  # some runners report no metrics
+        return {}
+    totals: dict[str, int] = {}
+    for counter in counters:
+        name = counter.key.metric.name
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[name] = totals.get(name, 0) + int(value or 0)
+    for name in sorted(totals):
+        logger.info("counter %s = %d", name, totals[name])
+    return totals
+
+
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
+    """Build and run the pipeline; return the run summary (``OUTPUT/summary.json``) once it finished.
+
+    ``test_pipeline`` lets a test inject its own pipeline (e.g. ``TestPipeline(runner="FnApiRunner")``).
+    """
+    config, beam_args = parse_args(argv)
+    options = PipelineOptions(beam_args)
+    FileSystems.set_options(options)
+    _check_inputs(config)
+    logger.info("lvmass %s: %s -> %s (methods %s)", config.mode, config.input, config.output,
+                ",".join(config.methods))
+    p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
+    build_pipeline(p, config)
+    result = p.run()
+    result.wait_until_finish()
+    counters = _log_counters(result)
+    summary_path = filesystems.join(config.output, SUMMARY_FILENAME)
+    summary = json.loads(filesystems.read_text(summary_path))
+    summary["counters"] = counters
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry: 0 when the run's counts reconcile, 1 when they do not, 2 on bad options."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        summary = run(argv)
+    except ConfigError as exc:
+        print(f"lvmass run: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: summary[k] for k in ("inputs_matched", "participants_written", "participants_failed",
+                                              "rows_per_method", "reconciled")}, indent=2))
+    return 0 if summary["reconciled"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The run summary (``OUTPUT/summary.json``): what went in, what came out, what failed and why.
+
+Pure functions over plain records, so the arithmetic is tested without Beam; the pipeline feeds them
+from side inputs in one final step. The invariant the summary states (``reconciled``): every matched
+input ends as a participant with result rows or as a failed participant with dead-letter rows,
+``inputs_matched == participants_written + participants_failed``, with no input unaccounted for. A
+participant that lost one method (say a failed inference batch) but kept another is *written*, and its
+error rows are counted under ``partial_failures``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from typing import Any, NamedTuple
+
+from beam_pipeline import PIPELINE_VERSION
+from beam_pipeline.schema import ErrorRecord
+
+SUMMARY_SCHEMA_VERSION = 1
+_VERSIONED_PACKAGES = ("apache-beam", "tensorflow", "numpy", "pyarrow", "pydicom", "scipy")
+
+
+class OutputRow(NamedTuple):
+    """What the summary needs of one written row: its participant, method and QC verdict."""
+
+    source_uri: str
+    method: str
+    qc_pass: bool
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that shape the numbers (None when one is not installed)."""
+    versions: dict[str, str | None] = {"lvmass": PIPELINE_VERSION, "python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def error_reason(error: ErrorRecord) -> str:
+    """A short, countable reason: the error type, plus the decoder's own step for a ``DecodeError``.
+
+    A ``DecodeError`` message reads ``"<source>: <step>: <reason>"`` (``beam_pipeline.study``), so the
+    step (``manifest``, ``series``, ``pixels``...) is what separates "zip without SAX series" from
+    "DICOM without pixels".
+    """
+    if error.error_type == "DecodeError":
+        rest = error.message
+        prefix = f"{error.source_uri}: "
+        if rest.startswith(prefix):
+            rest = rest[len(prefix):]
+        step = rest.split(":", 1)[0].strip()
+        if step and " " not in step:
+            return f"DecodeError.{step}"
+    return error.error_type
+
+
+def build_summary(
+    *,
+    input_uris: Iterable[str],
+    rows: Iterable[OutputRow],
+    errors: Iterable[ErrorRecord],
+    mode: str,
+    options: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Counts in, out, failed by stage and reason, rows and QC passes per method, versions, options."""
+    inputs = sorted(set(input_uris))
+    rows = list(rows)
+    errors = sorted(errors, key=lambda e: (e.source_uri, e.stage, e.error_type, e.message))
+    written = {r.source_uri for r in rows}
+    errored = {e.source_uri for e in errors}
+    failed = errored - written
+    unaccounted = sorted(set(inputs) - written - failed)
+    unexpected = sorted((written | failed) - set(inputs))
+
+    first_error: dict[str, ErrorRecord] = {}
+    for error in errors:
+        first_error.setdefault(error.source_uri, error)
+    failed_by_stage = Counter(first_error[uri].stage for uri in failed)
+    failed_by_reason = Counter(f"{first_error[uri].stage}/{error_reason(first_error[uri])}" for uri in failed)
+    partial = Counter(f"{e.stage}/{error_reason(e)}" for e in errors if e.source_uri in written)
+
+    return {
+        "summary_schema_version": SUMMARY_SCHEMA_VERSION,
+        "pipeline_version": PIPELINE_VERSION,
+        "mode": mode,
+        "inputs_matched": len(inputs),
+        "participants_written": len(written),
+        "participants_failed": len(failed),
+        "reconciled": len(inputs) == len(written) + len(failed) and not unaccounted and not unexpected,
+        "unaccounted_inputs": unaccounted,
+        "failed_by_stage": dict(sorted(failed_by_stage.items())),
+        "failed_by_reason": dict(sorted(failed_by_reason.items())),
+        "error_rows": len(errors),
+        "partial_failures": dict(sorted(partial.items())),
+        "rows_per_method": dict(sorted(Counter(r.method for r in rows).items())),
+        "qc_pass_per_method": dict(sorted(Counter(r.method for r in rows if r.qc_pass).items())),
+        "failed_inputs": sorted(failed),
+        "versions": package_versions(),
+        "options": {k: options[k] for k in sorted(options)},
+    }
+
+
+def summary_json(summary: Mapping[str, Any]) -> str:
+    """Stable, human-readable JSON (sorted keys) so two runs on the same inputs diff cleanly."""
+    return json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n"

@@ -1,0 +1,559 @@
+"""One synthetic participant, end to end, in memory: demographics, anatomy, images, InlineVF contours,
+DICOMs, the zip, and the ground truth. Nothing here touches the disk.
+
+Every participant's randomness derives from ``(seed, eid)`` alone, so a cohort is the same whatever
+the number of workers, and a test can rebuild any participant on its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from beam_pipeline.contracts import SAX_FIELD_ID
+from lvmass.synth import dicom_writer as dw
+from lvmass.synth.anatomy import (
+    N_PHASES,
+    SLICE_SPACING_MM,
+    SLICE_THICKNESS_MM,
+    LVAnatomy,
+    build_anatomy,
+    true_volumes,
+)
+from lvmass.synth.config import SynthConfig
+from lvmass.synth.inlinevf import (
+    assign_failure_slices,
+    contoured,
+    draw_inlinevf,
+    outline_labels_myocardium,
+    rasterise,
+    raw_mass_g,
+    slice_curves,
+)
+from lvmass.synth.population import dubois_bsa_m2, draw_demographics, draw_diseases, fit_disease_model
+from lvmass.synth.render import (
+    HeartSlice,
+    bias_field,
+    draw_appearance,
+    draw_body,
+    plane_points,
+    quantise,
+    render_background,
+    rician,
+    smooth_texture,
+)
+
+SAX_PREFIX = "CINE_segmented_SAX_b"
+INLINEVF_DESCRIPTION = "CINE_segmented_SAX_InlineVF"
+VF_RESULTS_DESCRIPTION = "Inline_VF_Results"
+SINGLE_SERIES_DESCRIPTION = "sa_cine_stack"
+LAX_SLICE_THICKNESS_MM = 6.0
+_VAR_TAGS = {
+    "SOPInstanceUID": 0x00080018, "SeriesTime": 0x00080031, "AcquisitionTime": 0x00080032,
+    "ContentTime": 0x00080033, "SeriesDescription": 0x0008103E, "TriggerTime": 0x00181060,
+    "ProtocolName": 0x00181030, "SeriesInstanceUID": 0x0020000E, "SeriesNumber": 0x00200011,
+    "InstanceNumber": 0x00200013, "ImagePositionPatient": 0x00200032, "SliceLocation": 0x00201041,
+    "PixelData": 0x7FE00010,
+}
+_OVERLAY_DATA = 0x60003000
+
+
+@dataclass(frozen=True)
+class ParticipantData:
+    """A participant as the generator makes it: the zip's bytes and everything known about it."""
+
+    eid: int
+    zip_name: str
+    zip_bytes: bytes
+    phenotype: dict[str, Any]  # PHENOTYPE_COLUMNS
+    truth: dict[str, Any]  # truth.csv row
+    labels: np.ndarray  # uint8 (rows, cols, n_slices), ED, base to apex
+
+
+def participant_rngs(seed: int, eid: int, n: int = 8) -> list[np.random.Generator]:
+    """Independent random streams of one participant, from (seed, eid) only."""
+    if seed < 0 or eid < 0:
+        raise ValueError(f"seed and eid must be non-negative. Received seed={seed}, eid={eid}")
+    return [np.random.default_rng(s) for s in np.random.SeedSequence([seed, eid]).spawn(n)]
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def _rotate(vec: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
+    """Rodrigues' rotation of vec about a unit axis."""
+    return (vec * math.cos(angle) + np.cross(axis, vec) * math.sin(angle)
+            + axis * float(np.dot(axis, vec)) * (1.0 - math.cos(angle)))
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """Scanner geometry of one participant's short-axis stack (patient LPS, mm)."""
+
+    rows: int
+    cols: int
+    pixel_spacing_mm: tuple[float, float]  # PixelSpacing (0028,0030): row spacing, column spacing
+    u: np.ndarray  # row direction cosine (0020,0037)[0:3]
+    v: np.ndarray  # column direction cosine (0020,0037)[3:6]
+    n: np.ndarray  # slice normal u x v, base -> apex
+    origin: np.ndarray  # heart origin (centre of the base plane), LPS
+    centre_px: tuple[float, float]  # where the heart axis crosses the image (row, col), no misregistration
+    z_nominal_mm: tuple[float, ...]  # slice centres along n relative to the origin
+    z_anatomy_mm: tuple[float, ...]  # the anatomy's height in each slice (breath-hold offsets included)
+    shifts_mm: tuple[tuple[float, float], ...]  # in-plane breath-hold displacement (x along u, y along v)
+
+    def ipp(self, k: int) -> np.ndarray:
+        """ImagePositionPatient (0020,0032): the centre of pixel (0, 0) of slice k."""
+        return (self.origin + self.z_nominal_mm[k] * self.n - self.centre_px[1] * self.pixel_spacing_mm[1] * self.u
+                - self.centre_px[0] * self.pixel_spacing_mm[0] * self.v)
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.z_nominal_mm)
+
+    @property
+    def iop(self) -> list[float]:
+        return [*self.u.tolist(), *self.v.tolist()]
+
+
+def _draw_orientation(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A tilted short-axis plane: the normal is the LV long axis (apex left, anterior, inferior)."""
+    n = _unit(np.array([0.55, -0.45, -0.70]) + rng.normal(0.0, 0.08, 3))
+    posterior = np.array([0.0, 1.0, 0.0])  # image down = posterior (anterior chest wall at the top)
+    v = _unit(posterior - np.dot(posterior, n) * n)
+    v = _unit(_rotate(v, n, float(rng.normal(0.0, 0.25))))
+    u = np.cross(v, n)
+    return u, v, n
+
+
+def _draw_acquisition(rng: np.random.Generator, anatomy: LVAnatomy, orientation: tuple[np.ndarray, ...],
+                      scale: float, misregistration_mm: float) -> Acquisition:
+    u, v, n = orientation
+    spacing = round(float(np.clip(rng.normal(1.86, 0.07 * max(scale, 0.05)), 1.4, 2.6)), 6)
+    rows = int(rng.choice([192, 198, 204, 208, 210]))
+    cols = int(rng.choice([208, 208, 208, 192, 224]))
+    centre = (rows / 2.0 + float(np.clip(rng.normal(0, 7 * scale), -30, 30)),
+              cols / 2.0 + float(np.clip(rng.normal(0, 7 * scale), -30, 30)))
+    # b1 is planned at the base: either just above it (no LV in its slab) or just below it (slab mostly in
+    # the LV), never straddling the base plane at mid-slab
+    z_first = float(rng.uniform(-12.0, -7.0)) if rng.random() < 0.4 else float(rng.uniform(2.5, 5.5))
+    n_needed = int(math.floor((anatomy.epi_apex_z_mm - z_first) / SLICE_SPACING_MM)) + 1
+    n_slices = int(np.clip(n_needed + int(rng.choice([-1, 0, 0, 1, 1, 2])), 6, 13))
+    z_nom = tuple(z_first + SLICE_SPACING_MM * k for k in range(n_slices))
+    eps = rng.normal(0.0, misregistration_mm * 0.8 * scale, n_slices)
+    shifts = rng.normal(0.0, misregistration_mm * scale, (n_slices, 2))
+    origin = np.array([20.0, -30.0, 35.0]) + rng.normal(0.0, 12.0, 3)
+    return Acquisition(
+        rows=rows, cols=cols, pixel_spacing_mm=(spacing, spacing), u=u, v=v, n=n, origin=origin, centre_px=centre,
+        z_nominal_mm=z_nom, z_anatomy_mm=tuple(float(z - e) for z, e in zip(z_nom, eps, strict=True)),
+        shifts_mm=tuple((float(a), float(b)) for a, b in shifts),
+    )
+
+
+def _plane_rel(acq: Acquisition, k: int, extra_shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Pixel centres of slice k relative to the displaced anatomy's origin (LPS)."""
+    pts = plane_points(acq.ipp(k), acq.u, acq.v, acq.rows, acq.cols, acq.pixel_spacing_mm)
+    dx, dy = acq.shifts_mm[k][0] + extra_shift[0], acq.shifts_mm[k][1] + extra_shift[1]
+    eps = acq.z_nominal_mm[k] - acq.z_anatomy_mm[k]
+    disp = acq.origin + dx * acq.u + dy * acq.v + eps * acq.n
+    return pts - disp.astype(np.float32)
+
+
+def _lv_centre_px(acq: Acquisition, anatomy: LVAnatomy, k: int, extra_shift: tuple[float, float] = (0.0, 0.0)
+                  ) -> tuple[float, float]:
+    z = max(acq.z_anatomy_mm[k], 0.0)
+    dx = acq.shifts_mm[k][0] + extra_shift[0] + anatomy.axis_drift_mm_per_mm[0] * z
+    dy = acq.shifts_mm[k][1] + extra_shift[1] + anatomy.axis_drift_mm_per_mm[1] * z
+    return acq.centre_px[0] + dy / acq.pixel_spacing_mm[0], acq.centre_px[1] + dx / acq.pixel_spacing_mm[1]
+
+
+def _mr_dataset(study: dict[str, Any], acq: Acquisition, *, siemens: bool, spacing_between: bool) -> Dataset:
+    """The fixed part of a short-axis cine instance (Siemens Aera 1.5 T bSSFP, UK Biobank protocol)."""
+    ds = Dataset()
+    when: dt.datetime = study["when"]
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "RETRO", "DIS2D"]
+    ds.SOPClassUID = dw.MR_IMAGE_STORAGE
+    ds.SOPInstanceUID = study["uid_placeholder"]
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = when.strftime("%Y%m%d")
+    ds.StudyTime = when.strftime("%H%M%S.%f")[:13]
+    ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = ds.StudyTime
+    ds.Modality = "MR"
+    ds.Manufacturer = "SIEMENS" if siemens else "GE MEDICAL SYSTEMS"
+    ds.InstitutionName = "UK Biobank Imaging Centre" if siemens else "Other Hospital"
+    ds.StationName = study["station_name"]
+    ds.StudyDescription = "CardiacMR"
+    ds.SeriesDescription = "placeholder"
+    ds.ManufacturerModelName = "Aera" if siemens else "Signa"
+    ds.PatientName = ""
+    ds.PatientID = study["patient_id"]
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "F" if study["sex"] == "female" else "M"
+    ds.PatientAge = f"{int(study['age']):03d}Y"
+    ds.PatientSize = dw.ds_str(round(study["height_cm"] / 100.0, 2))
+    ds.PatientWeight = dw.ds_str(round(study["weight_kg"], 1))
+    ds.BodyPartExamined = "CHEST"
+    ds.ScanningSequence = "GR"
+    ds.SequenceVariant = ["SK", "SS"] if not siemens else "SP"
+    ds.ScanOptions = "CG"
+    ds.MRAcquisitionType = "2D"
+    ds.SequenceName = "*tfi2d1_12" if siemens else "FIESTA"
+    ds.SliceThickness = dw.ds_str(SLICE_THICKNESS_MM)
+    ds.RepetitionTime = dw.ds_str(study["tr_ms"])
+    ds.EchoTime = "1.1"
+    ds.NumberOfAverages = "1"
+    ds.ImagingFrequency = "63.676"
+    ds.ImagedNucleus = "1H"
+    ds.EchoNumbers = "1"
+    ds.MagneticFieldStrength = "1.5"
+    if spacing_between:
+        ds.SpacingBetweenSlices = dw.ds_str(SLICE_SPACING_MM)
+    ds.EchoTrainLength = "1"
+    ds.SoftwareVersions = "syngo MR D13A" if siemens else "24_LX_MR"
+    ds.ProtocolName = "placeholder"
+    ds.TriggerTime = "0"
+    ds.NominalInterval = dw.ds_str(round(study["rr_ms"]))
+    ds.HeartRate = dw.ds_str(round(60000.0 / study["rr_ms"]))
+    ds.CardiacNumberOfImages = str(N_PHASES)
+    ds.TransmitCoilName = "Body"
+    ds.AcquisitionMatrix = [0, 208, 156, 0]
+    ds.InPlanePhaseEncodingDirection = "ROW"
+    ds.FlipAngle = "80"
+    ds.PatientPosition = "HFS"
+    ds.StudyInstanceUID = study["study_uid"]
+    ds.SeriesInstanceUID = study["uid_placeholder"]
+    ds.StudyID = "1"
+    ds.SeriesNumber = "1"
+    ds.AcquisitionNumber = "1"
+    ds.InstanceNumber = "1"
+    ds.ImagePositionPatient = "0\\0\\0"
+    ds.ImageOrientationPatient = dw.ds_multi(acq.iop)
+    ds.FrameOfReferenceUID = study["frame_uid"]
+    ds.PositionReferenceIndicator = ""
+    ds.SliceLocation = "0"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = acq.rows
+    ds.Columns = acq.cols
+    ds.PixelSpacing = dw.ds_multi(acq.pixel_spacing_mm)
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = dw.ds_str(study["window_centre"])
+    ds.WindowWidth = dw.ds_str(study["window_width"])
+    if siemens:
+        dw.siemens_csa(ds)
+    ds.add_new(0x7FE00010, "OW", b"\x00\x00")
+    return ds
+
+
+def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -> ParticipantData:
+    """Build one participant in memory (see the module docstring)."""
+    cfg = config or SynthConfig()
+    (r_pop, r_anat, r_acq, r_app, r_vf, r_noise, r_dicom, r_extra) = participant_rngs(seed, eid)
+    scale = cfg.appearance_scale
+    demo = draw_demographics(r_pop)
+    orientation = _draw_orientation(r_acq)
+    u, v, _ = orientation
+    d_rv = np.array([-0.75, -0.6, 0.2])
+    rv_angle = math.atan2(float(np.dot(d_rv, v)), float(np.dot(d_rv, u)))
+    anatomy = build_anatomy(r_anat, target_mass_g=demo.target_lv_mass_g, bsa_m2=demo.bsa_m2, rv_angle_rad=rv_angle)
+    acq = _draw_acquisition(r_acq, anatomy, orientation, scale, cfg.misregistration_mm)
+    n_slices = acq.n_slices
+    truth_vol = true_volumes(anatomy, np.asarray(acq.z_anatomy_mm))
+    bsa = float(dubois_bsa_m2(demo.height_cm, demo.weight_kg))
+    lvmi = truth_vol.lv_mass_g / bsa
+    male = demo.sex == "male"
+    diseases = draw_diseases(r_pop, fit_disease_model(cfg.diseases), lvmi, demo.age, male)
+    manual = ""
+    if r_pop.random() < cfg.manual_mass_fraction:
+        manual = round(truth_vol.lv_mass_g + float(r_pop.normal(0.0, cfg.reader_noise_sd_g)), 1)
+
+    # --- images
+    app = draw_appearance(r_app, scale)
+    body = draw_body(r_app, body_size=math.sqrt(demo.bsa_m2 / 1.9))
+    width_mm = app.edge_blur * max(acq.pixel_spacing_mm)
+    sigma = app.blood_signal / app.snr
+    phases = cfg.phases
+    duplicate = -1
+    if cfg.layout == "ukbb" and r_extra.random() < cfg.duplicate_slice_fraction and n_slices >= 3:
+        duplicate = int(r_extra.integers(1, n_slices - 1))
+
+    def make_slice(k: int, extra: tuple[float, float] = (0.0, 0.0)) -> HeartSlice:
+        rel = _plane_rel(acq, k, extra)
+        texture = smooth_texture(r_app, (acq.rows, acq.cols), app.texture)
+        bg = render_background(rel, body, app, width_mm, texture)
+        gain = float(1.0 + app.slice_gain_sd * r_app.standard_normal())
+        bias = bias_field(rel, app) * np.float32(app.blood_signal * gain)
+        return HeartSlice(anatomy, app, bg, bias, acq.z_anatomy_mm[k], _lv_centre_px(acq, anatomy, k, extra),
+                          acq.pixel_spacing_mm, float(r_app.uniform(0, 2 * math.pi)))
+
+    slices = [make_slice(k) for k in range(n_slices)]
+    pixels: dict[tuple[int, int], bytes] = {}
+    for k, hs in enumerate(slices):
+        for p in phases:
+            img = rician(hs.heart_signal(p) * hs.bias, sigma, r_noise)
+            pixels[(k, p)] = quantise(img).tobytes()
+    dup_pixels: dict[int, bytes] = {}
+    if duplicate >= 0:  # an earlier, discarded acquisition of one slice: a different breath-hold
+        hs = make_slice(duplicate, (float(r_extra.uniform(4, 8)), float(r_extra.uniform(-8, -4))))
+        for p in phases:
+            dup_pixels[p] = quantise(rician(hs.heart_signal(p) * hs.bias, sigma, r_noise)).tobytes()
+    labels = np.stack([hs.labels_ed() for hs in slices], axis=-1)
+
+    # --- InlineVF
+    vf = draw_inlinevf(r_vf, failure_rate=cfg.inlinevf_failure_rate, epi_offset_mm=cfg.inlinevf_epi_offset_mm,
+                       endo_offset_mm=cfg.inlinevf_endo_offset_mm, offset_sd_mm=cfg.inlinevf_offset_sd_mm,
+                       jitter_mm=cfg.inlinevf_jitter_mm)
+    contoured_ed = [k for k in range(n_slices) if contoured(anatomy, acq.z_anatomy_mm[k], 0)]
+    vf = assign_failure_slices(vf, r_vf, contoured_ed, n_slices)
+    overlays: dict[tuple[int, int], np.ndarray] = {}
+    ed_myo = []
+    if cfg.layout == "ukbb":
+        shape = (acq.rows, acq.cols)
+        for k, hs in enumerate(slices):
+            for p in phases:
+                curves = slice_curves(anatomy, vf, slice_index=k, slice_z_mm=acq.z_anatomy_mm[k], phase=p,
+                                      centre_px=hs.centre_px, spacing=acq.pixel_spacing_mm, rng=r_vf)
+                if curves:
+                    overlays[(k, p)] = np.logical_or.reduce([rasterise(c, shape) for c in curves])
+                if p == 0:
+                    ed_myo.append(outline_labels_myocardium(curves, shape))
+    expected_vf = raw_mass_g(ed_myo, acq.pixel_spacing_mm, SLICE_SPACING_MM) if ed_myo else float("nan")
+
+    # --- DICOM files and the zip
+    when = dt.datetime(2014, 5, 1, 8, 0, 0) + dt.timedelta(days=int(r_dicom.integers(0, 2100)),
+                                                         minutes=int(r_dicom.integers(0, 600)))
+    station = int(r_dicom.integers(41000, 42000))
+    uids = dw.UidFactory(station, when, r_dicom)
+    rr_ms = float(round(np.clip(r_dicom.normal(950.0, 130.0), 600.0, 1400.0)))  # NominalInterval is an IS
+    study = {
+        "when": when, "uid_placeholder": uids.root + "0" * 8, "study_uid": uids.next(), "frame_uid": uids.next(),
+        "station_name": f"AWP{station}", "patient_id": str(eid), "sex": demo.sex, "age": demo.age,
+        "height_cm": demo.height_cm, "weight_kg": demo.weight_kg, "tr_ms": round(float(r_dicom.uniform(2.5, 2.8)), 2),
+        "rr_ms": rr_ms, "window_centre": round(app.blood_signal * 0.6), "window_width": round(app.blood_signal * 1.4),
+    }
+    members, manifest_rows, info = _assemble(cfg, eid, acq, study, uids, phases, pixels, overlays, duplicate,
+                                             dup_pixels, r_extra)
+    zip_name = f"{eid}_{SAX_FIELD_ID}_{cfg.instance}_0.zip"
+    if cfg.layout == "ukbb":
+        manifest = dw.manifest_text(
+            manifest_rows, patient_id=str(eid), study_id=study["study_uid"], study_description="CardiacMR", when=when,
+            aet=study["station_name"], host="ANON_HOST", with_modality=bool(r_extra.random() < cfg.modality_column_fraction))
+        members.insert(0, ("manifest.cvs", manifest.encode("ascii")))
+    zip_bytes = dw.write_zip(members, when, cfg.zip_compresslevel)
+
+    label_mass = float((labels == 2).sum()) * acq.pixel_spacing_mm[0] * acq.pixel_spacing_mm[1] * SLICE_SPACING_MM \
+        / 1000.0 * 1.05
+    phenotype = {
+        "eid": eid, "sex": demo.sex, "age": demo.age, "height_cm": demo.height_cm, "weight_kg": demo.weight_kg,
+        **diseases, "manual_lv_mass_g": manual,
+    }
+    truth = {
+        "eid": eid, "instance": cfg.instance, "sex": demo.sex, "n_slices": n_slices, "rows": acq.rows,
+        "cols": acq.cols, "pixel_spacing_row_mm": acq.pixel_spacing_mm[0], "pixel_spacing_col_mm": acq.pixel_spacing_mm[1],
+        "slice_spacing_mm": SLICE_SPACING_MM, "slice_thickness_mm": SLICE_THICKNESS_MM,
+        "true_myocardium_volume_ml": round(truth_vol.myocardium_volume_ml, 4),
+        "true_lv_mass_g": round(truth_vol.lv_mass_g, 4),
+        "true_lv_cavity_volume_ml": round(truth_vol.cavity_volume_ml, 4),
+        "bsa_m2": round(bsa, 5), "true_lvmi_g_m2": round(lvmi, 4), "inlinevf_failure": vf.failure,
+        "age": demo.age, "height_cm": demo.height_cm, "weight_kg": demo.weight_kg,
+        **{name: val for name, val in diseases.items()},
+        "manual_lv_mass_g": manual,
+        "target_lv_mass_g": round(demo.target_lv_mass_g, 3),
+        "label_lv_mass_g": round(label_mass, 3),
+        "expected_inlinevf_raw_mass_g": round(expected_vf, 3),
+        "expected_inlinevf_bias_factor": round(expected_vf / truth_vol.lv_mass_g, 5),
+        "inlinevf_epi_offset_mm": round(vf.epi_offset_mm, 4), "inlinevf_endo_offset_mm": round(vf.endo_offset_mm, 4),
+        "inlinevf_failure_slices": " ".join(str(k + 1) for k in vf.failure_slices),
+        "contoured_slices": " ".join(str(k + 1) for k in contoured_ed),
+        "first_lv_slice": 1 + min((k for k in range(n_slices) if truth_vol.myocardium_area_mm2[k] > 0), default=-1),
+        "last_lv_slice": 1 + max((k for k in range(n_slices) if truth_vol.myocardium_area_mm2[k] > 0), default=-1),
+        "myocardium_area_mm2": " ".join(f"{a:.2f}" for a in truth_vol.myocardium_area_mm2),
+        "epi_apex_mm": round(anatomy.epi_apex_z_mm, 3), "slice1_z_mm": round(acq.z_anatomy_mm[0], 3),
+        "n_phases_written": len(phases), "rr_ms": round(rr_ms, 2), "layout": cfg.layout,
+        "duplicate_slice": duplicate + 1 if duplicate >= 0 else "", **info,
+        "blood_signal": round(app.blood_signal, 2), "myocardium_contrast": round(app.myocardium, 4),
+        "snr": round(app.snr, 3), "edge_blur_px": round(app.edge_blur, 3),
+        "appearance_scale": cfg.appearance_scale,
+    }
+    return ParticipantData(eid=eid, zip_name=zip_name, zip_bytes=zip_bytes, phenotype=phenotype, truth=truth,
+                           labels=labels)
+
+
+def _assemble(cfg: SynthConfig, eid: int, acq: Acquisition, study: dict[str, Any], uids: dw.UidFactory,
+              phases: tuple[int, ...], pixels: dict[tuple[int, int], bytes], overlays: dict[tuple[int, int], np.ndarray],
+              duplicate: int, dup_pixels: dict[int, bytes], rng: np.random.Generator
+              ) -> tuple[list[tuple[str, bytes]], list[dw.ManifestRow], dict[str, Any]]:
+    """All DICOM members of the zip (and the manifest rows) for the configured layout."""
+    ukbb = cfg.layout == "ukbb"
+    spacing_between = bool(rng.random() < cfg.spacing_between_slices_fraction)
+    base = _mr_dataset(study, acq, siemens=ukbb, spacing_between=spacing_between)
+    meta = dw.file_meta(dw.MR_IMAGE_STORAGE)
+    plain = dw.InstanceTemplate(meta, base, _VAR_TAGS.values())
+    with_overlay = base.copy()
+    dw.add_overlay_placeholders(with_overlay, acq.rows, acq.cols)
+    vf_template = dw.InstanceTemplate(meta, with_overlay, [*_VAR_TAGS.values(), _OVERLAY_DATA])
+    members: list[tuple[str, bytes]] = []
+    rows: list[dw.ManifestRow] = []
+    when: dt.datetime = study["when"]
+    rr = study["rr_ms"]
+    n = acq.n_slices
+    normal = acq.n
+
+    def add(template: dw.InstanceTemplate, *, description: str, series_uid: str, series_number: int, instance: int,
+            k: int, phase: int, pixel_bytes: bytes, minutes: float, overlay: np.ndarray | None = None,
+            name: str | None = None) -> None:
+        uid = uids.next()
+        t = (when + dt.timedelta(minutes=minutes)).strftime("%H%M%S.%f")[:13]
+        ipp = acq.ipp(k)
+        values: dict[int, bytes | str] = {
+            _VAR_TAGS["SOPInstanceUID"]: uid, _VAR_TAGS["SeriesTime"]: t, _VAR_TAGS["AcquisitionTime"]: t,
+            _VAR_TAGS["ContentTime"]: t, _VAR_TAGS["SeriesDescription"]: description,
+            _VAR_TAGS["TriggerTime"]: dw.ds_str(round(phase * rr / N_PHASES, 4)),
+            _VAR_TAGS["ProtocolName"]: description, _VAR_TAGS["SeriesInstanceUID"]: series_uid,
+            _VAR_TAGS["SeriesNumber"]: str(series_number), _VAR_TAGS["InstanceNumber"]: str(instance),
+            _VAR_TAGS["ImagePositionPatient"]: dw.ds_multi(np.round(ipp, 6)),
+            _VAR_TAGS["SliceLocation"]: dw.ds_str(round(float(np.dot(ipp, normal)), 6)),
+            _VAR_TAGS["PixelData"]: pixel_bytes,
+        }
+        if overlay is not None:
+            values[_OVERLAY_DATA] = dw.pack_overlay(overlay)
+        filename = name or f"{uid}.dcm"
+        members.append((filename, template.encode(values)))
+        rows.append(dw.ManifestRow(filename, series_uid, description))
+
+    info: dict[str, Any] = {"has_lax_extras": 0, "has_vf_results": 0, "spacing_between_slices_tag": int(spacing_between)}
+    if not ukbb:  # another vendor: one series, slice-major instance numbers, generic names, no InlineVF
+        series_uid = uids.next()
+        counter = 0
+        for k in range(n):
+            for p in phases:
+                counter += 1
+                add(plain, description=SINGLE_SERIES_DESCRIPTION, series_uid=series_uid, series_number=5,
+                    instance=k * N_PHASES + p + 1, k=k, phase=p, pixel_bytes=pixels[(k, p)], minutes=1.0,
+                    name=f"IM_{counter:05d}.dcm")
+        order = rng.permutation(len(members))
+        return [members[i] for i in order], rows, info
+
+    series_number = 10
+    for k in range(n):
+        minutes = 2.0 + k
+        if k == duplicate:  # the earlier acquisition keeps this series number, the re-acquisition comes last
+            dup_uid = uids.next()
+            for p in phases:
+                add(plain, description=f"{SAX_PREFIX}{k + 1}", series_uid=dup_uid, series_number=series_number,
+                    instance=p + 1, k=k, phase=p, pixel_bytes=dup_pixels[p], minutes=minutes)
+            series_number += 1
+            continue
+        s_uid = uids.next()
+        for p in phases:
+            add(plain, description=f"{SAX_PREFIX}{k + 1}", series_uid=s_uid, series_number=series_number,
+                instance=p + 1, k=k, phase=p, pixel_bytes=pixels[(k, p)], minutes=minutes)
+        series_number += 1
+    vf_uid, vf_number = uids.next(), series_number
+    series_number += 1
+    for k in range(n):
+        for p in phases:
+            ov = overlays.get((k, p))
+            add(vf_template if ov is not None else plain, description=INLINEVF_DESCRIPTION, series_uid=vf_uid,
+                series_number=vf_number, instance=k * N_PHASES + p + 1, k=k, phase=p, pixel_bytes=pixels[(k, p)],
+                minutes=2.0 + n, overlay=ov)
+    if rng.random() < cfg.lax_extras_fraction:  # mitral-valve long-axis images inside the InlineVF series
+        info["has_lax_extras"] = 1
+        members_lax = _lax_instances(study, acq, uids, vf_uid, vf_number, n, int(rng.integers(2, 4)), rng)
+        for filename, data in members_lax:
+            members.append((filename, data))
+            rows.append(dw.ManifestRow(filename, vf_uid, INLINEVF_DESCRIPTION))
+    if rng.random() < cfg.vf_results_fraction:
+        info["has_vf_results"] = 1
+        res_uid = uids.next()
+        filename, data = _vf_results_instance(study, uids, res_uid, series_number, rng)
+        series_number += 1
+        members.append((filename, data))
+        rows.append(dw.ManifestRow(filename, res_uid, VF_RESULTS_DESCRIPTION))
+    if duplicate >= 0:
+        s_uid = uids.next()
+        for p in phases:
+            add(plain, description=f"{SAX_PREFIX}{duplicate + 1}", series_uid=s_uid, series_number=series_number,
+                instance=p + 1, k=duplicate, phase=p, pixel_bytes=pixels[(duplicate, p)], minutes=4.0 + n)
+    return members, rows, info
+
+
+def _to_bytes(ds: Dataset, meta_sop_class: str) -> bytes:
+    import io
+
+    ds.file_meta = dw.file_meta(meta_sop_class)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True, little_endian=True, implicit_vr=False)
+    return buf.getvalue()
+
+
+def _lax_instances(study: dict[str, Any], acq: Acquisition, uids: dw.UidFactory, series_uid: str, series_number: int,
+                   n_slices: int, count: int, rng: np.random.Generator) -> list[tuple[str, bytes]]:
+    """A few 6 mm long-axis images (the scanner's mitral-valve planes) filed in the InlineVF series."""
+    base = _mr_dataset(study, acq, siemens=True, spacing_between=False)
+    u_lax = acq.n  # rows run along the long axis
+    v_lax = np.cross(acq.u, acq.n)
+    v_lax /= np.linalg.norm(v_lax)
+    out = []
+    for i in range(count):
+        ds = base.copy()
+        uid = uids.next()
+        ds.SOPInstanceUID = uid
+        ds.SeriesInstanceUID, ds.SeriesNumber = series_uid, str(series_number)
+        ds.SeriesDescription = ds.ProtocolName = INLINEVF_DESCRIPTION
+        ds.InstanceNumber = str(n_slices * N_PHASES + i + 1)
+        ds.SliceThickness = dw.ds_str(LAX_SLICE_THICKNESS_MM)
+        if "SpacingBetweenSlices" in ds:
+            del ds.SpacingBetweenSlices
+        ds.TriggerTime = "0"
+        ipp = acq.origin - 100.0 * u_lax - 100.0 * v_lax + (i - 1) * 6.0 * acq.u
+        ds.ImagePositionPatient = dw.ds_multi(np.round(ipp, 6))
+        ds.ImageOrientationPatient = dw.ds_multi([*u_lax.tolist(), *v_lax.tolist()])
+        ds.SliceLocation = dw.ds_str(round(float(np.dot(ipp, np.cross(u_lax, v_lax))), 6))
+        img = rng.normal(200.0, 40.0, (acq.rows, acq.cols)).clip(0, 4095).astype(np.uint16)
+        ds[0x7FE00010].value = img.tobytes()
+        out.append((f"{uid}.dcm", _to_bytes(ds, dw.MR_IMAGE_STORAGE)))
+    return out
+
+
+def _vf_results_instance(study: dict[str, Any], uids: dw.UidFactory, series_uid: str, series_number: int,
+                         rng: np.random.Generator) -> tuple[str, bytes]:
+    """The ``Inline_VF_Results`` secondary capture (a small 8-bit report image)."""
+    ds = Dataset()
+    when: dt.datetime = study["when"]
+    uid = uids.next()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+    ds.SOPClassUID = dw.SECONDARY_CAPTURE_STORAGE
+    ds.SOPInstanceUID = uid
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = when.strftime("%Y%m%d")
+    ds.StudyTime = when.strftime("%H%M%S")
+    ds.Modality = "OT"
+    ds.ConversionType = "WSD"
+    ds.Manufacturer = "SIEMENS"
+    ds.SeriesDescription = VF_RESULTS_DESCRIPTION
+    ds.PatientID = study["patient_id"]
+    ds.StudyInstanceUID = study["study_uid"]
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = str(series_number)
+    ds.InstanceNumber = "1"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = ds.Columns = 128
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    img = np.zeros((128, 128), np.uint8)
+    img[10:118:12, 8:120] = rng.integers(80, 255, (9, 112), dtype=np.uint8)
+    ds.PixelData = img.tobytes()
+    return f"{uid}.dcm", _to_bytes(ds, dw.SECONDARY_CAPTURE_STORAGE)

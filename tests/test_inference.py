@@ -1,0 +1,142 @@
+"""SavedModelHandler against real (tiny) SavedModels written by tests/savedmodel_factory.py."""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that
+
+from beam_pipeline import contracts
+from beam_pipeline.inference import ModelInput, SavedModelHandler, read_model_card, stack_batch
+from tests.savedmodel_factory import band_labels, band_mass_g, save_band_regressor, save_band_segmenter
+
+LOW, HIGH = 0.5, 1.5
+
+
+@pytest.fixture(scope="module")
+def seg_dir(tmp_path_factory):
+    return save_band_segmenter(tmp_path_factory.mktemp("seg") / "model", low=LOW, high=HIGH)
+
+
+@pytest.fixture(scope="module")
+def reg_dir(tmp_path_factory):
+    return save_band_regressor(tmp_path_factory.mktemp("reg") / "model", high=HIGH)
+
+
+def _examples(n: int, seed: int = 0) -> list[ModelInput]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        image = rng.integers(0, 3, size=contracts.TENSOR_SHAPE).astype(np.float32)
+        spacing = rng.uniform(1.5, 2.5, size=3).astype(np.float32)
+        spacing[2] = 10.0
+        out.append(ModelInput(image=image, spacing_mm=spacing))
+    return out
+
+
+class TestSegHandler:
+    def test_batch_argmax_equals_band_labels(self, seg_dir):
+        handler = SavedModelHandler(str(seg_dir), kind=contracts.MODEL_KIND_SEG)
+        model = handler.load_model()
+        batch = _examples(3)
+        copies = [e.image.copy() for e in batch]
+        results = list(handler.run_inference(batch, model))
+        assert len(results) == 3
+        for example, result, original in zip(batch, results, copies, strict=True):
+            assert result.example is example
+            assert result.model_id == "band-seg-1"
+            assert result.inference.dtype == np.uint8
+            assert result.inference.shape == contracts.LABEL_VOLUME_SHAPE
+            np.testing.assert_array_equal(result.inference, band_labels(example.image, low=LOW, high=HIGH))
+            np.testing.assert_array_equal(example.image, original)  # input not mutated
+
+    def test_probabilities_equal_the_signature_output(self, seg_dir):
+        import tensorflow as tf
+
+        handler = SavedModelHandler(str(seg_dir), kind=contracts.MODEL_KIND_SEG, argmax=False)
+        model = handler.load_model()
+        batch = _examples(2, seed=1)
+        results = list(handler.run_inference(batch, model))
+        images, spacing = stack_batch(batch)
+        direct = tf.saved_model.load(str(seg_dir)).signatures["serving_default"](
+            image=tf.constant(images), spacing_mm=tf.constant(spacing))["probabilities"].numpy()
+        for i, result in enumerate(results):
+            assert result.inference.shape == (*contracts.LABEL_VOLUME_SHAPE, contracts.NUM_CLASSES)
+            np.testing.assert_array_equal(result.inference, direct[i])
+
+    def test_wrong_kind_is_refused(self, seg_dir):
+        handler = SavedModelHandler(str(seg_dir), kind=contracts.MODEL_KIND_REG)
+        with pytest.raises(ValueError, match="model card kind is 'ml4h_seg', expected 'ml4h_reg'"):
+            handler.load_model()
+
+    def test_bad_image_shape_names_the_example(self, seg_dir):
+        handler = SavedModelHandler(str(seg_dir), kind=contracts.MODEL_KIND_SEG)
+        model = handler.load_model()
+        bad = [*_examples(1), ModelInput(np.zeros((256, 256, 12, 1), np.float32), np.ones(3, np.float32))]
+        with pytest.raises(ValueError, match=r"example 1: image shape \(256, 256, 12, 1\)"):
+            list(handler.run_inference(bad, model))
+
+    def test_large_model_shares_across_processes(self, seg_dir):
+        shared = SavedModelHandler(str(seg_dir), kind="ml4h_seg", large_model=True)
+        assert shared.share_model_across_processes()
+        assert not SavedModelHandler(str(seg_dir), kind="ml4h_seg").share_model_across_processes()
+        assert SavedModelHandler(str(seg_dir), kind="ml4h_seg", max_batch_size=4).batch_elements_kwargs() == {
+            "min_batch_size": 1, "max_batch_size": 4}
+
+    def test_bad_arguments(self, seg_dir):
+        with pytest.raises(ValueError, match="kind must be one of"):
+            SavedModelHandler(str(seg_dir), kind="unet")
+        with pytest.raises(ValueError, match="min_batch_size <= max_batch_size"):
+            SavedModelHandler(str(seg_dir), kind="ml4h_seg", min_batch_size=4, max_batch_size=2)
+
+
+class TestRegHandler:
+    def test_batch_masses_equal_reference(self, reg_dir):
+        handler = SavedModelHandler(str(reg_dir), kind=contracts.MODEL_KIND_REG)
+        model = handler.load_model()
+        batch = _examples(4, seed=2)
+        results = list(handler.run_inference(batch, model))
+        images, spacing = stack_batch(batch)
+        expected = band_mass_g(images, spacing, high=HIGH)
+        got = np.array([r.inference for r in results])
+        # the model returns float32 grams: 7 significant digits
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        assert all(isinstance(r.inference, float) for r in results)
+
+
+class TestModelCard:
+    def test_missing_card(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match="no model card next to the SavedModel"):
+            read_model_card(str(tmp_path))
+
+    def test_incompatible_tensor_contract(self, tmp_path, seg_dir):
+        card = json.loads((seg_dir / "model_card.json").read_text())
+        card["tensor"]["padding"] = "top_left"
+        (tmp_path / "model_card.json").write_text(json.dumps(card))
+        with pytest.raises(ValueError, match="model expects tensor padding='top_left'"):
+            read_model_card(str(tmp_path))
+
+
+def test_keyed_run_inference_in_a_pipeline(seg_dir):
+    """RunInference(KeyedModelHandler(handler)) keeps keys and batches across elements."""
+    examples = _examples(3, seed=3)
+    expected = {f"p{i}": int(band_labels(e.image, low=LOW, high=HIGH).sum()) for i, e in enumerate(examples)}
+    handler = KeyedModelHandler(SavedModelHandler(str(seg_dir), kind=contracts.MODEL_KIND_SEG,
+                                                  max_batch_size=2))
+
+    def check(actual):
+        assert dict(actual) == expected
+
+    with BeamTestPipeline(runner="FnApiRunner") as p:
+        out = (
+            p
+            | beam.Create([(f"p{i}", e) for i, e in enumerate(examples)])
+            | RunInference(handler)
+            | beam.MapTuple(lambda key, result: (key, int(result.inference.sum())))
+        )
+        assert_that(out, check)

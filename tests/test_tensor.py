@@ -1,0 +1,145 @@
+"""The (256, 256, 13, 1) tensor layout: centred padding, order, normalisation, crop and >13 slices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from beam_pipeline import contracts
+from beam_pipeline.study import DecodedStudy
+from beam_pipeline.tensor import build_image_tensor, build_label_volume, pad_or_crop_slice, slice_window_start
+
+
+def study_of(images, outlines=None, spacing=(1.8, 1.9), slice_mm=10.0) -> DecodedStudy:
+    n = len(images)
+    return DecodedStudy(
+        eid=1,
+        instance=2,
+        source_uri="s.zip",
+        images=tuple(images),
+        outlines=tuple(outlines) if outlines is not None else (None,) * n,
+        pixel_spacing_mm=spacing,
+        slice_spacing_mm=slice_mm,
+        slice_thickness_mm=8.0,
+        slice_positions_mm=tuple(10.0 * k for k in range(n)),
+    )
+
+
+class TestPadOrCropSlice:
+    def test_centred_padding_odd_remainder_bottom_right(self):
+        arr = np.arange(1, 7, dtype=np.int16).reshape(2, 3)
+        out, cropped = pad_or_crop_slice(arr, rows=5, cols=6)
+        assert not cropped and out.dtype == np.int16
+        # rows: (5-2)//2 = 1 above, 2 below; cols: (6-3)//2 = 1 left, 2 right
+        expected = np.zeros((5, 6), np.int16)
+        expected[1:3, 1:4] = arr
+        np.testing.assert_array_equal(out, expected)
+
+    def test_crop_centred_and_flagged(self):
+        arr = np.arange(7 * 4).reshape(7, 4)
+        out, cropped = pad_or_crop_slice(arr, rows=4, cols=4)
+        assert cropped
+        np.testing.assert_array_equal(out, arr[1:5, :])  # (7-4)//2 = 1 row removed on top
+
+    def test_default_size_and_input_not_mutated(self):
+        arr = np.ones((192, 208), np.float32)
+        before = arr.copy()
+        out, cropped = pad_or_crop_slice(arr)
+        assert out.shape == (256, 256) and not cropped
+        assert out[32:224, 24:232].all() and out.sum() == arr.sum()
+        np.testing.assert_array_equal(arr, before)
+
+    def test_rejects_3d(self):
+        with pytest.raises(ValueError, match=r"slice must be 2-D \(rows, cols\), got shape \(1, 2, 3\)"):
+            pad_or_crop_slice(np.zeros((1, 2, 3)))
+
+
+class TestSliceWindowStart:
+    def test_short_stack(self):
+        assert slice_window_start([True] * 5) == 0
+
+    def test_most_outlined_window_basal_tie(self):
+        has = [False, False, True, True, True, True, True, True, True, True, True, True, True, True, False]
+        # outlined: slices 2..13; windows starting at 0, 1, 2 hold 11, 12, 12: the most basal 12 wins
+        assert slice_window_start(has, 13) == 1
+        assert slice_window_start([False] * 15, 13) == 0
+
+
+class TestBuildImageTensor:
+    def test_layout_order_and_normalisation(self):
+        rng = np.random.default_rng(1)
+        images = [rng.normal(100 + 10 * k, 5, size=(192, 208)).astype(np.float32) for k in range(9)]
+        tensor = build_image_tensor(study_of(images))
+        assert tensor.image.shape == contracts.TENSOR_SHAPE and tensor.image.dtype == np.float32
+        assert tensor.n_slices_used == 9 and tensor.qc_flags == () and tensor.slice_start == 0
+        np.testing.assert_array_equal(tensor.spacing_mm, np.array([1.8, 1.9, 10.0], np.float32))
+        acquired = tensor.image[32:224, 24:232, :9, 0]
+        assert acquired.mean() == pytest.approx(0.0, abs=1e-5)
+        assert acquired.std() == pytest.approx(1.0, abs=1e-5)
+        # padding exactly zero: outside the slice window and the apical empty slices
+        mask = np.ones(contracts.TENSOR_SHAPE, bool)
+        mask[32:224, 24:232, :9, 0] = False
+        assert np.count_nonzero(tensor.image[mask]) == 0
+        # slice order kept and the z-score is a single affine map of the acquired values
+        all_values = np.concatenate([i.ravel() for i in images]).astype(np.float64)
+        expected_k3 = (images[3].astype(np.float64) - all_values.mean()) / all_values.std()
+        np.testing.assert_allclose(tensor.image[32:224, 24:232, 3, 0], expected_k3, rtol=1e-5, atol=1e-5)
+
+    def test_crop_over_256_flagged(self):
+        images = [np.full((260, 250), float(k + 1), np.float32) for k in range(6)]
+        images[0][0, :] = 1000.0  # the cropped-away top row must not enter the normalisation
+        tensor = build_image_tensor(study_of(images))
+        assert tensor.qc_flags == (contracts.QC_IMAGE_CROPPED,)
+        assert tensor.image[:, 3:253, :6, 0].min() > -2  # the row of 1000 was cropped out
+        assert np.all(tensor.image[:, :3, :, 0] == 0)
+        placed = tensor.image[:, 3:253, :6, 0]
+        assert np.unique(placed[:, :, 2]).size == 1
+
+    def test_more_than_13_slices_truncated_and_flagged(self):
+        images = [np.full((20, 20), float(k), np.float32) + np.eye(20, dtype=np.float32) for k in range(15)]
+        outlines = [None, None] + [np.ones((20, 20), bool)] * 13
+        tensor = build_image_tensor(study_of(images, outlines))
+        assert tensor.qc_flags == (contracts.QC_TOO_MANY_SLICES_TRUNCATED,)
+        assert tensor.n_slices_used == 13 and tensor.slice_start == 2 and tensor.n_slices_acquired == 15
+        centre = tensor.image[118:138, 118:138, :, 0]
+        assert np.all(np.diff(centre[0, 1, :]) > 0)  # slices 2..14 in order
+
+    def test_constant_image_rejected(self):
+        with pytest.raises(ValueError, match=r"s.zip: all 800 acquired pixels equal 5.0; cannot normalise"):
+            build_image_tensor(study_of([np.full((20, 20), 5.0, np.float32)] * 2))
+
+    def test_input_not_mutated(self):
+        images = [np.arange(400, dtype=np.float32).reshape(20, 20) + k for k in range(3)]
+        before = [i.copy() for i in images]
+        build_image_tensor(study_of(images))
+        for a, b in zip(images, before, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+class TestBuildLabelVolume:
+    def test_same_placement_as_images(self):
+        images = [np.random.default_rng(k).random((192, 208)).astype(np.float32) for k in range(7)]
+        labels = [np.zeros((192, 208), np.uint8) for _ in range(7)]
+        labels[4][100, 50] = 2
+        volume = build_label_volume(labels)
+        tensor = build_image_tensor(study_of(images))
+        assert volume.shape == contracts.LABEL_VOLUME_SHAPE and volume.dtype == np.uint8
+        assert volume[132, 74, 4] == 2 and volume.sum() == 2
+        assert tensor.image[132, 74, 4, 0] != 0
+
+    def test_window_follows_labelled_slices(self):
+        labels = [np.zeros((10, 10), np.uint8) for _ in range(15)]
+        for k in range(2, 15):
+            labels[k][5, 5] = 1
+        volume = build_label_volume(labels)
+        assert volume[:, :, :13].sum() == 13
+        volume0 = build_label_volume(labels, slice_start=0)
+        assert volume0.sum() == 11
+
+    def test_rejects_values_outside_label_map(self):
+        with pytest.raises(ValueError, match=r"label slice 0 holds values outside the label map"):
+            build_label_volume([np.full((4, 4), 3, np.uint8)])
+
+    def test_rejects_bad_start(self):
+        with pytest.raises(ValueError, match=r"slice_start 5 outside 0..1"):
+            build_label_volume([np.zeros((4, 4), np.uint8)] * 2, slice_start=5)

@@ -1,0 +1,335 @@
+"""The Beam shell's pure helpers and composites, on hand-made studies with known answers.
+
+The ML4H_seg path is checked end to end against a SavedModel whose output is known exactly (the band
+segmenter of tests/savedmodel_factory.py): a study whose pixel values *are* its labels must come out
+with exactly the myocardial mass of those labels.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from beam_pipeline import PIPELINE_VERSION, contracts
+from beam_pipeline.inference import SavedModelHandler
+from beam_pipeline.mass import SexCentering
+from beam_pipeline.phenotypes import Phenotype
+from beam_pipeline.schema import RESULTS_FILE_SCHEMA, ErrorRecord
+from beam_pipeline.study import DecodedStudy, DecodeError
+from beam_pipeline.summary import OutputRow, build_summary, error_reason
+from beam_pipeline.transforms import (
+    CALIBRATION_LINEAR,
+    CALIBRATION_NONE,
+    CALIBRATION_SEX_CENTERED,
+    CalibrateAndIndex,
+    DecodeParticipants,
+    Measurement,
+    ReadParticipants,
+    SegmentAndMeasure,
+    ToErrorRecords,
+    apply_p90,
+    calibrate,
+    error_record,
+    measure_inlinevf,
+    participant_from_study,
+    recalibrated_inlinevf,
+    results_file_row,
+)
+from tests.dicom_factory import any_vendor_members, ukbb_participant_zip, zip_members
+from tests.savedmodel_factory import save_band_segmenter
+
+# float32-exact spacings, so the float32 tensor spacing and the float64 headers agree bit for bit
+ROW_MM, COL_MM, SLICE_MM = 1.875, 1.75, 10.0
+INTENSITY_PER_LABEL = 100.0
+
+
+def ring_labels(rows: int, cols: int, *, r_in: float, r_out: float, centre=(100.0, 104.0)) -> np.ndarray:
+    """A cavity disk inside a myocardial ring: uint8 labels (0 background, 1 cavity, 2 myocardium)."""
+    y, x = np.ogrid[:rows, :cols]
+    r = np.hypot(y - centre[0], x - centre[1])
+    labels = np.zeros((rows, cols), np.uint8)
+    labels[r <= r_out] = contracts.MYOCARDIUM
+    labels[r <= r_in] = contracts.LV_CAVITY
+    return labels
+
+
+def label_study(n_slices: int = 9, *, eid: int | None = 1000001, uri: str = "mem://1000001_20209_2_0.zip"):
+    """A study whose ED images are its labels x 100 (and InlineVF-free), plus those labels."""
+    labels = [ring_labels(200, 208, r_in=12 + k % 3, r_out=20 + k % 4) for k in range(n_slices)]
+    study = DecodedStudy(
+        eid=eid, instance=2, source_uri=uri,
+        images=tuple(lab.astype(np.float32) * INTENSITY_PER_LABEL for lab in labels),
+        outlines=(None,) * n_slices,
+        pixel_spacing_mm=(ROW_MM, COL_MM), slice_spacing_mm=SLICE_MM, slice_thickness_mm=8.0,
+        slice_positions_mm=tuple(float(SLICE_MM * k) for k in range(n_slices)),
+    )
+    return study, labels
+
+
+def band_thresholds(image: np.ndarray) -> tuple[float, float]:
+    """Thresholds between the normalised background/padding, cavity and myocardium values."""
+    values = np.unique(image)
+    assert values.size == 4  # background (< 0), padding (0), cavity, myocardium
+    background, padding, cavity, myocardium = values
+    assert background < padding == 0.0 < cavity < myocardium
+    return float((padding + cavity) / 2), float((cavity + myocardium) / 2)
+
+
+def expected_mass_g(labels) -> float:
+    voxels = sum(int(np.sum(lab == contracts.MYOCARDIUM)) for lab in labels)
+    return voxels * ROW_MM * COL_MM * SLICE_MM / 1000.0 * contracts.MYOCARDIAL_DENSITY_G_PER_ML
+
+
+def measurement(method=contracts.METHOD_ML4H_SEG, raw=150.0, eid=1, flags=()) -> Measurement:
+    return Measurement(
+        source_uri=f"gs://b/{eid}_20209_2_0.zip", eid=eid, instance=2, method=method, lv_mass_raw_g=raw,
+        myocardium_volume_ml=None if raw is None else raw / 1.05, lv_cavity_volume_ml=120.0, n_slices=10,
+        spacing_mm=(1.8, 1.8, 10.0), qc_flags=tuple(flags), model_version="v1",
+    )
+
+
+MALE = Phenotype(eid=1, sex="male", age=60.0, height_cm=180.0, weight_kg=80.0, manual_lv_mass_g=100.0)
+
+
+class TestParticipantFromStudy:
+    def test_tensor_and_flags(self):
+        study, _ = label_study()
+        participant = participant_from_study(study, with_inlinevf=True)
+        assert participant.image.shape == contracts.TENSOR_SHAPE
+        assert participant.n_slices == participant.n_slices_used == 9
+        assert participant.spacing_mm.tolist() == [ROW_MM, COL_MM, SLICE_MM]
+        assert participant.inlinevf_labels is None  # no outlines
+        assert contracts.QC_INLINEVF_CONTOUR_MISSING in participant.inlinevf_flags
+
+    def test_missing_eid_is_an_error_naming_the_file(self):
+        study, _ = label_study(eid=None, uri="mem://scan.zip")
+        with pytest.raises(ValueError, match=r"mem://scan.zip: no participant id"):
+            participant_from_study(study, with_inlinevf=False)
+
+    def test_inlinevf_without_contours_is_flagged_not_measured(self):
+        study, _ = label_study()
+        result = measure_inlinevf(participant_from_study(study, with_inlinevf=True))
+        assert result.lv_mass_raw_g is None
+        assert contracts.QC_INLINEVF_CONTOUR_MISSING in result.qc_flags
+
+
+def test_read_and_decode_composites(tmp_path):
+    """UK Biobank and any-vendor zips decode; bad ones become one error row each, with the right stage."""
+    ukbb = ukbb_participant_zip(1000001, n_slices=8, seed=3)
+    (tmp_path / ukbb.name).write_bytes(ukbb.data)
+    vendor = zip_members(any_vendor_members(n_slices=7, seed=4).members)
+    (tmp_path / "1000077.zip").write_bytes(vendor)
+    (tmp_path / "scan.zip").write_bytes(vendor)
+    (tmp_path / "1000078_20209_2_0.zip").write_bytes(b"plain text")
+
+    with BeamTestPipeline(runner="FnApiRunner") as p:
+        participants, errors = (
+            p | ReadParticipants(str(tmp_path / "*.zip")) | DecodeParticipants(with_inlinevf=True))
+        assert_that(participants | beam.Map(lambda t: (t.eid, t.instance, t.n_slices, t.image.shape,
+                                                       t.inlinevf_labels is not None)),
+                    equal_to([(1000001, 2, 8, contracts.TENSOR_SHAPE, True),
+                              (1000077, 0, 7, contracts.TENSOR_SHAPE, False)]))
+        assert_that(errors | beam.Map(lambda e: (Path(e.source_uri).name, e.eid, e.stage, e.error_type)),
+                    equal_to([("scan.zip", None, "tensor", "ValueError"),
+                              ("1000078_20209_2_0.zip", 1000078, "read", "DecodeError")]),
+                    label="Errors")
+
+
+def test_ml4h_seg_path_reproduces_the_exact_mass(tmp_path):
+    """Known-output SavedModel -> RunInference -> argmax -> measure: exactly the labels' mass."""
+    studies = [label_study(9, eid=1000001, uri="mem://1000001_20209_2_0.zip"),
+               label_study(11, eid=1000002, uri="mem://1000002_20209_2_0.zip")]
+    participants = [participant_from_study(s, with_inlinevf=False) for s, _ in studies]
+    low, high = band_thresholds(participants[0].image)
+    # the same thresholds separate the bands of the second study (checked, not assumed)
+    low2, high2 = band_thresholds(participants[1].image)
+    assert max(low, low2) < min(high, high2)
+    model_dir = save_band_segmenter(tmp_path / "seg", low=max(low, low2) - 1e-3, high=min(high, high2) - 1e-3)
+    handler = SavedModelHandler(str(model_dir), kind=contracts.MODEL_KIND_SEG, max_batch_size=2)
+    expected = {p.eid: expected_mass_g(labels) for p, (_, labels) in zip(participants, studies, strict=True)}
+
+    def check(results):
+        got = {m.eid: m for m in results}
+        assert sorted(got) == sorted(expected)
+        for eid, m in got.items():
+            assert m.method == contracts.METHOD_ML4H_SEG
+            assert m.model_version == "band-seg-1"
+            assert m.lv_mass_raw_g == pytest.approx(expected[eid], rel=1e-12)
+            assert m.myocardium_volume_ml * contracts.MYOCARDIAL_DENSITY_G_PER_ML == pytest.approx(
+                m.lv_mass_raw_g, rel=1e-12)
+            assert m.lv_cavity_volume_ml > 0
+
+    with BeamTestPipeline(runner="FnApiRunner") as p:
+        measured, errors = p | beam.Create(participants) | SegmentAndMeasure(handler)
+        assert_that(measured, check)
+        assert_that(errors, equal_to([]), label="NoErrors")
+
+
+class TestCalibrate:
+    def test_worked_example_sex_centred(self):
+        centering = {contracts.METHOD_ML4H_SEG: SexCentering(offsets_g={"male": -40.0, "female": -30.0})}
+        record = calibrate(measurement(raw=150.0), MALE, centering)
+        bsa = 0.007184 * 80.0**0.425 * 180.0**0.725  # DuBois, worked by hand: 1.9964 m2
+        assert record.calibration == CALIBRATION_SEX_CENTERED
+        assert record.lv_mass_g == pytest.approx(110.0)
+        assert record.bsa_m2 == pytest.approx(bsa)
+        assert record.lvmi_g_m2 == pytest.approx(110.0 / bsa)
+        assert record.lvh is False  # 55.1 g/m2 <= 72 (men)
+        assert record.qc_pass and record.qc_flags == []
+        assert record.pipeline_version == PIPELINE_VERSION
+
+    def test_lvh_threshold_depends_on_sex(self):
+        female = Phenotype(eid=1, sex="female", height_cm=180.0, weight_kg=80.0)
+        record = calibrate(measurement(method=contracts.METHOD_ML4H_REG, raw=120.0), female, {})
+        assert record.calibration == CALIBRATION_NONE and record.lv_mass_g == 120.0
+        assert record.lvmi_g_m2 == pytest.approx(60.1, abs=0.1)
+        assert record.lvh is True  # 60.1 > 55 (women)
+
+    def test_inlinevf_recalibration(self):
+        raw = 155.0
+        record = calibrate(recalibrated_inlinevf(measurement(method=contracts.METHOD_INLINEVF, raw=raw)),
+                           MALE, {})
+        assert record.method == contracts.METHOD_INLINEVF_RECALIBRATED
+        assert record.calibration == CALIBRATION_LINEAR
+        assert record.lv_mass_g == pytest.approx(0.543487 * 155.0 + 5.808005)
+        assert record.lv_mass_raw_g == raw
+
+    def test_no_phenotype_keeps_masses(self):
+        record = calibrate(measurement(method=contracts.METHOD_ML4H_REG, raw=130.0), None, {})
+        assert record.lv_mass_raw_g == record.lv_mass_g == 130.0
+        assert record.sex is None and record.bsa_m2 is None
+        assert record.lvmi_g_m2 is None and record.lvh is None
+        assert record.qc_flags == [contracts.QC_NO_PHENOTYPE]
+        assert record.qc_pass  # informational flag
+
+    def test_centred_method_without_centering_has_no_calibrated_mass(self):
+        centering = {contracts.METHOD_ML4H_SEG: SexCentering(offsets_g={"male": -40.0})}
+        female = Phenotype(eid=1, sex="female", height_cm=160.0, weight_kg=60.0)
+        for phenotype, table in ((None, centering), (female, centering), (MALE, {})):
+            record = calibrate(measurement(raw=150.0), phenotype, table)
+            assert record.lv_mass_raw_g == 150.0
+            assert record.lv_mass_g is None and record.calibration == CALIBRATION_NONE
+            assert record.lvmi_g_m2 is None and record.lvh is None
+
+    def test_failed_qc(self):
+        record = calibrate(measurement(flags=(contracts.QC_MYOCARDIUM_NOT_RING,)), MALE, {})
+        assert not record.qc_pass
+        assert record.qc_flags == [contracts.QC_MYOCARDIUM_NOT_RING]
+
+    def test_p90(self):
+        record = calibrate(measurement(method=contracts.METHOD_ML4H_REG, raw=130.0), MALE, {})
+        above = apply_p90(record, {contracts.METHOD_ML4H_REG: {"male": 129.0}})
+        below = apply_p90(record, {contracts.METHOD_ML4H_REG: {"male": 130.0}})
+        assert above.lvh_p90 is True and below.lvh_p90 is False  # strictly above
+        assert apply_p90(record, {}).lvh_p90 is None
+
+    def test_file_row_matches_the_file_schema(self):
+        row = results_file_row(calibrate(measurement(), MALE, {}))
+        assert list(row) == RESULTS_FILE_SCHEMA.names
+
+
+def test_calibrate_and_index_fits_centering_and_p90(tmp_path):
+    """Centring moves each sex's mean raw mass onto its manual mean; p90 flags the top 10%."""
+    rng = np.random.default_rng(7)
+    rows, measurements = ["eid,sex,age,height_cm,weight_kg,manual_lv_mass_g"], []
+    for eid in range(1, 41):
+        sex = "male" if eid % 2 else "female"
+        manual = (120.0 if sex == "male" else 85.0) + rng.normal(0, 10)
+        raw = manual * 1.5 + 20 + rng.normal(0, 5)
+        manual_text = f"{manual:.3f}" if eid % 4 != 1 else ""  # a quarter without manual mass
+        if eid != 40:  # participant 40 has no phenotype row
+            rows.append(f"{eid},{sex},60,{170 + eid % 7},{70 + eid % 9},{manual_text}")
+        measurements.append(measurement(method=contracts.METHOD_INLINEVF, raw=float(raw), eid=eid))
+    pheno = tmp_path / "pheno.csv"
+    pheno.write_text("\n".join(rows) + "\n")
+
+    def check(records):
+        by_method = {}
+        for r in records:
+            by_method.setdefault(r.method, []).append(r)
+        assert sorted(by_method) == [contracts.METHOD_INLINEVF, contracts.METHOD_INLINEVF_RECALIBRATED]
+        vf = by_method[contracts.METHOD_INLINEVF]
+        assert len(vf) == 40
+        for sex in contracts.SEXES:
+            of_sex = [r for r in vf if r.sex == sex]
+            manual = [m for m in (_manual(r.eid, rows) for r in of_sex) if m is not None]
+            assert all(r.calibration == CALIBRATION_SEX_CENTERED for r in of_sex)
+            assert np.mean([r.lv_mass_g for r in of_sex]) == pytest.approx(np.mean(manual), abs=1e-9)
+            n_p90 = sum(bool(r.lvh_p90) for r in of_sex)
+            assert 1 <= n_p90 <= math.ceil(0.1 * len(of_sex))
+        missing = next(r for r in vf if r.eid == 40)
+        assert missing.sex is None and missing.lv_mass_g is None and missing.lv_mass_raw_g is not None
+        assert contracts.QC_NO_PHENOTYPE in missing.qc_flags and missing.lvh_p90 is None
+
+    with BeamTestPipeline(runner="FnApiRunner") as p:
+        records = p | beam.Create(measurements) | CalibrateAndIndex(str(pheno))
+        assert_that(records, check)
+
+
+def _manual(eid: int, rows: list[str]) -> float | None:
+    for line in rows[1:]:
+        fields = line.split(",")
+        if int(fields[0]) == eid:
+            return float(fields[5]) if fields[5] else None
+    return None
+
+
+class TestDeadLetters:
+    URI = "gs://b/1000123_20209_2_0.zip"
+
+    def test_decode_error_keeps_message_and_stage(self):
+        exc = DecodeError(self.URI, "series", "no short-axis series")
+        record = error_record("decode", self.URI, DecodeError, repr(exc))
+        assert record == ErrorRecord(
+            source_uri=self.URI, eid=1000123, instance=2, stage="decode", error_type="DecodeError",
+            message=f"{self.URI}: series: no short-axis series", pipeline_version=PIPELINE_VERSION)
+        assert error_reason(record) == "DecodeError.series"
+
+    def test_read_failures_are_stage_read(self):
+        exc = DecodeError(self.URI, "read", "not a zip file (starts with b'%PDF')")
+        assert error_record("decode", self.URI, DecodeError, repr(exc)).stage == "read"
+
+    def test_other_names_have_no_eid(self):
+        record = error_record("tensor", "gs://b/scan.zip", ValueError, repr(ValueError("bad 'x'")))
+        assert (record.eid, record.instance, record.message) == (None, None, "bad 'x'")
+
+    def test_failed_batch_gives_one_row_per_participant(self):
+        batch = [(f"gs://b/{eid}_20209_2_0.zip", object()) for eid in (1, 2, 3)]
+        bad = [(batch, (RuntimeError, repr(RuntimeError("OOM")), ["tb"]))]
+        with BeamTestPipeline(runner="FnApiRunner") as p:
+            records = p | beam.Create(bad) | ToErrorRecords("inference", batched=True)
+            assert_that(records | beam.Map(lambda r: (r.eid, r.stage, r.message)),
+                        equal_to([(1, "inference", "OOM"), (2, "inference", "OOM"), (3, "inference", "OOM")]))
+
+
+class TestSummary:
+    def test_counts_reconcile(self):
+        errors = [
+            ErrorRecord("a.zip", None, None, "read", "DecodeError", "a.zip: read: not a zip file"),
+            ErrorRecord("b.zip", 2, 2, "decode", "DecodeError", "b.zip: series: no SAX"),
+            ErrorRecord("c.zip", 3, 2, "inference", "RuntimeError", "OOM"),  # c still has inlinevf rows
+        ]
+        rows = [OutputRow("c.zip", "inlinevf", True), OutputRow("d.zip", "inlinevf", False),
+                OutputRow("d.zip", "ml4h_seg", True)]
+        summary = build_summary(input_uris=["a.zip", "b.zip", "c.zip", "d.zip"], rows=rows, errors=errors,
+                                mode="infer", options={"x": 1})
+        counts = (summary["inputs_matched"], summary["participants_written"], summary["participants_failed"])
+        assert counts == (4, 2, 2)
+        assert summary["reconciled"] is True
+        assert summary["failed_by_stage"] == {"decode": 1, "read": 1}
+        assert summary["failed_by_reason"] == {"decode/DecodeError.series": 1, "read/DecodeError.read": 1}
+        assert summary["partial_failures"] == {"inference/RuntimeError": 1}
+        assert summary["rows_per_method"] == {"inlinevf": 2, "ml4h_seg": 1}
+        assert summary["qc_pass_per_method"] == {"inlinevf": 1, "ml4h_seg": 1}
+
+    def test_a_lost_input_breaks_reconciliation(self):
+        summary = build_summary(input_uris=["a.zip", "b.zip"], rows=[OutputRow("a.zip", "inlinevf", True)],
+                                errors=[], mode="infer", options={})
+        assert summary["reconciled"] is False
+        assert summary["unaccounted_inputs"] == ["b.zip"]

@@ -1,0 +1,363 @@
+"""Train ML4H_seg / ML4H_reg on tensorized TFRecords and export them (a Vertex-AI-style entry point).
+
+``python -m trainer.task --model seg --train_data 'gs://b/tfrecords/*.tfrecord' --job_dir gs://b/jobs/1``
+(also ``lvmass train``). Vertex AI's environment wins over flags: ``AIP_MODEL_DIR`` (export),
+``AIP_CHECKPOINT_DIR`` (BackupAndRestore + best checkpoint), ``AIP_TENSORBOARD_LOG_DIR``; the cluster comes
+from ``TF_CONFIG`` or Vertex's ``CLUSTER_SPEC`` (MultiWorkerMirroredStrategy across workers; otherwise
+MirroredStrategy across local GPUs; otherwise the default strategy). Only the chief exports.
+
+Training follows the paper: Adam, initial learning rate 1e-3 with exponential decay, batch size 4;
+ML4H_seg minimises per-voxel cross-entropy against InlineVF labels, ML4H_reg the log-cosh loss against
+manual LV mass. Evaluation (validation and test splits) and the model card use full, unaugmented tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from beam_pipeline import contracts
+
+KINDS = {"seg": contracts.MODEL_KIND_SEG, "reg": contracts.MODEL_KIND_REG}
+# Vertex AI worker pools -> TF_CONFIG task types (Vertex AI docs, "Distributed training").
+_WORKERPOOL_TYPES = {
+    "workerpool0": "chief",
+    "workerpool1": "worker",
+    "workerpool2": "ps",
+    "workerpool3": "evaluator",
+}
+
+
+# --- pure helpers: flags, environment, cluster ------------------------------------------------------
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers. Received: {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer.task", description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=sorted(KINDS), required=True, help="seg (ML4H_seg) or reg (ML4H_reg)")
+    p.add_argument("--train_data", required=True, help="TFRecord glob(s), comma-separated, local or gs://")
+    p.add_argument("--job_dir", default=None, help="output root (model/, checkpoints/, logs/)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--steps_per_epoch", type=int, default=None, help="default: training examples / batch")
+    p.add_argument("--batch_size", type=int, default=4, help="paper: 4")
+    p.add_argument("--learning_rate", type=float, default=1e-3, help="paper: Adam 1e-3")
+    p.add_argument("--lr_decay_steps", type=int, default=1000)
+    p.add_argument("--lr_decay_rate", type=float, default=0.9, help="exponential decay per lr_decay_steps")
+    p.add_argument("--patience", type=int, default=5, help="EarlyStopping on the validation loss")
+    p.add_argument("--holdout", default=None, help="file of eids never trained on (= test split)")
+    p.add_argument("--validation_fraction", type=float, default=0.1)
+    p.add_argument("--test_fraction", type=float, default=0.1)
+    p.add_argument("--preset", choices=("paper", "cpu"), default="paper", help="architecture size preset")
+    p.add_argument("--stem_filters", type=int, default=None)
+    p.add_argument("--blocks", type=_int_list, default=None, help="filters per block, e.g. 32,32,32")
+    p.add_argument("--convs_per_block", type=int, default=None)
+    p.add_argument("--kernel_size", type=_int_list, default=None, help="e.g. 3,3,3")
+    p.add_argument("--normalization", choices=("none", "batch", "layer"), default=None)
+    p.add_argument("--crop_px", type=int, default=None, help="ML4H_seg: train on in-plane crops of this size")
+    p.add_argument("--no_augment", action="store_true", help="switch off domain randomisation")
+    p.add_argument("--shuffle_buffer", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max_eval_examples", type=int, default=None, help="cap validation/test examples")
+    p.add_argument("--version", default=None, help="model version for the card (default: lvmass version)")
+    p.add_argument("--data_source", default="", help="where the TFRecords came from, for the model card")
+    p.add_argument("--synthetic", action="store_true", help="mark the model card: trained on synthetic data")
+    p.add_argument("--verbose", type=int, default=2)
+    return p
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run writes: Vertex's AIP_* variables override the ``--job_dir`` defaults."""
+
+    model_dir: str
+    checkpoint_dir: str
+    tensorboard_dir: str
+    log_dir: str
+
+
+def resolve_paths(job_dir: str | None, environ: Mapping[str, str]) -> RunPaths:
+    """``AIP_MODEL_DIR`` / ``AIP_CHECKPOINT_DIR`` / ``AIP_TENSORBOARD_LOG_DIR`` beat ``job_dir``."""
+    model_dir = environ.get("AIP_MODEL_DIR") or (job_dir and os.path.join(job_dir, "model"))
+    if not model_dir:
+        raise ValueError("no output directory: pass --job_dir or set AIP_MODEL_DIR. Received neither")
+    root = job_dir or os.path.dirname(model_dir.rstrip("/"))
+    return RunPaths(
+        model_dir=model_dir,
+        checkpoint_dir=environ.get("AIP_CHECKPOINT_DIR") or os.path.join(root, "checkpoints"),
+        tensorboard_dir=environ.get("AIP_TENSORBOARD_LOG_DIR") or os.path.join(root, "logs"),
+        log_dir=root,
+    )
+
+
+def cluster_config(environ: Mapping[str, str]) -> dict[str, Any] | None:
+    """The TF_CONFIG dict of this process: ``TF_CONFIG``, else translated from Vertex ``CLUSTER_SPEC``."""
+    raw = environ.get("TF_CONFIG")
+    source = "TF_CONFIG"
+    if not raw:
+        raw, source = environ.get("CLUSTER_SPEC"), "CLUSTER_SPEC"
+    if not raw:
+        return None
+    try:
+        spec = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source} is not JSON ({err}). Received: {raw[:200]!r}") from None
+    if not isinstance(spec, dict) or "cluster" not in spec:
+        raise ValueError(f"{source} must be a JSON object with a 'cluster'. Received: {raw[:200]!r}")
+    if source == "CLUSTER_SPEC":
+        cluster = {_WORKERPOOL_TYPES.get(k, k): v for k, v in spec["cluster"].items() if v}
+        task = dict(spec.get("task", {}))
+        task["type"] = _WORKERPOOL_TYPES.get(task.get("type", "workerpool0"), task.get("type"))
+        spec = {"cluster": cluster, "task": {"type": task["type"], "index": int(task.get("index", 0))}}
+    return spec
+
+
+def strategy_kind(tf_config: Mapping[str, Any] | None, n_gpus: int) -> str:
+    """``multi_worker`` when the cluster has several chief/worker tasks, ``mirrored`` for several local
+    GPUs, else ``default``."""
+    if tf_config:
+        cluster = tf_config.get("cluster", {})
+        n_workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+        if n_workers > 1:
+            return "multi_worker"
+    return "mirrored" if n_gpus > 1 else "default"
+
+
+def is_chief(tf_config: Mapping[str, Any] | None) -> bool:
+    """The chief writes the export: task ``chief``, or worker 0 of a cluster without a chief."""
+    if not tf_config:
+        return True
+    task = tf_config.get("task", {})
+    task_type, index = task.get("type"), int(task.get("index", 0))
+    if task_type == "chief":
+        return True
+    return task_type == "worker" and index == 0 and "chief" not in tf_config.get("cluster", {})
+
+
+def make_strategy(kind: str):
+    import tensorflow as tf
+
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def model_config(args: argparse.Namespace):
+    """The architecture config from ``--preset`` and the size flags."""
+    from trainer import models
+
+    common = {
+        "stem_filters": args.stem_filters,
+        "convs_per_block": args.convs_per_block,
+        "kernel_size": args.kernel_size,
+        "normalization": args.normalization,
+    }
+    if KINDS[args.model] == contracts.MODEL_KIND_SEG:
+        return models.seg_config(args.preset, dense_blocks=args.blocks, **common)
+    return models.reg_config(args.preset, conv_blocks=args.blocks, **common)
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+
+def _mass_target_stats(files: Sequence[str], spec) -> tuple[float, float, float]:
+    """Mean and sd of manual mass (g) and mean relative voxel volume over the training split."""
+    import numpy as np
+    import tensorflow as tf
+
+    from beam_pipeline.tfrecord import feature_spec
+    from trainer import data
+    from trainer.models import REFERENCE_SPACING_MM
+
+    keys = (contracts.FEATURE_EID, contracts.FEATURE_MANUAL_MASS, contracts.FEATURE_HAS_MANUAL_MASS,
+            contracts.FEATURE_SPACING)
+    scalars = {k: v for k, v in feature_spec().items() if k in keys}
+    ds = tf.data.TFRecordDataset(list(files)).map(lambda s: tf.io.parse_single_example(s, scalars))
+    ds = ds.filter(lambda ex: data.in_split(ex[contracts.FEATURE_EID], "train", spec))
+    ds = ds.filter(lambda ex: tf.equal(ex[contracts.FEATURE_HAS_MANUAL_MASS], 1))
+    masses, volumes = [], []
+    for ex in ds.as_numpy_iterator():
+        masses.append(float(ex[contracts.FEATURE_MANUAL_MASS]))
+        volumes.append(float(np.prod(ex[contracts.FEATURE_SPACING] / np.asarray(REFERENCE_SPACING_MM))))
+    if not masses:
+        raise ValueError(f"{','.join(files)}: no training example has a manual LV mass (ML4H_reg needs them)")
+    sd = float(np.std(masses)) if len(masses) > 1 else 20.0
+    return float(np.mean(masses)), max(sd, 1.0), float(np.mean(volumes))
+
+
+def _callbacks(paths: RunPaths, *, monitor: str, patience: int, chief: bool, task_index: int):
+    import keras
+
+    checkpoint_dir = paths.checkpoint_dir
+    if not chief:
+        checkpoint_dir = os.path.join(paths.checkpoint_dir, f"worker{task_index}")
+    return [
+        keras.callbacks.BackupAndRestore(os.path.join(checkpoint_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(checkpoint_dir, "best.weights.h5"), monitor=monitor, save_best_only=True,
+            save_weights_only=True,
+        ),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, restore_best_weights=True),
+        keras.callbacks.CSVLogger(os.path.join(paths.log_dir, "training_log.csv")),
+        keras.callbacks.TensorBoard(paths.tensorboard_dir, update_freq="epoch"),
+    ]
+
+
+def train(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Fit, evaluate and (on the chief) export. Returns a summary (paths, counts, metrics)."""
+    import keras
+    import tensorflow as tf
+
+    from beam_pipeline.model_card import ModelCard
+    from lvmass import __version__
+    from trainer import data, evaluate, export, models
+
+    kind = KINDS[args.model]
+    is_seg = kind == contracts.MODEL_KIND_SEG
+    paths = resolve_paths(args.job_dir, environ)
+    tf_config = cluster_config(environ)
+    if tf_config is not None and "TF_CONFIG" not in os.environ:
+        os.environ["TF_CONFIG"] = json.dumps(tf_config)  # MultiWorkerMirroredStrategy reads it
+    chief = is_chief(tf_config)
+    task_index = int((tf_config or {}).get("task", {}).get("index", 0))
+    strategy = make_strategy(strategy_kind(tf_config, len(tf.config.list_physical_devices("GPU"))))
+    keras.utils.set_random_seed(args.seed)
+
+    files = data.list_files(args.train_data)
+    holdout = tuple(int(e) for e in data.read_holdout_eids(args.holdout)) if args.holdout else None
+    spec = data.SplitSpec(args.validation_fraction, args.test_fraction, holdout)
+    counts = {s: data.count_examples(files, kind=kind, split=s, spec=spec) for s in data.SPLITS}
+    if counts["train"] == 0:
+        raise ValueError(f"{args.train_data}: no usable {kind} training examples after the split: {counts}")
+    config = model_config(args)
+    if not is_seg:
+        mean_g, sd_g, volume_rel = _mass_target_stats(files, spec)
+        config = models.RegConfig(**{**config.__dict__, "mass_offset_g": mean_g / volume_rel,
+                                     "mass_scale_g": sd_g / volume_rel})
+    crop = args.crop_px if is_seg else None
+    augment_config = None if args.no_augment else data.AugmentConfig()
+    global_batch = args.batch_size * strategy.num_replicas_in_sync
+    steps = args.steps_per_epoch or max(1, math.ceil(counts["train"] / global_batch))
+    train_ds = data.make_dataset(
+        files, kind=kind, split="train", spec=spec, batch_size=global_batch, training=True, seed=args.seed,
+        augment_config=augment_config, crop_px=crop, shuffle_buffer=args.shuffle_buffer,
+    )
+    val_ds = None
+    if counts["validation"]:
+        val_ds = data.make_dataset(files, kind=kind, split="validation", spec=spec, batch_size=global_batch,
+                                   training=False)
+        if args.max_eval_examples:
+            val_ds = val_ds.take(math.ceil(args.max_eval_examples / global_batch))
+
+    with strategy.scope():
+        model = (models.build_ml4h_seg(config, fully_convolutional=True) if is_seg
+                 else models.build_ml4h_reg(config))
+        schedule = keras.optimizers.schedules.ExponentialDecay(
+            args.learning_rate, decay_steps=args.lr_decay_steps, decay_rate=args.lr_decay_rate
+        )
+        if is_seg:
+            from trainer.metrics import MyocardiumDice
+
+            loss, metrics = keras.losses.SparseCategoricalCrossentropy(), [MyocardiumDice()]
+        else:
+            loss, metrics = keras.losses.LogCosh(), [keras.metrics.MeanAbsoluteError(name="mae_g")]
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=metrics)
+
+    monitor = "val_loss" if val_ds is not None else "loss"
+    tf.io.gfile.makedirs(paths.log_dir)
+    started = time.perf_counter()
+    history = model.fit(
+        train_ds, epochs=args.epochs, steps_per_epoch=steps, validation_data=val_ds, verbose=args.verbose,
+        callbacks=_callbacks(
+            paths, monitor=monitor, patience=args.patience, chief=chief, task_index=task_index
+        ),
+    )
+    train_seconds = time.perf_counter() - started
+
+    # A fixed-shape copy for export: the contract's (256, 256, 13, 1) input.
+    final = models.build_ml4h_seg(config) if is_seg else models.build_ml4h_reg(config)
+    final.set_weights(model.get_weights())
+    predict = evaluate.keras_predictor(final, kind)
+    split_metrics = {}
+    for split in ("validation", "test"):
+        if counts[split]:
+            split_metrics[split] = evaluate.evaluate_records(
+                predict, files, kind=kind, split=split, spec=spec, limit=args.max_eval_examples
+            )
+    calibration = split_metrics.get("validation", {}).get("calibration", {}) if is_seg else {}
+    card = ModelCard(
+        kind=kind,
+        version=args.version or __version__,
+        training_data={
+            "source": args.data_source or args.train_data,
+            "files": len(files),
+            "examples": counts,
+            "split": {"method": "holdout_file" if holdout else "eid_farmhash",
+                      "validation_fraction": args.validation_fraction, "test_fraction": args.test_fraction,
+                      "holdout_file": args.holdout},
+            "labels": "InlineVF contours" if is_seg else "manual LV mass (g)",
+            "seed": args.seed,
+        },
+        hyperparameters={
+            "architecture": models.config_to_dict(config),
+            "preset": args.preset,
+            "epochs_requested": args.epochs,
+            "epochs_run": len(history.history.get("loss", [])),
+            "steps_per_epoch": steps,
+            "batch_size": args.batch_size,
+            "global_batch_size": global_batch,
+            "optimizer": "adam",
+            "learning_rate": args.learning_rate,
+            "lr_decay_steps": args.lr_decay_steps,
+            "lr_decay_rate": args.lr_decay_rate,
+            "loss": "sparse_categorical_crossentropy" if is_seg else "log_cosh",
+            "augmentation": None if augment_config is None else augment_config.__dict__,
+            "crop_px": crop,
+            "replicas": strategy.num_replicas_in_sync,
+            "train_seconds": round(train_seconds, 1),
+        },
+        metrics={"history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+                 **{s: {k: v for k, v in m.items() if k != "calibration"} for s, m in split_metrics.items()}},
+        calibration=calibration,
+        trained_on_synthetic_data=bool(args.synthetic),
+        notes=("Trained on SYNTHETIC data (lvmass.synth), not UK Biobank; retrain on real tensors before use."
+               if args.synthetic else ""),
+    )
+    if chief:
+        export.export_model(final, kind=kind, export_dir=paths.model_dir, card=card)
+    return {"model_dir": paths.model_dir, "chief": chief, "counts": counts, "metrics": card.metrics}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            print(f"trainer: --{name} must be >= 1. Received: {getattr(args, name)}", file=sys.stderr)
+            return 2
+    try:
+        summary = train(args, os.environ)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"trainer: {err}", file=sys.stderr)
+        return 1
+    printable = {k: v for k, v in summary.items() if k != "metrics"}
+    printable["metrics"] = {k: v for k, v in summary["metrics"].items() if k != "history"}
+    print(json.dumps(printable, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
