@@ -21,7 +21,7 @@ import pydicom
 import pytest
 
 from beam_pipeline import contracts
-from beam_pipeline.pipeline import ConfigError, main, parse_args, run
+from beam_pipeline.pipeline import ConfigError, fallback_centering, main, parse_args, run
 from beam_pipeline.schema import ERRORS_SCHEMA, RESULTS_FILE_SCHEMA, RESULTS_SCHEMA
 from tests.savedmodel_factory import save_band_regressor, save_band_segmenter
 
@@ -289,3 +289,42 @@ def test_inlinevf_is_centred_on_the_manual_mean_of_each_sex(e2e):
         assert np.mean([r["lv_mass_g"] for r in of_sex]) == pytest.approx(np.mean(with_manual), abs=1e-6)
         checked += 1
     assert checked >= 1
+
+
+def test_same_inputs_same_rows(e2e, tmp_path):
+    """Deterministic: a second run over the same inputs writes the same rows and errors."""
+    argv = [a for a in e2e["argv"] if not a.startswith("--output=")] + [f"--output={tmp_path}"]
+    run(argv)
+    assert results(tmp_path).fetchall() == results(e2e["out"]).fetchall()
+    query = "SELECT * FROM read_parquet('{}/errors/*.parquet') ORDER BY source_uri"
+    assert duckdb.sql(query.format(tmp_path)).fetchall() == duckdb.sql(query.format(e2e["out"])).fetchall()
+
+
+class TestCalibrationSources:
+    """Centering when the run has no manual masses: --calibration JSON, else the model card."""
+
+    def _config(self, tmp_path, *extra):
+        config, _ = parse_args([f"--input={tmp_path}/*.zip", f"--output={tmp_path}/out", *extra])
+        return config
+
+    def test_calibration_file(self, tmp_path):
+        path = tmp_path / "calibration.json"
+        path.write_text(json.dumps({"inlinevf": {"raw_mean_g": {"male": 160.0, "female": 120.0},
+                                                 "manual_mean_g": {"male": 100.0, "female": 80.0}}}))
+        fallback = fallback_centering(self._config(tmp_path, "--methods=inlinevf", f"--calibration={path}"))
+        assert dict(fallback["inlinevf"].offsets_g) == {"female": -40.0, "male": -60.0}
+
+    def test_model_card_calibration(self, tmp_path):
+        seg = save_band_segmenter(tmp_path / "seg", low=0.5, high=1.5, calibration={
+            "raw_mean_g": {"male": 130.0}, "manual_mean_g": {"male": 110.0}})
+        fallback = fallback_centering(self._config(tmp_path, "--methods=ml4h_seg", f"--model_seg={seg}"))
+        assert dict(fallback["ml4h_seg"].offsets_g) == {"male": -20.0}
+
+    def test_bad_calibration_file(self, tmp_path):
+        path = tmp_path / "calibration.json"
+        path.write_text(json.dumps({"inlinevf": {"raw_mean_g": {"male": 160.0}}}))
+        with pytest.raises(ConfigError, match=r"calibration\.json: bad calibration"):
+            fallback_centering(self._config(tmp_path, "--methods=inlinevf", f"--calibration={path}"))
+        path.write_text(json.dumps({"unet": {}}))
+        with pytest.raises(ConfigError, match="unknown method 'unet'"):
+            fallback_centering(self._config(tmp_path, "--methods=inlinevf", f"--calibration={path}"))

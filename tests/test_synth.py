@@ -51,7 +51,9 @@ def _bk_series(dicoms: list[pydicom.Dataset]) -> dict[int, list[pydicom.Dataset]
             by_uid.setdefault(ds.SeriesInstanceUID, []).append(ds)
     out: dict[int, list[pydicom.Dataset]] = {}
     for series in sorted(by_uid.values(), key=lambda s: int(s[0].SeriesNumber)):
-        out[int(SAX.match(series[0].SeriesDescription).group(1))] = sorted(series, key=lambda d: int(d.InstanceNumber))
+        out[int(SAX.match(series[0].SeriesDescription).group(1))] = sorted(
+            series, key=lambda d: int(d.InstanceNumber)
+        )
     return out
 
 
@@ -75,7 +77,9 @@ class TestFiles:
         names = sorted(p.name for p in paths.zips_dir.iterdir())
         assert len(names) == N_PARTICIPANTS == len(truth)
         assert all(re.fullmatch(r"\d{7}_20209_2_0\.zip", n) for n in names)
-        assert sorted(p.name for p in paths.labels_dir.iterdir()) == [n.replace(".zip", ".npz") for n in names]
+        assert sorted(p.name for p in paths.labels_dir.iterdir()) == [
+            n.replace(".zip", ".npz") for n in names
+        ]
         with paths.phenotypes_csv.open() as fh:
             reader = csv.reader(fh)
             assert tuple(next(reader)) == PHENOTYPE_COLUMNS
@@ -91,7 +95,9 @@ class TestFiles:
         assert info["config"]["fidelity"] == "lite"
         for disease in ("hypertension", "atrial_fibrillation", "heart_failure"):
             model = info["disease_model"]["diseases"][disease]
-            assert model["odds_ratios"]["or_per_sd_lvmi"] == pytest.approx(np.exp(model["log_odds"]["lvmi_per_ref_sd"]))
+            assert model["odds_ratios"]["or_per_sd_lvmi"] == pytest.approx(
+                np.exp(model["log_odds"]["lvmi_per_ref_sd"])
+            )
         assert info["cohort"]["inlinevf"]["expected_bias_factor"] > 1.3
 
 
@@ -103,11 +109,21 @@ class TestManifest:
             assert manifests == ["manifest.cvs"]
             lines = members["manifest.cvs"].decode("ascii").splitlines()
             header = lines[0].split(",")
-            assert header[:7] == ["filename", "patientid", "studyid", "studydescription", "date", "seriesid",
-                                  "series discription"]
+            assert header[:7] == [
+                "filename",
+                "patientid",
+                "studyid",
+                "studydescription",
+                "date",
+                "seriesid",
+                "series discription",
+            ]
             assert len(header) in (9, 10)
-            by_name = {n: pydicom.dcmread(io.BytesIO(members[n]), stop_before_pixels=True)
-                       for n in members if n.endswith(".dcm")}
+            by_name = {
+                n: pydicom.dcmread(io.BytesIO(members[n]), stop_before_pixels=True)
+                for n in members
+                if n.endswith(".dcm")
+            }
             assert len(lines) - 1 == len(by_name) == len(dicoms)
             for line in lines[1:]:
                 naive = line.split(",")
@@ -146,7 +162,9 @@ class TestSeries:
                 k, p = divmod(int(d.InstanceNumber) - 1, 50)
                 assert p in phases
                 ref = bk[k + 1][phases.index(p)]
-                assert np.allclose(np.array(d.ImagePositionPatient, float), np.array(ref.ImagePositionPatient, float))
+                assert np.allclose(
+                    np.array(d.ImagePositionPatient, float), np.array(ref.ImagePositionPatient, float)
+                )
                 assert d.pixel_array.tobytes() == ref.pixel_array.tobytes()
 
 
@@ -175,7 +193,7 @@ class TestGeometry:
             assert 180 <= first.Rows <= 256 and 180 <= first.Columns <= 256
 
     def test_pixel_format_and_contrast(self, cohort):
-        paths, truth, zips = cohort
+        paths, _truth, zips = cohort
         for eid, (_, dicoms) in zips.items():
             bk = _bk_series(dicoms)
             labels = np.load(paths.labels_dir / f"{eid}_20209_2_0.npz")["labels"]
@@ -201,8 +219,13 @@ def _components(outline: np.ndarray) -> list[np.ndarray]:
 
 
 def _inlinevf_ed(dicoms: list[pydicom.Dataset]) -> dict[int, pydicom.Dataset]:
-    return {(int(d.InstanceNumber) - 1) // 50: d for d in dicoms
-            if d.SeriesDescription == INLINEVF and float(d.SliceThickness) == 8.0 and (int(d.InstanceNumber) - 1) % 50 == 0}
+    return {
+        (int(d.InstanceNumber) - 1) // 50: d
+        for d in dicoms
+        if d.SeriesDescription == INLINEVF
+        and float(d.SliceThickness) == 8.0
+        and (int(d.InstanceNumber) - 1) % 50 == 0
+    }
 
 
 class TestOverlays:
@@ -240,7 +263,7 @@ class TestOverlays:
         assert checked >= N_PARTICIPANTS * 3
 
     def test_raw_inlinevf_mass_runs_high_as_recorded(self, cohort):
-        paths, truth, zips = cohort
+        _paths, truth, zips = cohort
         ratios = []
         for eid, (_, dicoms) in zips.items():
             row = truth[eid]
@@ -274,8 +297,14 @@ class TestTruth:
             areas = [float(a) for a in row["myocardium_area_mm2"].split()]
             assert sum(areas) * 10.0 / 1000.0 == pytest.approx(volume, rel=1e-4)
             labels = np.load(paths.labels_dir / f"{eid}_20209_2_0.npz")["labels"]
-            label_mass = (labels == MYOCARDIUM).sum() * float(row["pixel_spacing_row_mm"]) * float(
-                row["pixel_spacing_col_mm"]) * 10.0 / 1000.0 * MYOCARDIAL_DENSITY_G_PER_ML
+            label_mass = (
+                (labels == MYOCARDIUM).sum()
+                * float(row["pixel_spacing_row_mm"])
+                * float(row["pixel_spacing_col_mm"])
+                * 10.0
+                / 1000.0
+                * MYOCARDIAL_DENSITY_G_PER_ML
+            )
             ratios.append(label_mass / mass)
             h, w = float(phen[eid]["height_cm"]), float(phen[eid]["weight_kg"])
             bsa = 0.007184 * w**0.425 * h**0.725
@@ -301,14 +330,17 @@ def test_deterministic_for_a_seed_whatever_the_workers(tmp_path):
     assert a.phenotypes_csv.read_text() == b.phenotypes_csv.read_text()
     assert names != sorted(p.name for p in c.zips_dir.iterdir())
     first = generate_cohort(tmp_path / "d", participants=2, seed=5, first_eid=2000000)
-    assert sorted(p.name for p in first.zips_dir.iterdir()) == ["2000000_20209_2_0.zip", "2000001_20209_2_0.zip"]
+    assert sorted(p.name for p in first.zips_dir.iterdir()) == [
+        "2000000_20209_2_0.zip",
+        "2000001_20209_2_0.zip",
+    ]
 
 
 class TestSpecialCases:
     def test_extras_lax_results_and_repeated_slice(self):
         cfg = SynthConfig(lax_extras_fraction=1.0, vf_results_fraction=1.0, duplicate_slice_fraction=1.0)
         p = render_participant(3000001, 2, cfg)
-        members, dicoms = _read_zip(p.zip_bytes)
+        _members, dicoms = _read_zip(p.zip_bytes)
         lax = [d for d in dicoms if d.SeriesDescription == INLINEVF and float(d.SliceThickness) == 6.0]
         assert len(lax) >= 2
         assert all(abs(np.dot(_normal(d), _normal(dicoms[0]))) < 0.5 for d in lax)  # long-axis planes
@@ -327,7 +359,9 @@ class TestSpecialCases:
         earlier, later = (series[k] for k in sorted(series))
         k = int(p.truth["duplicate_slice"]) - 1
         vf = _inlinevf_ed(dicoms)[k]
-        assert later.pixel_array.tobytes() == vf.pixel_array.tobytes()  # the later acquisition is the one used
+        assert (
+            later.pixel_array.tobytes() == vf.pixel_array.tobytes()
+        )  # the later acquisition is the one used
         assert earlier.pixel_array.tobytes() != vf.pixel_array.tobytes()
 
     @pytest.mark.parametrize("eid", [3100001, 3100002, 3100003, 3100004])
@@ -361,7 +395,8 @@ class TestSpecialCases:
         _, dicoms = _read_zip(p.zip_bytes)
         bk = _bk_series(dicoms)
         assert all([int(d.InstanceNumber) for d in s] == list(range(1, 51)) for s in bk.values())
-        mid = int(np.argmax((p.labels == MYOCARDIUM).sum(axis=(0, 1))))
+        lv_slices = np.flatnonzero((p.labels == LV_CAVITY).sum(axis=(0, 1)) > 0)
+        mid = int(lv_slices[len(lv_slices) // 2])  # mid-ventricle: no atrium moving in at end-systole
         cavity = p.labels[..., mid] == LV_CAVITY
         region = ndimage.binary_dilation(cavity, iterations=3)
         frames = [d.pixel_array.astype(float) for d in bk[mid + 1]]
@@ -373,24 +408,43 @@ class TestSpecialCases:
 
 class TestErrors:
     def test_bad_configuration_is_rejected_with_the_value(self, tmp_path):
-        with pytest.raises(ValueError, match="fidelity must be one of .* Received 'medium'"):
+        with pytest.raises(ValueError, match=r"fidelity must be one of .* Received 'medium'"):
             SynthConfig(fidelity="medium")
-        with pytest.raises(ValueError, match="layout must be one of"):
+        with pytest.raises(ValueError, match=r"layout must be one of"):
             SynthConfig(layout="dicomdir")
-        with pytest.raises(ValueError, match="lite_phases must .* Received \\(5, 10\\)"):
+        with pytest.raises(ValueError, match=r"lite_phases must .* Received \(5, 10\)"):
             SynthConfig(lite_phases=(5, 10))
-        with pytest.raises(ValueError, match="participants must be >= 1. Received 0"):
+        with pytest.raises(ValueError, match=r"participants must be >= 1\. Received 0"):
             generate_cohort(tmp_path, participants=0)
-        with pytest.raises(ValueError, match="workers must be >= 1"):
+        with pytest.raises(ValueError, match=r"workers must be >= 1"):
             generate_cohort(tmp_path, participants=1, workers=0)
 
     def test_cli_runs_as_module(self, tmp_path):
         out = tmp_path / "cli"
-        done = subprocess.run([sys.executable, "-m", "lvmass.synth", "--participants", "2", "--out", str(out),
-                               "--seed", "9", "--no-progress"], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lvmass.synth",
+                "--participants",
+                "2",
+                "--out",
+                str(out),
+                "--seed",
+                "9",
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         assert "wrote 2 participants" in done.stdout
         assert len(list((out / "zips").glob("*_20209_2_0.zip"))) == 2
-        bad = subprocess.run([sys.executable, "-m", "lvmass.synth", "--participants", "0", "--out", str(out)],
-                             capture_output=True, text=True, timeout=120)
+        bad = subprocess.run(
+            [sys.executable, "-m", "lvmass.synth", "--participants", "0", "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert bad.returncode == 2 and "participants must be >= 1" in bad.stderr

@@ -8,4 +8,11 @@ from lvmass.synth.cohort import CohortPaths, draw_eids, generate_cohort
 from lvmass.synth.config import SynthConfig
 from lvmass.synth.participant import ParticipantData, render_participant
 
-__all__ = ["CohortPaths", "ParticipantData", "SynthConfig", "draw_eids", "generate_cohort", "render_participant"]
+__all__ = [
+    "CohortPaths",
+    "ParticipantData",
+    "SynthConfig",
+    "draw_eids",
+    "generate_cohort",
+    "render_participant",
+]

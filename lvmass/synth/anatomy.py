@@ -174,7 +174,9 @@ def slab_offsets_mm(n: int, thickness_mm: float = SLICE_THICKNESS_MM) -> np.ndar
     return (np.arange(n) + 0.5) / n * thickness_mm - 0.5 * thickness_mm
 
 
-def slice_areas_mm2(anatomy: LVAnatomy, slice_z_mm: np.ndarray, phase: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def slice_areas_mm2(
+    anatomy: LVAnatomy, slice_z_mm: np.ndarray, phase: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Slab-averaged (myocardium, cavity) areas A_k (mm^2) of each slice (the truth definition)."""
     offsets = slab_offsets_mm(TRUTH_SUBPLANES)
     myo = np.zeros(len(slice_z_mm))
@@ -196,14 +198,17 @@ class TrueVolumes:
     cavity_volume_ml: float
 
 
-def true_volumes(anatomy: LVAnatomy, slice_z_mm: np.ndarray, slice_spacing_mm: float = SLICE_SPACING_MM,
-                 phase: int = 0) -> TrueVolumes:
+def true_volumes(
+    anatomy: LVAnatomy, slice_z_mm: np.ndarray, slice_spacing_mm: float = SLICE_SPACING_MM, phase: int = 0
+) -> TrueVolumes:
     """True myocardium volume, LV mass and cavity volume measured on the slices (end-diastole by default)."""
     myo, cav = slice_areas_mm2(anatomy, slice_z_mm, phase)
     volume_ml = float(myo.sum()) * slice_spacing_mm / 1000.0
     return TrueVolumes(
-        myocardium_area_mm2=tuple(float(a) for a in myo), cavity_area_mm2=tuple(float(a) for a in cav),
-        myocardium_volume_ml=volume_ml, lv_mass_g=volume_ml * MYOCARDIAL_DENSITY_G_PER_ML,
+        myocardium_area_mm2=tuple(float(a) for a in myo),
+        cavity_area_mm2=tuple(float(a) for a in cav),
+        myocardium_volume_ml=volume_ml,
+        lv_mass_g=volume_ml * MYOCARDIAL_DENSITY_G_PER_ML,
         cavity_volume_ml=float(cav.sum()) * slice_spacing_mm / 1000.0,
     )
 
@@ -214,18 +219,27 @@ def continuous_myocardium_volume_ml(anatomy: LVAnatomy, phase: int = 0, dz_mm: f
     return sum(plane_areas_mm2(anatomy, float(zz), phase)[0] for zz in z) * dz_mm / 1000.0
 
 
-def _surface(rng: np.random.Generator, radius_mm: float, length_mm: float, amps_sd: tuple[float, ...],
-             amps_mean: tuple[float, ...]) -> Surface:
+def _surface(
+    rng: np.random.Generator,
+    radius_mm: float,
+    length_mm: float,
+    amps_sd: tuple[float, ...],
+    amps_mean: tuple[float, ...],
+) -> Surface:
     amps = tuple(float(m + s * rng.standard_normal()) for m, s in zip(amps_mean, amps_sd, strict=True))
     return Surface(
-        radius_mm=radius_mm, length_mm=length_mm, harmonic_amps=amps,
+        radius_mm=radius_mm,
+        length_mm=length_mm,
+        harmonic_amps=amps,
         harmonic_phases=tuple(float(p) for p in rng.uniform(0.0, 2.0 * math.pi, len(amps))),
-        harmonic_z_mod=float(rng.uniform(0.1, 0.4)), harmonic_z_period_mm=float(rng.uniform(40.0, 90.0)),
+        harmonic_z_mod=float(rng.uniform(0.1, 0.4)),
+        harmonic_z_period_mm=float(rng.uniform(40.0, 90.0)),
     )
 
 
-def _shell_volume_ml(endo_r: float, endo_l: float, thickness: float, centre_z: float, epi_f: float,
-                     endo_f: float) -> float:
+def _shell_volume_ml(
+    endo_r: float, endo_l: float, thickness: float, centre_z: float, epi_f: float, endo_f: float
+) -> float:
     """Continuous volume of the truncated shell (z >= 0) from the closed form of each ellipsoid cap."""
 
     def cap(r: float, length: float) -> float:  # integral over z in [0, c+L] of pi r^2 (1 - ((z-c)/L)^2)
@@ -236,7 +250,9 @@ def _shell_volume_ml(endo_r: float, endo_l: float, thickness: float, centre_z: f
     return (cap(epi_r, epi_l) * epi_f - cap(endo_r, endo_l) * endo_f) / 1000.0
 
 
-def build_anatomy(rng: np.random.Generator, *, target_mass_g: float, bsa_m2: float, rv_angle_rad: float) -> LVAnatomy:
+def build_anatomy(
+    rng: np.random.Generator, *, target_mass_g: float, bsa_m2: float, rv_angle_rad: float
+) -> LVAnatomy:
     """A random LV whose continuous myocardial volume matches ``target_mass_g`` (the sliced true mass then
     differs by the slice sampling only): cavity size from body size, wall thickness solved for the mass."""
     endo_r = 25.5 * math.sqrt(bsa_m2 / 1.9) * math.exp(0.07 * rng.standard_normal())
@@ -245,15 +261,25 @@ def build_anatomy(rng: np.random.Generator, *, target_mass_g: float, bsa_m2: flo
     epi_proto = _surface(rng, 1.0, 1.0, (0.0, 0.015, 0.015), (0.0, 0.045, 0.0))
     # the endocardium follows the epicardium's shape (aligned ellipticity) with its own small irregularity,
     # so the wall thickness varies around the ring by about +/-25%, never collapsing
-    a1, a2, a3 = epi_proto.harmonic_amps
-    p1, p2, p3 = epi_proto.harmonic_phases
+    _a1, a2, a3 = epi_proto.harmonic_amps
+    _p1, p2, p3 = epi_proto.harmonic_phases
     endo_s = Surface(
-        radius_mm=endo_r, length_mm=endo_l,
-        harmonic_amps=(float(rng.normal(0.0, 0.02)), a2 * float(rng.uniform(0.9, 1.3)),
-                       a3 * float(rng.uniform(0.8, 1.2)), float(rng.normal(0.0, 0.01))),
-        harmonic_phases=(float(rng.uniform(0, 2 * math.pi)), p2 + float(rng.normal(0, 0.25)),
-                         p3 + float(rng.normal(0, 0.25)), float(rng.uniform(0, 2 * math.pi))),
-        harmonic_z_mod=epi_proto.harmonic_z_mod, harmonic_z_period_mm=epi_proto.harmonic_z_period_mm,
+        radius_mm=endo_r,
+        length_mm=endo_l,
+        harmonic_amps=(
+            float(rng.normal(0.0, 0.02)),
+            a2 * float(rng.uniform(0.9, 1.3)),
+            a3 * float(rng.uniform(0.8, 1.2)),
+            float(rng.normal(0.0, 0.01)),
+        ),
+        harmonic_phases=(
+            float(rng.uniform(0, 2 * math.pi)),
+            p2 + float(rng.normal(0, 0.25)),
+            p3 + float(rng.normal(0, 0.25)),
+            float(rng.uniform(0, 2 * math.pi)),
+        ),
+        harmonic_z_mod=epi_proto.harmonic_z_mod,
+        harmonic_z_period_mm=epi_proto.harmonic_z_period_mm,
     )
     epi_f = 1.0 + 0.5 * sum(a * a for a in epi_proto.harmonic_amps)
     endo_f = 1.0 + 0.5 * sum(a * a for a in endo_s.harmonic_amps)
@@ -266,23 +292,39 @@ def build_anatomy(rng: np.random.Generator, *, target_mass_g: float, bsa_m2: flo
         else:
             hi = mid
     thickness = 0.5 * (lo + hi)
-    epi = Surface(endo_r + thickness, endo_l + 0.6 * thickness, epi_proto.harmonic_amps, epi_proto.harmonic_phases,
-                  epi_proto.harmonic_z_mod, epi_proto.harmonic_z_period_mm)
+    epi = Surface(
+        endo_r + thickness,
+        endo_l + 0.6 * thickness,
+        epi_proto.harmonic_amps,
+        epi_proto.harmonic_phases,
+        epi_proto.harmonic_z_mod,
+        epi_proto.harmonic_z_period_mm,
+    )
     opposite = rv_angle_rad + math.pi
     paps = tuple(
-        Papillary(angle_rad=opposite + sign * float(rng.uniform(0.6, 1.0)), radial_fraction=float(rng.uniform(0.55, 0.7)),
-                  radius_mm=float(rng.uniform(3.5, 5.5)), z_start_mm=float(rng.uniform(0.2, 0.3)) * endo_l,
-                  z_end_mm=float(rng.uniform(0.6, 0.75)) * endo_l)
+        Papillary(
+            angle_rad=opposite + sign * float(rng.uniform(0.6, 1.0)),
+            radial_fraction=float(rng.uniform(0.55, 0.7)),
+            radius_mm=float(rng.uniform(3.5, 5.5)),
+            z_start_mm=float(rng.uniform(0.2, 0.3)) * endo_l,
+            z_end_mm=float(rng.uniform(0.6, 0.75)) * endo_l,
+        )
         for sign in (-1.0, 1.0)
     )
     return LVAnatomy(
-        epi=epi, endo=endo_s, centre_z_mm=centre_z, twist_rad_per_mm=float(rng.normal(0.0, 0.004)),
+        epi=epi,
+        endo=endo_s,
+        centre_z_mm=centre_z,
+        twist_rad_per_mm=float(rng.normal(0.0, 0.004)),
         axis_drift_mm_per_mm=(float(rng.normal(0.0, 0.06)), float(rng.normal(0.0, 0.06))),
-        papillaries=paps, trabeculation=float(rng.uniform(0.25, 0.6)), rv_angle_rad=rv_angle_rad,
+        papillaries=paps,
+        trabeculation=float(rng.uniform(0.25, 0.6)),
+        rv_angle_rad=rv_angle_rad,
         rv_radial_mm=float(rng.uniform(0.45, 0.65)) * (endo_r + thickness),
         rv_tangential_mm=float(rng.uniform(1.2, 1.5)) * (endo_r + thickness),
         rv_length_mm=float(rng.uniform(0.7, 0.85)) * (centre_z + endo_l + 0.6 * thickness),
-        la_radius_mm=float(rng.uniform(0.75, 0.95)) * endo_r, fat_angle_rad=float(rng.uniform(0, 2 * math.pi)),
+        la_radius_mm=float(rng.uniform(0.75, 0.95)) * endo_r,
+        fat_angle_rad=float(rng.uniform(0, 2 * math.pi)),
         fat_thickness_mm=float(rng.uniform(2.0, 7.0)),
         endo_scale_es=float(np.clip(rng.normal(0.68, 0.04), 0.55, 0.8)),
         long_scale_es=float(np.clip(rng.normal(0.86, 0.03), 0.78, 0.93)),

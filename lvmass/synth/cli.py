@@ -11,16 +11,27 @@ from lvmass.synth.config import FIDELITIES, LAYOUTS, SynthConfig
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lvmass synth", description="Write a synthetic UK Biobank-format short-axis "
-                                "cohort (participant zips, phenotypes, ground truth).")
+    p = argparse.ArgumentParser(
+        prog="lvmass synth",
+        description="Write a synthetic UK Biobank-format short-axis "
+        "cohort (participant zips, phenotypes, ground truth).",
+    )
     p.add_argument("--participants", type=int, required=True, help="number of participants")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--fidelity", choices=FIDELITIES, default="lite",
-                   help="full: all 50 phases of every slice; lite: a few phases (default)")
+    p.add_argument(
+        "--fidelity",
+        choices=FIDELITIES,
+        default="lite",
+        help="full: all 50 phases of every slice; lite: a few phases (default)",
+    )
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
-    p.add_argument("--appearance-scale", type=float, default=1.0,
-                   help="widen the appearance variation (contrast, noise, bias, FOV...) by this factor")
+    p.add_argument(
+        "--appearance-scale",
+        type=float,
+        default=1.0,
+        help="widen the appearance variation (contrast, noise, bias, FOV...) by this factor",
+    )
     p.add_argument("--layout", choices=LAYOUTS, default="ukbb", help="zip layout (default ukbb)")
     p.add_argument("--first-eid", type=int, default=None, help="consecutive eids from this one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -34,8 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         paths = generate_cohort(
-            args.out, participants=args.participants, seed=args.seed, fidelity=args.fidelity, workers=args.workers,
-            appearance_scale=args.appearance_scale, progress=not args.no_progress, first_eid=args.first_eid,
+            args.out,
+            participants=args.participants,
+            seed=args.seed,
+            fidelity=args.fidelity,
+            workers=args.workers,
+            appearance_scale=args.appearance_scale,
+            progress=not args.no_progress,
+            first_eid=args.first_eid,
             config=SynthConfig(layout=args.layout),
         )
     except ValueError as exc:
@@ -44,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads(paths.truth_json.read_text())["cohort"]
     elapsed = time.monotonic() - started
     print(f"wrote {summary['n_participants']} participants to {paths.root} in {elapsed:.1f} s")
-    print(f"  true LV mass {summary['true_lv_mass_g']['mean']:.1f} g (sd {summary['true_lv_mass_g']['sd'] or 0:.1f}); "
-          f"expected raw InlineVF bias x{summary['inlinevf']['expected_bias_factor'] or float('nan'):.2f}")
-    print(f"  prevalence: " + ", ".join(f"{k} {v:.0%}" for k, v in summary["observed_prevalence"].items()))
+    mass = summary["true_lv_mass_g"]
+    bias = summary["inlinevf"]["expected_bias_factor"] or float("nan")
+    print(f"  true LV mass {mass['mean']:.1f} g (sd {mass['sd'] or 0:.1f}); raw InlineVF bias x{bias:.2f}")
+    print("  prevalence: " + ", ".join(f"{k} {v:.0%}" for k, v in summary["observed_prevalence"].items()))
     return 0
 
 

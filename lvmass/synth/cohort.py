@@ -57,8 +57,14 @@ class CohortPaths:
 
 def cohort_paths(out_dir: str | Path) -> CohortPaths:
     root = Path(out_dir)
-    return CohortPaths(root=root, zips_dir=root / ZIPS_DIRNAME, phenotypes_csv=root / PHENOTYPES_CSV,
-                       truth_csv=root / TRUTH_CSV, truth_json=root / TRUTH_JSON, labels_dir=root / LABELS_DIRNAME)
+    return CohortPaths(
+        root=root,
+        zips_dir=root / ZIPS_DIRNAME,
+        phenotypes_csv=root / PHENOTYPES_CSV,
+        truth_csv=root / TRUTH_CSV,
+        truth_json=root / TRUTH_JSON,
+        labels_dir=root / LABELS_DIRNAME,
+    )
 
 
 def draw_eids(seed: int, participants: int, first_eid: int | None = None) -> list[int]:
@@ -101,15 +107,18 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
             writer.writerow(row)
 
 
-def _cohort_summary(truth: list[dict[str, Any]], phenotypes: list[dict[str, Any]], config: SynthConfig
-                    ) -> dict[str, Any]:
+def _cohort_summary(
+    truth: list[dict[str, Any]], phenotypes: list[dict[str, Any]], config: SynthConfig
+) -> dict[str, Any]:
     """Cohort-level truth: realised prevalences, the odds ratios per realised SD of true LVMI, and the
     InlineVF bias the generator built in."""
     model = fit_disease_model(config.diseases)
     lvmi = np.array([t["true_lvmi_g_m2"] for t in truth], float)
     sd = float(lvmi.std(ddof=1)) if len(lvmi) > 1 else float("nan")
     per_sample_sd = {
-        spec.name: math.exp(math.log(spec.or_per_sd_lvmi) * sd / model.lvmi_ref_sd_g_m2) if len(lvmi) > 1 else None
+        spec.name: math.exp(math.log(spec.or_per_sd_lvmi) * sd / model.lvmi_ref_sd_g_m2)
+        if len(lvmi) > 1
+        else None
         for spec in config.diseases
     }
     true_mass = np.array([t["true_lv_mass_g"] for t in truth], float)
@@ -122,7 +131,10 @@ def _cohort_summary(truth: list[dict[str, Any]], phenotypes: list[dict[str, Any]
 
     return {
         "n_participants": len(truth),
-        "true_lv_mass_g": {"mean": float(true_mass.mean()), "sd": float(true_mass.std(ddof=1)) if len(truth) > 1 else None},
+        "true_lv_mass_g": {
+            "mean": float(true_mass.mean()),
+            "sd": float(true_mass.std(ddof=1)) if len(truth) > 1 else None,
+        },
         "true_lvmi_g_m2": {"mean": float(lvmi.mean()), "sd": sd if len(truth) > 1 else None},
         "observed_prevalence": {d: float(np.mean([p[d] for p in phenotypes])) for d in DISEASE_COLUMNS},
         "true_odds_ratio_per_sample_sd_lvmi": per_sample_sd,
@@ -148,27 +160,42 @@ def _truth_json(seed: int, config: SynthConfig, eids: list[int], summary: dict[s
         "generator": "lvmass.synth",
         "seed": seed,
         "first_eid": eids[0],
-        "versions": {"lvmass": __version__, "numpy": np.__version__, "scipy": scipy.__version__,
-                     "pydicom": pydicom.__version__, "python": platform.python_version()},
+        "versions": {
+            "lvmass": __version__,
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "pydicom": pydicom.__version__,
+            "python": platform.python_version(),
+        },
         "config": config.to_json(),
         "definitions": {
-            "true_myocardium_volume_ml": "sum over slices of the myocardial area (mm^2, averaged over the slice's "
-                                         f"{SLICE_THICKNESS_MM:g} mm slab on {TRUTH_SUBPLANES} planes, integrated "
-                                         f"over {THETA_SAMPLES} angles) x {SLICE_SPACING_MM:g} mm / 1000",
+            "true_myocardium_volume_ml": (
+                "sum over slices of the myocardial area (mm^2, averaged over the slice's "
+                f"{SLICE_THICKNESS_MM:g} mm slab on {TRUTH_SUBPLANES} planes, integrated "
+                f"over {THETA_SAMPLES} angles) x {SLICE_SPACING_MM:g} mm / 1000"
+            ),
             "true_lv_mass_g": f"true_myocardium_volume_ml x {MYOCARDIAL_DENSITY_G_PER_ML} g/mL",
-            "true_lv_cavity_volume_ml": "the same sum over the endocardial areas (papillary muscles and trabeculae "
-                                        "count as cavity)",
-            "truth_labels": "ED labels on the acquisition grid (rows, cols, slices base to apex): the class with the "
-                            "largest slab-averaged partial-volume fraction; 0 background, 1 LV cavity, 2 myocardium",
-            "expected_inlinevf_raw_mass_g": "the paper's rule on the written ED InlineVF outlines filled as ml4h's "
-                                            "morphology does (both outlines count as myocardium)",
+            "true_lv_cavity_volume_ml": (
+                "the same sum over the endocardial areas (papillary muscles and trabeculae count as cavity)"
+            ),
+            "truth_labels": (
+                "ED labels on the acquisition grid (rows, cols, slices base to apex): the class with the "
+                "largest slab-averaged partial-volume fraction; 0 background, 1 LV cavity, 2 myocardium"
+            ),
+            "expected_inlinevf_raw_mass_g": (
+                "the paper's rule on the written ED InlineVF outlines filled as ml4h's "
+                "morphology does (both outlines count as myocardium)"
+            ),
             "end_diastole": "phase 0 = InstanceNumber 1 in bK series; TriggerTime = phase x RR / 50",
         },
         "disease_model": fit_disease_model(config.diseases).to_json(),
         "inlinevf_design": {
-            "epi_offset_mm": config.inlinevf_epi_offset_mm, "endo_offset_mm": config.inlinevf_endo_offset_mm,
-            "offset_sd_mm": config.inlinevf_offset_sd_mm, "jitter_mm": config.inlinevf_jitter_mm,
-            "failure_rate": config.inlinevf_failure_rate, "failure_kinds": list(FAILURE_KINDS),
+            "epi_offset_mm": config.inlinevf_epi_offset_mm,
+            "endo_offset_mm": config.inlinevf_endo_offset_mm,
+            "offset_sd_mm": config.inlinevf_offset_sd_mm,
+            "jitter_mm": config.inlinevf_jitter_mm,
+            "failure_rate": config.inlinevf_failure_rate,
+            "failure_kinds": list(FAILURE_KINDS),
         },
         "cohort": summary,
     }
@@ -182,9 +209,18 @@ def _progress(iterator: Iterator, total: int, enabled: bool) -> Iterator:
     return iter(tqdm(iterator, total=total, unit="participant", desc="lvmass synth"))
 
 
-def generate_cohort(out_dir: str | Path, *, participants: int, seed: int = 0, fidelity: str = "lite",
-                    workers: int = 1, appearance_scale: float = 1.0, progress: bool = False,
-                    first_eid: int | None = None, config: SynthConfig | None = None) -> CohortPaths:
+def generate_cohort(
+    out_dir: str | Path,
+    *,
+    participants: int,
+    seed: int = 0,
+    fidelity: str = "lite",
+    workers: int = 1,
+    appearance_scale: float = 1.0,
+    progress: bool = False,
+    first_eid: int | None = None,
+    config: SynthConfig | None = None,
+) -> CohortPaths:
     """Write a synthetic cohort to ``out_dir`` (see the module docstring) and return its paths.
 
     ``config`` overrides everything but ``fidelity``/``appearance_scale``, which are applied on top of it.
@@ -213,7 +249,9 @@ def generate_cohort(out_dir: str | Path, *, participants: int, seed: int = 0, fi
     _write_csv(paths.phenotypes_csv, phenotypes, list(PHENOTYPE_COLUMNS))
     _write_csv(paths.truth_csv, truth, list(truth[0].keys()))
     summary = _cohort_summary(truth, phenotypes, cfg)
-    paths.truth_json.write_text(json.dumps(_truth_json(seed, cfg, eids, summary), indent=2, default=str) + "\n")
+    paths.truth_json.write_text(
+        json.dumps(_truth_json(seed, cfg, eids, summary), indent=2, default=str) + "\n"
+    )
     return paths
 
 

@@ -52,17 +52,32 @@ class SynthConfig:
             raise ValueError(f"layout must be one of {LAYOUTS}. Received {self.layout!r}")
         if self.appearance_scale < 0:
             raise ValueError(f"appearance_scale must be >= 0. Received {self.appearance_scale}")
-        if not self.lite_phases or self.lite_phases[0] != 0 or any(
-                not 0 <= p < 50 for p in self.lite_phases) or list(self.lite_phases) != sorted(set(self.lite_phases)):
-            raise ValueError(f"lite_phases must be increasing phases in 0..49 starting with 0 (end-diastole). "
-                             f"Received {self.lite_phases}")
-        for name in ("manual_mass_fraction", "inlinevf_failure_rate", "lax_extras_fraction", "vf_results_fraction",
-                     "duplicate_slice_fraction", "modality_column_fraction", "spacing_between_slices_fraction"):
+        if (
+            not self.lite_phases
+            or self.lite_phases[0] != 0
+            or any(not 0 <= p < 50 for p in self.lite_phases)
+            or list(self.lite_phases) != sorted(set(self.lite_phases))
+        ):
+            raise ValueError(
+                f"lite_phases must be increasing phases in 0..49 starting with 0 (end-diastole). "
+                f"Received {self.lite_phases}"
+            )
+        for name in (
+            "manual_mass_fraction",
+            "inlinevf_failure_rate",
+            "lax_extras_fraction",
+            "vf_results_fraction",
+            "duplicate_slice_fraction",
+            "modality_column_fraction",
+            "spacing_between_slices_fraction",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1]. Received {value}")
         if self.instance not in (2, 3):
-            raise ValueError(f"instance must be 2 (first imaging visit) or 3 (repeat). Received {self.instance}")
+            raise ValueError(
+                f"instance must be 2 (first imaging visit) or 3 (repeat). Received {self.instance}"
+            )
 
     @property
     def phases(self) -> tuple[int, ...]:

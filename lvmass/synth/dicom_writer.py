@@ -27,8 +27,17 @@ SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 IMPLEMENTATION_UID = "1.3.12.2.1107.5.2"
 _LONG_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "SQ", "UC", "UN", "UR", "UT"}
 _TAG_SOP_INSTANCE_UID = 0x00080018
-MANIFEST_HEADER = ("filename", "patientid", "studyid", "studydescription", "date", "seriesid",
-                   "series discription", "aet", "host")
+MANIFEST_HEADER = (
+    "filename",
+    "patientid",
+    "studyid",
+    "studydescription",
+    "date",
+    "seriesid",
+    "series discription",
+    "aet",
+    "host",
+)
 MANIFEST_HEADER_WITH_MODALITY = (*MANIFEST_HEADER[:7], "modality", *MANIFEST_HEADER[7:])
 
 
@@ -42,7 +51,9 @@ def encode_element(tag: int, vr: str, value: bytes | str) -> bytes:
     if vr in _LONG_VRS:
         return head + b"\x00\x00" + struct.pack("<I", len(raw)) + raw
     if len(raw) > 0xFFFF:
-        raise ValueError(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) {vr}: value too long ({len(raw)} bytes)")
+        raise ValueError(
+            f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) {vr}: value too long ({len(raw)} bytes)"
+        )
     return head + struct.pack("<H", len(raw)) + raw
 
 
@@ -60,7 +71,7 @@ def _element_spans(encoded: bytes) -> dict[int, tuple[int, int]]:
     spans, pos = {}, 0
     while pos < len(encoded):
         group, elem = struct.unpack_from("<HH", encoded, pos)
-        vr = encoded[pos + 4: pos + 6].decode("ascii")
+        vr = encoded[pos + 4 : pos + 6].decode("ascii")
         if vr in _LONG_VRS:
             (length,) = struct.unpack_from("<I", encoded, pos + 8)
             head = 12
@@ -201,15 +212,32 @@ class ManifestRow:
     series_description: str
 
 
-def manifest_text(rows: list[ManifestRow], *, patient_id: str, study_id: str, study_description: str,
-                  when: dt.datetime, aet: str, host: str, with_modality: bool) -> str:
+def manifest_text(
+    rows: list[ManifestRow],
+    *,
+    patient_id: str,
+    study_id: str,
+    study_description: str,
+    when: dt.datetime,
+    aet: str,
+    host: str,
+    with_modality: bool,
+) -> str:
     """``manifest.cvs`` as UK Biobank writes it: the ``series discription`` header and the date's
     unquoted comma (``Aug 30, 2015 10:12:33``), which shifts a naive CSV parse by one column."""
     header = MANIFEST_HEADER_WITH_MODALITY if with_modality else MANIFEST_HEADER
     date = f"{when.strftime('%b')} {when.day}, {when.year} {when.strftime('%H:%M:%S')}"
     lines = [",".join(header)]
     for row in rows:
-        fields = [row.filename, patient_id, study_id, study_description, date, row.series_uid, row.series_description]
+        fields = [
+            row.filename,
+            patient_id,
+            study_id,
+            study_description,
+            date,
+            row.series_uid,
+            row.series_description,
+        ]
         if with_modality:
             fields.append("MR")
         fields += [aet, host]

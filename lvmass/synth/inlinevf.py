@@ -39,8 +39,15 @@ class InlineVFParams:
     failure_shift_mm: float
 
 
-def draw_inlinevf(rng: np.random.Generator, *, failure_rate: float, epi_offset_mm: float, endo_offset_mm: float,
-                  offset_sd_mm: float, jitter_mm: float) -> InlineVFParams:
+def draw_inlinevf(
+    rng: np.random.Generator,
+    *,
+    failure_rate: float,
+    epi_offset_mm: float,
+    endo_offset_mm: float,
+    offset_sd_mm: float,
+    jitter_mm: float,
+) -> InlineVFParams:
     """Offsets vary around the configured means; a failure kind is drawn with probability ``failure_rate``
     (its slices are chosen later, once the slices are known)."""
     failure = ""
@@ -49,7 +56,10 @@ def draw_inlinevf(rng: np.random.Generator, *, failure_rate: float, epi_offset_m
     return InlineVFParams(
         epi_offset_mm=max(0.0, float(rng.normal(epi_offset_mm, offset_sd_mm))),
         endo_offset_mm=max(0.0, float(rng.normal(endo_offset_mm, offset_sd_mm))),
-        jitter_mm=jitter_mm, failure=failure, failure_slices=(), failure_shift_mm=float(rng.uniform(8.0, 13.0)),
+        jitter_mm=jitter_mm,
+        failure=failure,
+        failure_slices=(),
+        failure_shift_mm=float(rng.uniform(8.0, 13.0)),
     )
 
 
@@ -60,8 +70,9 @@ def contoured(anatomy: LVAnatomy, slice_z_mm: float, phase: int) -> bool:
     return z_ed >= 0.0 and float(profile_mm(anatomy.epi, anatomy.centre_z_mm, z_ed)) > MIN_CONTOUR_RADIUS_MM
 
 
-def assign_failure_slices(params: InlineVFParams, rng: np.random.Generator, contoured_slices: list[int],
-                          n_slices: int) -> InlineVFParams:
+def assign_failure_slices(
+    params: InlineVFParams, rng: np.random.Generator, contoured_slices: list[int], n_slices: int
+) -> InlineVFParams:
     """Choose the slices a failure affects; a failure that cannot happen here becomes a mistrace."""
     failure, slices = params.failure, ()
     if not failure or not contoured_slices:
@@ -97,32 +108,49 @@ def rasterise(curve_rc: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _curve(centre_px: tuple[float, float], spacing: tuple[float, float], theta: np.ndarray,
-           radius_mm: np.ndarray) -> np.ndarray:
-    return np.stack([centre_px[0] + radius_mm * np.sin(theta) / spacing[0],
-                     centre_px[1] + radius_mm * np.cos(theta) / spacing[1]], axis=1)
+def _curve(
+    centre_px: tuple[float, float], spacing: tuple[float, float], theta: np.ndarray, radius_mm: np.ndarray
+) -> np.ndarray:
+    return np.stack(
+        [
+            centre_px[0] + radius_mm * np.sin(theta) / spacing[0],
+            centre_px[1] + radius_mm * np.cos(theta) / spacing[1],
+        ],
+        axis=1,
+    )
 
 
-def slice_curves(anatomy: LVAnatomy, params: InlineVFParams, *, slice_index: int, slice_z_mm: float, phase: int,
-                 centre_px: tuple[float, float], spacing: tuple[float, float], rng: np.random.Generator
-                 ) -> list[np.ndarray]:
+def slice_curves(
+    anatomy: LVAnatomy,
+    params: InlineVFParams,
+    *,
+    slice_index: int,
+    slice_z_mm: float,
+    phase: int,
+    centre_px: tuple[float, float],
+    spacing: tuple[float, float],
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
     """The (row, col) point lists of the curves InlineVF draws on one slice and phase (0, 1 or 2 curves)."""
     failing = params.failure and slice_index in params.failure_slices
     s, lam = contraction(phase, anatomy)
     z_ed = ed_height_mm(anatomy, slice_z_mm, lam)
     r_max = anatomy.epi.radius_mm + params.epi_offset_mm + 20.0
-    n = max(96, int(math.ceil(2.0 * math.pi * r_max / (0.3 * min(spacing)))))
+    n = max(96, math.ceil(2.0 * math.pi * r_max / (0.3 * min(spacing))))
     theta = np.linspace(0.0, 2.0 * math.pi, n, endpoint=False)
     if failing and params.failure == "below_apex":
         ring = 11.0 + 2.0 * np.cos(2 * theta)
         return [_curve(centre_px, spacing, theta, ring), _curve(centre_px, spacing, theta, ring - 6.0)]
     if z_ed < 0.0 or not contoured(anatomy, slice_z_mm, phase):
         if failing and params.failure == "outflow_tract":  # the atrium above the base contoured as LV
-            bulge = 12.0 * np.exp(-(((theta - anatomy.rv_angle_rad - 0.7 + math.pi) % (2 * math.pi) - math.pi)
-                                    / 0.5) ** 2)
+            bulge = 12.0 * np.exp(
+                -((((theta - anatomy.rv_angle_rad - 0.7 + math.pi) % (2 * math.pi) - math.pi) / 0.5) ** 2)
+            )
             la = anatomy.la_radius_mm
-            return [_curve(centre_px, spacing, theta, la + 4.0 + bulge),
-                    _curve(centre_px, spacing, theta, np.maximum(la - 3.0 + 0.6 * bulge, 3.0))]
+            return [
+                _curve(centre_px, spacing, theta, la + 4.0 + bulge),
+                _curve(centre_px, spacing, theta, np.maximum(la - 3.0 + 0.6 * bulge, 3.0)),
+            ]
         return []
     endo, epi = radii_mm(anatomy, theta, z_ed)
     endo_t = s * endo
@@ -131,13 +159,16 @@ def slice_curves(anatomy: LVAnatomy, params: InlineVFParams, *, slice_index: int
     endo_d = endo_t - params.endo_offset_mm + _jitter(rng, theta, params.jitter_mm)
     centre = centre_px
     if failing and params.failure == "outflow_tract":
-        bulge = 14.0 * np.exp(-(((theta - anatomy.rv_angle_rad - 0.7 + math.pi) % (2 * math.pi) - math.pi)
-                                / 0.5) ** 2)
+        bulge = 14.0 * np.exp(
+            -((((theta - anatomy.rv_angle_rad - 0.7 + math.pi) % (2 * math.pi) - math.pi) / 0.5) ** 2)
+        )
         epi_d, endo_d = epi_d + bulge, endo_d + 0.7 * bulge
     elif failing and params.failure == "mistrace":  # follows the septum into the RV
         shift = params.failure_shift_mm
-        centre = (centre_px[0] + shift * math.sin(anatomy.rv_angle_rad) / spacing[0],
-                  centre_px[1] + shift * math.cos(anatomy.rv_angle_rad) / spacing[1])
+        centre = (
+            centre_px[0] + shift * math.sin(anatomy.rv_angle_rad) / spacing[0],
+            centre_px[1] + shift * math.cos(anatomy.rv_angle_rad) / spacing[1],
+        )
         epi_d, endo_d = epi_d * 1.2, endo_d * 0.65
     min_gap_mm = 3.5 * max(spacing)  # rounded 1-pixel curves never touch
     curves = [_curve(centre, spacing, theta, np.maximum(epi_d, 3.0))]
@@ -168,8 +199,16 @@ def outline_labels_myocardium(curves: list[np.ndarray], shape: tuple[int, int]) 
     return out
 
 
-def raw_mass_g(myocardium_masks: list[np.ndarray], pixel_spacing_mm: tuple[float, float],
-               slice_spacing_mm: float) -> float:
+def raw_mass_g(
+    myocardium_masks: list[np.ndarray], pixel_spacing_mm: tuple[float, float], slice_spacing_mm: float
+) -> float:
     """The paper's rule: myocardium voxels x pixel area x slice spacing x 1.05 g/mL."""
     voxels = sum(int(m.sum()) for m in myocardium_masks)
-    return voxels * pixel_spacing_mm[0] * pixel_spacing_mm[1] * slice_spacing_mm / 1000.0 * MYOCARDIAL_DENSITY_G_PER_ML
+    return (
+        voxels
+        * pixel_spacing_mm[0]
+        * pixel_spacing_mm[1]
+        * slice_spacing_mm
+        / 1000.0
+        * MYOCARDIAL_DENSITY_G_PER_ML
+    )

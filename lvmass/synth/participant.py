@@ -35,7 +35,7 @@ from lvmass.synth.inlinevf import (
     raw_mass_g,
     slice_curves,
 )
-from lvmass.synth.population import dubois_bsa_m2, draw_demographics, draw_diseases, fit_disease_model
+from lvmass.synth.population import draw_demographics, draw_diseases, dubois_bsa_m2, fit_disease_model
 from lvmass.synth.render import (
     HeartSlice,
     bias_field,
@@ -54,10 +54,18 @@ VF_RESULTS_DESCRIPTION = "Inline_VF_Results"
 SINGLE_SERIES_DESCRIPTION = "sa_cine_stack"
 LAX_SLICE_THICKNESS_MM = 6.0
 _VAR_TAGS = {
-    "SOPInstanceUID": 0x00080018, "SeriesTime": 0x00080031, "AcquisitionTime": 0x00080032,
-    "ContentTime": 0x00080033, "SeriesDescription": 0x0008103E, "TriggerTime": 0x00181060,
-    "ProtocolName": 0x00181030, "SeriesInstanceUID": 0x0020000E, "SeriesNumber": 0x00200011,
-    "InstanceNumber": 0x00200013, "ImagePositionPatient": 0x00200032, "SliceLocation": 0x00201041,
+    "SOPInstanceUID": 0x00080018,
+    "SeriesTime": 0x00080031,
+    "AcquisitionTime": 0x00080032,
+    "ContentTime": 0x00080033,
+    "SeriesDescription": 0x0008103E,
+    "TriggerTime": 0x00181060,
+    "ProtocolName": 0x00181030,
+    "SeriesInstanceUID": 0x0020000E,
+    "SeriesNumber": 0x00200011,
+    "InstanceNumber": 0x00200013,
+    "ImagePositionPatient": 0x00200032,
+    "SliceLocation": 0x00201041,
     "PixelData": 0x7FE00010,
 }
 _OVERLAY_DATA = 0x60003000
@@ -88,8 +96,11 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 def _rotate(vec: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
     """Rodrigues' rotation of vec about a unit axis."""
-    return (vec * math.cos(angle) + np.cross(axis, vec) * math.sin(angle)
-            + axis * float(np.dot(axis, vec)) * (1.0 - math.cos(angle)))
+    return (
+        vec * math.cos(angle)
+        + np.cross(axis, vec) * math.sin(angle)
+        + axis * float(np.dot(axis, vec)) * (1.0 - math.cos(angle))
+    )
 
 
 @dataclass(frozen=True)
@@ -110,8 +121,12 @@ class Acquisition:
 
     def ipp(self, k: int) -> np.ndarray:
         """ImagePositionPatient (0020,0032): the centre of pixel (0, 0) of slice k."""
-        return (self.origin + self.z_nominal_mm[k] * self.n - self.centre_px[1] * self.pixel_spacing_mm[1] * self.u
-                - self.centre_px[0] * self.pixel_spacing_mm[0] * self.v)
+        return (
+            self.origin
+            + self.z_nominal_mm[k] * self.n
+            - self.centre_px[1] * self.pixel_spacing_mm[1] * self.u
+            - self.centre_px[0] * self.pixel_spacing_mm[0] * self.v
+        )
 
     @property
     def n_slices(self) -> int:
@@ -132,26 +147,41 @@ def _draw_orientation(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray,
     return u, v, n
 
 
-def _draw_acquisition(rng: np.random.Generator, anatomy: LVAnatomy, orientation: tuple[np.ndarray, ...],
-                      scale: float, misregistration_mm: float) -> Acquisition:
+def _draw_acquisition(
+    rng: np.random.Generator,
+    anatomy: LVAnatomy,
+    orientation: tuple[np.ndarray, ...],
+    scale: float,
+    misregistration_mm: float,
+) -> Acquisition:
     u, v, n = orientation
     spacing = round(float(np.clip(rng.normal(1.86, 0.07 * max(scale, 0.05)), 1.4, 2.6)), 6)
     rows = int(rng.choice([192, 198, 204, 208, 210]))
     cols = int(rng.choice([208, 208, 208, 192, 224]))
-    centre = (rows / 2.0 + float(np.clip(rng.normal(0, 7 * scale), -30, 30)),
-              cols / 2.0 + float(np.clip(rng.normal(0, 7 * scale), -30, 30)))
+    centre = (
+        rows / 2.0 + float(np.clip(rng.normal(0, 7 * scale), -30, 30)),
+        cols / 2.0 + float(np.clip(rng.normal(0, 7 * scale), -30, 30)),
+    )
     # b1 is planned at the base: either just above it (no LV in its slab) or just below it (slab mostly in
     # the LV), never straddling the base plane at mid-slab
     z_first = float(rng.uniform(-12.0, -7.0)) if rng.random() < 0.4 else float(rng.uniform(2.5, 5.5))
-    n_needed = int(math.floor((anatomy.epi_apex_z_mm - z_first) / SLICE_SPACING_MM)) + 1
+    n_needed = math.floor((anatomy.epi_apex_z_mm - z_first) / SLICE_SPACING_MM) + 1
     n_slices = int(np.clip(n_needed + int(rng.choice([-1, 0, 0, 1, 1, 2])), 6, 13))
     z_nom = tuple(z_first + SLICE_SPACING_MM * k for k in range(n_slices))
     eps = rng.normal(0.0, misregistration_mm * 0.8 * scale, n_slices)
     shifts = rng.normal(0.0, misregistration_mm * scale, (n_slices, 2))
     origin = np.array([20.0, -30.0, 35.0]) + rng.normal(0.0, 12.0, 3)
     return Acquisition(
-        rows=rows, cols=cols, pixel_spacing_mm=(spacing, spacing), u=u, v=v, n=n, origin=origin, centre_px=centre,
-        z_nominal_mm=z_nom, z_anatomy_mm=tuple(float(z - e) for z, e in zip(z_nom, eps, strict=True)),
+        rows=rows,
+        cols=cols,
+        pixel_spacing_mm=(spacing, spacing),
+        u=u,
+        v=v,
+        n=n,
+        origin=origin,
+        centre_px=centre,
+        z_nominal_mm=z_nom,
+        z_anatomy_mm=tuple(float(z - e) for z, e in zip(z_nom, eps, strict=True)),
         shifts_mm=tuple((float(a), float(b)) for a, b in shifts),
     )
 
@@ -165,8 +195,9 @@ def _plane_rel(acq: Acquisition, k: int, extra_shift: tuple[float, float] = (0.0
     return pts - disp.astype(np.float32)
 
 
-def _lv_centre_px(acq: Acquisition, anatomy: LVAnatomy, k: int, extra_shift: tuple[float, float] = (0.0, 0.0)
-                  ) -> tuple[float, float]:
+def _lv_centre_px(
+    acq: Acquisition, anatomy: LVAnatomy, k: int, extra_shift: tuple[float, float] = (0.0, 0.0)
+) -> tuple[float, float]:
     z = max(acq.z_anatomy_mm[k], 0.0)
     dx = acq.shifts_mm[k][0] + extra_shift[0] + anatomy.axis_drift_mm_per_mm[0] * z
     dy = acq.shifts_mm[k][1] + extra_shift[1] + anatomy.axis_drift_mm_per_mm[1] * z
@@ -264,7 +295,9 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
     u, v, _ = orientation
     d_rv = np.array([-0.75, -0.6, 0.2])
     rv_angle = math.atan2(float(np.dot(d_rv, v)), float(np.dot(d_rv, u)))
-    anatomy = build_anatomy(r_anat, target_mass_g=demo.target_lv_mass_g, bsa_m2=demo.bsa_m2, rv_angle_rad=rv_angle)
+    anatomy = build_anatomy(
+        r_anat, target_mass_g=demo.target_lv_mass_g, bsa_m2=demo.bsa_m2, rv_angle_rad=rv_angle
+    )
     acq = _draw_acquisition(r_acq, anatomy, orientation, scale, cfg.misregistration_mm)
     n_slices = acq.n_slices
     truth_vol = true_volumes(anatomy, np.asarray(acq.z_anatomy_mm))
@@ -292,8 +325,16 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
         bg = render_background(rel, body, app, width_mm, texture)
         gain = float(1.0 + app.slice_gain_sd * r_app.standard_normal())
         bias = bias_field(rel, app) * np.float32(app.blood_signal * gain)
-        return HeartSlice(anatomy, app, bg, bias, acq.z_anatomy_mm[k], _lv_centre_px(acq, anatomy, k, extra),
-                          acq.pixel_spacing_mm, float(r_app.uniform(0, 2 * math.pi)))
+        return HeartSlice(
+            anatomy,
+            app,
+            bg,
+            bias,
+            acq.z_anatomy_mm[k],
+            _lv_centre_px(acq, anatomy, k, extra),
+            acq.pixel_spacing_mm,
+            float(r_app.uniform(0, 2 * math.pi)),
+        )
 
     slices = [make_slice(k) for k in range(n_slices)]
     pixels: dict[tuple[int, int], bytes] = {}
@@ -309,9 +350,14 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
     labels = np.stack([hs.labels_ed() for hs in slices], axis=-1)
 
     # --- InlineVF
-    vf = draw_inlinevf(r_vf, failure_rate=cfg.inlinevf_failure_rate, epi_offset_mm=cfg.inlinevf_epi_offset_mm,
-                       endo_offset_mm=cfg.inlinevf_endo_offset_mm, offset_sd_mm=cfg.inlinevf_offset_sd_mm,
-                       jitter_mm=cfg.inlinevf_jitter_mm)
+    vf = draw_inlinevf(
+        r_vf,
+        failure_rate=cfg.inlinevf_failure_rate,
+        epi_offset_mm=cfg.inlinevf_epi_offset_mm,
+        endo_offset_mm=cfg.inlinevf_endo_offset_mm,
+        offset_sd_mm=cfg.inlinevf_offset_sd_mm,
+        jitter_mm=cfg.inlinevf_jitter_mm,
+    )
     contoured_ed = [k for k in range(n_slices) if contoured(anatomy, acq.z_anatomy_mm[k], 0)]
     vf = assign_failure_slices(vf, r_vf, contoured_ed, n_slices)
     overlays: dict[tuple[int, int], np.ndarray] = {}
@@ -320,8 +366,16 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
         shape = (acq.rows, acq.cols)
         for k, hs in enumerate(slices):
             for p in phases:
-                curves = slice_curves(anatomy, vf, slice_index=k, slice_z_mm=acq.z_anatomy_mm[k], phase=p,
-                                      centre_px=hs.centre_px, spacing=acq.pixel_spacing_mm, rng=r_vf)
+                curves = slice_curves(
+                    anatomy,
+                    vf,
+                    slice_index=k,
+                    slice_z_mm=acq.z_anatomy_mm[k],
+                    phase=p,
+                    centre_px=hs.centre_px,
+                    spacing=acq.pixel_spacing_mm,
+                    rng=r_vf,
+                )
                 if curves:
                     overlays[(k, p)] = np.logical_or.reduce([rasterise(c, shape) for c in curves])
                 if p == 0:
@@ -329,69 +383,129 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
     expected_vf = raw_mass_g(ed_myo, acq.pixel_spacing_mm, SLICE_SPACING_MM) if ed_myo else float("nan")
 
     # --- DICOM files and the zip
-    when = dt.datetime(2014, 5, 1, 8, 0, 0) + dt.timedelta(days=int(r_dicom.integers(0, 2100)),
-                                                         minutes=int(r_dicom.integers(0, 600)))
+    when = dt.datetime(2014, 5, 1, 8, 0, 0) + dt.timedelta(
+        days=int(r_dicom.integers(0, 2100)), minutes=int(r_dicom.integers(0, 600))
+    )
     station = int(r_dicom.integers(41000, 42000))
     uids = dw.UidFactory(station, when, r_dicom)
     rr_ms = float(round(np.clip(r_dicom.normal(950.0, 130.0), 600.0, 1400.0)))  # NominalInterval is an IS
     study = {
-        "when": when, "uid_placeholder": uids.root + "0" * 8, "study_uid": uids.next(), "frame_uid": uids.next(),
-        "station_name": f"AWP{station}", "patient_id": str(eid), "sex": demo.sex, "age": demo.age,
-        "height_cm": demo.height_cm, "weight_kg": demo.weight_kg, "tr_ms": round(float(r_dicom.uniform(2.5, 2.8)), 2),
-        "rr_ms": rr_ms, "window_centre": round(app.blood_signal * 0.6), "window_width": round(app.blood_signal * 1.4),
+        "when": when,
+        "uid_placeholder": uids.root + "0" * 8,
+        "study_uid": uids.next(),
+        "frame_uid": uids.next(),
+        "station_name": f"AWP{station}",
+        "patient_id": str(eid),
+        "sex": demo.sex,
+        "age": demo.age,
+        "height_cm": demo.height_cm,
+        "weight_kg": demo.weight_kg,
+        "tr_ms": round(float(r_dicom.uniform(2.5, 2.8)), 2),
+        "rr_ms": rr_ms,
+        "window_centre": round(app.blood_signal * 0.6),
+        "window_width": round(app.blood_signal * 1.4),
     }
-    members, manifest_rows, info = _assemble(cfg, eid, acq, study, uids, phases, pixels, overlays, duplicate,
-                                             dup_pixels, r_extra)
+    members, manifest_rows, info = _assemble(
+        cfg, eid, acq, study, uids, phases, pixels, overlays, duplicate, dup_pixels, r_extra
+    )
     zip_name = f"{eid}_{SAX_FIELD_ID}_{cfg.instance}_0.zip"
     if cfg.layout == "ukbb":
         manifest = dw.manifest_text(
-            manifest_rows, patient_id=str(eid), study_id=study["study_uid"], study_description="CardiacMR", when=when,
-            aet=study["station_name"], host="ANON_HOST", with_modality=bool(r_extra.random() < cfg.modality_column_fraction))
+            manifest_rows,
+            patient_id=str(eid),
+            study_id=study["study_uid"],
+            study_description="CardiacMR",
+            when=when,
+            aet=study["station_name"],
+            host="ANON_HOST",
+            with_modality=bool(r_extra.random() < cfg.modality_column_fraction),
+        )
         members.insert(0, ("manifest.cvs", manifest.encode("ascii")))
     zip_bytes = dw.write_zip(members, when, cfg.zip_compresslevel)
 
-    label_mass = float((labels == 2).sum()) * acq.pixel_spacing_mm[0] * acq.pixel_spacing_mm[1] * SLICE_SPACING_MM \
-        / 1000.0 * 1.05
+    label_mass = (
+        float((labels == 2).sum())
+        * acq.pixel_spacing_mm[0]
+        * acq.pixel_spacing_mm[1]
+        * SLICE_SPACING_MM
+        / 1000.0
+        * 1.05
+    )
     phenotype = {
-        "eid": eid, "sex": demo.sex, "age": demo.age, "height_cm": demo.height_cm, "weight_kg": demo.weight_kg,
-        **diseases, "manual_lv_mass_g": manual,
+        "eid": eid,
+        "sex": demo.sex,
+        "age": demo.age,
+        "height_cm": demo.height_cm,
+        "weight_kg": demo.weight_kg,
+        **diseases,
+        "manual_lv_mass_g": manual,
     }
     truth = {
-        "eid": eid, "instance": cfg.instance, "sex": demo.sex, "n_slices": n_slices, "rows": acq.rows,
-        "cols": acq.cols, "pixel_spacing_row_mm": acq.pixel_spacing_mm[0], "pixel_spacing_col_mm": acq.pixel_spacing_mm[1],
-        "slice_spacing_mm": SLICE_SPACING_MM, "slice_thickness_mm": SLICE_THICKNESS_MM,
+        "eid": eid,
+        "instance": cfg.instance,
+        "sex": demo.sex,
+        "n_slices": n_slices,
+        "rows": acq.rows,
+        "cols": acq.cols,
+        "pixel_spacing_row_mm": acq.pixel_spacing_mm[0],
+        "pixel_spacing_col_mm": acq.pixel_spacing_mm[1],
+        "slice_spacing_mm": SLICE_SPACING_MM,
+        "slice_thickness_mm": SLICE_THICKNESS_MM,
         "true_myocardium_volume_ml": round(truth_vol.myocardium_volume_ml, 4),
         "true_lv_mass_g": round(truth_vol.lv_mass_g, 4),
         "true_lv_cavity_volume_ml": round(truth_vol.cavity_volume_ml, 4),
-        "bsa_m2": round(bsa, 5), "true_lvmi_g_m2": round(lvmi, 4), "inlinevf_failure": vf.failure,
-        "age": demo.age, "height_cm": demo.height_cm, "weight_kg": demo.weight_kg,
+        "bsa_m2": round(bsa, 5),
+        "true_lvmi_g_m2": round(lvmi, 4),
+        "inlinevf_failure": vf.failure,
+        "age": demo.age,
+        "height_cm": demo.height_cm,
+        "weight_kg": demo.weight_kg,
         **{name: val for name, val in diseases.items()},
         "manual_lv_mass_g": manual,
         "target_lv_mass_g": round(demo.target_lv_mass_g, 3),
         "label_lv_mass_g": round(label_mass, 3),
         "expected_inlinevf_raw_mass_g": round(expected_vf, 3),
         "expected_inlinevf_bias_factor": round(expected_vf / truth_vol.lv_mass_g, 5),
-        "inlinevf_epi_offset_mm": round(vf.epi_offset_mm, 4), "inlinevf_endo_offset_mm": round(vf.endo_offset_mm, 4),
+        "inlinevf_epi_offset_mm": round(vf.epi_offset_mm, 4),
+        "inlinevf_endo_offset_mm": round(vf.endo_offset_mm, 4),
         "inlinevf_failure_slices": " ".join(str(k + 1) for k in vf.failure_slices),
         "contoured_slices": " ".join(str(k + 1) for k in contoured_ed),
-        "first_lv_slice": 1 + min((k for k in range(n_slices) if truth_vol.myocardium_area_mm2[k] > 0), default=-1),
-        "last_lv_slice": 1 + max((k for k in range(n_slices) if truth_vol.myocardium_area_mm2[k] > 0), default=-1),
+        "first_lv_slice": 1
+        + min((k for k in range(n_slices) if truth_vol.myocardium_area_mm2[k] > 0), default=-1),
+        "last_lv_slice": 1
+        + max((k for k in range(n_slices) if truth_vol.myocardium_area_mm2[k] > 0), default=-1),
         "myocardium_area_mm2": " ".join(f"{a:.2f}" for a in truth_vol.myocardium_area_mm2),
-        "epi_apex_mm": round(anatomy.epi_apex_z_mm, 3), "slice1_z_mm": round(acq.z_anatomy_mm[0], 3),
-        "n_phases_written": len(phases), "rr_ms": round(rr_ms, 2), "layout": cfg.layout,
-        "duplicate_slice": duplicate + 1 if duplicate >= 0 else "", **info,
-        "blood_signal": round(app.blood_signal, 2), "myocardium_contrast": round(app.myocardium, 4),
-        "snr": round(app.snr, 3), "edge_blur_px": round(app.edge_blur, 3),
+        "epi_apex_mm": round(anatomy.epi_apex_z_mm, 3),
+        "slice1_z_mm": round(acq.z_anatomy_mm[0], 3),
+        "n_phases_written": len(phases),
+        "rr_ms": round(rr_ms, 2),
+        "layout": cfg.layout,
+        "duplicate_slice": duplicate + 1 if duplicate >= 0 else "",
+        **info,
+        "blood_signal": round(app.blood_signal, 2),
+        "myocardium_contrast": round(app.myocardium, 4),
+        "snr": round(app.snr, 3),
+        "edge_blur_px": round(app.edge_blur, 3),
         "appearance_scale": cfg.appearance_scale,
     }
-    return ParticipantData(eid=eid, zip_name=zip_name, zip_bytes=zip_bytes, phenotype=phenotype, truth=truth,
-                           labels=labels)
+    return ParticipantData(
+        eid=eid, zip_name=zip_name, zip_bytes=zip_bytes, phenotype=phenotype, truth=truth, labels=labels
+    )
 
 
-def _assemble(cfg: SynthConfig, eid: int, acq: Acquisition, study: dict[str, Any], uids: dw.UidFactory,
-              phases: tuple[int, ...], pixels: dict[tuple[int, int], bytes], overlays: dict[tuple[int, int], np.ndarray],
-              duplicate: int, dup_pixels: dict[int, bytes], rng: np.random.Generator
-              ) -> tuple[list[tuple[str, bytes]], list[dw.ManifestRow], dict[str, Any]]:
+def _assemble(
+    cfg: SynthConfig,
+    eid: int,
+    acq: Acquisition,
+    study: dict[str, Any],
+    uids: dw.UidFactory,
+    phases: tuple[int, ...],
+    pixels: dict[tuple[int, int], bytes],
+    overlays: dict[tuple[int, int], np.ndarray],
+    duplicate: int,
+    dup_pixels: dict[int, bytes],
+    rng: np.random.Generator,
+) -> tuple[list[tuple[str, bytes]], list[dw.ManifestRow], dict[str, Any]]:
     """All DICOM members of the zip (and the manifest rows) for the configured layout."""
     ukbb = cfg.layout == "ukbb"
     spacing_between = bool(rng.random() < cfg.spacing_between_slices_fraction)
@@ -408,18 +522,34 @@ def _assemble(cfg: SynthConfig, eid: int, acq: Acquisition, study: dict[str, Any
     n = acq.n_slices
     normal = acq.n
 
-    def add(template: dw.InstanceTemplate, *, description: str, series_uid: str, series_number: int, instance: int,
-            k: int, phase: int, pixel_bytes: bytes, minutes: float, overlay: np.ndarray | None = None,
-            name: str | None = None) -> None:
+    def add(
+        template: dw.InstanceTemplate,
+        *,
+        description: str,
+        series_uid: str,
+        series_number: int,
+        instance: int,
+        k: int,
+        phase: int,
+        pixel_bytes: bytes,
+        minutes: float,
+        overlay: np.ndarray | None = None,
+        name: str | None = None,
+    ) -> None:
         uid = uids.next()
         t = (when + dt.timedelta(minutes=minutes)).strftime("%H%M%S.%f")[:13]
         ipp = acq.ipp(k)
         values: dict[int, bytes | str] = {
-            _VAR_TAGS["SOPInstanceUID"]: uid, _VAR_TAGS["SeriesTime"]: t, _VAR_TAGS["AcquisitionTime"]: t,
-            _VAR_TAGS["ContentTime"]: t, _VAR_TAGS["SeriesDescription"]: description,
+            _VAR_TAGS["SOPInstanceUID"]: uid,
+            _VAR_TAGS["SeriesTime"]: t,
+            _VAR_TAGS["AcquisitionTime"]: t,
+            _VAR_TAGS["ContentTime"]: t,
+            _VAR_TAGS["SeriesDescription"]: description,
             _VAR_TAGS["TriggerTime"]: dw.ds_str(round(phase * rr / N_PHASES, 4)),
-            _VAR_TAGS["ProtocolName"]: description, _VAR_TAGS["SeriesInstanceUID"]: series_uid,
-            _VAR_TAGS["SeriesNumber"]: str(series_number), _VAR_TAGS["InstanceNumber"]: str(instance),
+            _VAR_TAGS["ProtocolName"]: description,
+            _VAR_TAGS["SeriesInstanceUID"]: series_uid,
+            _VAR_TAGS["SeriesNumber"]: str(series_number),
+            _VAR_TAGS["InstanceNumber"]: str(instance),
             _VAR_TAGS["ImagePositionPatient"]: dw.ds_multi(np.round(ipp, 6)),
             _VAR_TAGS["SliceLocation"]: dw.ds_str(round(float(np.dot(ipp, normal)), 6)),
             _VAR_TAGS["PixelData"]: pixel_bytes,
@@ -430,16 +560,29 @@ def _assemble(cfg: SynthConfig, eid: int, acq: Acquisition, study: dict[str, Any
         members.append((filename, template.encode(values)))
         rows.append(dw.ManifestRow(filename, series_uid, description))
 
-    info: dict[str, Any] = {"has_lax_extras": 0, "has_vf_results": 0, "spacing_between_slices_tag": int(spacing_between)}
+    info: dict[str, Any] = {
+        "has_lax_extras": 0,
+        "has_vf_results": 0,
+        "spacing_between_slices_tag": int(spacing_between),
+    }
     if not ukbb:  # another vendor: one series, slice-major instance numbers, generic names, no InlineVF
         series_uid = uids.next()
         counter = 0
         for k in range(n):
             for p in phases:
                 counter += 1
-                add(plain, description=SINGLE_SERIES_DESCRIPTION, series_uid=series_uid, series_number=5,
-                    instance=k * N_PHASES + p + 1, k=k, phase=p, pixel_bytes=pixels[(k, p)], minutes=1.0,
-                    name=f"IM_{counter:05d}.dcm")
+                add(
+                    plain,
+                    description=SINGLE_SERIES_DESCRIPTION,
+                    series_uid=series_uid,
+                    series_number=5,
+                    instance=k * N_PHASES + p + 1,
+                    k=k,
+                    phase=p,
+                    pixel_bytes=pixels[(k, p)],
+                    minutes=1.0,
+                    name=f"IM_{counter:05d}.dcm",
+                )
         order = rng.permutation(len(members))
         return [members[i] for i in order], rows, info
 
@@ -449,23 +592,50 @@ def _assemble(cfg: SynthConfig, eid: int, acq: Acquisition, study: dict[str, Any
         if k == duplicate:  # the earlier acquisition keeps this series number, the re-acquisition comes last
             dup_uid = uids.next()
             for p in phases:
-                add(plain, description=f"{SAX_PREFIX}{k + 1}", series_uid=dup_uid, series_number=series_number,
-                    instance=p + 1, k=k, phase=p, pixel_bytes=dup_pixels[p], minutes=minutes)
+                add(
+                    plain,
+                    description=f"{SAX_PREFIX}{k + 1}",
+                    series_uid=dup_uid,
+                    series_number=series_number,
+                    instance=p + 1,
+                    k=k,
+                    phase=p,
+                    pixel_bytes=dup_pixels[p],
+                    minutes=minutes,
+                )
             series_number += 1
             continue
         s_uid = uids.next()
         for p in phases:
-            add(plain, description=f"{SAX_PREFIX}{k + 1}", series_uid=s_uid, series_number=series_number,
-                instance=p + 1, k=k, phase=p, pixel_bytes=pixels[(k, p)], minutes=minutes)
+            add(
+                plain,
+                description=f"{SAX_PREFIX}{k + 1}",
+                series_uid=s_uid,
+                series_number=series_number,
+                instance=p + 1,
+                k=k,
+                phase=p,
+                pixel_bytes=pixels[(k, p)],
+                minutes=minutes,
+            )
         series_number += 1
     vf_uid, vf_number = uids.next(), series_number
     series_number += 1
     for k in range(n):
         for p in phases:
             ov = overlays.get((k, p))
-            add(vf_template if ov is not None else plain, description=INLINEVF_DESCRIPTION, series_uid=vf_uid,
-                series_number=vf_number, instance=k * N_PHASES + p + 1, k=k, phase=p, pixel_bytes=pixels[(k, p)],
-                minutes=2.0 + n, overlay=ov)
+            add(
+                vf_template if ov is not None else plain,
+                description=INLINEVF_DESCRIPTION,
+                series_uid=vf_uid,
+                series_number=vf_number,
+                instance=k * N_PHASES + p + 1,
+                k=k,
+                phase=p,
+                pixel_bytes=pixels[(k, p)],
+                minutes=2.0 + n,
+                overlay=ov,
+            )
     if rng.random() < cfg.lax_extras_fraction:  # mitral-valve long-axis images inside the InlineVF series
         info["has_lax_extras"] = 1
         members_lax = _lax_instances(study, acq, uids, vf_uid, vf_number, n, int(rng.integers(2, 4)), rng)
@@ -482,8 +652,17 @@ def _assemble(cfg: SynthConfig, eid: int, acq: Acquisition, study: dict[str, Any
     if duplicate >= 0:
         s_uid = uids.next()
         for p in phases:
-            add(plain, description=f"{SAX_PREFIX}{duplicate + 1}", series_uid=s_uid, series_number=series_number,
-                instance=p + 1, k=duplicate, phase=p, pixel_bytes=pixels[(duplicate, p)], minutes=4.0 + n)
+            add(
+                plain,
+                description=f"{SAX_PREFIX}{duplicate + 1}",
+                series_uid=s_uid,
+                series_number=series_number,
+                instance=p + 1,
+                k=duplicate,
+                phase=p,
+                pixel_bytes=pixels[(duplicate, p)],
+                minutes=4.0 + n,
+            )
     return members, rows, info
 
 
@@ -497,8 +676,16 @@ def _to_bytes(ds: Dataset, meta_sop_class: str) -> bytes:
     return buf.getvalue()
 
 
-def _lax_instances(study: dict[str, Any], acq: Acquisition, uids: dw.UidFactory, series_uid: str, series_number: int,
-                   n_slices: int, count: int, rng: np.random.Generator) -> list[tuple[str, bytes]]:
+def _lax_instances(
+    study: dict[str, Any],
+    acq: Acquisition,
+    uids: dw.UidFactory,
+    series_uid: str,
+    series_number: int,
+    n_slices: int,
+    count: int,
+    rng: np.random.Generator,
+) -> list[tuple[str, bytes]]:
     """A few 6 mm long-axis images (the scanner's mitral-valve planes) filed in the InlineVF series."""
     base = _mr_dataset(study, acq, siemens=True, spacing_between=False)
     u_lax = acq.n  # rows run along the long axis
@@ -526,8 +713,9 @@ def _lax_instances(study: dict[str, Any], acq: Acquisition, uids: dw.UidFactory,
     return out
 
 
-def _vf_results_instance(study: dict[str, Any], uids: dw.UidFactory, series_uid: str, series_number: int,
-                         rng: np.random.Generator) -> tuple[str, bytes]:
+def _vf_results_instance(
+    study: dict[str, Any], uids: dw.UidFactory, series_uid: str, series_number: int, rng: np.random.Generator
+) -> tuple[str, bytes]:
     """The ``Inline_VF_Results`` secondary capture (a small 8-bit report image)."""
     ds = Dataset()
     when: dt.datetime = study["when"]

@@ -83,18 +83,31 @@ def _draw_arrays(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     bsa = dubois_bsa_m2(height, weight)
     ref_mass = np.where(male, LV_MASS_AT_REF_BSA_G["male"], LV_MASS_AT_REF_BSA_G["female"])
     ref_bsa = np.where(male, REF_BSA_M2["male"], REF_BSA_M2["female"])
-    mass = (ref_mass * (bsa / ref_bsa) ** LV_MASS_BSA_EXPONENT * (1.0 + LV_MASS_AGE_SLOPE_PER_Y * (age - AGE_MEAN_Y))
-            * np.exp(LV_MASS_LOG_SD * rng.standard_normal(n) - 0.5 * LV_MASS_LOG_SD**2))
-    return {"male": male, "age": np.round(age, 1), "height_cm": height, "weight_kg": weight, "bsa_m2": bsa,
-            "target_lv_mass_g": mass}
+    mass = (
+        ref_mass
+        * (bsa / ref_bsa) ** LV_MASS_BSA_EXPONENT
+        * (1.0 + LV_MASS_AGE_SLOPE_PER_Y * (age - AGE_MEAN_Y))
+        * np.exp(LV_MASS_LOG_SD * rng.standard_normal(n) - 0.5 * LV_MASS_LOG_SD**2)
+    )
+    return {
+        "male": male,
+        "age": np.round(age, 1),
+        "height_cm": height,
+        "weight_kg": weight,
+        "bsa_m2": bsa,
+        "target_lv_mass_g": mass,
+    }
 
 
 def draw_demographics(rng: np.random.Generator) -> Demographics:
     """One participant's sex, age, height, weight, BSA and LV mass target."""
     a = _draw_arrays(rng, 1)
     return Demographics(
-        sex="male" if bool(a["male"][0]) else "female", age=float(a["age"][0]), height_cm=float(a["height_cm"][0]),
-        weight_kg=float(a["weight_kg"][0]), bsa_m2=float(a["bsa_m2"][0]),
+        sex="male" if bool(a["male"][0]) else "female",
+        age=float(a["age"][0]),
+        height_cm=float(a["height_cm"][0]),
+        weight_kg=float(a["weight_kg"][0]),
+        bsa_m2=float(a["bsa_m2"][0]),
         target_lv_mass_g=float(a["target_lv_mass_g"][0]),
     )
 
@@ -114,8 +127,12 @@ class DiseaseModel:
         z = (lvmi_g_m2 - self.lvmi_ref_mean_g_m2) / self.lvmi_ref_sd_g_m2
         out = {}
         for b0, spec in zip(self.intercepts, self.specs, strict=True):
-            eta = (b0 + math.log(spec.or_per_sd_lvmi) * z + math.log(spec.or_per_10y_age) * (age - AGE_MEAN_Y) / 10.0
-                   + math.log(spec.or_male) * float(male))
+            eta = (
+                b0
+                + math.log(spec.or_per_sd_lvmi) * z
+                + math.log(spec.or_per_10y_age) * (age - AGE_MEAN_Y) / 10.0
+                + math.log(spec.or_male) * float(male)
+            )
             out[spec.name] = 1.0 / (1.0 + math.exp(-eta))
         return out
 
@@ -125,13 +142,20 @@ class DiseaseModel:
         for b0, spec in zip(self.intercepts, self.specs, strict=True):
             diseases[spec.name] = {
                 "target_prevalence": spec.prevalence,
-                "log_odds": {"intercept": b0, "lvmi_per_ref_sd": math.log(spec.or_per_sd_lvmi),
-                             "age_per_10y": math.log(spec.or_per_10y_age), "male": math.log(spec.or_male)},
-                "odds_ratios": asdict(spec) | {"lvmi_per_g_m2": spec.or_per_sd_lvmi ** (1.0 / self.lvmi_ref_sd_g_m2)},
+                "log_odds": {
+                    "intercept": b0,
+                    "lvmi_per_ref_sd": math.log(spec.or_per_sd_lvmi),
+                    "age_per_10y": math.log(spec.or_per_10y_age),
+                    "male": math.log(spec.or_male),
+                },
+                "odds_ratios": asdict(spec)
+                | {"lvmi_per_g_m2": spec.or_per_sd_lvmi ** (1.0 / self.lvmi_ref_sd_g_m2)},
             }
         return {
-            "formula": "logit p = intercept + lvmi_per_ref_sd*(LVMI - ref_mean)/ref_sd + age_per_10y*(age-64)/10 "
-                       "+ male*is_male; LVMI = true_lv_mass_g / DuBois BSA",
+            "formula": (
+                "logit p = intercept + lvmi_per_ref_sd*(LVMI - ref_mean)/ref_sd + age_per_10y*(age-64)/10 "
+                "+ male*is_male; LVMI = true_lv_mass_g / DuBois BSA"
+            ),
             "lvmi_ref_mean_g_m2": self.lvmi_ref_mean_g_m2,
             "lvmi_ref_sd_g_m2": self.lvmi_ref_sd_g_m2,
             "age_centre_y": AGE_MEAN_Y,
@@ -140,12 +164,16 @@ class DiseaseModel:
 
 
 @functools.lru_cache(maxsize=8)
-def fit_disease_model(specs: tuple[DiseaseSpec, ...] = DEFAULT_DISEASES, n_reference: int = 200_000) -> DiseaseModel:
+def fit_disease_model(
+    specs: tuple[DiseaseSpec, ...] = DEFAULT_DISEASES, n_reference: int = 200_000
+) -> DiseaseModel:
     """Solve each intercept so the marginal prevalence over a fixed reference sample of the population model
     equals the target. Deterministic (fixed reference seed), so every worker computes the same model."""
     for spec in specs:
         if not 0.0 < spec.prevalence < 1.0:
-            raise ValueError(f"disease {spec.name!r}: prevalence must be in (0, 1). Received {spec.prevalence}")
+            raise ValueError(
+                f"disease {spec.name!r}: prevalence must be in (0, 1). Received {spec.prevalence}"
+            )
         if min(spec.or_per_sd_lvmi, spec.or_per_10y_age, spec.or_male) <= 0:
             raise ValueError(f"disease {spec.name!r}: odds ratios must be positive. Received {spec}")
     ref = _draw_arrays(np.random.default_rng(20210101), n_reference)
@@ -154,8 +182,11 @@ def fit_disease_model(specs: tuple[DiseaseSpec, ...] = DEFAULT_DISEASES, n_refer
     z = (lvmi - mean) / sd
     intercepts = []
     for spec in specs:
-        eta0 = (math.log(spec.or_per_sd_lvmi) * z + math.log(spec.or_per_10y_age) * (ref["age"] - AGE_MEAN_Y) / 10.0
-                + math.log(spec.or_male) * ref["male"])
+        eta0 = (
+            math.log(spec.or_per_sd_lvmi) * z
+            + math.log(spec.or_per_10y_age) * (ref["age"] - AGE_MEAN_Y) / 10.0
+            + math.log(spec.or_male) * ref["male"]
+        )
         lo, hi = -20.0, 20.0
         for _ in range(60):  # bisection on the monotone marginal prevalence
             mid = 0.5 * (lo + hi)
@@ -167,8 +198,9 @@ def fit_disease_model(specs: tuple[DiseaseSpec, ...] = DEFAULT_DISEASES, n_refer
     return DiseaseModel(mean, sd, tuple(intercepts), specs)
 
 
-def draw_diseases(rng: np.random.Generator, model: DiseaseModel, lvmi_g_m2: float, age: float,
-                  male: bool) -> dict[str, int]:
+def draw_diseases(
+    rng: np.random.Generator, model: DiseaseModel, lvmi_g_m2: float, age: float, male: bool
+) -> dict[str, int]:
     """0/1 status for each disease column, from the model's probabilities."""
     probs = model.probabilities(lvmi_g_m2, age, male)
     status = {name: int(rng.random() < probs[name]) for name in DISEASE_COLUMNS if name in probs}

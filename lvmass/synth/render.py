@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from beam_pipeline.contracts import BACKGROUND, LV_CAVITY, MYOCARDIUM
 from lvmass.synth.anatomy import (
     SLICE_THICKNESS_MM,
@@ -71,7 +72,11 @@ def draw_appearance(rng: np.random.Generator, scale: float = 1.0) -> Appearance:
         lung=around(0.05, 0.03, 0.0, 0.2),
         tissue=around(0.40, 0.08, 0.1, 0.8),
         rv_blood=around(0.95, 0.06, 0.6, 1.2),
-        snr=float(np.exp(np.clip(math.log(28.0) + scale * 0.35 * rng.uniform(-1, 1), math.log(4.0), math.log(150.0)))),
+        snr=float(
+            np.exp(
+                np.clip(math.log(28.0) + scale * 0.35 * rng.uniform(-1, 1), math.log(4.0), math.log(150.0))
+            )
+        ),
         bias_gradient=tuple(float(g) for g in scale * rng.normal(0.0, 0.18, 3)),
         bias_curvature=float(-abs(scale * rng.normal(0.0, 0.12))),
         edge_blur=around(1.2, 0.3, 0.7, 3.0),
@@ -102,13 +107,18 @@ def draw_body(rng: np.random.Generator, body_size: float) -> Body:
     ay = 118.0 * body_size * rng.uniform(0.9, 1.1)
     return Body(
         centre_xy=(float(rng.uniform(-45, -20)), float(rng.uniform(40, 65))),
-        semi_axes_xy=(float(ax), float(ay)), fat_mm=float(rng.uniform(8, 28) * body_size),
+        semi_axes_xy=(float(ax), float(ay)),
+        fat_mm=float(rng.uniform(8, 28) * body_size),
         muscle_mm=float(rng.uniform(6, 14)),
-        lungs=(((float(rng.uniform(60, 80)), 35.0, 35.0), (55.0, 70.0, 125.0)),
-               ((float(rng.uniform(-95, -75)), 35.0, 45.0), (62.0, 72.0, 125.0))),
+        lungs=(
+            ((float(rng.uniform(60, 80)), 35.0, 35.0), (55.0, 70.0, 125.0)),
+            ((float(rng.uniform(-95, -75)), 35.0, 45.0), (62.0, 72.0, 125.0)),
+        ),
         liver_dome_z=float(rng.uniform(-70, -45)),
-        aorta_xy=(float(rng.uniform(10, 30)), float(rng.uniform(65, 85))), aorta_radius_mm=float(rng.uniform(9, 13)),
-        spine_xy=(float(rng.uniform(-10, 5)), float(rng.uniform(100, 115))), spine_radius_mm=18.0,
+        aorta_xy=(float(rng.uniform(10, 30)), float(rng.uniform(65, 85))),
+        aorta_radius_mm=float(rng.uniform(9, 13)),
+        spine_xy=(float(rng.uniform(-10, 5)), float(rng.uniform(100, 115))),
+        spine_radius_mm=18.0,
     )
 
 
@@ -121,16 +131,18 @@ def _lerp(img: np.ndarray, value: float | np.ndarray, frac: np.ndarray) -> None:
     img += frac * (value - img)
 
 
-def plane_points(ipp: np.ndarray, u: np.ndarray, v: np.ndarray, rows: int, cols: int,
-                 pixel_spacing_mm: tuple[float, float]) -> np.ndarray:
+def plane_points(
+    ipp: np.ndarray, u: np.ndarray, v: np.ndarray, rows: int, cols: int, pixel_spacing_mm: tuple[float, float]
+) -> np.ndarray:
     """LPS coordinates (rows, cols, 3) of a plane's pixel centres (IPP is pixel (0, 0))."""
     i = np.arange(rows, dtype=np.float32)[:, None, None] * pixel_spacing_mm[0]
     j = np.arange(cols, dtype=np.float32)[None, :, None] * pixel_spacing_mm[1]
     return ipp.astype(np.float32) + j * u.astype(np.float32) + i * v.astype(np.float32)
 
 
-def render_background(points_rel: np.ndarray, body: Body, app: Appearance, width_mm: float,
-                      texture: np.ndarray | None = None) -> np.ndarray:
+def render_background(
+    points_rel: np.ndarray, body: Body, app: Appearance, width_mm: float, texture: np.ndarray | None = None
+) -> np.ndarray:
     """Relative signal (blood = 1) of everything but the heart at points given relative to the heart
     origin (LPS, mm): air, subcutaneous fat, chest-wall muscle, mediastinal tissue, lungs, liver,
     descending aorta, spine."""
@@ -144,13 +156,20 @@ def render_background(points_rel: np.ndarray, body: Body, app: Appearance, width
     _lerp(img, app.muscle, _soft(depth - body.fat_mm, width_mm))
     _lerp(img, app.tissue, _soft(depth - body.fat_mm - body.muscle_mm, width_mm))
     for centre, semi in body.lungs:
-        r = np.sqrt(((x - centre[0]) / semi[0]) ** 2 + ((y - centre[1]) / semi[1]) ** 2
-                    + ((z - centre[2]) / semi[2]) ** 2)
+        r = np.sqrt(
+            ((x - centre[0]) / semi[0]) ** 2
+            + ((y - centre[1]) / semi[1]) ** 2
+            + ((z - centre[2]) / semi[2]) ** 2
+        )
         _lerp(img, app.lung, _soft((1.0 - r) * min(semi), width_mm) * _soft(depth - body.fat_mm, width_mm))
     dome = body.liver_dome_z + 0.0025 * (x + 40.0) ** 2 - z  # positive below the right hemidiaphragm dome
     _lerp(img, app.liver, _soft(dome, width_mm) * _soft(depth - body.fat_mm - body.muscle_mm, width_mm))
-    _lerp(img, 1.0, _soft(body.aorta_radius_mm - np.hypot(x - body.aorta_xy[0], y - body.aorta_xy[1]), width_mm))
-    _lerp(img, 0.5, _soft(body.spine_radius_mm - np.hypot(x - body.spine_xy[0], y - body.spine_xy[1]), width_mm))
+    _lerp(
+        img, 1.0, _soft(body.aorta_radius_mm - np.hypot(x - body.aorta_xy[0], y - body.aorta_xy[1]), width_mm)
+    )
+    _lerp(
+        img, 0.5, _soft(body.spine_radius_mm - np.hypot(x - body.spine_xy[0], y - body.spine_xy[1]), width_mm)
+    )
     if texture is not None:
         img *= texture
     return img
@@ -202,9 +221,17 @@ class HeartSlice:
     misregistration and axis drift included); ``z_mm`` the slice centre's height in heart coordinates.
     """
 
-    def __init__(self, anatomy: LVAnatomy, app: Appearance, background: np.ndarray, bias: np.ndarray,
-                 z_mm: float, centre_px: tuple[float, float], pixel_spacing_mm: tuple[float, float],
-                 texture_phase: float):
+    def __init__(
+        self,
+        anatomy: LVAnatomy,
+        app: Appearance,
+        background: np.ndarray,
+        bias: np.ndarray,
+        z_mm: float,
+        centre_px: tuple[float, float],
+        pixel_spacing_mm: tuple[float, float],
+        texture_phase: float,
+    ):
         self.anatomy, self.app, self.z_mm = anatomy, app, z_mm
         self.background, self.bias = background, bias
         self.centre_px = centre_px
@@ -218,31 +245,41 @@ class HeartSlice:
         self.x_mm, self.y_mm = self._coords(self.box)
         self.r_mm = np.hypot(self.x_mm, self.y_mm)
         self.theta = np.arctan2(self.y_mm, self.x_mm)
-        (r0, r1, c0, c1), (lr0, lr1, lc0, lc1) = self.box, self.lv_box
+        (r0, _r1, c0, _c1), (lr0, lr1, lc0, lc1) = self.box, self.lv_box
         self.lv_sl = (slice(lr0 - r0, lr1 - r0), slice(lc0 - c0, lc1 - c0))
         th = self.theta[self.lv_sl]
         z_ed_c = max(z_mm, 0.0)
         self.h_endo = harmonic_factor(anatomy.endo, th, z_ed_c, anatomy.twist_rad_per_mm).astype(np.float32)
         self.h_epi = harmonic_factor(anatomy.epi, th, z_ed_c, anatomy.twist_rad_per_mm).astype(np.float32)
-        self.trab_pattern = (0.5 + 0.5 * np.cos(17.0 * th + 2.0 * np.sin(5.0 * th + texture_phase))).astype(np.float32)
+        self.trab_pattern = (0.5 + 0.5 * np.cos(17.0 * th + 2.0 * np.sin(5.0 * th + texture_phase))).astype(
+            np.float32
+        )
         d_rv = anatomy.rv_angle_rad
         self.rv_par = (self.x_mm * math.cos(d_rv) + self.y_mm * math.sin(d_rv)).astype(np.float32)
         self.rv_perp = (-self.x_mm * math.sin(d_rv) + self.y_mm * math.cos(d_rv)).astype(np.float32)
-        fat_w = anatomy.fat_thickness_mm * np.maximum(0.0, np.cos(self.theta - anatomy.fat_angle_rad)) ** 2 + 1.0
+        fat_w = (
+            anatomy.fat_thickness_mm * np.maximum(0.0, np.cos(self.theta - anatomy.fat_angle_rad)) ** 2 + 1.0
+        )
         self.fat_w = fat_w.astype(np.float32)
 
     def _box(self, extent_mm: float, rows: int, cols: int) -> tuple[int, int, int, int]:
         ci, cj = self.centre_px
         hi, hj = extent_mm / self.spacing[0], extent_mm / self.spacing[1]
-        r0, r1 = max(0, int(ci - hi)), min(rows, int(math.ceil(ci + hi)) + 1)
-        c0, c1 = max(0, int(cj - hj)), min(cols, int(math.ceil(cj + hj)) + 1)
+        r0, r1 = max(0, int(ci - hi)), min(rows, math.ceil(ci + hi) + 1)
+        c0, c1 = max(0, int(cj - hj)), min(cols, math.ceil(cj + hj) + 1)
         return max(r0, 0), max(r1, r0), max(c0, 0), max(c1, c0)
 
     def _coords(self, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
         r0, r1, c0, c1 = box
-        y = (np.arange(r0, r1, dtype=np.float32) - np.float32(self.centre_px[0])) * np.float32(self.spacing[0])
-        x = (np.arange(c0, c1, dtype=np.float32) - np.float32(self.centre_px[1])) * np.float32(self.spacing[1])
-        return np.broadcast_to(x[None, :], (r1 - r0, c1 - c0)), np.broadcast_to(y[:, None], (r1 - r0, c1 - c0))
+        y = (np.arange(r0, r1, dtype=np.float32) - np.float32(self.centre_px[0])) * np.float32(
+            self.spacing[0]
+        )
+        x = (np.arange(c0, c1, dtype=np.float32) - np.float32(self.centre_px[1])) * np.float32(
+            self.spacing[1]
+        )
+        return np.broadcast_to(x[None, :], (r1 - r0, c1 - c0)), np.broadcast_to(
+            y[:, None], (r1 - r0, c1 - c0)
+        )
 
     def _ellipse(self, par: np.ndarray, perp: np.ndarray, a: float, b: float) -> np.ndarray:
         """Partial-volume fraction inside an ellipse with semi-axes a (along par), b (along perp)."""
@@ -349,7 +386,10 @@ class HeartSlice:
         f_epi /= TRUTH_SUBPLANES
         f_endo /= TRUTH_SUBPLANES
         f_myo, f_bg = f_epi - f_endo, 1.0 - f_epi
-        cls = np.where((f_myo >= f_endo) & (f_myo > f_bg), MYOCARDIUM,
-                       np.where((f_endo > f_myo) & (f_endo > f_bg), LV_CAVITY, BACKGROUND))
+        cls = np.where(
+            (f_myo >= f_endo) & (f_myo > f_bg),
+            MYOCARDIUM,
+            np.where((f_endo > f_myo) & (f_endo > f_bg), LV_CAVITY, BACKGROUND),
+        )
         labels[lr0:lr1, lc0:lc1] = cls.astype(np.uint8)
         return labels
