@@ -162,7 +162,7 @@ def fit_logistic(
     used = [name for name, arr in cov.items() if np.ptp(arr) > 0]
     design = np.column_stack([np.ones(n), x, *(cov[name] for name in used)])
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), np.errstate(over="ignore"):
             warnings.simplefilter("error", category=sm.tools.sm_exceptions.PerfectSeparationWarning)
             warnings.simplefilter("ignore", category=sm.tools.sm_exceptions.ConvergenceWarning)
             fit = sm.Logit(y, design).fit(method="newton", maxiter=100, disp=False)
@@ -247,15 +247,33 @@ def results_frame(results: Sequence[OddsRatioResult], alpha: float = 0.05) -> pd
 
 
 # --- The synthetic generator's true odds ratios --------------------------------------------------------
-_OR_KEYS = ("odds_ratio_per_sd", "or_per_sd", "odds_ratio", "or", "true_or", "true_odds_ratio")
+_OR_KEYS = (
+    "odds_ratio_per_sd",
+    "or_per_sd",
+    "or_per_sd_lvmi",
+    "odds_ratio",
+    "or",
+    "true_or",
+    "true_odds_ratio",
+)
 _LOG_OR_KEYS = (
     "log_odds_ratio_per_sd",
     "log_or_per_sd",
+    "lvmi_per_ref_sd",
     "beta_lvmi_per_sd",
     "log_odds_ratio",
     "log_or",
     "beta_lvmi",
     "beta",
+)
+# Where known generators keep the ORs, most specific first. lvmass.synth records the OR per SD of the
+# realised cohort's true LVMI (what a per-SD model fitted on that cohort estimates) under
+# cohort.true_odds_ratio_per_sample_sd_lvmi, and the OR per its reference-population SD under
+# disease_model.diseases.<d>.odds_ratios.or_per_sd_lvmi; analysis.simulate uses odds_ratios_per_sd_true_lvmi.
+_KNOWN_OR_PATHS: tuple[tuple[str, ...], ...] = (
+    ("cohort", "true_odds_ratio_per_sample_sd_lvmi"),
+    ("odds_ratios_per_sd_true_lvmi",),
+    ("disease_model", "diseases"),
 )
 
 
@@ -269,6 +287,11 @@ def _disease_value(entry: object) -> float | None:
         for key in _LOG_OR_KEYS:
             if isinstance(entry.get(key), int | float):
                 return float(np.exp(entry[key]))
+        for key in ("odds_ratios", "log_odds"):  # nested {"odds_ratios": {"or_per_sd_lvmi": ...}}
+            if isinstance(entry.get(key), Mapping):
+                value = _disease_value(entry[key])
+                if value is not None:
+                    return value
     return None
 
 
@@ -277,26 +300,34 @@ def true_odds_ratios(
 ) -> dict[str, float]:
     """The generator's true OR per 1 SD of true LVMI for each disease found in ``truth.json``.
 
-    Accepted shapes (first match wins): a mapping whose key mentions "odds" (or "or_per_sd") holding
-    ``{disease: OR}``; or ``{disease: {"odds_ratio_per_sd" | "or" | ...: OR}}`` / ``{disease: {"log_or" |
-    "beta_lvmi" | ...: log OR}}`` at the top level or under "diseases"; log-scale values are
-    exponentiated.
+    The known locations (``_KNOWN_OR_PATHS``) are tried first; otherwise the first mapping found (top
+    level first, then under keys mentioning "odds" or "disease") that holds ``{disease: OR}`` or
+    ``{disease: {"or_per_sd" | "odds_ratio" | ...: OR}}`` / ``{disease: {"log_or" | "beta_lvmi" | ...:
+    log OR}}``; log-scale values are exponentiated.
     """
+
+    def found_in(node: object) -> dict[str, float]:
+        if not isinstance(node, Mapping):
+            return {}
+        return {d: v for d in diseases if d in node and (v := _disease_value(node[d])) is not None}
+
+    for path in _KNOWN_OR_PATHS:
+        node: object = parameters
+        for key in path:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        hit = found_in(node)
+        if hit:
+            return hit
 
     def search(node: object, depth: int) -> dict[str, float]:
         if not isinstance(node, Mapping) or depth > 3:
             return {}
-        found = {d: v for d in diseases if d in node and (v := _disease_value(node[d])) is not None}
-        if found:
-            return found
-        for key, child in node.items():
-            if isinstance(child, Mapping) and any(
-                k in str(key).lower() for k in ("odds", "or_per_sd", "disease")
-            ):
-                hit = search(child, depth + 1)
-                if hit:
-                    return hit
-        for child in node.values():
+        hit = found_in(node)
+        if hit:
+            return hit
+        preferred = [c for k, c in node.items() if any(w in str(k).lower() for w in ("odds", "disease"))]
+        others = [c for k, c in node.items() if not any(w in str(k).lower() for w in ("odds", "disease"))]
+        for child in preferred + others:
             hit = search(child, depth + 1)
             if hit:
                 return hit

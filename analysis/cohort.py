@@ -118,7 +118,12 @@ def build_cohort(
         frame["holdout"] = frame["eid"].isin(set(holdout_eids))
         holdout_source = "file"
     if truth is not None:
-        extra = [c for c in truth.columns if c != "eid" and c not in frame.columns]
+        if "instance" in truth.columns:  # a truth row per imaging visit: keep the analysed one
+            truth = truth[truth["instance"] == instance]
+        if truth["eid"].duplicated().any():
+            first = int(truth.loc[truth["eid"].duplicated(), "eid"].iloc[0])
+            raise ValueError(f"truth has more than one row for eid {first} at instance {instance}")
+        extra = [c for c in truth.columns if c not in ("eid", "instance") and c not in frame.columns]
         frame = frame.merge(truth[["eid", *extra]], on="eid", how="left")
     return Cohort(
         frame=frame,

@@ -22,6 +22,22 @@ from analysis.associations import EXPOSURE_LABELS, STATUS_OK
 
 SEX_COLOURS: dict[str, str] = {"female": "#c2185b", "male": "#1565c0"}
 METHOD_COLOURS = ("#2e7d32", "#6a1b9a", "#ef6c00", "#00838f", "#5d4037", "#455a64")
+# The same method keeps the same colour in every figure (labels from analysis.cohort.METHOD_LABELS).
+LABEL_COLOURS: dict[str, str] = {
+    "ML4H_seg": "#2e7d32",
+    "ML4H_reg": "#6a1b9a",
+    "InlineVF (centred)": "#ef6c00",
+    "InlineVF (recalibrated)": "#00838f",
+    "InlineVF (raw)": "#5d4037",
+    "Manual": "#455a64",
+}
+
+
+def colour_for(label: str, position: int = 0) -> str:
+    """A method's colour: its fixed one when known, else one from the cycle by position."""
+    return LABEL_COLOURS.get(label, METHOD_COLOURS[position % len(METHOD_COLOURS)])
+
+
 PANEL_SIZE_IN = (4.2, 3.6)
 DPI = 110
 _TEXT_BOX = {"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 2.0}
@@ -162,8 +178,9 @@ def figure_agreement_scatter(
             frame[column],
             frame[reference],
             title=label,
+            xlabel=f"{label} LV mass (g)",
             ylabel=ylabel,
-            colour=METHOD_COLOURS[i % len(METHOD_COLOURS)],
+            colour=colour_for(label, i),
             ax=ax,
         )
     return fig
@@ -217,7 +234,7 @@ def figure_bland_altman(frame: pd.DataFrame, reference: str, columns: Mapping[st
             frame[column],
             frame[reference],
             title=label,
-            colour=METHOD_COLOURS[i % len(METHOD_COLOURS)],
+            colour=colour_for(label, i),
             ax=ax,
         )
     return fig
@@ -238,7 +255,7 @@ def plot_forest(
         _no_data(ax, title)
         return fig
     labels = list(dict.fromkeys(rows["label"]))
-    colours = {label: METHOD_COLOURS[i % len(METHOD_COLOURS)] for i, label in enumerate(labels)}
+    colours = {label: colour_for(label, i) for i, label in enumerate(labels)}
     ys = np.arange(len(rows))[::-1]
     ok = rows["status"] == STATUS_OK
     finite = rows.loc[ok, ["ci_lower", "ci_upper"]].to_numpy(dtype=float)

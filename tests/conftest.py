@@ -5,4 +5,3 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("NO_GCE_CHECK", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

@@ -14,7 +14,10 @@ from trainer import models  # noqa: E402
 from trainer.toy import toy_example  # noqa: E402
 
 TINY_SEG = dict(stem_filters=4, dense_blocks=(4, 8), convs_per_block=1)
-TINY_REG = dict(stem_filters=4, conv_blocks=(4, 8), convs_per_block=1, dense_units=(8,))
+TINY_REG = dict(input_pool=(4, 4, 1), stem_filters=4, conv_blocks=(4, 8), convs_per_block=1, dense_units=(8,))
+# Learning tests run on the central in-plane crop that holds the phantom's LV (the fully convolutional
+# segmenter trains on crops, as trainer.task does on a CPU): conv3d gradients are slow on 2 cores.
+CROP = slice(80, 176)
 
 
 def _conv_params(cin: int, cout: int, kernel, bias: bool = True) -> int:
@@ -91,7 +94,8 @@ class TestCpuPreset:
 
     def test_fully_convolutional_seg_takes_crops(self):
         model = models.build_ml4h_seg(models.seg_config("cpu", **TINY_SEG), fully_convolutional=True)
-        out = model.predict({contracts.SIGNATURE_INPUT_IMAGE: np.zeros((2, 64, 96, 13, 1), "float32")}, verbose=0)
+        crops = np.zeros((2, 64, 96, 13, 1), "float32")
+        out = model.predict({contracts.SIGNATURE_INPUT_IMAGE: crops}, verbose=0)
         assert out.shape == (2, 64, 96, 13, 3)
 
     def test_reg_output_scales_with_voxel_volume(self):
@@ -111,13 +115,13 @@ class TestConfigChecks:
         [
             (models.seg_config, {"activation": "tanhh"}, "activation must be one of .* Received: 'tanhh'"),
             (models.seg_config, {"dense_blocks": ()}, r"dense_blocks .* Received: \(\)"),
-            (models.seg_config, {"pool_size": (2, 2)}, r"pool_size must be 3 positive integers. Received: \(2, 2\)"),
+            (models.seg_config, {"pool_size": (2, 2)}, r"pool_size must be 3 positive .* Received: \(2, 2\)"),
             (models.seg_config, {"pool_size": (2, 2, 2), "dense_blocks": (4, 4)},
              "not divisible by pool_size"),
             (models.seg_config, {"num_classes": 4}, "num_classes must be 3 .* Received: 4"),
-            (models.seg_config, {"input_shape": (128, 128, 13, 1)}, "input_shape must be the tensor contract"),
+            (models.seg_config, {"input_shape": (128, 128, 13, 1)}, "input_shape must be the tensor"),
             (models.reg_config, {"dropout": 1.5}, r"dropout must be in \[0, 1\). Received: 1.5"),
-            (models.reg_config, {"normalization": "group"}, "normalization must be one of .* Received: 'group'"),
+            (models.reg_config, {"normalization": "group"}, "normalization must be .* Received: 'group'"),
             (models.reg_config, {"mass_scale_g": 0}, "mass_scale_g must be > 0. Received: 0"),
         ],
     )
@@ -126,11 +130,11 @@ class TestConfigChecks:
             factory("paper", **overrides)
 
     def test_unknown_preset_and_kind(self):
-        with pytest.raises(ValueError, match="preset must be one of .* Received: 'gpu'"):
+        with pytest.raises(ValueError, match=r"preset must be one of .* Received: 'gpu'"):
             models.seg_config("gpu")
-        with pytest.raises(ValueError, match="kind must be .* Received: 'unet'"):
+        with pytest.raises(ValueError, match=r"kind must be .* Received: 'unet'"):
             models.build_model("unet")
-        with pytest.raises(ValueError, match="config must be a SegConfig. Received: RegConfig"):
+        with pytest.raises(ValueError, match=r"config must be a SegConfig\. Received: RegConfig"):
             models.build_ml4h_seg(models.RegConfig())
 
 
@@ -138,9 +142,10 @@ class TestLearning:
     def test_tiny_seg_loss_falls_on_a_few_examples(self):
         keras.utils.set_random_seed(0)
         examples = [toy_example(e) for e in (1, 2)]
-        images = np.stack([e.image for e in examples])
-        labels = np.stack([e.labels for e in examples]).astype("int32")
-        model = models.build_ml4h_seg(models.seg_config("cpu", **TINY_SEG))
+        images = np.stack([e.image[CROP, CROP] for e in examples])
+        labels = np.stack([e.labels[CROP, CROP] for e in examples]).astype("int32")
+        assert (labels == contracts.MYOCARDIUM).any()
+        model = models.build_ml4h_seg(models.seg_config("cpu", **TINY_SEG), fully_convolutional=True)
         model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy())
         losses = [float(model.train_on_batch({"image": images}, labels)) for _ in range(20)]
         assert losses[-1] < 0.5 * losses[0], losses

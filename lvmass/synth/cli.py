@@ -33,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
         help="widen the appearance variation (contrast, noise, bias, FOV...) by this factor",
     )
     p.add_argument("--layout", choices=LAYOUTS, default="ukbb", help="zip layout (default ukbb)")
+    p.add_argument(
+        "--manual-fraction",
+        type=float,
+        default=SynthConfig.manual_mass_fraction,
+        help="share of participants with a (simulated reader's) manual LV mass "
+        f"(default {SynthConfig.manual_mass_fraction}; raise it for a ML4H_reg training cohort)",
+    )
     p.add_argument("--first-eid", type=int, default=None, help="consecutive eids from this one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -53,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             appearance_scale=args.appearance_scale,
             progress=not args.no_progress,
             first_eid=args.first_eid,
-            config=SynthConfig(layout=args.layout),
+            config=SynthConfig(layout=args.layout, manual_mass_fraction=args.manual_fraction),
         )
     except ValueError as exc:
         print(f"lvmass synth: {exc}", file=sys.stderr)
