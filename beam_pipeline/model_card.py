@@ -28,7 +28,11 @@ def tensor_contract() -> dict[str, Any]:
 
 def signature_contract(kind: str) -> dict[str, Any]:
     outputs = (
-        {contracts.SIGNATURE_OUTPUT_PROBABILITIES: [None, *contracts.LABEL_VOLUME_SHAPE, contracts.NUM_CLASSES]}
+        {
+            contracts.SIGNATURE_OUTPUT_PROBABILITIES: [
+                None, *contracts.LABEL_VOLUME_SHAPE, contracts.NUM_CLASSES,
+            ]
+        }
         if kind == contracts.MODEL_KIND_SEG
         else {contracts.SIGNATURE_OUTPUT_MASS: [None]}
     )

@@ -175,3 +175,23 @@ def decode_example(serialized: bytes) -> dict[str, Any]:
     """Parse one serialised example into numpy values (for tools and tests, outside tf.data)."""
     parsed = parse_example(_tf().constant(serialized))
     return {key: value.numpy() for key, value in parsed.items()}
+
+
+def compression_type(path: str) -> str:
+    """TFRecord compression by file name: tensorize writes ``*.tfrecord.gz`` (GZIP); others are plain."""
+    return "GZIP" if str(path).endswith(".gz") else ""
+
+
+def record_dataset(files: Any) -> tf.data.Dataset:
+    """A ``tf.data.TFRecordDataset`` over ``files`` (a list, or a string tensor of one file name),
+    reading gzip-compressed shards (as ``--mode tensorize`` writes them) and plain ones alike."""
+    import tensorflow as tf
+
+    if isinstance(files, (list, tuple)):
+        kinds = {compression_type(f) for f in files}
+        if len(kinds) > 1:
+            raise ValueError(f"TFRecord files mix compressed and plain shards. Received: {list(files)!r}")
+        return tf.data.TFRecordDataset(list(files), compression_type=kinds.pop() if kinds else "")
+    name = tf.convert_to_tensor(files)
+    gz = tf.strings.regex_full_match(name, r".*\.gz")
+    return tf.data.TFRecordDataset(name, compression_type=tf.where(gz, "GZIP", ""))

@@ -12,14 +12,13 @@ from beam_pipeline.decode import decode_participant_zip
 from beam_pipeline.overlay import inlinevf_labels
 from beam_pipeline.pipeline import run
 from beam_pipeline.tensor import build_image_tensor, build_label_volume
-from beam_pipeline.tfrecord import parse_example
+from beam_pipeline.tfrecord import parse_example, record_dataset
 from tests.dicom_factory import ukbb_participant_zip
 
 pytestmark = pytest.mark.slow
 
 
 def test_tensorize_writes_parseable_examples(tmp_path):
-    import tensorflow as tf
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -42,7 +41,7 @@ def test_tensorize_writes_parseable_examples(tmp_path):
 
     files = sorted((out / "tfrecords").glob("*.tfrecord.gz"))
     assert files
-    dataset = tf.data.TFRecordDataset([str(f) for f in files], compression_type="GZIP").map(parse_example)
+    dataset = record_dataset([str(f) for f in files]).map(parse_example)
     examples = {int(e[contracts.FEATURE_EID]): e for e in dataset.as_numpy_iterator()}
     assert sorted(examples) == [1000001, 1000002]
 

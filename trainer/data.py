@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from beam_pipeline import contracts
-from beam_pipeline.tfrecord import parse_example
+from beam_pipeline.tfrecord import parse_example, record_dataset
 
 SPLITS = ("train", "validation", "test")
 _HASH_BUCKETS = 10_000
@@ -310,7 +310,7 @@ def _records(files: Sequence[str], *, shuffle_files: bool, seed: int) -> tf.data
     if shuffle_files:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     return ds.interleave(
-        tf.data.TFRecordDataset,
+        record_dataset,
         cycle_length=min(4, len(files)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,

@@ -65,12 +65,11 @@ def saved_model_predictor(export_dir: str) -> tuple[Predictor, str]:
 
 
 def _records(files: Sequence[str], split: str, spec):
-    import tensorflow as tf
 
-    from beam_pipeline.tfrecord import parse_example
+    from beam_pipeline.tfrecord import parse_example, record_dataset
     from trainer import data
 
-    ds = tf.data.TFRecordDataset(list(files)).map(parse_example)
+    ds = record_dataset(list(files)).map(parse_example)
     if split != "all":
         ds = ds.filter(lambda ex: data.in_split(ex[contracts.FEATURE_EID], split, spec))
     return ds

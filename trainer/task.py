@@ -179,14 +179,14 @@ def _mass_target_stats(files: Sequence[str], spec) -> tuple[float, float, float]
     import numpy as np
     import tensorflow as tf
 
-    from beam_pipeline.tfrecord import feature_spec
+    from beam_pipeline.tfrecord import feature_spec, record_dataset
     from trainer import data
     from trainer.models import REFERENCE_SPACING_MM
 
     keys = (contracts.FEATURE_EID, contracts.FEATURE_MANUAL_MASS, contracts.FEATURE_HAS_MANUAL_MASS,
             contracts.FEATURE_SPACING)
     scalars = {k: v for k, v in feature_spec().items() if k in keys}
-    ds = tf.data.TFRecordDataset(list(files)).map(lambda s: tf.io.parse_single_example(s, scalars))
+    ds = record_dataset(list(files)).map(lambda s: tf.io.parse_single_example(s, scalars))
     ds = ds.filter(lambda ex: data.in_split(ex[contracts.FEATURE_EID], "train", spec))
     ds = ds.filter(lambda ex: tf.equal(ex[contracts.FEATURE_HAS_MANUAL_MASS], 1))
     masses, volumes = [], []
