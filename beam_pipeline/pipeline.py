@@ -72,6 +72,7 @@ class RunConfig:
     batch_size: int
     large_model: bool
     num_shards: int
+    save_labels: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -105,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="share one model copy across a worker's processes")
     parser.add_argument("--num_shards", type=int, default=1,
                         help="Parquet files per method (0: let the runner decide)")
+    parser.add_argument("--save_labels", action="store_true",
+                        help="also write ML4H_seg / InlineVF label volumes to OUTPUT/labels/method=<m>/ "
+                             "(for QC review and Dice)")
     return parser
 
 
@@ -143,7 +147,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
         mode=args.mode, model_seg=model_seg if contracts.METHOD_ML4H_SEG in methods else None,
         model_reg=model_reg if contracts.METHOD_ML4H_REG in methods else None,
         calibration=args.calibration, ed_rule=args.ed_rule, batch_size=args.batch_size,
-        large_model=args.large_model, num_shards=args.num_shards,
+        large_model=args.large_model, num_shards=args.num_shards, save_labels=args.save_labels,
     )
     return config, beam_args
 
@@ -213,7 +217,8 @@ def build_pipeline(p: beam.Pipeline, config: RunConfig) -> None:
         if config.model_seg is not None:
             handler = SavedModelHandler(config.model_seg, kind=contracts.MODEL_KIND_SEG,
                                         max_batch_size=config.batch_size, large_model=config.large_model)
-            measured, errors = participants | "ML4H_seg" >> SegmentAndMeasure(handler)
+            measured, errors = participants | "ML4H_seg" >> SegmentAndMeasure(
+                handler, labels_output=config.output if config.save_labels else None)
             measurement_sets.append(measured)
             error_sets.append(errors)
         if config.model_reg is not None:
@@ -223,7 +228,8 @@ def build_pipeline(p: beam.Pipeline, config: RunConfig) -> None:
             measurement_sets.append(measured)
             error_sets.append(errors)
         if contracts.METHOD_INLINEVF in config.methods:
-            measured, errors = participants | "InlineVF" >> MeasureInlineVF()
+            measured, errors = participants | "InlineVF" >> MeasureInlineVF(
+                labels_output=config.output if config.save_labels else None)
             measurement_sets.append(measured)
             error_sets.append(errors)
         measurements = measurement_sets | "FlattenMeasurements" >> beam.Flatten()

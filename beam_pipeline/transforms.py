@@ -20,6 +20,7 @@ Composites, in pipeline order::
 from __future__ import annotations
 
 import ast
+import io
 import logging
 import math
 import re
@@ -191,6 +192,26 @@ def measure_labels(
         qc_flags=flags,
         model_version=model_version,
     )
+
+
+LABELS_DIRNAME = "labels"
+
+
+def label_volume_path(output: str, method: str, eid: int, instance: int) -> str:
+    """Where ``--save_labels`` puts a label volume: ``OUTPUT/labels/method=<m>/<eid>_<instance>.npz``."""
+    return filesystems.join(output, LABELS_DIRNAME, f"method={method}", f"{eid}_{instance}.npz")
+
+
+def save_label_volume(output: str, method: str, participant: ParticipantTensor, labels: np.ndarray) -> str:
+    """Write ``labels`` (uint8 ``contracts.LABEL_VOLUME_SHAPE``, tensor layout) as a compressed ``.npz``
+    (key ``labels``, plus ``spacing_mm`` and ``n_slices``) for QC review and Dice; returns the path."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, labels=np.asarray(labels, dtype=np.uint8),
+                        spacing_mm=np.asarray(participant.spacing_mm, dtype=np.float64),
+                        n_slices=np.int64(participant.n_slices_used))
+    path = label_volume_path(output, method, participant.eid, participant.instance)
+    filesystems.write_bytes(path, buffer.getvalue())
+    return path
 
 
 def measure_inlinevf(participant: ParticipantTensor) -> Measurement:
@@ -510,11 +531,14 @@ class DecodeParticipants(beam.PTransform):
 
 
 class SegmentAndMeasure(beam.PTransform):
-    """ML4H_seg: RunInference (keyed, batched) -> argmax labels -> volumes -> raw mass."""
+    """ML4H_seg: RunInference (keyed, batched) -> argmax labels -> volumes -> raw mass.
 
-    def __init__(self, model_handler):
+    With ``labels_output`` the argmax label volumes are also written (``save_label_volume``)."""
+
+    def __init__(self, model_handler, *, labels_output: str | None = None):
         super().__init__()
         self._handler = model_handler
+        self._labels_output = labels_output
 
     def expand(self, participants):
         from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
@@ -525,8 +549,12 @@ class SegmentAndMeasure(beam.PTransform):
             | "RunInference" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
         )
 
+        labels_output = self._labels_output
+
         def measure(keyed_result):
             _, result = keyed_result
+            if labels_output is not None:
+                save_label_volume(labels_output, contracts.METHOD_ML4H_SEG, result.example, result.inference)
             return measure_labels(result.example, result.inference, method=contracts.METHOD_ML4H_SEG,
                                   model_version=result.model_id)
 
@@ -569,10 +597,24 @@ class RegressMass(beam.PTransform):
 
 
 class MeasureInlineVF(beam.PTransform):
-    """InlineVF: outline-derived labels (built at decode time) -> volumes -> raw mass."""
+    """InlineVF: outline-derived labels (built at decode time) -> volumes -> raw mass.
+
+    With ``labels_output`` the InlineVF label volumes are also written (``save_label_volume``)."""
+
+    def __init__(self, *, labels_output: str | None = None):
+        super().__init__()
+        self._labels_output = labels_output
 
     def expand(self, participants):
-        measured, bad = participants | "Measure" >> beam.Map(measure_inlinevf).with_exception_handling()
+        labels_output = self._labels_output
+
+        def measure(participant: ParticipantTensor) -> Measurement:
+            if labels_output is not None and participant.inlinevf_labels is not None:
+                save_label_volume(labels_output, contracts.METHOD_INLINEVF, participant,
+                                  participant.inlinevf_labels)
+            return measure_inlinevf(participant)
+
+        measured, bad = participants | "Measure" >> beam.Map(measure).with_exception_handling()
         return measured, bad | "MeasureErrors" >> ToErrorRecords(STAGE_MEASURE)
 
 

@@ -1,0 +1,197 @@
+"""Evaluate ML4H_seg / ML4H_reg (bundled or given) against a fresh synthetic cohort's ground truth.
+
+What issue 4 asks to be measured and recorded, end to end through the real pipeline:
+
+1. ``lvmass synth`` writes a cohort with a seed never used in training (and, optionally, a second cohort
+   rendered with a wider appearance range than training saw);
+2. the Beam pipeline runs every method on it (``--save_labels`` keeps the label volumes);
+3. each method's calibrated mass is compared with the true LV mass (Pearson r with Fisher CI, MAE with
+   bootstrap CI, Dunn & Clark ML4H_seg vs InlineVF), and the ML4H_seg / InlineVF label volumes with the
+   true labels (Dice, myocardium and LV cavity).
+
+``python benchmarks/evaluate_models.py --participants 300 --out /tmp/eval`` writes
+``benchmarks/results/model_evaluation.json`` and ``.md`` (use ``--record`` to overwrite them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis import io as aio
+from analysis.labels import dice_per_study
+from analysis.stats import compare_dependent_correlations, mean_absolute_error, pearson
+from beam_pipeline import contracts
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+METHODS = (contracts.METHOD_ML4H_SEG, contracts.METHOD_ML4H_REG, contracts.METHOD_INLINEVF,
+           contracts.METHOD_INLINEVF_RECALIBRATED)
+
+
+def run_cohort(
+    name: str, out: Path, *, participants: int, seed: int, appearance_scale: float, workers: int,
+    model_seg: str | None, model_reg: str | None,
+) -> dict[str, Any]:
+    """Generate one cohort, run the pipeline on it, and score every method against the truth."""
+    from beam_pipeline.pipeline import run as run_pipeline
+    from lvmass.synth import generate_cohort
+
+    root = out / name
+    started = time.monotonic()
+    cohort = generate_cohort(root / "cohort", participants=participants, seed=seed, fidelity="lite",
+                             workers=workers, appearance_scale=appearance_scale, progress=True)
+    generated_s = time.monotonic() - started
+    argv = [
+        f"--input={cohort.zips_dir}/*_20209_*.zip", f"--phenotypes={cohort.phenotypes_csv}",
+        f"--output={root / 'results'}", "--save_labels", "--runner=FnApiRunner",
+        f"--methods={contracts.METHOD_ML4H_SEG},{contracts.METHOD_ML4H_REG},{contracts.METHOD_INLINEVF}",
+    ]
+    argv += [f"--model_seg={model_seg}"] if model_seg else []
+    argv += [f"--model_reg={model_reg}"] if model_reg else []
+    started = time.monotonic()
+    summary = run_pipeline(argv)
+    pipeline_s = time.monotonic() - started
+
+    truth = pd.read_csv(cohort.truth_csv)
+    results = aio.read_results(str(root / "results"))
+    scores = score_masses(results, truth)
+    dice = dice_per_study(str(root / "results" / "labels"), str(cohort.labels_dir))
+    ok = dice[dice["status"] == "ok"]
+    dice_summary = {
+        f"{method}/{structure}": {"mean": float(g["dice"].mean()), "sd": float(g["dice"].std(ddof=1)),
+                                  "n": int(g["dice"].size)}
+        for (method, structure), g in ok.groupby(["method", "structure"])
+    }
+    return {
+        "cohort": {"participants": participants, "seed": seed, "appearance_scale": appearance_scale,
+                   "generated_s": round(generated_s, 1)},
+        "pipeline": {"seconds": round(pipeline_s, 1),
+                     "participants_written": summary.get("participants_written"),
+                     "participants_failed": summary.get("participants_failed"),
+                     "reconciled": summary.get("reconciled")},
+        "mass_vs_truth": scores,
+        "dice_vs_truth": dice_summary,
+    }
+
+
+def score_masses(results: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
+    """Per method: r and MAE of the calibrated (and raw) mass against the true mass, on all
+    participants and on those without a gross InlineVF failure; Dunn & Clark seg vs InlineVF."""
+    truth = truth[["eid", "true_lv_mass_g", "inlinevf_failure"]].copy()
+    truth["gross_failure"] = truth["inlinevf_failure"].notna() & (truth["inlinevf_failure"] != "")
+    wide = results.pivot_table(index="eid", columns="method", values=["lv_mass_g", "lv_mass_raw_g"])
+    left = truth.set_index("eid")
+    left.columns = pd.MultiIndex.from_tuples([(c, "") for c in left.columns])
+    merged = left.join(wide, how="inner")
+    merged.columns = [c[0] if c[1] == "" else c for c in merged.columns]
+    out: dict[str, Any] = {}
+    for subset, frame in (("all", merged), ("without_inlinevf_failures", merged[~merged["gross_failure"]])):
+        per_method = {}
+        for method in METHODS:
+            if ("lv_mass_g", method) not in frame.columns:
+                continue
+            for kind in ("lv_mass_g", "lv_mass_raw_g"):
+                pair = frame[["true_lv_mass_g", (kind, method)]].dropna()
+                if len(pair) < 4:
+                    continue
+                r = pearson(pair[(kind, method)], pair["true_lv_mass_g"])
+                mae = mean_absolute_error(pair[(kind, method)], pair["true_lv_mass_g"], seed=0)
+                per_method[f"{method}/{'calibrated' if kind == 'lv_mass_g' else 'raw'}"] = {
+                    "n": r.n, "r": round(r.estimate, 4), "r_ci": [round(v, 4) for v in r.conf_int()],
+                    "mae_g": round(mae.estimate, 2), "mae_ci_g": [round(v, 2) for v in mae.conf_int()],
+                    "mean_g": round(float(pair[(kind, method)].mean()), 1),
+                    "true_mean_g": round(float(pair["true_lv_mass_g"].mean()), 1),
+                }
+        comparison = None
+        cols = [("lv_mass_g", contracts.METHOD_ML4H_SEG), ("lv_mass_g", contracts.METHOD_INLINEVF)]
+        if all(c in frame.columns for c in cols):
+            trio = frame[["true_lv_mass_g", *cols]].dropna()
+            if len(trio) >= 4:
+                test = compare_dependent_correlations(trio["true_lv_mass_g"], trio[cols[0]], trio[cols[1]])
+                comparison = {"n": len(trio), "r_seg": round(test.r12, 4),
+                              "r_inlinevf_centred": round(test.r13, 4),
+                              "dunn_clark_z": round(float(test.statistic_z), 3),
+                              "p_value": float(test.p_value)}
+        out[subset] = {"methods": per_method, "ml4h_seg_vs_inlinevf_centred": comparison}
+    return out
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Model evaluation against synthetic ground truth ({report['date']})", "",
+             f"Models: seg `{report['models']['seg']}`, reg `{report['models']['reg']}`. "
+             f"Command: `{report['command']}`", ""]
+    for name, block in report["cohorts"].items():
+        c = block["cohort"]
+        lines += [f"## {name}: {c['participants']} participants, seed {c['seed']}, "
+                  f"appearance scale {c['appearance_scale']}", "",
+                  f"Pipeline: {block['pipeline']}", "",
+                  "| subset | method | n | r (95% CI) | MAE g (95% CI) | mean g (true) |",
+                  "|---|---|---|---|---|---|"]
+        for subset, scores in block["mass_vs_truth"].items():
+            for method, s in scores["methods"].items():
+                lines.append(
+                    f"| {subset} | {method} | {s['n']} "
+                    f"| {s['r']:.3f} ({s['r_ci'][0]:.3f}-{s['r_ci'][1]:.3f}) "
+                    f"| {s['mae_g']:.1f} ({s['mae_ci_g'][0]:.1f}-{s['mae_ci_g'][1]:.1f}) "
+                    f"| {s['mean_g']:.1f} ({s['true_mean_g']:.1f}) |")
+            cmp_ = scores["ml4h_seg_vs_inlinevf_centred"]
+            if cmp_:
+                lines.append(f"\n{subset}: ML4H_seg r {cmp_['r_seg']:.3f} vs centred InlineVF r "
+                             f"{cmp_['r_inlinevf_centred']:.3f}: Dunn & Clark z {cmp_['dunn_clark_z']:.2f}, "
+                             f"P {cmp_['p_value']:.2g} (n {cmp_['n']})\n")
+        lines += ["", "| labels | Dice mean | sd | n |", "|---|---|---|---|"]
+        for key, d in block["dice_vs_truth"].items():
+            lines.append(f"| {key} | {d['mean']:.3f} | {d['sd']:.3f} | {d['n']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="scratch folder for the cohorts and pipeline outputs")
+    parser.add_argument("--participants", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=424242, help="never used in training")
+    parser.add_argument("--shifted_participants", type=int, default=100)
+    parser.add_argument("--shifted_appearance_scale", type=float, default=2.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--model_seg", default=None, help="default: the bundled model")
+    parser.add_argument("--model_reg", default=None, help="default: the bundled model")
+    parser.add_argument("--record", action="store_true", help="write benchmarks/results/model_evaluation.*")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python benchmarks/evaluate_models.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "models": {"seg": args.model_seg or "bundled", "reg": args.model_reg or "bundled"},
+        "cohorts": {},
+    }
+    report["cohorts"]["fresh"] = run_cohort(
+        "fresh", out, participants=args.participants, seed=args.seed, appearance_scale=1.0,
+        workers=args.workers, model_seg=args.model_seg, model_reg=args.model_reg)
+    if args.shifted_participants > 0:
+        report["cohorts"]["appearance_shifted"] = run_cohort(
+            "appearance_shifted", out, participants=args.shifted_participants, seed=args.seed + 1,
+            appearance_scale=args.shifted_appearance_scale, workers=args.workers,
+            model_seg=args.model_seg, model_reg=args.model_reg)
+    text = json.dumps(report, indent=2, default=lambda v: v.item() if isinstance(v, np.generic) else str(v))
+    print(text)
+    markdown = to_markdown(report)
+    print(markdown)
+    if args.record:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / "model_evaluation.json").write_text(text + "\n")
+        (RESULTS_DIR / "model_evaluation.md").write_text(markdown + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
