@@ -104,8 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=8, help="max participants per inference batch")
     parser.add_argument("--large_model", action="store_true",
                         help="share one model copy across a worker's processes")
-    parser.add_argument("--num_shards", type=int, default=1,
-                        help="Parquet files per method (0: let the runner decide)")
+    parser.add_argument("--num_shards", type=int, default=None,
+                        help="output files per method (Parquet, default 1) or in all (TFRecords, default 0); "
+                             "0: the runner decides")
     parser.add_argument("--save_labels", action="store_true",
                         help="also write ML4H_seg / InlineVF label volumes to OUTPUT/labels/method=<m>/ "
                              "(for QC review and Dice)")
@@ -147,7 +148,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
         mode=args.mode, model_seg=model_seg if contracts.METHOD_ML4H_SEG in methods else None,
         model_reg=model_reg if contracts.METHOD_ML4H_REG in methods else None,
         calibration=args.calibration, ed_rule=args.ed_rule, batch_size=args.batch_size,
-        large_model=args.large_model, num_shards=args.num_shards, save_labels=args.save_labels,
+        large_model=args.large_model, save_labels=args.save_labels,
+        num_shards=(args.num_shards if args.num_shards is not None
+                    else 0 if args.mode == MODE_TENSORIZE else 1),
     )
     return config, beam_args
 
@@ -210,7 +213,7 @@ def build_pipeline(p: beam.Pipeline, config: RunConfig) -> None:
     if config.mode == MODE_TENSORIZE:
         examples, encode_errors = participants | "EncodeExamples" >> EncodeExamples(config.phenotypes)
         error_sets.append(encode_errors)
-        _ = examples | "WriteTFRecords" >> WriteTFRecords(config.output)
+        _ = examples | "WriteTFRecords" >> WriteTFRecords(config.output, num_shards=config.num_shards)
         rows = examples | "SummaryRows" >> beam.MapTuple(lambda uri, _: OutputRow(uri, "tfrecord", True))
     else:
         measurement_sets = []
