@@ -88,7 +88,7 @@ FEATURE_SPACING: Final = "spacing_mm"  # float32[3]
 FEATURE_SEX: Final = "sex"  # int64: 0 female, 1 male, -1 unknown
 FEATURE_MANUAL_MASS: Final = "manual_lv_mass_g"  # float32, NaN when unknown
 FEATURE_HAS_MANUAL_MASS: Final = "has_manual_mass"  # int64 0/1
-FEATURE_N_SLICES: Final = "n_slices"  # int64
+FEATURE_N_SLICES: Final = "n_slices"  # int64: slices placed in the tensor (<= 13), not those acquired
 
 SEX_CODE: Final = {"female": 0, "male": 1}
 

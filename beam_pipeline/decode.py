@@ -9,7 +9,11 @@ Reads only what the mass needs (ARCHITECTURE.md, "Read only what is needed"):
    ``CINE_segmented_SAX`` series, or any vendor's cine stack grouped by position), the stack normal,
    the end-diastolic (ED) frame of each slice, and the base-to-apex order;
 4. decode pixels of the chosen ED frames only, and InlineVF overlays of the matching
-   ``CINE_segmented_SAX_InlineVF`` instances only.
+   ``CINE_segmented_SAX_InlineVF`` instances only (none at all with ``with_inlinevf=False``).
+
+Members are visited in the zip's own order (central directory order, ``ZipFile.infolist()``): the
+header pass and the pixel/overlay pass each sweep the file forward once, so a buffered remote reader
+never refetches a block it already passed. Each chosen member is parsed once in the second pass.
 
 :class:`DecodeStats` counts every header read, pixel decode, overlay decode and byte read, so tests can
 prove the decoder never touches more than it needs. Every failure raises
@@ -83,6 +87,13 @@ HEADER_TAGS = [
     Tag(0x0028, 0x0011),  # Columns
     Tag(0x0028, 0x0030),  # PixelSpacing
     Tag(OVERLAY_GROUP, 0x0010),  # OverlayRows: present iff an overlay plane exists
+]
+# Tags of an InlineVF instance read for its outline only (no pixels): the overlay plane and image size.
+OVERLAY_TAGS = [
+    Tag(0x0028, 0x0010),  # Rows
+    Tag(0x0028, 0x0011),  # Columns
+    *(Tag(OVERLAY_GROUP, element) for element in (0x0010, 0x0011, 0x0015, 0x0040, 0x0050, 0x0100, 0x0102)),
+    Tag(OVERLAY_GROUP, 0x3000),  # OverlayData
 ]
 
 
@@ -481,8 +492,13 @@ def _select_slices(
 def _match_inlinevf(
     slices: Sequence[_Slice], vf_pool: Sequence[HeaderInfo], normal: np.ndarray, sign: float, tol_mm: float
 ) -> list[HeaderInfo | None]:
-    """For each slice, the InlineVF instance at the same position (within ``tol_mm``) whose TriggerTime
-    is nearest the slice's ED frame; None when there is none or it carries no overlay."""
+    """For each slice, the InlineVF instance at the same position (within ``tol_mm``) that carries an
+    overlay plane and whose TriggerTime is nearest the slice's ED frame; None when there is none.
+
+    Only frames with an overlay (OverlayRows (6000,0010) present) compete: which phases carry InlineVF
+    contours is unverified (UKBB_FORMAT.md), so a slice whose ED-phase instance lacks one keeps the
+    contour of the nearest phase that has one rather than losing it.
+    """
     candidates = []
     for h in vf_pool:
         if h.orientation is None or h.position is None:
@@ -492,7 +508,7 @@ def _match_inlinevf(
         candidates.append((sign * geometry.project_position_mm(h.position, normal), h))
     matched: list[HeaderInfo | None] = []
     for s in slices:
-        near = [h for p, h in candidates if abs(p - s.position_mm) <= tol_mm]
+        near = [h for p, h in candidates if abs(p - s.position_mm) <= tol_mm and h.has_overlay]
         if not near:
             matched.append(None)
             continue
@@ -509,7 +525,7 @@ def _match_inlinevf(
                     h.member,
                 ),
             )
-        matched.append(best if best.has_overlay else None)
+        matched.append(best)
     return matched
 
 
@@ -551,11 +567,19 @@ def decode_frame_pixels(ds: pydicom.Dataset, *, source_uri: str, member: str) ->
 
 
 def _read_full(
-    member: str, members: Mapping[str, Callable[[], BinaryIO]], source_uri: str, *, stop_before_pixels: bool
+    member: str,
+    members: Mapping[str, Callable[[], BinaryIO]],
+    source_uri: str,
+    *,
+    stop_before_pixels: bool,
+    specific_tags: Sequence[Tag] | None = None,
 ) -> pydicom.Dataset:
     try:
         with members[member]() as fp:
-            ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
+            ds = pydicom.dcmread(
+                fp, stop_before_pixels=stop_before_pixels,
+                specific_tags=list(specific_tags) if specific_tags is not None else None,
+            )
             if not stop_before_pixels and "PixelData" in ds:
                 _ = ds.PixelData  # read the value while the stream is open
             return ds
@@ -570,10 +594,15 @@ def _read_full(
 # --- entry points ----------------------------------------------------------------------------------
 
 
+def _is_image_series(description: str) -> bool:
+    """A UK Biobank series that can supply the short-axis images (bK, mixed, or InlineVF)."""
+    return bool(_BK_SERIES.match(description)) or description in (MIXED_SAX_SERIES, INLINEVF_SERIES)
+
+
 def _decode(
     members: Mapping[str, Callable[[], BinaryIO]],
     header_names: Sequence[str],
-    fallback_names: Sequence[str],
+    deferred_names: Sequence[str],
     source_uri: str,
     *,
     eid: int | None,
@@ -582,14 +611,19 @@ def _decode(
     stats: DecodeStats,
     ukbb_required: bool,
     require_dicom: Callable[[str], bool],
+    with_inlinevf: bool,
+    order: Mapping[str, int] | None = None,
 ) -> DecodedStudy:
+    """Headers of ``header_names`` (then ``deferred_names`` when those hold no short-axis image series),
+    slice selection, then one forward pass over the chosen members in ``order`` (the zip's member order;
+    name order without one)."""
     if ed_rule not in ED_RULES:
         raise ValueError(f"unknown ed_rule {ed_rule!r}; expected one of {ED_RULES}")
     headers = _read_headers(header_names, members, source_uri, stats, require_dicom=require_dicom)
-    has_sax = any(h.series_description.startswith(SAX_SERIES_PREFIX) for h in headers)
-    if fallback_names and not has_sax:
-        # The manifest is never the authority: if it hid the SAX series, read the skipped headers too.
-        headers += _read_headers(fallback_names, members, source_uri, stats, require_dicom=require_dicom)
+    if deferred_names and not any(_is_image_series(h.series_description) for h in headers):
+        # The manifest is never the authority: if what it let through holds no short-axis image
+        # series (it hid them, or InlineVF is the only one), read the deferred headers too.
+        headers += _read_headers(deferred_names, members, source_uri, stats, require_dicom=require_dicom)
     if not headers:
         raise DecodeError(source_uri, "series", f"no DICOM files among {stats.members_listed} members")
 
@@ -627,31 +661,38 @@ def _decode(
 
     flags.update(geometry_qc_flags(positions, spacing_mm))
 
+    tol_mm = max(0.5, 0.25 * spacing_mm)
+    matched: list[HeaderInfo | None] = (
+        _match_inlinevf(slices, vf_pool, normal, sign, tol_mm) if with_inlinevf else [None] * len(slices)
+    )
+    datasets = _read_chosen(
+        pixel_members=[s.ed.member for s in slices],
+        overlay_members=[vf.member for vf in matched if vf is not None],
+        members=members,
+        source_uri=source_uri,
+        order=order,
+    )
+
     images = []
     for s in slices:
-        ds = _read_full(s.ed.member, members, source_uri, stop_before_pixels=False)
-        image = decode_frame_pixels(ds, source_uri=source_uri, member=s.ed.member)
+        images.append(decode_frame_pixels(datasets[s.ed.member], source_uri=source_uri, member=s.ed.member))
         stats.pixel_frames_decoded += 1
-        images.append(image)
 
     outlines: list[np.ndarray | None] = []
-    tol_mm = max(0.5, 0.25 * spacing_mm)
-    for image, vf in zip(images, _match_inlinevf(slices, vf_pool, normal, sign, tol_mm), strict=True):
+    for image, vf in zip(images, matched, strict=True):
         if vf is None:
             outlines.append(None)
             continue
-        ds = _read_full(vf.member, members, source_uri, stop_before_pixels=True)
         try:
-            outline = overlay_outline(ds, OVERLAY_GROUP, source=f"{source_uri} member {vf.member!r}")
+            outline = overlay_outline(
+                datasets[vf.member], OVERLAY_GROUP, source=f"{source_uri} member {vf.member!r}"
+            )
         except ValueError as exc:
             raise DecodeError(source_uri, "pixels", str(exc)) from exc
         stats.overlay_frames_decoded += 1
         outlines.append(outline if outline is not None and outline.shape == image.shape else None)
 
-    if eid is None:
-        ids = {s.ed.patient_id for s in slices}
-        if len(ids) == 1 and next(iter(ids)).isdigit():
-            eid = int(next(iter(ids)))
+    ids = {s.ed.patient_id for s in slices}
     return DecodedStudy(
         eid=eid,
         instance=instance,
@@ -667,7 +708,33 @@ def _decode(
         ),
         series_descriptions=tuple(s.ed.series_description for s in slices),
         qc_flags=tuple(f for f in contracts.QC_FLAGS if f in flags),
+        patient_id=next(iter(ids)) if len(ids) == 1 else "",
     )
+
+
+def _read_chosen(
+    *,
+    pixel_members: Sequence[str],
+    overlay_members: Sequence[str],
+    members: Mapping[str, Callable[[], BinaryIO]],
+    source_uri: str,
+    order: Mapping[str, int] | None,
+) -> dict[str, pydicom.Dataset]:
+    """Parse each chosen member once, in zip order: members whose pixels are needed in full (their
+    overlay, when they are also an InlineVF frame, comes with them), overlay-only members with just the
+    overlay plane and image size (:data:`OVERLAY_TAGS`)."""
+    pixel_set = set(pixel_members)
+    needed = pixel_set | set(overlay_members)
+    rank = order or {}
+    out: dict[str, pydicom.Dataset] = {}
+    for member in sorted(needed, key=lambda m: (rank.get(m, len(rank)), m)):
+        if member in pixel_set:
+            out[member] = _read_full(member, members, source_uri, stop_before_pixels=False)
+        else:
+            out[member] = _read_full(
+                member, members, source_uri, stop_before_pixels=True, specific_tags=OVERLAY_TAGS
+            )
+    return out
 
 
 def decode_dicom_members(
@@ -678,6 +745,7 @@ def decode_dicom_members(
     instance: int | None = None,
     ed_rule: str = "first_trigger_time",
     stats: DecodeStats | None = None,
+    with_inlinevf: bool = True,
 ) -> DecodedStudy:
     """Decode a folder (or any mapping of name -> opener) of cine short-axis DICOMs from any vendor.
 
@@ -685,7 +753,9 @@ def decode_dicom_members(
     orientation is grouped into slices by position along the normal and into phases by TriggerTime,
     and the base-to-apex direction follows the anatomical rule of :func:`geometry.apex_sign`. Members
     that are not DICOM are skipped unless their name ends in ``.dcm`` (then it is an error).
-    ``eid`` falls back to a numeric PatientID (0010,0020).
+    ``eid``/``instance`` are taken as given (None: unknown); the study records a PatientID (0010,0020)
+    shared by its slices as ``patient_id`` for the caller's last-resort identification. Without
+    ``with_inlinevf`` no InlineVF overlay is decoded (outlines are all None).
     """
     stats = stats if stats is not None else DecodeStats()
     counted = {name: _counting_opener(opener, stats) for name, opener in members.items()}
@@ -702,6 +772,7 @@ def decode_dicom_members(
         stats=stats,
         ukbb_required=False,
         require_dicom=lambda n: n.lower().endswith(".dcm"),
+        with_inlinevf=with_inlinevf,
     )
 
 
@@ -718,12 +789,19 @@ def decode_participant_zip(
     *,
     ed_rule: str = "first_trigger_time",
     stats: DecodeStats | None = None,
+    with_inlinevf: bool = True,
 ) -> DecodedStudy:
     """Decode one participant zip, streamed from a seekable file object (never extracted to disk).
 
     A zip carrying a manifest must hold a UK Biobank short-axis series; any other zip is decoded as UK
     Biobank when its series say so, else as the any-vendor layout. ``eid``/``instance`` come from a
-    UK Biobank file name (``{eid}_{field}_{instance}_{array}.zip``), else ``eid`` from a numeric PatientID.
+    UK Biobank file name (``{eid}_{field}_{instance}_{array}.zip``), else they are None (the caller
+    decides from other names, then from the study's ``patient_id``).
+
+    Members are visited in the zip's order (``infolist()``), never by name, so each pass over the file
+    moves forward. Without ``with_inlinevf`` the InlineVF series is neither matched nor its overlays
+    decoded, and members the manifest describes as InlineVF are not even read, unless it turns out to
+    be the only short-axis series (then its frames supply the images, still without outlines).
     """
     stats = stats if stats is not None else DecodeStats()
     if ed_rule not in ED_RULES:
@@ -746,19 +824,23 @@ def decode_participant_zip(
             reason = f"not a zip file (starts with {magic!r})"
         raise DecodeError(source_uri, "read", reason) from exc
     with zf:
-        infos = [i for i in zf.infolist() if not i.is_dir()]
+        # Zip order: local headers sorted by offset (the central directory is normally in that order).
+        infos = sorted((i for i in zf.infolist() if not i.is_dir()), key=lambda i: i.header_offset)
         stats.members_listed += len(infos)
         names = [i.filename for i in infos]
+        order = {n: k for k, n in enumerate(names)}
         openers: dict[str, Callable[[], BinaryIO]] = {n: (lambda n=n: zf.open(n)) for n in names}
         manifests = [n for n in names if is_manifest_name(n)]
-        dcm = sorted(n for n in names if n.lower().endswith(".dcm"))
+        dcm = [n for n in names if n.lower().endswith(".dcm")]
         parsed_name = parse_ukbb_zip_name(source_uri)
-        header_names, skipped = list(dcm), []
+        header_names, deferred = list(dcm), []
         if manifests:
-            header_names, skipped = _manifest_filter(manifests[0], dcm, openers, source_uri, stats)
+            header_names, deferred = _manifest_filter(
+                manifests[0], dcm, openers, source_uri, stats, with_inlinevf=with_inlinevf
+            )
         if not dcm and not manifests:
             # Any-vendor zip: files may have any names; non-DICOM members are skipped.
-            header_names = sorted(names)
+            header_names = list(names)
         # A manifest marks the UK Biobank layout; without one, another vendor's stack is accepted too
         # (even under a UK Biobank file name).
         ukbb_required = bool(manifests)
@@ -769,7 +851,7 @@ def decode_participant_zip(
         return _decode(
             openers,
             header_names,
-            skipped,
+            deferred,
             source_uri,
             eid=parsed_name[0] if parsed_name else None,
             instance=parsed_name[2] if parsed_name else None,
@@ -777,6 +859,8 @@ def decode_participant_zip(
             stats=stats,
             ukbb_required=ukbb_required,
             require_dicom=lambda n: n.lower().endswith(".dcm"),
+            with_inlinevf=with_inlinevf,
+            order=order,
         )
 
 
@@ -786,11 +870,15 @@ def _manifest_filter(
     openers: Mapping[str, Callable[[], BinaryIO]],
     source_uri: str,
     stats: DecodeStats,
+    *,
+    with_inlinevf: bool = True,
 ) -> tuple[list[str], list[str]]:
-    """Split ``.dcm`` members into (read headers, skip) using the manifest's series descriptions.
+    """Split ``.dcm`` members into (read headers now, deferred) using the manifest's descriptions.
 
-    Only members the manifest lists with a description that is not short-axis cine are skipped; an
-    unreadable manifest skips nothing (the headers are the authority) and is recorded in ``stats``.
+    Deferred: members the manifest lists with a description that is not short-axis cine, and, without
+    ``with_inlinevf``, those it lists as the InlineVF series. ``_decode`` reads deferred headers only when
+    the others hold no short-axis image series. An unreadable manifest defers nothing (the headers are
+    the authority) and is recorded in ``stats``. Order is kept.
     """
     try:
         with openers[manifest_name]() as fp:
@@ -804,7 +892,9 @@ def _manifest_filter(
     keep, skip = [], []
     for name in dcm_names:
         desc = described.get(name.rsplit("/", 1)[-1])
-        if desc is not None and not desc.startswith(SAX_SERIES_PREFIX):
+        if desc is not None and (
+            not desc.startswith(SAX_SERIES_PREFIX) or (not with_inlinevf and desc == INLINEVF_SERIES)
+        ):
             skip.append(name)
         else:
             keep.append(name)

@@ -29,8 +29,9 @@ def exists(path: str) -> bool:
 def open_read(path: str) -> IO[bytes]:
     """Open ``path`` for reading as a binary stream, without decompression.
 
-    Local files and GCS objects both come back seekable (GCS reads ranges on demand), so a zip's
-    central directory and chosen members can be read without fetching the whole object.
+    Local files and GCS objects both come back seekable. A GCS stream fetches a buffer (Beam: 16 MiB)
+    at a time and fetches again on every seek outside it, so code that seeks around in a remote
+    object should use :func:`random_access` instead.
     """
     return FileSystems.open(path, mime_type="application/octet-stream",
                             compression_type=CompressionTypes.UNCOMPRESSED)
@@ -42,6 +43,25 @@ def ensure_seekable(stream: IO[bytes]) -> IO[bytes]:
     if seekable is not None and seekable():
         return stream
     return io.BytesIO(stream.read())
+
+
+def is_local(path: str) -> bool:
+    """True for a path of the local filesystem (no URI scheme, or ``file://``)."""
+    return FileSystems.get_scheme(path) in (None, "file")
+
+
+def random_access(stream: IO[bytes], path: str) -> tuple[IO[bytes], int]:
+    """A stream of ``path`` to seek around in, and the bytes fetched up front to make it.
+
+    A local file stays as it is (seekable, read on demand: 0 bytes up front). Anything else
+    (``gs://``...) is read once, whole, into memory: its buffered reader refetches on each seek outside
+    its buffer, and a participant zip (tens of MB) is visited in several passes, so streaming it would
+    download it several times over.
+    """
+    if is_local(path):
+        return ensure_seekable(stream), 0
+    data = stream.read()
+    return io.BytesIO(data), len(data)
 
 
 def read_bytes(path: str) -> bytes:

@@ -33,8 +33,11 @@ from beam_pipeline.model_card import ModelCard
 logger = logging.getLogger(__name__)
 
 MODEL_KINDS = (contracts.MODEL_KIND_SEG, contracts.MODEL_KIND_REG)
-# The bundled models (the trainer issue exports them here); None when absent.
-BUNDLED_MODELS_DIR = Path(__file__).resolve().parent / "models"
+# A model shipped inside the package (the trainer exports them to beam_pipeline/models/<kind>/) is named
+# by this marker, never by an absolute path: the launcher's install path does not exist on Dataflow
+# workers, so the marker travels in the pipeline and each machine resolves it in its own installation.
+BUNDLED_PREFIX = "bundled:"
+MODELS_PACKAGE_DIR = "models"
 
 
 class ModelExample(Protocol):
@@ -64,19 +67,44 @@ class LoadedModel:
     module: Any
 
 
+def bundled_models_root() -> Path:
+    """Where this installation of ``beam_pipeline`` keeps its bundled models (the package's own folder,
+    looked up where the code runs: launcher or worker)."""
+    from importlib import resources
+
+    return Path(str(resources.files("beam_pipeline").joinpath(MODELS_PACKAGE_DIR)))
+
+
 def bundled_model_dir(kind: str) -> str | None:
-    """The project's bundled SavedModel for ``kind``, or None when the trainer has not shipped one."""
-    candidate = BUNDLED_MODELS_DIR / kind
-    return str(candidate) if (candidate / "saved_model.pb").exists() else None
+    """``"bundled:<kind>"`` when this installation ships a SavedModel for ``kind``, else None.
+
+    The marker, not a path, goes into the pipeline; :func:`resolve_model_dir` turns it into a folder
+    on whichever machine loads the model.
+    """
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {MODEL_KINDS}. Received: {kind!r}")
+    return f"{BUNDLED_PREFIX}{kind}" if (bundled_models_root() / kind / "saved_model.pb").exists() else None
+
+
+def resolve_model_dir(model_dir: str) -> str:
+    """A model folder TensorFlow and Beam's FileSystems can open: ``bundled:<kind>`` resolved in this
+    installation's package, any other path (local, ``gs://``) unchanged."""
+    if not model_dir.startswith(BUNDLED_PREFIX):
+        return model_dir
+    kind = model_dir[len(BUNDLED_PREFIX):]
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown bundled model {model_dir!r}; expected one of "
+                         f"{[BUNDLED_PREFIX + k for k in MODEL_KINDS]}")
+    return str(bundled_models_root() / kind)
 
 
 def read_model_card(model_dir: str, *, expected_kind: str | None = None) -> ModelCard:
-    """Read and check ``model_dir/model_card.json``.
+    """Read and check ``model_dir/model_card.json`` (``model_dir`` may be a ``bundled:<kind>`` marker).
 
     Raises ``FileNotFoundError`` naming the path when the card is missing and ``ValueError`` when its
     kind differs from ``expected_kind`` or its tensor contract/label map differ from the contracts.
     """
-    card_path = filesystems.join(model_dir, contracts.MODEL_CARD_FILENAME)
+    card_path = filesystems.join(resolve_model_dir(model_dir), contracts.MODEL_CARD_FILENAME)
     if not filesystems.exists(card_path):
         raise FileNotFoundError(f"{card_path}: no model card next to the SavedModel")
     card = ModelCard.from_json(filesystems.read_text(card_path))
@@ -112,7 +140,8 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
 
     Args:
       model_dir: the SavedModel folder (local or any path TensorFlow can open), with
-        ``model_card.json`` beside ``saved_model.pb``.
+        ``model_card.json`` beside ``saved_model.pb``; or ``bundled:<kind>``, resolved where the model
+        is loaded (the worker), not where the pipeline is built.
       kind: ``contracts.MODEL_KIND_SEG`` or ``contracts.MODEL_KIND_REG``; must match the card.
       argmax: for segmentation, return the argmax labels (uint8) rather than probabilities.
       min_batch_size, max_batch_size: Beam's batching bounds (a participant tensor is 3.4 MB).
@@ -154,7 +183,7 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
         import tensorflow as tf
 
         card = read_model_card(self._model_dir, expected_kind=self._kind)
-        module = tf.saved_model.load(self._model_dir)
+        module = tf.saved_model.load(resolve_model_dir(self._model_dir))
         if contracts.SERVING_SIGNATURE not in module.signatures:
             raise ValueError(
                 f"{self._model_dir}: SavedModel has no {contracts.SERVING_SIGNATURE!r} signature "

@@ -139,7 +139,8 @@ class SexCentering:
     """Sex-stratified mean centering: ``calibrated = raw + offset[sex]``, offset = manual mean - raw mean.
 
     ``n_raw``/``n_manual`` count the participants behind each mean; ``source`` says where the means came
-    from (``"run"``, ``"calibration_file"``, ``"model_card"``, ...).
+    from (``"run"``, ``"calibration_file"``, ``"model_card"``, ...); ``sources_by_sex`` overrides it per
+    sex for a centering merged from several sources (:func:`merge_sex_centering`).
     """
 
     offsets_g: Mapping[str, float]
@@ -148,6 +149,11 @@ class SexCentering:
     raw_mean_g: Mapping[str, float] = field(default_factory=dict)
     manual_mean_g: Mapping[str, float] = field(default_factory=dict)
     source: str = "run"
+    sources_by_sex: Mapping[str, str] = field(default_factory=dict)
+
+    def source_for(self, sex: str) -> str:
+        """Where the offset of ``sex`` came from."""
+        return self.sources_by_sex.get(sex, self.source)
 
     def apply(self, raw_g: float | None, sex: str | None) -> float | None:
         """Centred mass (g); None when the mass or sex is unknown or the sex has no offset."""
@@ -254,6 +260,44 @@ def fit_sex_centering(
         raw_mean_g=raw_mean,
         manual_mean_g=manual_mean,
         source=source,
+    )
+
+
+def merge_sex_centering(
+    fitted: SexCentering | None, fallback: SexCentering | None, *, min_manual_n: int
+) -> SexCentering | None:
+    """One centering per sex from a run's own fit and a fallback (``--calibration`` or model card).
+
+    For each sex: the run's offset when it rests on at least ``min_manual_n`` manual masses of that sex;
+    else the fallback's offset when it has one for that sex; else the run's offset however few manual
+    masses it rests on (better than none); else that sex stays uncentred. ``sources_by_sex`` records
+    which source each sex got. None when neither source covers any sex.
+    """
+    if min_manual_n < 1:
+        raise ValueError(f"min_manual_n must be >= 1, got {min_manual_n}")
+    chosen: dict[str, SexCentering] = {}
+    for sex in contracts.SEXES:
+        fit_ok = fitted is not None and sex in fitted.offsets_g
+        if fit_ok and int(fitted.n_manual.get(sex, 0)) >= min_manual_n:  # type: ignore[union-attr]
+            chosen[sex] = fitted  # type: ignore[assignment]
+        elif fallback is not None and sex in fallback.offsets_g:
+            chosen[sex] = fallback
+        elif fit_ok:
+            chosen[sex] = fitted  # type: ignore[assignment]
+    if not chosen:
+        return None
+
+    def pick(attribute: str) -> dict[str, Any]:
+        return {sex: getattr(c, attribute)[sex] for sex, c in chosen.items() if sex in getattr(c, attribute)}
+
+    return SexCentering(
+        offsets_g={sex: c.offsets_g[sex] for sex, c in chosen.items()},
+        n_raw=pick("n_raw"),
+        n_manual=pick("n_manual"),
+        raw_mean_g=pick("raw_mean_g"),
+        manual_mean_g=pick("manual_mean_g"),
+        source="merged",
+        sources_by_sex={sex: c.source_for(sex) for sex, c in chosen.items()},
     )
 
 

@@ -3,21 +3,43 @@
 Reads the columns ``lvmass synth`` writes (:data:`beam_pipeline.schema.PHENOTYPE_COLUMNS`) from CSV or
 Parquet. Sex may be ``female``/``male`` (any case, or ``F``/``M``) or UK Biobank's field 31 coding
 ``0`` = female, ``1`` = male. Only ``eid`` and ``sex`` are required; other columns may be absent
-(unknown). Bad values raise ValueError naming the source, the eid and the value.
+(unknown). Values that cannot be parsed raise ValueError naming the source, the eid and the value;
+numbers that parse but cannot be true of a person (height 0 cm, a negative weight: outside
+:data:`PLAUSIBLE_RANGES`) are recorded as unknown (None) and logged, so one bad row never stops a run.
+
+Visits: a table with an ``instance`` column holds one row per participant x imaging visit and is joined
+on (eid, instance) (:class:`PhenotypeTable`). Without one it holds one row per participant: sex, age,
+height, weight and diseases go to every visit's scans, but the manual LV mass only to instance
+:data:`MANUAL_MASS_INSTANCE` (2, the first imaging visit, where UK Biobank's manual contours were drawn):
+a first-visit manual mass says nothing about a repeat-visit (instance 3) scan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import pandas as pd
 
 from beam_pipeline.schema import DISEASE_COLUMNS
 
+logger = logging.getLogger(__name__)
+
 REQUIRED_COLUMNS = ("eid", "sex")
+INSTANCE_COLUMN = "instance"
+MANUAL_MASS_INSTANCE = 2
+# Open intervals (low, high) of values a person can have; anything outside is recorded as unknown.
+PLAUSIBLE_RANGES: dict[str, tuple[float, float]] = {
+    "age": (0.0, 130.0),
+    "height_cm": (40.0, 275.0),
+    "weight_kg": (2.0, 650.0),
+    "manual_lv_mass_g": (0.0, 1000.0),
+}
 _SEX_WORDS = {"female": "female", "f": "female", "male": "male", "m": "male", "0": "female", "1": "male"}
 _TRUE = {"1", "true", "t", "yes", "y"}
 _FALSE = {"0", "false", "f", "no", "n"}
@@ -37,6 +59,7 @@ class Phenotype:
     atrial_fibrillation: bool | None = None
     heart_failure: bool | None = None
     manual_lv_mass_g: float | None = None
+    instance: int | None = None  # the visit this row describes; None: the table has no instance column
 
 
 def _missing(value: Any) -> bool:
@@ -65,7 +88,9 @@ def parse_sex(value: Any, *, where: str) -> str | None:
     return _SEX_WORDS[key]
 
 
-def _float(value: Any, column: str, where: str) -> float | None:
+def _float(value: Any, column: str, where: str, implausible: list[str] | None = None) -> float | None:
+    """A number, None when missing or non-finite; outside ``PLAUSIBLE_RANGES[column]`` it is None too,
+    and ``where``/value are appended to ``implausible``."""
     if _missing(value):
         return None
     try:
@@ -73,6 +98,11 @@ def _float(value: Any, column: str, where: str) -> float | None:
     except (TypeError, ValueError):
         raise ValueError(f"{where}: {column} {value!r} is not a number") from None
     if not math.isfinite(out):
+        return None
+    bounds = PLAUSIBLE_RANGES.get(column)
+    if bounds is not None and not bounds[0] < out < bounds[1]:
+        if implausible is not None:
+            implausible.append(f"{where}: {column} {value!r}")
         return None
     return out
 
@@ -104,46 +134,121 @@ def _eid(value: Any, where: str) -> int:
     return int(as_float)
 
 
-def phenotypes_from_frame(df: pd.DataFrame, *, source: str) -> dict[int, Phenotype]:
-    """Phenotypes keyed by eid from a DataFrame; raises ValueError on a missing required column, a bad
-    value or a duplicated eid. The frame is not modified."""
+def _instance(value: Any, where: str) -> int:
+    if _missing(value):
+        raise ValueError(f"{where}: instance is missing")
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: instance {value!r} is not an integer") from None
+    if not as_float.is_integer():
+        raise ValueError(f"{where}: instance {value!r} is not an integer")
+    return int(as_float)
+
+
+def _parse_rows(df: pd.DataFrame, *, source: str) -> tuple[list[Phenotype], bool]:
+    """Every row as a Phenotype (``instance`` set when the table has that column), and whether it has."""
     columns = {str(c).strip(): c for c in df.columns}
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise ValueError(f"{source}: phenotype table lacks column(s) {missing}; columns: {list(columns)}")
-    out: dict[int, Phenotype] = {}
+    per_instance = INSTANCE_COLUMN in columns
+    out: list[Phenotype] = []
+    implausible: list[str] = []
     records = df.to_dict(orient="records")
     for row_no, record in enumerate(records, start=1):
         row = {str(k).strip(): v for k, v in record.items()}
         eid = _eid(row["eid"], f"{source} row {row_no}")
-        where = f"{source} eid {eid}"
-        if eid in out:
-            raise ValueError(f"{source}: eid {eid} appears more than once")
-        out[eid] = Phenotype(
+        instance = _instance(row[INSTANCE_COLUMN], f"{source} row {row_no}") if per_instance else None
+        where = f"{source} eid {eid}" + (f" instance {instance}" if per_instance else "")
+        out.append(Phenotype(
             eid=eid,
             sex=parse_sex(row["sex"], where=where),
-            age=_float(row.get("age"), "age", where),
-            height_cm=_float(row.get("height_cm"), "height_cm", where),
-            weight_kg=_float(row.get("weight_kg"), "weight_kg", where),
-            manual_lv_mass_g=_float(row.get("manual_lv_mass_g"), "manual_lv_mass_g", where),
+            age=_float(row.get("age"), "age", where, implausible),
+            height_cm=_float(row.get("height_cm"), "height_cm", where, implausible),
+            weight_kg=_float(row.get("weight_kg"), "weight_kg", where, implausible),
+            manual_lv_mass_g=_float(row.get("manual_lv_mass_g"), "manual_lv_mass_g", where, implausible),
+            instance=instance,
             **{c: _bool(row.get(c), c, where) for c in DISEASE_COLUMNS},
-        )
+        ))
+    if implausible:
+        logger.warning("%s: %d implausible value(s) recorded as unknown, e.g. %s", source, len(implausible),
+                       "; ".join(implausible[:5]))
+    return out, per_instance
+
+
+def phenotypes_from_frame(df: pd.DataFrame, *, source: str) -> dict[int, Phenotype]:
+    """Phenotypes keyed by eid from a DataFrame; raises ValueError on a missing required column, a bad
+    value or a duplicated eid (a table with one row per visit is read by :func:`phenotype_table_from_frame`).
+    The frame is not modified."""
+    rows, _ = _parse_rows(df, source=source)
+    out: dict[int, Phenotype] = {}
+    for phenotype in rows:
+        if phenotype.eid in out:
+            raise ValueError(f"{source}: eid {phenotype.eid} appears more than once")
+        out[phenotype.eid] = phenotype
     return out
 
 
-def read_phenotypes(fileobj: BinaryIO, *, source: str) -> dict[int, Phenotype]:
-    """Read a CSV or Parquet phenotype file (Parquet recognised by its ``PAR1`` magic or a ``.parquet``
-    name) and parse it with :func:`phenotypes_from_frame`."""
+@dataclass(frozen=True)
+class PhenotypeTable:
+    """Phenotype rows and the rule joining them to a scan (participant x imaging visit).
+
+    ``per_instance``: rows are keyed by (eid, instance) and a scan gets the row of its own visit, or
+    none. Otherwise rows are keyed by (eid, None): every visit gets the row, without its manual LV
+    mass unless the visit is :data:`MANUAL_MASS_INSTANCE`.
+    """
+
+    rows: Mapping[tuple[int, int | None], Phenotype] = field(default_factory=dict)
+    per_instance: bool = False
+
+    def lookup(self, eid: int, instance: int | None) -> Phenotype | None:
+        """The phenotype to attach to the scan of ``eid`` at visit ``instance`` (None: no row)."""
+        if self.per_instance:
+            return self.rows.get((eid, instance))
+        phenotype = self.rows.get((eid, None))
+        if phenotype is None or instance == MANUAL_MASS_INSTANCE or phenotype.manual_lv_mass_g is None:
+            return phenotype
+        return dataclasses.replace(phenotype, manual_lv_mass_g=None)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def phenotype_table_from_frame(df: pd.DataFrame, *, source: str) -> PhenotypeTable:
+    """A :class:`PhenotypeTable` from a DataFrame (per visit when it has an ``instance`` column); raises
+    ValueError as :func:`phenotypes_from_frame` does, and on a duplicated eid (or eid x instance)."""
+    rows, per_instance = _parse_rows(df, source=source)
+    keyed: dict[tuple[int, int | None], Phenotype] = {}
+    for phenotype in rows:
+        key = (phenotype.eid, phenotype.instance)
+        if key in keyed:
+            what = f"eid {key[0]}" + (f" instance {key[1]}" if per_instance else "")
+            raise ValueError(f"{source}: {what} appears more than once")
+        keyed[key] = phenotype
+    return PhenotypeTable(rows=keyed, per_instance=per_instance)
+
+
+def _read_frame(fileobj: BinaryIO, *, source: str) -> pd.DataFrame:
     data = fileobj.read()
     if not data:
         raise ValueError(f"{source}: phenotype file is empty")
     is_parquet = data[:4] == PARQUET_MAGIC or source.lower().endswith((".parquet", ".pq"))
     try:
         if is_parquet:
-            df = pd.read_parquet(io.BytesIO(data))
-        else:
-            df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+            return pd.read_parquet(io.BytesIO(data))
+        return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
     except Exception as exc:
         kind = "Parquet" if is_parquet else "CSV"
         raise ValueError(f"{source}: cannot read phenotypes as {kind} ({type(exc).__name__}: {exc})") from exc
-    return phenotypes_from_frame(df, source=source)
+
+
+def read_phenotype_table(fileobj: BinaryIO, *, source: str) -> PhenotypeTable:
+    """Read a CSV or Parquet phenotype file (as :func:`read_phenotypes`) into a :class:`PhenotypeTable`."""
+    return phenotype_table_from_frame(_read_frame(fileobj, source=source), source=source)
+
+
+def read_phenotypes(fileobj: BinaryIO, *, source: str) -> dict[int, Phenotype]:
+    """Read a CSV or Parquet phenotype file (Parquet recognised by its ``PAR1`` magic or a ``.parquet``
+    name) and parse it with :func:`phenotypes_from_frame`."""
+    return phenotypes_from_frame(_read_frame(fileobj, source=source), source=source)

@@ -19,7 +19,7 @@ import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import apache_beam as beam
@@ -32,6 +32,10 @@ from beam_pipeline.inference import SavedModelHandler, bundled_model_dir, read_m
 from beam_pipeline.schema import SUMMARY_FILENAME
 from beam_pipeline.summary import OutputRow
 from beam_pipeline.transforms import (
+    DEFAULT_MIN_CALIBRATION_N,
+    INPUT_KIND_AUTO,
+    INPUT_KIND_FOLDER,
+    INPUT_KINDS,
     CalibrateAndIndex,
     DecodeParticipants,
     EncodeExamples,
@@ -43,6 +47,7 @@ from beam_pipeline.transforms import (
     WriteResults,
     WriteSummary,
     WriteTFRecords,
+    input_uri,
 )
 
 logger = logging.getLogger(__name__)
@@ -50,6 +55,8 @@ logger = logging.getLogger(__name__)
 MODE_INFER = "infer"
 MODE_TENSORIZE = "tensorize"
 MODES = (MODE_INFER, MODE_TENSORIZE)
+SOURCE_MODEL_CARD = "model_card"
+SOURCE_CALIBRATION_FILE = "calibration_file"
 
 
 class ConfigError(ValueError):
@@ -73,6 +80,8 @@ class RunConfig:
     large_model: bool
     num_shards: int
     save_labels: bool = False
+    input_kind: str = INPUT_KIND_AUTO
+    min_calibration_n: int = DEFAULT_MIN_CALIBRATION_N
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -85,7 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         "Unknown options are passed to Beam as PipelineOptions (e.g. --runner).",
     )
     parser.add_argument("--input", required=True,
-                        help="glob of participant zips, local or gs:// (e.g. gs://b/20209/*_20209_*.zip)")
+                        help="glob of participant zips, local or gs:// (e.g. gs://b/20209/*_20209_*.zip), "
+                        "or of participant folders of DICOMs (e.g. 'dicoms/*', one folder per participant, "
+                        "eid from the folder name)")
+    parser.add_argument("--input_kind", choices=INPUT_KINDS, default=INPUT_KIND_AUTO,
+                        help="what --input matches: zip files, folders of DICOMs, or auto (both; a pattern "
+                        "ending in .zip is read as zips only)")
     parser.add_argument("--output", required=True, help="output folder, local or gs://")
     parser.add_argument("--phenotypes", default=None,
                         help="phenotype table (CSV or Parquet, local or gs://), columns as `lvmass synth` "
@@ -94,11 +108,17 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"comma-separated subset of {','.join(contracts.INPUT_METHODS)} "
                         f"({contracts.METHOD_INLINEVF_RECALIBRATED} comes with {contracts.METHOD_INLINEVF})")
     parser.add_argument("--mode", choices=MODES, default=MODE_INFER)
-    parser.add_argument("--model_seg", default=None, help="ML4H_seg SavedModel folder (default: bundled)")
-    parser.add_argument("--model_reg", default=None, help="ML4H_reg SavedModel folder (default: bundled)")
+    parser.add_argument("--model_seg", default=None,
+                        help="ML4H_seg SavedModel folder (default: bundled:ml4h_seg, the package's own)")
+    parser.add_argument("--model_reg", default=None,
+                        help="ML4H_reg SavedModel folder (default: bundled:ml4h_reg, the package's own)")
     parser.add_argument("--calibration", default=None,
                         help="JSON {method: {raw_mean_g: {sex: g}, manual_mean_g: {sex: g}}} used for "
-                        "sex-stratified centering when the run has no manual masses")
+                        "sex-stratified centering of a sex with too few manual masses in the run")
+    parser.add_argument("--min_calibration_n", type=int, default=DEFAULT_MIN_CALIBRATION_N,
+                        help="manual masses of a sex the run needs to fit its own centering for that sex; "
+                        "below it --calibration / the model card is used for that sex when it has one "
+                        f"(default {DEFAULT_MIN_CALIBRATION_N})")
     parser.add_argument("--ed_rule", choices=ED_RULES, default=ED_RULES[0],
                         help="end-diastolic frame rule for non-UK Biobank data")
     parser.add_argument("--batch_size", type=int, default=8, help="max participants per inference batch")
@@ -128,6 +148,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
     methods = parse_methods(args.methods)
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1. Received: {args.batch_size}")
+    if args.min_calibration_n < 1:
+        raise ConfigError(f"--min_calibration_n must be >= 1. Received: {args.min_calibration_n}")
+    if args.input_kind == INPUT_KIND_FOLDER and "**" in args.input:
+        raise ConfigError(f"--input_kind folder: --input cannot hold '**' (one folder per participant). "
+                          f"Received: {args.input!r}")
     model_seg = args.model_seg
     model_reg = args.model_reg
     if args.mode == MODE_INFER:
@@ -148,7 +173,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
         mode=args.mode, model_seg=model_seg if contracts.METHOD_ML4H_SEG in methods else None,
         model_reg=model_reg if contracts.METHOD_ML4H_REG in methods else None,
         calibration=args.calibration, ed_rule=args.ed_rule, batch_size=args.batch_size,
-        large_model=args.large_model, save_labels=args.save_labels,
+        large_model=args.large_model, save_labels=args.save_labels, input_kind=args.input_kind,
+        min_calibration_n=args.min_calibration_n,
         num_shards=(args.num_shards if args.num_shards is not None
                     else 0 if args.mode == MODE_TENSORIZE else 1),
     )
@@ -168,13 +194,15 @@ def centering_from_dict(spec: Any, *, source: str) -> Any:
 
 
 def fallback_centering(config: RunConfig) -> dict[str, Any]:
-    """Centering to use for a method when the run has no manual masses: --calibration, else the card."""
+    """Centering per method for a sex with too few manual masses in the run: --calibration, else the
+    model card. Each carries its origin as ``source`` (``calibration_file`` / ``model_card``), which the
+    rows' ``calibration`` column reports."""
     fallback: dict[str, Any] = {}
     if config.model_seg is not None:
         card = read_model_card(config.model_seg, expected_kind=contracts.MODEL_KIND_SEG)
         if card.calibration:
-            fallback[contracts.METHOD_ML4H_SEG] = centering_from_dict(
-                card.calibration, source=f"{config.model_seg} model card")
+            fallback[contracts.METHOD_ML4H_SEG] = replace(centering_from_dict(
+                card.calibration, source=f"{config.model_seg} model card"), source=SOURCE_MODEL_CARD)
     if config.calibration:
         try:
             spec = json.loads(filesystems.read_text(config.calibration))
@@ -185,7 +213,8 @@ def fallback_centering(config: RunConfig) -> dict[str, Any]:
         for method, method_spec in spec.items():
             if method not in contracts.INPUT_METHODS:
                 raise ConfigError(f"{config.calibration}: unknown method {method!r}")
-            fallback[method] = centering_from_dict(method_spec, source=config.calibration)
+            fallback[method] = replace(centering_from_dict(method_spec, source=config.calibration),
+                                       source=SOURCE_CALIBRATION_FILE)
     return fallback
 
 
@@ -203,8 +232,8 @@ def _check_inputs(config: RunConfig) -> None:
 
 def build_pipeline(p: beam.Pipeline, config: RunConfig) -> None:
     """Add the whole job to ``p`` (not run): read -> decode -> methods -> calibrate -> write."""
-    files = p | "ReadParticipants" >> ReadParticipants(config.input)
-    uris = files | "InputURIs" >> beam.Map(lambda f: f.metadata.path)
+    files = p | "ReadParticipants" >> ReadParticipants(config.input, input_kind=config.input_kind)
+    uris = files | "InputURIs" >> beam.Map(input_uri)
     with_inlinevf = config.mode == MODE_TENSORIZE or contracts.METHOD_INLINEVF in config.methods
     participants, decode_errors = files | "DecodeParticipants" >> DecodeParticipants(
         ed_rule=config.ed_rule, with_inlinevf=with_inlinevf)
@@ -236,8 +265,10 @@ def build_pipeline(p: beam.Pipeline, config: RunConfig) -> None:
             measurement_sets.append(measured)
             error_sets.append(errors)
         measurements = measurement_sets | "FlattenMeasurements" >> beam.Flatten()
-        records = measurements | "CalibrateAndIndex" >> CalibrateAndIndex(
-            config.phenotypes, fallback_centering(config))
+        records, calibrate_errors = measurements | "CalibrateAndIndex" >> CalibrateAndIndex(
+            config.phenotypes, fallback_centering(config), min_calibration_n=config.min_calibration_n,
+            with_errors=True)
+        error_sets.append(calibrate_errors)
         output_methods = list(config.methods)
         if contracts.METHOD_INLINEVF in config.methods:
             output_methods.append(contracts.METHOD_INLINEVF_RECALIBRATED)

@@ -37,6 +37,9 @@ class DecodedStudy:
     ``slice_positions_mm[k]`` is the slice centre projected on the stack's normal (from
     ImagePositionPatient (0020,0032) and ImageOrientationPatient (0020,0037)), increasing from base to
     apex. ``pixel_spacing_mm`` is PixelSpacing (0028,0030): (row spacing, column spacing).
+    ``eid``/``instance`` are what the file name says (UK Biobank zips), else None; ``patient_id`` is the
+    PatientID (0010,0020) shared by the chosen frames ("" when absent or not shared), the last resort
+    for identifying a participant (``beam_pipeline.transforms.participant_ids``).
     """
 
     eid: int | None
@@ -51,6 +54,7 @@ class DecodedStudy:
     end_diastolic_trigger_times_ms: tuple[float, ...] = ()
     series_descriptions: tuple[str, ...] = ()
     qc_flags: tuple[str, ...] = field(default_factory=tuple)
+    patient_id: str = ""
 
     @property
     def n_slices(self) -> int:

@@ -15,7 +15,7 @@ spacing_mm          float32[3]   (row_mm, col_mm, slice_mm)
 sex                 int64        0 female, 1 male, -1 unknown (``contracts.SEX_CODE``)
 manual_lv_mass_g    float32      manual LV mass, NaN when unknown
 has_manual_mass     int64        1 when ``manual_lv_mass_g`` is finite, else 0
-n_slices            int64        acquired slices (the rest of the 13 are zero padding)
+n_slices            int64        slices placed in the tensor, <= 13 (the rest are zero padding)
 ==================  ===========  =====================================================================
 
 This is the only module of ``beam_pipeline``'s core that imports TensorFlow (lazily, inside the

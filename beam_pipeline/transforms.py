@@ -8,12 +8,15 @@ URI (unique per participant x instance) so every failure can be traced back to i
 
 Composites, in pipeline order::
 
-    ReadParticipants      glob -> FileMetadata (fan-out via Reshuffle) -> ReadableFile
-    DecodeParticipants    ReadableFile -> ParticipantTensor            (+ errors: read, decode, tensor)
+    ReadParticipants      glob -> ReadableFile per zip (fan-out via Reshuffle) and/or
+                          ParticipantFolder per matched folder of DICOMs (grouped by folder)
+    DecodeParticipants    ReadableFile | ParticipantFolder -> ParticipantTensor
+                                                               (+ errors: read, decode, tensor)
     SegmentAndMeasure     ParticipantTensor -> Measurement  ML4H_seg   (+ errors: inference, measure)
     RegressMass           ParticipantTensor -> Measurement  ML4H_reg   (+ errors: inference)
     MeasureInlineVF       ParticipantTensor -> Measurement  InlineVF   (+ errors: measure)
     CalibrateAndIndex     Measurement + phenotypes -> ResultRecord (side inputs: centering, p90)
+                                                                         (+ errors: phenotypes)
     WriteResults / WriteErrors / WriteTFRecords / WriteSummary
 """
 
@@ -23,6 +26,7 @@ import ast
 import io
 import logging
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -52,8 +56,14 @@ STAGE_PHENOTYPES = "phenotypes"
 CALIBRATION_SEX_CENTERED = "sex_mean_centered"
 CALIBRATION_LINEAR = "linear_recalibration"
 CALIBRATION_NONE = "none"
+DEFAULT_MIN_CALIBRATION_N = 10  # manual masses of a sex below which a fallback centering is preferred
 ANY_VENDOR_INSTANCE = 0  # the visit of an any-vendor input whose name does not say it
 _ANY_VENDOR_NAME = re.compile(r"^(\d+)(?:_(\d+))?(?:\.[A-Za-z0-9]+)*$")
+_UKBB_FOLDER_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)$")  # an unzipped {eid}_{field}_{instance}_{array}
+INPUT_KIND_AUTO = "auto"
+INPUT_KIND_ZIP = "zip"
+INPUT_KIND_FOLDER = "folder"
+INPUT_KINDS = (INPUT_KIND_AUTO, INPUT_KIND_ZIP, INPUT_KIND_FOLDER)
 # Methods whose raw mass the paper centres on the manual mean of each sex.
 CENTERED_METHODS = (contracts.METHOD_ML4H_SEG, contracts.METHOD_INLINEVF)
 
@@ -75,11 +85,20 @@ class ParticipantTensor:
     instance: int
     image: np.ndarray
     spacing_mm: np.ndarray
-    n_slices: int  # acquired slices
-    n_slices_used: int  # slices placed in the 13-slot tensor
+    n_slices: int  # acquired slices (the Parquet's n_slices)
+    n_slices_used: int  # slices placed in the 13-slot tensor (the TFRecord's n_slices)
     qc_flags: tuple[str, ...]
     inlinevf_labels: np.ndarray | None = None
     inlinevf_flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ParticipantFolder:
+    """One participant's folder of DICOMs (the any-vendor layout): its path and its files' paths."""
+
+    path: str
+    files: tuple[str, ...]
+    size_in_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,35 +133,63 @@ def _unique(flags: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(flags))
 
 
-def participant_ids(study: DecodedStudy) -> tuple[int, int]:
-    """(eid, instance) of a study: the decoder's (UK Biobank zip name), else the file name's digits.
+def ids_from_name(uri: str) -> tuple[int | None, int | None]:
+    """(eid, instance) from the last component of a file or folder name, (None, None) when it says neither.
 
-    Any-vendor inputs may be named ``{eid}.zip`` or ``{eid}_{instance}.zip``; the instance defaults to
-    ``ANY_VENDOR_INSTANCE`` (0: visit unknown). Anything else cannot be joined to phenotypes or written
-    as a row, so it is an error naming the file.
+    In order: a UK Biobank zip (``{eid}_{field}_{instance}_{array}.zip``) or its unzipped folder
+    (``{eid}_{field}_{instance}_{array}``); then ``{eid}``, ``{eid}.zip``, ``{eid}_{instance}`` or
+    ``{eid}_{instance}.zip`` (instance ``ANY_VENDOR_INSTANCE`` when absent: visit unknown).
+    """
+    from beam_pipeline.decode import parse_ukbb_zip_name
+
+    base = uri.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    parsed = parse_ukbb_zip_name(base)
+    if parsed is not None:
+        return parsed[0], parsed[2]
+    folder = _UKBB_FOLDER_NAME.match(base)
+    if folder is not None:
+        return int(folder.group(1)), int(folder.group(3))
+    match = _ANY_VENDOR_NAME.match(base)
+    if match is None:
+        return None, None
+    instance = match.group(2)
+    return int(match.group(1)), int(instance) if instance is not None else ANY_VENDOR_INSTANCE
+
+
+def participant_ids(study: DecodedStudy) -> tuple[int, int]:
+    """(eid, instance) of a study, the file or folder name first, the DICOM PatientID last.
+
+    1. the decoder's (a UK Biobank zip name ``{eid}_20209_{instance}_{array}.zip``);
+    2. the name of any other zip or folder (:func:`ids_from_name`: ``{eid}.zip``, ``{eid}_{instance}.zip``,
+       a folder named by the eid); the instance defaults to ``ANY_VENDOR_INSTANCE`` (0: visit unknown);
+    3. a numeric PatientID (0010,0020) shared by the slices (instance ``ANY_VENDOR_INSTANCE``): scanners
+       and anonymisers put all sorts of numbers there, so it never overrides a name.
+
+    Anything else cannot be joined to phenotypes or written as a row, so it is an error naming the file.
     """
     if study.eid is not None:
         return int(study.eid), int(study.instance if study.instance is not None else ANY_VENDOR_INSTANCE)
-    base = study.source_uri.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-    match = _ANY_VENDOR_NAME.match(base)
-    if match is None:
-        raise ValueError(
-            f"{study.source_uri}: no participant id: not a UK Biobank zip name and the file name does not "
-            "start with the eid ('{eid}.zip' or '{eid}_{instance}.zip')"
-        )
-    instance = match.group(2)
-    return int(match.group(1)), int(instance) if instance is not None else ANY_VENDOR_INSTANCE
+    eid, instance = ids_from_name(study.source_uri)
+    if eid is not None:
+        return eid, int(instance if instance is not None else ANY_VENDOR_INSTANCE)
+    if study.patient_id.isdigit():
+        return int(study.patient_id), ANY_VENDOR_INSTANCE
+    raise ValueError(
+        f"{study.source_uri}: no participant id: not a UK Biobank zip name, the file or folder name does not "
+        "start with the eid ('{eid}.zip' or '{eid}_{instance}.zip'), and no numeric PatientID (0010,0020)"
+    )
 
 
 def participant_from_study(study: DecodedStudy, *, with_inlinevf: bool) -> ParticipantTensor:
     """Build the model tensor (the one shared ``build_image_tensor``) and, optionally, InlineVF labels."""
     from beam_pipeline.overlay import inlinevf_labels
-    from beam_pipeline.qc import inlinevf_qc_flags, study_qc_flags
+    from beam_pipeline.qc import inlinevf_qc_flags
     from beam_pipeline.tensor import build_image_tensor, build_label_volume
 
     eid, instance = participant_ids(study)
     tensor = build_image_tensor(study)
-    flags = _unique([*study.qc_flags, *tensor.qc_flags, *study_qc_flags(study)])
+    # the decoder already put the geometry flags (qc.geometry_qc_flags) into study.qc_flags
+    flags = _unique([*study.qc_flags, *tensor.qc_flags])
     labels = None
     vf_flags: tuple[str, ...] = ()
     if with_inlinevf:
@@ -263,9 +310,11 @@ def calibrate(
     ML4H_seg and InlineVF are centred on the manual mean of the participant's sex; where that cannot be
     done (sex unknown, or no centering for the method and sex: no manual masses in the run, no
     ``--calibration``, no model card calibration) the calibrated mass is None, never a raw mass in
-    disguise, and ``calibration`` says ``none``. ``inlinevf_recalibrated`` uses the paper's linear
-    formula; ML4H_reg is taken as is (``none``). Without a phenotype row the raw masses stay and the
-    sex-dependent fields are None.
+    disguise, and ``calibration`` says ``none``. ``calibration`` names the centering's source for that
+    sex: ``sex_mean_centered`` when fitted on this run's manual masses, ``sex_mean_centered:<source>``
+    otherwise (``calibration_file``, ``model_card``; :func:`calibration_label`).
+    ``inlinevf_recalibrated`` uses the paper's linear formula; ML4H_reg is taken as is (``none``).
+    Without a phenotype row the raw masses stay and the sex-dependent fields are None.
     """
     from beam_pipeline.mass import bsa_dubois_m2, is_lvh, lvmi_g_m2, recalibrate_inlinevf_g
     from beam_pipeline.qc import qc_pass
@@ -285,7 +334,7 @@ def calibrate(
         sex_centering = centering.get(measurement.method)
         mass = sex_centering.apply(raw, sex) if sex_centering is not None else None
         if mass is not None:
-            calibration = CALIBRATION_SEX_CENTERED
+            calibration = calibration_label(sex_centering.source_for(sex))
 
     bsa = lvmi = lvh = None
     if phenotype is not None:
@@ -320,6 +369,12 @@ def calibrate(
         pipeline_version=PIPELINE_VERSION,
         source_uri=measurement.source_uri,
     )
+
+
+def calibration_label(source: str) -> str:
+    """The ``calibration`` column of a sex-centred row: ``sex_mean_centered`` for a centering fitted on
+    the run itself (source ``run``), ``sex_mean_centered:<source>`` for any other (a fallback)."""
+    return CALIBRATION_SEX_CENTERED if source == "run" else f"{CALIBRATION_SEX_CENTERED}:{source}"
 
 
 def apply_p90(record: ResultRecord, thresholds: Mapping[str, Mapping[str, float]]) -> ResultRecord:
@@ -372,7 +427,9 @@ def _identity_of(element: Any) -> tuple[str, int | None, int | None]:
         if not isinstance(element, ParticipantTensor | Measurement | DecodedStudy):
             eid, instance = _ids_from_name(key)
             return key, eid, instance
-    if isinstance(element, ParticipantTensor | Measurement):
+    if isinstance(element, tuple) and element and isinstance(element[0], Measurement):
+        element = element[0]  # (measurement, phenotype) joined for calibration
+    if isinstance(element, ParticipantTensor | Measurement | ResultRecord):
         return element.source_uri, element.eid, element.instance
     if isinstance(element, DecodedStudy):
         return element.source_uri, element.eid, element.instance
@@ -383,17 +440,11 @@ def _identity_of(element: Any) -> tuple[str, int | None, int | None]:
 
 
 def _ids_from_name(uri: str) -> tuple[int | None, int | None]:
-    """eid and instance from a UK Biobank zip name, or (None, None) for any other name."""
-    from beam_pipeline.decode import parse_ukbb_zip_name
-
+    """eid and instance from the input's name (:func:`ids_from_name`), or (None, None)."""
     try:
-        parsed = parse_ukbb_zip_name(uri)
-    except (ValueError, TypeError):
+        return ids_from_name(uri)
+    except (ValueError, TypeError, AttributeError):
         return None, None
-    if parsed is None:
-        return None, None
-    eid, _field, instance, _array = parsed
-    return eid, instance
 
 
 def error_record(stage: str, element: Any, exc_type: type, exc_repr: str) -> ErrorRecord:
@@ -442,70 +493,189 @@ class ToErrorRecords(beam.PTransform):
 # --- Composites -------------------------------------------------------------------------------------
 
 
+def input_uri(element: Any) -> str:
+    """The URI a participant input is known by (rows' and errors' ``source_uri``): a zip's path or a
+    folder's path."""
+    if isinstance(element, ParticipantFolder):
+        return element.path
+    return element.metadata.path
+
+
+def folder_pattern(pattern: str) -> re.Pattern[str]:
+    """A regex whose match at the start of a file path is the participant folder ``pattern`` matched.
+
+    Beam's glob (``FileSystem.translate_pattern``): ``*`` never crosses ``/``, so the prefix of a path
+    below the folder that matches ``pattern`` and is followed by a separator is exactly that folder.
+    """
+    from apache_beam.io.filesystem import FileSystem
+
+    anchored = FileSystem.translate_pattern(pattern.rstrip("/\\"))
+    if not anchored.endswith(r"\Z"):  # pragma: no cover - Beam's translation always ends so
+        raise ValueError(f"unexpected glob translation of {pattern!r}: {anchored!r}")
+    return re.compile(anchored[: -len(r"\Z")] + r"(?=[/\\])")
+
+
+def folder_member_name(folder: str, path: str) -> str:
+    """A file's name inside its participant folder (``series1/IM0001`` for ``folder/series1/IM0001``)."""
+    if path.startswith(folder):
+        return path[len(folder):].lstrip("/\\")
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _reads_folders(pattern: str, input_kind: str) -> bool:
+    if input_kind == INPUT_KIND_ZIP:
+        return False
+    if input_kind == INPUT_KIND_FOLDER:
+        return True
+    last = pattern.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return "**" not in pattern and not last.lower().endswith(".zip")
+
+
 class ReadParticipants(beam.PTransform):
-    """Glob -> ``ReadableFile`` per participant, fanned out over workers.
+    """Glob -> one element per participant input, fanned out over workers.
+
+    ``input_kind``:
+
+    * ``zip``: every file ``pattern`` matches is a participant zip -> ``ReadableFile``;
+    * ``folder``: every folder ``pattern`` matches holds one participant's DICOMs (any depth below it,
+      e.g. ``--input 'dicoms/*'`` with ``dicoms/<eid>/...``) -> ``ParticipantFolder`` (files listed
+      through Beam's FileSystems, so local paths and ``gs://`` prefixes work alike);
+    * ``auto`` (default): files matched are zips and folders matched are folders; a pattern whose last
+      component ends in ``.zip`` (or holds ``**``) is read as zips only, without listing below it.
 
     ``MatchFiles`` emits every match from one element; the ``Reshuffle`` spreads the (small) file
-    metadata so decoding runs in parallel. Bytes are read later, on demand, by the decoder.
+    metadata so decoding runs in parallel (the folder grouping's shuffle does the same for folders).
+    Bytes are read later by the decoder.
     """
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, *, input_kind: str = INPUT_KIND_AUTO):
         super().__init__()
+        if input_kind not in INPUT_KINDS:
+            raise ValueError(f"input_kind must be one of {INPUT_KINDS}. Received: {input_kind!r}")
+        if input_kind == INPUT_KIND_FOLDER and "**" in pattern:
+            raise ValueError(f"a folder pattern cannot hold '**' (one folder per participant). Received: "
+                             f"{pattern!r}")
         self._pattern = pattern
+        self._input_kind = input_kind
 
     def expand(self, pbegin):
+        from apache_beam.io.fileio import EmptyMatchTreatment
+
         matched = Metrics.counter(NAMESPACE, "inputs_matched")
 
-        def count(metadata):
+        def count(element):
             matched.inc()
-            return metadata
+            return element
 
-        return (
-            pbegin
-            | "MatchFiles" >> fileio.MatchFiles(self._pattern)
-            | "CountMatches" >> beam.Map(count)
-            | "FanOut" >> beam.Reshuffle()
-            | "ReadMatches" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED)
-        )
+        outputs = []
+        folders_too = _reads_folders(self._pattern, self._input_kind)
+        if self._input_kind != INPUT_KIND_FOLDER:
+            zips = (
+                pbegin
+                | "MatchFiles" >> fileio.MatchFiles(
+                    self._pattern,
+                    EmptyMatchTreatment.ALLOW if folders_too else EmptyMatchTreatment.ALLOW_IF_WILDCARD)
+            )
+            if folders_too:  # a local folder named without a wildcard matches as a "file" of its own
+                zips = zips | "SkipFolders" >> beam.Filter(
+                    lambda m: not (filesystems.is_local(m.path) and os.path.isdir(m.path)))
+            outputs.append(
+                zips
+                | "CountMatches" >> beam.Map(count)
+                | "FanOut" >> beam.Reshuffle()
+                | "ReadMatches" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED)
+            )
+        if folders_too:
+            pattern = self._pattern.rstrip("/\\")
+            folder_re = folder_pattern(pattern)
+
+            def key_by_folder(metadata):
+                found = folder_re.match(metadata.path)
+                if found is not None:  # always, for a path that matched pattern + "/**"
+                    yield found.group(0), (metadata.path, int(metadata.size_in_bytes or 0))
+
+            def to_folder(path, files):
+                files = sorted(files)
+                return ParticipantFolder(path=path, files=tuple(f for f, _ in files),
+                                         size_in_bytes=sum(size for _, size in files))
+
+            outputs.append(
+                pbegin
+                | "MatchFolderFiles" >> fileio.MatchFiles(pattern + "/**", EmptyMatchTreatment.ALLOW)
+                | "KeyByFolder" >> beam.FlatMap(key_by_folder)
+                | "GroupByFolder" >> beam.GroupByKey()
+                | "ToFolder" >> beam.MapTuple(to_folder)
+                | "CountFolders" >> beam.Map(count)
+            )
+        if len(outputs) == 1:
+            return outputs[0]
+        return tuple(outputs) | "FlattenInputs" >> beam.Flatten()
+
+
+def _open_seekable(path: str):
+    """One file of a participant folder, seekable (a remote one read whole, once)."""
+    stream = filesystems.open_read(path)
+    seekable, _ = filesystems.random_access(stream, path)
+    if seekable is not stream:
+        stream.close()
+    return seekable
 
 
 class DecodeFn(beam.DoFn):
-    """``ReadableFile`` -> ``DecodedStudy``: stream the zip (seekable), decode only the ED frames."""
+    """``ReadableFile`` (zip) or ``ParticipantFolder`` -> ``DecodedStudy``: only the ED frames are decoded.
 
-    def __init__(self, ed_rule: str):
+    A local zip is streamed (seekable reads of the members needed); a remote one (``gs://``) is read
+    once, whole, into memory first (``filesystems.random_access``): the decoder visits it in several
+    forward passes, and a remote buffered reader would fetch it again on each. ``with_inlinevf=False``
+    skips InlineVF headers (where the manifest allows) and overlays.
+    """
+
+    def __init__(self, ed_rule: str, *, with_inlinevf: bool = True):
         super().__init__()
         self._ed_rule = ed_rule
+        self._with_inlinevf = with_inlinevf
         self._decoded = Metrics.counter(NAMESPACE, "participants_decoded")
         self._bytes_read = Metrics.counter(NAMESPACE, "input_bytes_read")
+        self._bytes_fetched = Metrics.counter(NAMESPACE, "input_bytes_fetched_whole")
         self._bytes_total = Metrics.counter(NAMESPACE, "input_bytes_total")
         self._pixel_decodes = Metrics.counter(NAMESPACE, "pixel_frames_decoded")
         self._overlay_decodes = Metrics.counter(NAMESPACE, "overlay_frames_decoded")
         self._seen = 0  # per DoFn instance: progress lines every PROGRESS_EVERY participants
 
-    def process(self, readable_file):
-        from beam_pipeline.decode import DecodeStats, decode_participant_zip
+    def process(self, element):
+        from beam_pipeline.decode import DecodeStats, decode_dicom_members, decode_participant_zip
 
-        uri = readable_file.metadata.path
         stats = DecodeStats()
-        with readable_file.open(mime_type="application/octet-stream",
-                                compression_type=CompressionTypes.UNCOMPRESSED) as stream:
-            study = decode_participant_zip(filesystems.ensure_seekable(stream), uri,
-                                           ed_rule=self._ed_rule, stats=stats)
+        if isinstance(element, ParticipantFolder):
+            uri, size = element.path, element.size_in_bytes
+            members = {folder_member_name(uri, f): (lambda f=f: _open_seekable(f)) for f in element.files}
+            study = decode_dicom_members(members, uri, ed_rule=self._ed_rule, stats=stats,
+                                         with_inlinevf=self._with_inlinevf)
+        else:
+            uri, size = element.metadata.path, int(element.metadata.size_in_bytes or 0)
+            with element.open(mime_type="application/octet-stream",
+                              compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+                seekable, fetched = filesystems.random_access(stream, uri)
+                self._bytes_fetched.inc(fetched)
+                study = decode_participant_zip(seekable, uri, ed_rule=self._ed_rule, stats=stats,
+                                               with_inlinevf=self._with_inlinevf)
         self._bytes_read.inc(stats.bytes_read)
-        self._bytes_total.inc(int(readable_file.metadata.size_in_bytes or 0))
+        self._bytes_total.inc(size)
         self._pixel_decodes.inc(stats.pixel_frames_decoded)
         self._overlay_decodes.inc(stats.overlay_frames_decoded)
         self._decoded.inc()
         self._seen += 1
         level = logging.INFO if self._seen % PROGRESS_EVERY == 1 or PROGRESS_EVERY == 1 else logging.DEBUG
-        size = readable_file.metadata.size_in_bytes or 0
         logger.log(level, "decoded %s (%d slices, %d of %d bytes read); %d participants in this worker",
                    uri, study.n_slices, stats.bytes_read, size, self._seen)
         yield study
 
 
 class DecodeParticipants(beam.PTransform):
-    """``ReadableFile`` -> ``ParticipantTensor``; returns ``(participants, errors)``."""
+    """``ReadableFile`` / ``ParticipantFolder`` -> ``ParticipantTensor``; returns ``(participants, errors)``.
+
+    ``with_inlinevf``: decode InlineVF overlays and build their labels (``--methods`` with inlinevf,
+    and tensorize); without it neither is done."""
 
     def __init__(self, *, ed_rule: str = "first_trigger_time", with_inlinevf: bool = True):
         super().__init__()
@@ -513,10 +683,12 @@ class DecodeParticipants(beam.PTransform):
         self._with_inlinevf = with_inlinevf
 
     def expand(self, files):
-        studies, bad_decode = (
-            files | "Decode" >> beam.ParDo(DecodeFn(self._ed_rule)).with_exception_handling()
-        )
         with_inlinevf = self._with_inlinevf
+        studies, bad_decode = (
+            files
+            | "Decode" >> beam.ParDo(DecodeFn(self._ed_rule, with_inlinevf=with_inlinevf))
+            .with_exception_handling()
+        )
         tensors, bad_tensor = (
             studies
             | "BuildTensor" >> beam.Map(participant_from_study, with_inlinevf=with_inlinevf)
@@ -618,30 +790,60 @@ class MeasureInlineVF(beam.PTransform):
         return measured, bad | "MeasureErrors" >> ToErrorRecords(STAGE_MEASURE)
 
 
-def load_phenotypes(path: str | None) -> dict[int, Any]:
-    """The phenotype table by eid (empty without a file); a bad file fails the run, loudly."""
-    if not path:
-        return {}
-    from beam_pipeline.phenotypes import read_phenotypes
+def load_phenotypes(path: str | None) -> Any:
+    """The ``phenotypes.PhenotypeTable`` (empty without a file); a file that cannot be read fails the
+    run, loudly (implausible values in it are recorded as unknown, see ``beam_pipeline.phenotypes``)."""
+    from beam_pipeline.phenotypes import PhenotypeTable, read_phenotype_table
 
+    if not path:
+        return PhenotypeTable()
     with filesystems.open_read(path) as stream:
-        table = read_phenotypes(filesystems.ensure_seekable(stream), source=path)
-    logger.info("read %d phenotype rows from %s", len(table), path)
-    return dict(table)
+        table = read_phenotype_table(filesystems.ensure_seekable(stream), source=path)
+    logger.info("read %d phenotype rows from %s (%s)", len(table), path,
+                "per eid x instance" if table.per_instance else "per eid")
+    return table
+
+
+def merged_centering(
+    fitted: Mapping[str, Any], fallback: Mapping[str, Any], *, min_calibration_n: int
+) -> dict[str, Any]:
+    """Per centred method, the run's fit and the fallback merged sex by sex (``mass.merge_sex_centering``)."""
+    from beam_pipeline.mass import merge_sex_centering
+
+    out = {}
+    for method in CENTERED_METHODS:
+        merged = merge_sex_centering(fitted.get(method), fallback.get(method), min_manual_n=min_calibration_n)
+        if merged is not None:
+            logger.info("sex centering for %s: offsets %s from %s", method, dict(merged.offsets_g),
+                        dict(merged.sources_by_sex))
+            out[method] = merged
+    return out
 
 
 class CalibrateAndIndex(beam.PTransform):
     """Measurements + phenotypes -> ``ResultRecord``s with calibrated mass, BSA, LVMI, LVH, LVH_p90.
 
-    Global statistics are side inputs computed from the run itself: the per-sex centering of each
-    centred method (fitted on QC-passing participants with a manual mass; else ``fallback_centering``
-    from ``--calibration`` or the model card) and the per-sex 90th percentiles of calibrated mass.
+    Phenotypes join each measurement on (eid, instance) (``PhenotypeTable.lookup``). Global statistics are
+    side inputs computed from the run itself: the per-sex centering of each centred method and the per-sex
+    90th percentiles of calibrated mass. Centering is chosen per sex: fitted on the run's QC-passing
+    participants with a manual mass when at least ``min_calibration_n`` of that sex have one, else
+    ``fallback_centering`` (``--calibration`` or the model card) for that sex if it has one, else the
+    run's fit however small; the row's ``calibration`` names the source (:func:`calibration_label`).
+
+    A record that fails here (a phenotype the arithmetic rejects...) becomes an ``ErrorRecord`` at stage
+    ``phenotypes``, never a failed job. With ``with_errors`` the transform returns ``(records, errors)``;
+    without, only the records, and the errors are logged and counted (``failed_phenotypes``).
     """
 
-    def __init__(self, phenotypes_path: str | None, fallback_centering: Mapping[str, Any] | None = None):
+    def __init__(self, phenotypes_path: str | None, fallback_centering: Mapping[str, Any] | None = None, *,
+                 min_calibration_n: int = DEFAULT_MIN_CALIBRATION_N, with_errors: bool = False):
         super().__init__()
+        if min_calibration_n < 1:
+            raise ValueError(f"min_calibration_n must be >= 1. Received: {min_calibration_n}")
         self._phenotypes_path = phenotypes_path
         self._fallback = dict(fallback_centering or {})
+        self._min_calibration_n = min_calibration_n
+        self._with_errors = with_errors
 
     def expand(self, measurements):
         from beam_pipeline.mass import fit_sex_centering, sex_percentile_thresholds
@@ -656,15 +858,21 @@ class CalibrateAndIndex(beam.PTransform):
         phenotypes_si = beam.pvalue.AsSingleton(phenotypes)
 
         def join(measurement, table):
-            return measurement, table.get(measurement.eid)
+            return measurement, table.lookup(measurement.eid, measurement.instance)
 
-        joined = measurements | "JoinPhenotypes" >> beam.Map(join, phenotypes_si)
+        joined, bad_join = (
+            measurements | "JoinPhenotypes" >> beam.Map(join, phenotypes_si).with_exception_handling())
 
         def centering_input(pair):
             measurement, phenotype = pair
             sex = phenotype.sex if phenotype is not None else None
-            if (measurement.method in CENTERED_METHODS and sex is not None
-                    and qc_pass(measurement.qc_flags)):
+            try:
+                usable = (measurement.method in CENTERED_METHODS and sex is not None
+                          and qc_pass(measurement.qc_flags))
+            except ValueError as exc:  # the same record fails (and is reported) in Calibrate
+                logger.warning("%s: left out of the centering fit: %s", measurement.source_uri, exc)
+                return
+            if usable:
                 yield measurement.method, (sex, measurement.lv_mass_raw_g, phenotype.manual_lv_mass_g)
 
         def fit(method, triples):
@@ -675,25 +883,32 @@ class CalibrateAndIndex(beam.PTransform):
             except ValueError as exc:  # no manual masses in this run: fall back (or leave raw)
                 logger.info("no sex centering fitted for %s from this run: %s", method, exc)
                 return
-            logger.info("sex centering for %s: offsets %s", method, dict(centering.offsets_g))
+            logger.info("sex centering for %s fitted on the run: offsets %s (n manual %s)", method,
+                        dict(centering.offsets_g), dict(centering.n_manual))
             yield method, centering
 
-        fitted = (
+        fallback, min_n = dict(self._fallback), self._min_calibration_n
+        centering = (
             joined
             | "CenteringInputs" >> beam.FlatMap(centering_input)
             | "GroupCenteringInputs" >> beam.GroupByKey()
             | "FitCentering" >> beam.FlatMapTuple(fit)
+            | "CollectCentering" >> beam.combiners.ToList()
+            | "MergeCentering" >> beam.Map(
+                lambda fitted: merged_centering(dict(fitted), fallback, min_calibration_n=min_n))
         )
-        fallback = dict(self._fallback)
 
-        def calibrate_all(pair, fitted_centering):
+        def calibrate_all(pair, centering_by_method):
             measurement, phenotype = pair
-            centering = {**fallback, **dict(fitted_centering)}
-            yield calibrate(measurement, phenotype, centering)
+            yield calibrate(measurement, phenotype, centering_by_method)
             if measurement.method == contracts.METHOD_INLINEVF:
-                yield calibrate(recalibrated_inlinevf(measurement), phenotype, centering)
+                yield calibrate(recalibrated_inlinevf(measurement), phenotype, centering_by_method)
 
-        calibrated = joined | "Calibrate" >> beam.FlatMap(calibrate_all, beam.pvalue.AsList(fitted))
+        calibrated, bad_calibrate = (
+            joined
+            | "Calibrate" >> beam.FlatMap(calibrate_all, beam.pvalue.AsSingleton(centering))
+            .with_exception_handling()
+        )
 
         def percentile_input(record):
             if record.sex is not None and record.lv_mass_g is not None and record.qc_pass:
@@ -713,18 +928,31 @@ class CalibrateAndIndex(beam.PTransform):
         written = Metrics.counter(NAMESPACE, "result_rows")
 
         def finish(record, thresholds_list):
+            out = apply_p90(record, dict(thresholds_list))
             written.inc()
             Metrics.counter(NAMESPACE, f"rows_{record.method}").inc()
-            return apply_p90(record, dict(thresholds_list))
+            return out
 
-        return calibrated | "LVHp90" >> beam.Map(finish, beam.pvalue.AsList(p90))
+        records, bad_p90 = (
+            calibrated
+            | "LVHp90" >> beam.Map(finish, beam.pvalue.AsList(p90)).with_exception_handling()
+        )
+        errors = (
+            (bad_join | "JoinErrors" >> ToErrorRecords(STAGE_PHENOTYPES),
+             bad_calibrate | "CalibrateErrors" >> ToErrorRecords(STAGE_PHENOTYPES),
+             bad_p90 | "LVHp90Errors" >> ToErrorRecords(STAGE_PHENOTYPES))
+            | "FlattenErrors" >> beam.Flatten()
+        )
+        return (records, errors) if self._with_errors else records
 
 
 # --- Tensorize (training data for the trainer) -----------------------------------------------------
 
 
 def tfrecord_bytes(participant: ParticipantTensor, phenotype: Any | None) -> bytes:
-    """One ``tf.train.Example`` (``beam_pipeline.tfrecord``): tensor, InlineVF labels, sex, manual mass."""
+    """One ``tf.train.Example`` (``beam_pipeline.tfrecord``): tensor, InlineVF labels, sex, manual mass,
+    and ``n_slices`` = the slices placed in the tensor (at most 13), which is what the trainer needs.
+    ``phenotype`` is the row for this participant *and visit* (``PhenotypeTable.lookup``)."""
     from beam_pipeline.tfrecord import encode_example
 
     manual = phenotype.manual_lv_mass_g if phenotype is not None else None
@@ -756,7 +984,7 @@ class EncodeExamples(beam.PTransform):
         encoded = Metrics.counter(NAMESPACE, "examples_encoded")
 
         def encode(participant, table):
-            data = tfrecord_bytes(participant, table.get(participant.eid))
+            data = tfrecord_bytes(participant, table.lookup(participant.eid, participant.instance))
             encoded.inc()
             return participant.source_uri, data
 

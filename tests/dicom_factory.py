@@ -241,6 +241,7 @@ def ukbb_participant_zip(
     rescale: tuple[float, float] = (2.0, -100.0),
     with_inlinevf: bool = True,
     outline_slices: set[int] | None = None,
+    outline_phases: set[int] | None = None,
     lax_in_inlinevf: int = 2,
     duplicate_slice: int | None = None,
     mixed_series: bool = False,
@@ -256,6 +257,9 @@ def ukbb_participant_zip(
     overlays on every phase of the outlined slices, long-axis mitral-valve images (6 mm) inside it,
     an ``Inline_VF_Results`` capture, a ``manifest.cvs`` with the unquoted-comma date, a non-DICOM
     member, UID-like shuffled names.
+
+    ``outline_phases`` limits the overlays to those phases (default: every phase); the expected
+    outline of a slice is then that of the outlined phase nearest end-diastole (phase 0).
 
     ``swap_numbers=(i, j)`` gives base slices i and j each other's bK number (positions stay true);
     ``duplicate_slice`` adds an earlier acquisition of that slice (stored values + 2000);
@@ -275,7 +279,7 @@ def ukbb_participant_zip(
         manifest_entries.append((name, description))
 
     def outline_for(k: int, phase: int) -> np.ndarray | None:
-        if k not in outline_slices:
+        if k not in outline_slices or (outline_phases is not None and phase not in outline_phases):
             return None
         outer = min(g.rows, g.cols) / 2 - 4 - 0.6 * k - phase
         return ring_outline(g.rows, g.cols, outer, outer - 5)
@@ -399,7 +403,10 @@ def ukbb_participant_zip(
         geometry=g,
         rescale=rescale,
         base_indices=kept,
-        ed_outlines=[outline_for(k, 0) for k in kept] if with_inlinevf else [None] * len(kept),
+        ed_outlines=(
+            [outline_for(k, min(outline_phases) if outline_phases else 0) for k in kept]
+            if with_inlinevf else [None] * len(kept)
+        ),
         n_dicoms=n_dicoms,
         members=members,
     )
@@ -414,6 +421,7 @@ def any_vendor_members(
     one_series: bool = True,
     rescale: tuple[float, float] = (1.0, 0.0),
     ed_phase_offset: int = 0,
+    patient_id: str = "ANON",
 ) -> FactoryZip:
     """Cine short-axis DICOMs from "another vendor": no manifest, names without meaning or extension,
     shuffled InstanceNumbers, all slices in one series (or one per slice), trigger times rotated by
@@ -444,6 +452,7 @@ def any_vendor_members(
                 pixel_spacing_mm=g.pixel_spacing_mm,
                 slice_thickness_mm=g.slice_thickness_mm,
                 rescale=rescale,
+                patient_id=patient_id,
             )
             members[f"IM{rng.randrange(10**6, 10**7)}"] = data
             count += 1
@@ -468,3 +477,66 @@ def zip_members(members: dict[str, bytes], *, compression: int = zipfile.ZIP_DEF
         for name, data in members.items():
             zf.writestr(name, data)
     return buf.getvalue()
+
+
+class BlockFetchingReader(io.RawIOBase):
+    """A read-only, seekable stream over ``data`` that fetches like a remote object's buffered reader.
+
+    Beam's GCS reader (google-cloud-storage ``BlobReader``, 16 MiB chunks) keeps one buffer: a read
+    inside it is free, a read anywhere else (after a backward seek, or past its end) fetches
+    ``block_size`` bytes from there; ``read(-1)`` fetches the rest in one request. ``bytes_fetched`` and
+    ``fetches`` count what went over the "network".
+    """
+
+    def __init__(self, data: bytes, block_size: int):
+        super().__init__()
+        self._data = data
+        self._block_size = block_size
+        self._pos = 0
+        self._buffer_start = 0
+        self._buffer = b""
+        self.bytes_fetched = 0
+        self.fetches = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._data)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def _fetch(self, start: int, size: int) -> None:
+        self._buffer_start = start
+        self._buffer = self._data[start:start + size]
+        self.bytes_fetched += len(self._buffer)
+        self.fetches += 1
+
+    def _buffered(self) -> bool:
+        return self._buffer_start <= self._pos < self._buffer_start + len(self._buffer)
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = len(self._data) - self._pos
+            if not self._buffered():
+                self._fetch(self._pos, size)
+        out = bytearray()
+        while len(out) < size and self._pos < len(self._data):
+            if not self._buffered():
+                self._fetch(self._pos, self._block_size)
+            offset = self._pos - self._buffer_start
+            chunk = self._buffer[offset:offset + size - len(out)]
+            out += chunk
+            self._pos += len(chunk)
+        return bytes(out)
+
+    def readinto(self, b) -> int:  # io.RawIOBase's own read() would come here
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)

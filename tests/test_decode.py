@@ -206,6 +206,97 @@ class TestReadsOnlyWhatItNeeds:
         assert_images_are(study, fz)
 
 
+    def test_members_visited_in_zip_order(self, standard_zip):
+        """Headers, then pixels and overlays, each in one forward sweep of the zip: a remote-style
+        reader (one buffer, refetch on any read outside it) fetches the zip about twice, where visiting
+        members by name fetched it ~17 times (the factory shuffles names against zip order)."""
+        reader = fac.BlockFetchingReader(standard_zip.data, block_size=16 * 1024)
+        study = decode_participant_zip(reader, URI + standard_zip.name)
+        assert_images_are(study, standard_zip)
+        assert reader.bytes_fetched <= 2.5 * len(standard_zip.data)
+
+    def test_each_chosen_member_parsed_once(self):
+        """InlineVF-only layout: a slice's ED frame is also its InlineVF frame; it is parsed once for
+        both pixels and overlay (header pass + one data read), not twice more."""
+        fz = fac.ukbb_participant_zip(n_slices=7, seed=21)
+        members = inlinevf_only_members(fz)
+        opened: dict[str, int] = {}
+
+        def opener(name, data):
+            def open_counted():
+                opened[name] = opened.get(name, 0) + 1
+                return io.BytesIO(data)
+
+            return open_counted
+
+        study = decode_dicom_members({n: opener(n, d) for n, d in members.items()}, "file:///vf_only")
+        assert_images_are(study, fz)
+        for k, expected in enumerate(fz.ed_outlines):
+            assert (study.outlines[k] is None) == (expected is None)
+        assert max(opened.values()) == 2  # the header pass, then one read for pixels and overlay
+
+
+def inlinevf_only_members(fz: fac.FactoryZip) -> dict[str, bytes]:
+    """The factory zip's DICOMs without its bK series: InlineVF is the only short-axis series."""
+    import pydicom
+
+    return {
+        name: data for name, data in fz.members.items()
+        if not str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SeriesDescription)
+        .startswith("CINE_segmented_SAX_b")
+    }
+
+
+class TestWithoutInlineVF:
+    """``with_inlinevf=False`` (--methods without inlinevf): no InlineVF header the manifest names, no
+    overlay, unless InlineVF is the only short-axis series (then it supplies the images)."""
+
+    def test_inlinevf_headers_and_overlays_skipped(self, standard_zip):
+        stats = DecodeStats()
+        study = decode(standard_zip, stats=stats, with_inlinevf=False)
+        assert_images_are(study, standard_zip)
+        assert study.outlines == (None,) * 8
+        assert stats.overlay_frames_decoded == 0
+        n_inlinevf = 8 * 4 + 2  # every slice x phase, plus the two long-axis mitral-valve images
+        assert stats.headers_read == standard_zip.n_dicoms - 1 - n_inlinevf  # and not Inline_VF_Results
+        assert stats.pixel_frames_decoded == 8
+
+    def test_inlinevf_only_series_still_gives_the_images(self):
+        fz = fac.ukbb_participant_zip(n_slices=7, seed=22)
+        members = inlinevf_only_members(fz)
+        import pydicom
+
+        entries = [(n, str(pydicom.dcmread(io.BytesIO(d), stop_before_pixels=True).SeriesDescription))
+                   for n, d in members.items()]
+        data = fac.zip_members({"manifest.cvs": fac.manifest_text(entries).encode(), **members})
+        stats = DecodeStats()
+        study = decode_participant_zip(io.BytesIO(data), URI + "1000001_20209_2_0.zip", stats=stats,
+                                       with_inlinevf=False)
+        assert_images_are(study, fz)
+        assert study.outlines == (None,) * 7 and stats.overlay_frames_decoded == 0
+
+    def test_folder_without_inlinevf(self):
+        fz = fac.ukbb_participant_zip(n_slices=7, seed=23)
+        stats = DecodeStats()
+        study = decode_dicom_members(fz.opener_mapping(), "file:///f", stats=stats, with_inlinevf=False)
+        assert_images_are(study, fz)
+        assert stats.overlay_frames_decoded == 0 and not study.has_inlinevf
+
+
+class TestInlineVFFrameChoice:
+    def test_nearest_outlined_phase_when_the_ed_phase_has_no_overlay(self):
+        """Overlays on phases 2 and 3 only: each outlined slice keeps the contour of phase 2 (the
+        outlined phase nearest end-diastole), instead of losing it."""
+        fz = fac.ukbb_participant_zip(n_slices=7, outline_phases={2, 3}, seed=24)
+        study = decode(fz)
+        assert sum(o is not None for o in fz.ed_outlines) == 5
+        for k, expected in enumerate(fz.ed_outlines):
+            if expected is None:
+                assert study.outlines[k] is None
+            else:
+                np.testing.assert_array_equal(study.outlines[k], expected)
+
+
 class TestAnyVendor:
     def test_folder_one_series_shuffled_instances(self):
         fz = fac.any_vendor_members(n_slices=7, n_phases=5, ed_phase_offset=2)
@@ -226,6 +317,11 @@ class TestAnyVendor:
         members["README"] = lambda: io.BytesIO(b"hello")
         study = decode_dicom_members(members, "file:///data/vendor", eid=5, instance=2)
         assert (study.eid, study.instance, study.n_slices) == (5, 2, 6)
+
+    def test_patient_id_recorded_not_taken_as_eid(self):
+        fz = fac.any_vendor_members(n_slices=6, n_phases=2, patient_id="555")
+        study = decode_dicom_members(fz.opener_mapping(), "file:///data/1000077")
+        assert study.eid is None and study.patient_id == "555"
 
     def test_non_dicom_dcm_member_raises(self):
         fz = fac.any_vendor_members(n_slices=6, n_phases=2)

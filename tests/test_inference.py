@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
 
 import apache_beam as beam
 import numpy as np
@@ -12,7 +14,13 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that
 
 from beam_pipeline import contracts
-from beam_pipeline.inference import ModelInput, SavedModelHandler, read_model_card, stack_batch
+from beam_pipeline.inference import (
+    ModelInput,
+    SavedModelHandler,
+    read_model_card,
+    resolve_model_dir,
+    stack_batch,
+)
 from tests.savedmodel_factory import band_labels, band_mass_g, save_band_regressor, save_band_segmenter
 
 LOW, HIGH = 0.5, 1.5
@@ -140,3 +148,33 @@ def test_keyed_run_inference_in_a_pipeline(seg_dir):
             | beam.MapTuple(lambda key, result: (key, int(result.inference.sum())))
         )
         assert_that(out, check)
+
+
+class TestBundledModel:
+    """A bundled model travels as ``bundled:<kind>`` and is found in the package where it is loaded
+    (a Dataflow worker), not at the launcher's absolute install path."""
+
+    def test_marker_resolved_where_the_model_is_loaded(self, seg_dir, tmp_path, monkeypatch):
+        from beam_pipeline import inference
+        from beam_pipeline.pipeline import parse_args
+
+        launcher, worker = tmp_path / "launcher" / "models", tmp_path / "worker" / "models"
+        shutil.copytree(seg_dir, launcher / "ml4h_seg")
+        monkeypatch.setattr(inference, "bundled_models_root", lambda: launcher)
+        config, _ = parse_args([f"--input={tmp_path}/*.zip", f"--output={tmp_path}/out",
+                                "--methods=ml4h_seg,inlinevf"])
+        assert config.model_seg == "bundled:ml4h_seg"
+        handler = SavedModelHandler(config.model_seg, kind=contracts.MODEL_KIND_SEG)
+        handler = pickle.loads(pickle.dumps(handler))  # as shipped to a worker
+
+        # the "worker": the package lives elsewhere and the launcher's path does not exist there
+        shutil.copytree(seg_dir, worker / "ml4h_seg")
+        shutil.rmtree(launcher)
+        monkeypatch.setattr(inference, "bundled_models_root", lambda: worker)
+        model = handler.load_model()
+        assert model.card.version == "band-seg-1"
+        assert read_model_card("bundled:ml4h_seg", expected_kind="ml4h_seg").kind == "ml4h_seg"
+        assert resolve_model_dir("bundled:ml4h_seg") == str(worker / "ml4h_seg")
+        assert resolve_model_dir("gs://b/seg") == "gs://b/seg"
+        with pytest.raises(ValueError, match="unknown bundled model 'bundled:unet'"):
+            resolve_model_dir("bundled:unet")

@@ -14,6 +14,7 @@ from beam_pipeline.mass import (
     is_lvh_percentile,
     lvmi_g_m2,
     measure_label_volume,
+    merge_sex_centering,
     myocardium_mass_g,
     recalibrate_inlinevf_g,
     sex_percentile_thresholds,
@@ -220,3 +221,34 @@ class TestPercentiles:
 
     def test_default_is_the_papers(self):
         assert contracts.LVH_PERCENTILE == 90.0
+
+
+class TestMergeSexCentering:
+    """The run's own fit and a fallback, merged sex by sex (not method by method)."""
+
+    FALLBACK = SexCentering(offsets_g={"female": -30.0, "male": -50.0}, source="model_card")
+
+    def _fitted(self, n_female: int, n_male: int | None) -> SexCentering:
+        offsets = {"female": -20.0} if n_male is None else {"female": -20.0, "male": -45.0}
+        counts = {"female": n_female} if n_male is None else {"female": n_female, "male": n_male}
+        return SexCentering(offsets_g=offsets, n_manual=counts, source="run")
+
+    def test_a_sex_missing_from_the_run_keeps_the_fallback(self):
+        merged = merge_sex_centering(self._fitted(12, None), self.FALLBACK, min_manual_n=10)
+        assert dict(merged.offsets_g) == {"female": -20.0, "male": -50.0}
+        assert dict(merged.sources_by_sex) == {"female": "run", "male": "model_card"}
+        assert merged.apply(150.0, "male") == 100.0 and merged.source_for("female") == "run"
+
+    def test_too_few_manual_masses_prefer_the_fallback(self):
+        merged = merge_sex_centering(self._fitted(3, 40), self.FALLBACK, min_manual_n=10)
+        assert dict(merged.sources_by_sex) == {"female": "model_card", "male": "run"}
+        assert dict(merged.offsets_g) == {"female": -30.0, "male": -45.0}
+
+    def test_without_fallback_a_small_fit_is_still_used(self):
+        merged = merge_sex_centering(self._fitted(3, None), None, min_manual_n=10)
+        assert dict(merged.offsets_g) == {"female": -20.0} and merged.source_for("female") == "run"
+
+    def test_nothing_to_merge(self):
+        assert merge_sex_centering(None, None, min_manual_n=10) is None
+        with pytest.raises(ValueError, match="min_manual_n must be >= 1, got 0"):
+            merge_sex_centering(None, self.FALLBACK, min_manual_n=0)

@@ -7,7 +7,14 @@ import io
 import pandas as pd
 import pytest
 
-from beam_pipeline.phenotypes import Phenotype, parse_sex, phenotypes_from_frame, read_phenotypes
+from beam_pipeline.phenotypes import (
+    Phenotype,
+    parse_sex,
+    phenotype_table_from_frame,
+    phenotypes_from_frame,
+    read_phenotype_table,
+    read_phenotypes,
+)
 from beam_pipeline.schema import PHENOTYPE_COLUMNS
 
 
@@ -131,3 +138,45 @@ class TestReadPhenotypes:
     def test_unreadable_parquet(self):
         with pytest.raises(ValueError, match=r"p.parquet: cannot read phenotypes as Parquet"):
             read_phenotypes(io.BytesIO(b"eid,sex\n1,0\n"), source="p.parquet")
+
+
+class TestImplausibleValues:
+    def test_recorded_as_unknown_not_raised(self):
+        """Height 0 cm, a negative weight or a negative manual mass cannot be true: unknown (None), so
+        BSA/LVMI are unknown for that participant and the run goes on."""
+        df = pd.DataFrame({"eid": [1, 2, 3], "sex": [0, 1, 1], "age": [60, -1, 70],
+                           "height_cm": [0.0, 180.0, 172.0], "weight_kg": [60.0, -80.0, 75.0],
+                           "manual_lv_mass_g": [90.0, -5.0, 0.0]})
+        out = phenotypes_from_frame(df, source="p.csv")
+        assert out[1].height_cm is None and out[1].weight_kg == 60.0
+        assert out[2].weight_kg is None and out[2].age is None and out[2].manual_lv_mass_g is None
+        assert out[3].manual_lv_mass_g is None and (out[3].height_cm, out[3].weight_kg) == (172.0, 75.0)
+
+
+class TestPhenotypeTable:
+    def test_without_instance_manual_mass_goes_to_instance_2_only(self):
+        table = phenotype_table_from_frame(frame(), source="p.csv")
+        assert not table.per_instance and len(table) == 3
+        assert table.lookup(1000001, 2).manual_lv_mass_g == 80.0
+        repeat = table.lookup(1000001, 3)
+        assert repeat.manual_lv_mass_g is None and (repeat.sex, repeat.height_cm) == ("female", 165.0)
+        assert table.lookup(1000001, 0).manual_lv_mass_g is None  # visit unknown: not the manual one
+        assert table.lookup(999, 2) is None
+
+    def test_with_instance_each_visit_has_its_row(self, tmp_path):
+        path = tmp_path / "visits.csv"
+        path.write_text("eid,instance,sex,age,manual_lv_mass_g\n7,2,male,60,100\n7,3,male,63,\n")
+        with path.open("rb") as fp:
+            table = read_phenotype_table(fp, source=str(path))
+        assert table.per_instance
+        assert (table.lookup(7, 2).age, table.lookup(7, 2).manual_lv_mass_g) == (60.0, 100.0)
+        assert (table.lookup(7, 3).age, table.lookup(7, 3).manual_lv_mass_g) == (63.0, None)
+        assert table.lookup(7, 0) is None
+
+    def test_duplicate_visit_and_bad_instance(self):
+        df = pd.DataFrame({"eid": [7, 7], "instance": [2, 2], "sex": [0, 0]})
+        with pytest.raises(ValueError, match=r"p.csv: eid 7 instance 2 appears more than once"):
+            phenotype_table_from_frame(df, source="p.csv")
+        df = pd.DataFrame({"eid": [7], "instance": ["second"], "sex": [0]})
+        with pytest.raises(ValueError, match=r"p.csv row 1: instance 'second' is not an integer"):
+            phenotype_table_from_frame(df, source="p.csv")

@@ -23,6 +23,7 @@ import pytest
 from beam_pipeline import contracts
 from beam_pipeline.pipeline import ConfigError, fallback_centering, main, parse_args, run
 from beam_pipeline.schema import ERRORS_SCHEMA, RESULTS_FILE_SCHEMA, RESULTS_SCHEMA
+from tests.dicom_factory import ukbb_participant_zip
 from tests.savedmodel_factory import save_band_regressor, save_band_segmenter
 
 pytestmark = pytest.mark.slow
@@ -233,6 +234,70 @@ def test_example_sql_runs(e2e):
     per_method = {r[0]: r[1] for r in outputs[0]}
     assert per_method == {m: GOOD_PARTICIPANTS for m in contracts.ALL_METHODS}
     assert sum(r[2] for r in outputs[4]) == len(e2e["broken"])
+    check_every_query(outputs, e2e)
+
+
+def _mean(values):
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def _approx(value, digits):
+    """DuckDB's ROUND(x, digits), compared to an unrounded mean: within half a unit of the last digit."""
+    return None if value is None else pytest.approx(value, abs=0.5 * 10**-digits + 1e-9)
+
+
+def check_every_query(outputs, e2e) -> None:
+    """Each example query's result, recomputed in Python from the rows and errors it reads."""
+    from collections import Counter
+
+    table = results(e2e["out"])
+    rows = [dict(zip(table.columns, r, strict=True)) for r in table.fetchall()]
+    methods = sorted({r["method"] for r in rows})
+
+    # 1. per method summary
+    expected_1 = []
+    for m in methods:
+        of = [r for r in rows if r["method"] == m]
+        expected_1.append((m, len(of), _approx(_mean([r["lv_mass_raw_g"] for r in of]), 1),
+                           _approx(_mean([r["lv_mass_g"] for r in of]), 1),
+                           _approx(_mean([r["lvmi_g_m2"] for r in of]), 1),
+                           sum(bool(r["lvh"]) for r in of), sum(bool(r["lvh_p90"]) for r in of),
+                           sum(bool(r["qc_pass"]) for r in of)))
+    assert outputs[0] == expected_1
+
+    # 2. sex-stratified, QC-passing rows with a sex
+    expected_2 = []
+    for m in methods:
+        for sex in sorted({r["sex"] for r in rows if r["method"] == m and r["qc_pass"] and r["sex"]}):
+            of = [r for r in rows if r["method"] == m and r["qc_pass"] and r["sex"] == sex]
+            expected_2.append((m, sex, len(of), _approx(_mean([r["lv_mass_g"] for r in of]), 1),
+                               _approx(float(np.mean([bool(r["lvh"]) for r in of])), 3)))
+    assert outputs[1] == expected_2
+
+    # 3. ML4H_seg vs InlineVF, paired per participant x instance
+    def masses(method):
+        return {(r["eid"], r["instance"]): r["lv_mass_g"] for r in rows if r["method"] == method}
+
+    seg, vf = masses(contracts.METHOD_ML4H_SEG), masses(contracts.METHOD_INLINEVF)
+    expected_3 = [(*key, seg[key], vf[key],
+                   None if seg[key] is None or vf[key] is None else pytest.approx(seg[key] - vf[key]))
+                  for key in sorted(seg.keys() & vf.keys())]
+    assert len(expected_3) == GOOD_PARTICIPANTS
+    assert outputs[2] == expected_3
+
+    # 4. failing rows only, by their non-informational flags
+    failing = Counter((r["method"], f) for r in rows if not r["qc_pass"] for f in r["qc_flags"]
+                      if f not in contracts.QC_INFORMATIONAL_FLAGS)
+    assert sorted(outputs[3]) == sorted((m, f, n) for (m, f), n in failing.items())
+    assert all(n >= 1 for *_, n in outputs[3])
+    # every failing row appears; no passing row's flag (no_phenotype here) is counted
+    assert {m for m, _, _ in outputs[3]} == {r["method"] for r in rows if not r["qc_pass"]}
+    assert not any(f == contracts.QC_NO_PHENOTYPE for _, f, _ in outputs[3])
+
+    # 5. dead letters by stage and error type
+    expected_5 = Counter((stage, "DecodeError") for stage, _, _ in e2e["broken"].values())
+    assert sorted(outputs[4]) == sorted((stage, kind, n) for (stage, kind), n in expected_5.items())
 
 
 def test_inlinevf_raw_mass_tracks_the_truth(e2e):
@@ -348,3 +413,31 @@ def test_saved_label_volumes_are_the_ones_measured(e2e):
             assert labels.shape == contracts.LABEL_VOLUME_SHAPE and labels.dtype == np.uint8
             assert measure_label_volume(labels, spacing).lv_mass_raw_g == pytest.approx(
                 rows[(eid, method)], rel=1e-12)
+
+
+def test_a_folder_of_dicoms_is_an_input(tmp_path):
+    """``--input 'dicoms/*'``: a participant folder of DICOMs (a synthetic ``single_series`` participant,
+    the any-vendor layout) beside a UK Biobank zip. The folder is listed through Beam's FileSystems and
+    decoded; its eid is the folder's name (not the DICOMs' PatientID), and the summary reconciles."""
+    from lvmass.synth import SynthConfig, render_participant
+
+    data = render_participant(2345678, 3, SynthConfig(layout="single_series"))
+    inputs = tmp_path / "dicoms"
+    folder = inputs / "1000555"
+    folder.mkdir(parents=True)
+    with zipfile.ZipFile(io.BytesIO(data.zip_bytes)) as zf:
+        for info in zf.infolist():
+            (folder / info.filename).write_bytes(zf.read(info))
+    z = ukbb_participant_zip(1000001, n_slices=8, seed=1)
+    (inputs / z.name).write_bytes(z.data)
+
+    out = tmp_path / "out"
+    summary = run([f"--input={inputs}/*", f"--output={out}", "--methods=inlinevf", "--runner=FnApiRunner"])
+    assert (summary["inputs_matched"], summary["participants_written"], summary["participants_failed"]) == (
+        2, 2, 0)
+    assert summary["reconciled"]
+    rows = duckdb.sql(
+        f"SELECT eid, instance, source_uri, n_slices FROM read_parquet('{out}/lvmass/*/*.parquet', "
+        "hive_partitioning = true) WHERE method = 'inlinevf' ORDER BY eid").fetchall()
+    assert rows == [(1000001, 2, str(inputs / z.name), 8),
+                    (1000555, 0, str(folder), int(data.truth["n_slices"]))]

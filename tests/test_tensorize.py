@@ -68,3 +68,19 @@ def test_tensorize_writes_parseable_examples(tmp_path):
     assert male[contracts.FEATURE_HAS_MANUAL_MASS] == 1
     assert male[contracts.FEATURE_MANUAL_MASS] == pytest.approx(101.5)
     assert female[contracts.FEATURE_HAS_MANUAL_MASS] == 0 and np.isnan(female[contracts.FEATURE_MANUAL_MASS])
+
+
+def test_n_slices_is_the_slices_in_the_tensor():
+    """The TFRecord's n_slices counts the slices placed in the 13-slot tensor (what the trainer masks
+    by), not the acquired ones: 15 acquired -> 13."""
+    from beam_pipeline.phenotypes import Phenotype
+    from beam_pipeline.transforms import participant_from_study, tfrecord_bytes
+
+    z = ukbb_participant_zip(1000015, n_slices=15, n_phases=2, seed=15)
+    study = decode_participant_zip(io.BytesIO(z.data), z.name)
+    participant = participant_from_study(study, with_inlinevf=True)
+    assert (participant.n_slices, participant.n_slices_used) == (15, contracts.TENSOR_SLICES)
+    assert contracts.QC_TOO_MANY_SLICES_TRUNCATED in participant.qc_flags
+    example = parse_example(tfrecord_bytes(participant, Phenotype(eid=1000015, sex="male")))
+    assert int(example[contracts.FEATURE_N_SLICES]) == contracts.TENSOR_SLICES
+    assert int(example[contracts.FEATURE_HAS_LABELS]) == 1

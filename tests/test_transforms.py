@@ -7,6 +7,8 @@ with exactly the myocardial mass of those labels.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import math
 from pathlib import Path
 
@@ -17,9 +19,10 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import PIPELINE_VERSION, contracts
+from beam_pipeline.decode import decode_dicom_members, decode_participant_zip
 from beam_pipeline.inference import SavedModelHandler
 from beam_pipeline.mass import SexCentering
-from beam_pipeline.phenotypes import Phenotype
+from beam_pipeline.phenotypes import Phenotype, PhenotypeTable
 from beam_pipeline.schema import RESULTS_FILE_SCHEMA, ErrorRecord
 from beam_pipeline.study import DecodedStudy, DecodeError
 from beam_pipeline.summary import OutputRow, build_summary, error_reason
@@ -28,6 +31,7 @@ from beam_pipeline.transforms import (
     CALIBRATION_NONE,
     CALIBRATION_SEX_CENTERED,
     CalibrateAndIndex,
+    DecodeFn,
     DecodeParticipants,
     Measurement,
     ReadParticipants,
@@ -36,12 +40,14 @@ from beam_pipeline.transforms import (
     apply_p90,
     calibrate,
     error_record,
+    load_phenotypes,
     measure_inlinevf,
     participant_from_study,
+    participant_ids,
     recalibrated_inlinevf,
     results_file_row,
 )
-from tests.dicom_factory import any_vendor_members, ukbb_participant_zip, zip_members
+from tests.dicom_factory import BlockFetchingReader, any_vendor_members, ukbb_participant_zip, zip_members
 from tests.savedmodel_factory import save_band_segmenter
 
 # float32-exact spacings, so the float32 tensor spacing and the float64 headers agree bit for bit
@@ -333,3 +339,162 @@ class TestSummary:
                                 errors=[], mode="infer", options={})
         assert summary["reconciled"] is False
         assert summary["unaccounted_inputs"] == ["b.zip"]
+
+
+# --- Findings of the pipeline review -----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FakeReadableFile:
+    """What ``fileio.ReadMatches`` hands the decoder: metadata and an ``open()``."""
+
+    metadata: object
+    stream: object
+
+    def open(self, mime_type="application/octet-stream", compression_type=None):
+        return self.stream
+
+
+class TestRemoteZipIsFetchedOnce:
+    def _readable(self, path: str, data: bytes) -> tuple[FakeReadableFile, BlockFetchingReader]:
+        from apache_beam.io.filesystem import FileMetadata
+
+        reader = BlockFetchingReader(data, block_size=16 * 1024)
+        return FakeReadableFile(FileMetadata(path, len(data)), reader), reader
+
+    def test_gs_zip_is_fetched_exactly_once(self):
+        """A gs:// zip is read whole into memory before decoding: one pass over the object, where
+        seeking in the remote stream fetched it ~17 times over (refetch on each backward seek)."""
+        z = ukbb_participant_zip(1000001, n_slices=8, seed=3)
+        readable, reader = self._readable(f"gs://b/20209/{z.name}", z.data)
+        (study,) = DecodeFn("first_trigger_time").process(readable)
+        assert study.n_slices == 8 and study.has_inlinevf
+        assert reader.bytes_fetched == len(z.data)
+
+    def test_local_zip_is_streamed(self, tmp_path):
+        """A local zip stays a seekable stream: only the members needed are read, not the whole file."""
+        z = ukbb_participant_zip(1000001, n_slices=8, seed=3)
+        readable, reader = self._readable(str(tmp_path / z.name), z.data)
+        (study,) = DecodeFn("first_trigger_time", with_inlinevf=False).process(readable)
+        assert study.n_slices == 8 and not study.has_inlinevf
+        assert reader.fetches > 1  # read on demand, never in one request
+
+
+class TestParticipantIds:
+    """File or folder name first, a numeric PatientID (0010,0020) only as the last resort."""
+
+    @pytest.fixture(scope="class")
+    def vendor(self):
+        return any_vendor_members(n_slices=6, n_phases=2, patient_id="555")
+
+    def test_zip_name_beats_numeric_patient_id(self, vendor):
+        study = decode_participant_zip(io.BytesIO(zip_members(vendor.members)), "gs://b/1000077_3.zip")
+        assert participant_ids(study) == (1000077, 3)
+
+    def test_folder_names(self, vendor):
+        for uri, expected in (("gs://b/dicoms/1000078/", (1000078, 0)),
+                              ("/data/1000079_20209_3_0", (1000079, 3))):
+            assert participant_ids(decode_dicom_members(vendor.opener_mapping(), uri)) == expected
+
+    def test_patient_id_is_the_last_resort(self, vendor):
+        study = decode_participant_zip(io.BytesIO(zip_members(vendor.members)), "gs://b/scan.zip")
+        assert participant_ids(study) == (555, 0)
+
+
+def test_geometry_flags_come_from_the_decoder_once(monkeypatch):
+    """participant_from_study keeps the decoder's geometry flags and does not recompute them."""
+    import beam_pipeline.qc as qc
+
+    z = ukbb_participant_zip(1000001, n_slices=9, drop_slice=4, seed=7)
+    study = decode_participant_zip(io.BytesIO(z.data), z.name)
+    calls = []
+    monkeypatch.setattr(qc, "geometry_qc_flags", lambda *args: calls.append(args) or ())
+    participant = participant_from_study(study, with_inlinevf=False)
+    assert calls == []
+    assert contracts.QC_NONCONTIGUOUS_SLICES in participant.qc_flags
+
+
+def test_a_record_calibration_rejects_is_a_dead_letter(monkeypatch):
+    """A phenotype the arithmetic rejects (height 0: DuBois raises) costs that participant one error row
+    at stage ``phenotypes``; the others are written and the job goes on."""
+    from beam_pipeline import transforms
+
+    bad = Phenotype(eid=2, sex="female", height_cm=0.0, weight_kg=60.0)  # not through the reader
+    table = PhenotypeTable(rows={(1, None): MALE, (2, None): bad})
+    monkeypatch.setattr(transforms, "load_phenotypes", lambda path: table)
+    measurements = [measurement(method=contracts.METHOD_ML4H_REG, raw=130.0, eid=1),
+                    measurement(method=contracts.METHOD_INLINEVF, raw=150.0, eid=2)]
+    with BeamTestPipeline(runner="FnApiRunner") as p:
+        records, errors = p | beam.Create(measurements) | CalibrateAndIndex(None, with_errors=True)
+        assert_that(records | beam.Map(lambda r: (r.eid, r.method)),
+                    equal_to([(1, contracts.METHOD_ML4H_REG)]))
+        assert_that(errors | beam.Map(lambda e: (e.eid, e.instance, e.stage, e.error_type, e.source_uri)),
+                    equal_to([(2, 2, "phenotypes", "ValueError", "gs://b/2_20209_2_0.zip")]), label="Errors")
+
+
+def test_centering_is_merged_per_sex_with_a_minimum_count(tmp_path):
+    """Run: 12 men and 3 women with a manual mass (default minimum 10). Men are centred on the run's own
+    fit; women on the --calibration fallback (their 3 manual masses are too few), and the calibration
+    column says which."""
+    rows, measurements = ["eid,sex,height_cm,weight_kg,manual_lv_mass_g"], []
+    for eid in range(1, 16):
+        sex = "male" if eid <= 12 else "female"
+        manual = 100.0 + eid if sex == "male" else 80.0 + eid
+        rows.append(f"{eid},{sex},175,75,{manual}")
+        measurements.append(measurement(method=contracts.METHOD_INLINEVF, raw=1.5 * manual, eid=eid))
+    pheno = tmp_path / "pheno.csv"
+    pheno.write_text("\n".join(rows) + "\n")
+    fallback = {contracts.METHOD_INLINEVF: SexCentering.from_means(
+        {"female": 120.0, "male": 160.0}, {"female": 70.0, "male": 100.0}, source="calibration_file")}
+    male_manual = [100.0 + eid for eid in range(1, 13)]
+
+    def check(records):
+        vf = {r.eid: r for r in records if r.method == contracts.METHOD_INLINEVF}
+        assert len(vf) == 15
+        for r in vf.values():
+            if r.sex == "male":
+                assert r.calibration == CALIBRATION_SEX_CENTERED
+            else:
+                assert r.calibration == f"{CALIBRATION_SEX_CENTERED}:calibration_file"
+                assert r.lv_mass_g == pytest.approx(r.lv_mass_raw_g - 50.0)
+        men = [r.lv_mass_g for r in vf.values() if r.sex == "male"]
+        assert np.mean(men) == pytest.approx(np.mean(male_manual))
+
+    with BeamTestPipeline(runner="FnApiRunner") as p:
+        records = p | beam.Create(measurements) | CalibrateAndIndex(str(pheno), fallback)
+        assert_that(records, check)
+
+
+def test_manual_mass_joins_the_first_imaging_visit_only(tmp_path):
+    """Without an instance column, sex/height/weight go to every visit, manual mass to instance 2 only;
+    with one, each visit gets its own row."""
+    plain = tmp_path / "plain.csv"
+    plain.write_text("eid,sex,height_cm,weight_kg,manual_lv_mass_g\n1,male,180,80,101.5\n")
+    table = load_phenotypes(str(plain))
+    first, repeat = table.lookup(1, 2), table.lookup(1, 3)
+    assert first.manual_lv_mass_g == 101.5 and repeat.manual_lv_mass_g is None
+    assert (repeat.sex, repeat.height_cm, repeat.weight_kg) == ("male", 180.0, 80.0)
+    per_visit = tmp_path / "visits.csv"
+    per_visit.write_text("eid,instance,sex,weight_kg,manual_lv_mass_g\n1,2,male,80,101.5\n1,3,male,84,110\n")
+    table = load_phenotypes(str(per_visit))
+    assert (table.lookup(1, 2).weight_kg, table.lookup(1, 2).manual_lv_mass_g) == (80.0, 101.5)
+    assert (table.lookup(1, 3).weight_kg, table.lookup(1, 3).manual_lv_mass_g) == (84.0, 110.0)
+    assert table.lookup(1, 0) is None
+
+
+def test_calibration_sees_only_the_visits_manual_mass(tmp_path):
+    """A repeat-visit scan does not take part in the centering fit with the first visit's manual mass."""
+    pheno = tmp_path / "pheno.csv"
+    pheno.write_text("eid,sex,height_cm,weight_kg,manual_lv_mass_g\n1,male,180,80,100\n2,male,180,80,80\n")
+    measurements = [measurement(method=contracts.METHOD_INLINEVF, raw=150.0, eid=1),
+                    dataclasses.replace(measurement(method=contracts.METHOD_INLINEVF, raw=150.0, eid=1),
+                                        instance=3, source_uri="gs://b/1_20209_3_0.zip"),
+                    measurement(method=contracts.METHOD_INLINEVF, raw=150.0, eid=2)]
+
+    def check(records):
+        vf = [r for r in records if r.method == contracts.METHOD_INLINEVF]
+        # manual mean over the two first-visit scans (90 g), not over three with 100 g twice (93.3 g)
+        assert [r.lv_mass_g for r in vf] == pytest.approx([90.0, 90.0, 90.0])
+
+    with BeamTestPipeline(runner="FnApiRunner") as p:
+        assert_that(p | beam.Create(measurements) | CalibrateAndIndex(str(pheno)), check)

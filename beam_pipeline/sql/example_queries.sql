@@ -48,13 +48,17 @@ JOIN lvmass AS b
 WHERE a.method = 'ml4h_seg' AND b.method = 'inlinevf'
 ORDER BY a.eid, a.instance;
 
--- 4. Participants failing QC, with their flags (one row per flag).
+-- 4. Participants failing QC, by the flags that failed them (one row per method and flag; a participant
+--    failing on two flags counts under both). Informational flags (no_phenotype,
+--    duplicate_slice_acquisition: contracts.QC_INFORMATIONAL_FLAGS) never fail a row and are left out.
 SELECT
   method,
   flag,
   COUNT(*) AS participants
 FROM lvmass
 CROSS JOIN UNNEST(qc_flags) AS flag
+WHERE qc_pass = false
+  AND flag NOT IN ('no_phenotype', 'duplicate_slice_acquisition')
 GROUP BY method, flag
 ORDER BY method, participants DESC, flag;
 

@@ -15,13 +15,15 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from beam_pipeline.contracts import SAX_FIELD_ID
+from beam_pipeline.contracts import MYOCARDIAL_DENSITY_G_PER_ML, SAX_FIELD_ID
+from beam_pipeline.mass import bsa_dubois_m2
 from lvmass.synth import dicom_writer as dw
 from lvmass.synth.anatomy import (
     N_PHASES,
     SLICE_SPACING_MM,
     SLICE_THICKNESS_MM,
     LVAnatomy,
+    TrueVolumes,
     build_anatomy,
     true_volumes,
 )
@@ -35,8 +37,10 @@ from lvmass.synth.inlinevf import (
     raw_mass_g,
     slice_curves,
 )
-from lvmass.synth.population import draw_demographics, draw_diseases, dubois_bsa_m2, fit_disease_model
+from lvmass.synth.population import Demographics, draw_demographics, draw_diseases, fit_disease_model
 from lvmass.synth.render import (
+    Appearance,
+    Body,
     HeartSlice,
     bias_field,
     draw_appearance,
@@ -105,14 +109,21 @@ def _rotate(vec: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Acquisition:
-    """Scanner geometry of one participant's short-axis stack (patient LPS, mm)."""
+    """Scanner geometry of one participant's short-axis stack (patient LPS, mm).
+
+    The images are in the usual short-axis display: seen from the apex, anterior wall at the top (``v``
+    points posterior), the RV on the viewer's left (``u`` points to the patient's left). The slice normal
+    ``u x v`` therefore points from the apex towards the base; the stack is planned base to apex along
+    ``n = -(u x v)``, so b1 is the most basal slice and ImagePositionPatient moves 10 mm along ``n`` per
+    slice.
+    """
 
     rows: int
     cols: int
     pixel_spacing_mm: tuple[float, float]  # PixelSpacing (0028,0030): row spacing, column spacing
-    u: np.ndarray  # row direction cosine (0020,0037)[0:3]
-    v: np.ndarray  # column direction cosine (0020,0037)[3:6]
-    n: np.ndarray  # slice normal u x v, base -> apex
+    u: np.ndarray  # row direction cosine (0020,0037)[0:3]: image right = patient left
+    v: np.ndarray  # column direction cosine (0020,0037)[3:6]: image down = posterior
+    n: np.ndarray  # the LV long axis, base -> apex: -(u x v)
     origin: np.ndarray  # heart origin (centre of the base plane), LPS
     centre_px: tuple[float, float]  # where the heart axis crosses the image (row, col), no misregistration
     z_nominal_mm: tuple[float, ...]  # slice centres along n relative to the origin
@@ -136,14 +147,21 @@ class Acquisition:
     def iop(self) -> list[float]:
         return [*self.u.tolist(), *self.v.tolist()]
 
+    @property
+    def slice_normal(self) -> np.ndarray:
+        """u x v, the normal of ImageOrientationPatient (apex -> base)."""
+        return np.cross(self.u, self.v)
+
 
 def _draw_orientation(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A tilted short-axis plane: the normal is the LV long axis (apex left, anterior, inferior)."""
+    """A tilted short-axis plane (u, v, n): n is the LV long axis, base -> apex (apex left, anterior,
+    inferior); v (image down) is posterior within the plane, rotated a little; u = n x v (image right) is
+    then towards the patient's left, so u x v = -n: the image is seen from the apex, RV on the left."""
     n = _unit(np.array([0.55, -0.45, -0.70]) + rng.normal(0.0, 0.08, 3))
     posterior = np.array([0.0, 1.0, 0.0])  # image down = posterior (anterior chest wall at the top)
     v = _unit(posterior - np.dot(posterior, n) * n)
     v = _unit(_rotate(v, n, float(rng.normal(0.0, 0.25))))
-    u = np.cross(v, n)
+    u = np.cross(n, v)
     return u, v, n
 
 
@@ -186,8 +204,11 @@ def _draw_acquisition(
     )
 
 
-def _plane_rel(acq: Acquisition, k: int, extra_shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-    """Pixel centres of slice k relative to the displaced anatomy's origin (LPS)."""
+def slice_points_rel(
+    acq: Acquisition, k: int, extra_shift: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
+    """LPS coordinates (rows, cols, 3) of slice k's pixel centres relative to the heart origin as that
+    slice's breath-hold displaced it: where each pixel lies in the anatomy and the chest (``Body``)."""
     pts = plane_points(acq.ipp(k), acq.u, acq.v, acq.rows, acq.cols, acq.pixel_spacing_mm)
     dx, dy = acq.shifts_mm[k][0] + extra_shift[0], acq.shifts_mm[k][1] + extra_shift[1]
     eps = acq.z_nominal_mm[k] - acq.z_anatomy_mm[k]
@@ -285,33 +306,146 @@ def _mr_dataset(study: dict[str, Any], acq: Acquisition, *, siemens: bool, spaci
     return ds
 
 
-def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -> ParticipantData:
-    """Build one participant in memory (see the module docstring)."""
-    cfg = config or SynthConfig()
-    (r_pop, r_anat, r_acq, r_app, r_vf, r_noise, r_dicom, r_extra) = participant_rngs(seed, eid)
-    scale = cfg.appearance_scale
+@dataclass(frozen=True)
+class ParticipantTruth:
+    """A participant without images: demographics, anatomy, scanner geometry and the truth measured on
+    them (true volumes, BSA, LVMI), disease status and the simulated manual reading.
+
+    Drawn from the participant's population, anatomy and acquisition streams only, so
+    :func:`participant_truth` gives exactly what :func:`render_participant` writes, at a fraction of the
+    cost (for population-level checks at scale).
+    """
+
+    eid: int
+    demographics: Demographics
+    anatomy: LVAnatomy
+    acquisition: Acquisition
+    volumes: TrueVolumes
+    bsa_m2: float
+    lvmi_g_m2: float
+    diseases: dict[str, int]
+    manual_lv_mass_g: float | str  # "" when the participant has no manual mass
+
+    def phenotype_row(self) -> dict[str, Any]:
+        """The phenotypes.csv row (PHENOTYPE_COLUMNS)."""
+        demo = self.demographics
+        return {
+            "eid": self.eid,
+            "sex": demo.sex,
+            "age": demo.age,
+            "height_cm": demo.height_cm,
+            "weight_kg": demo.weight_kg,
+            **self.diseases,
+            "manual_lv_mass_g": self.manual_lv_mass_g,
+        }
+
+    def truth_row(self, instance: int) -> dict[str, Any]:
+        """The truth.csv columns known without images."""
+        demo, acq, vol = self.demographics, self.acquisition, self.volumes
+        lv_slices = [k for k in range(acq.n_slices) if vol.myocardium_area_mm2[k] > 0]
+        return {
+            "eid": self.eid,
+            "instance": instance,
+            "sex": demo.sex,
+            "n_slices": acq.n_slices,
+            "rows": acq.rows,
+            "cols": acq.cols,
+            "pixel_spacing_row_mm": acq.pixel_spacing_mm[0],
+            "pixel_spacing_col_mm": acq.pixel_spacing_mm[1],
+            "slice_spacing_mm": SLICE_SPACING_MM,
+            "slice_thickness_mm": SLICE_THICKNESS_MM,
+            "true_myocardium_volume_ml": round(vol.myocardium_volume_ml, 4),
+            "true_lv_mass_g": round(vol.lv_mass_g, 4),
+            "true_lv_cavity_volume_ml": round(vol.cavity_volume_ml, 4),
+            "bsa_m2": round(self.bsa_m2, 5),
+            "true_lvmi_g_m2": round(self.lvmi_g_m2, 4),
+            "age": demo.age,
+            "height_cm": demo.height_cm,
+            "weight_kg": demo.weight_kg,
+            **self.diseases,
+            "manual_lv_mass_g": self.manual_lv_mass_g,
+            "target_lv_mass_g": round(demo.target_lv_mass_g, 3),
+            "first_lv_slice": 1 + min(lv_slices, default=-1),
+            "last_lv_slice": 1 + max(lv_slices, default=-1),
+            "myocardium_area_mm2": " ".join(f"{a:.2f}" for a in vol.myocardium_area_mm2),
+            "epi_apex_mm": round(self.anatomy.epi_apex_z_mm, 3),
+            "slice1_z_mm": round(acq.z_anatomy_mm[0], 3),
+        }
+
+
+# The RV's direction from the LV in patient LPS: to the patient's right, anterior and inferior (the RV
+# forms most of the heart's anterior and diaphragmatic surfaces); in the short-axis display it lies on
+# the viewer's left, slightly towards the top.
+RV_DIRECTION_LPS = np.array([-0.7, -0.5, -0.5])
+
+
+def _draw_truth(eid: int, cfg: SynthConfig, streams: list[np.random.Generator]) -> ParticipantTruth:
+    r_pop, r_anat, r_acq = streams[:3]
     demo = draw_demographics(r_pop)
     orientation = _draw_orientation(r_acq)
     u, v, _ = orientation
-    d_rv = np.array([-0.75, -0.6, 0.2])
-    rv_angle = math.atan2(float(np.dot(d_rv, v)), float(np.dot(d_rv, u)))
+    rv_angle = math.atan2(float(np.dot(RV_DIRECTION_LPS, v)), float(np.dot(RV_DIRECTION_LPS, u)))
     anatomy = build_anatomy(
         r_anat, target_mass_g=demo.target_lv_mass_g, bsa_m2=demo.bsa_m2, rv_angle_rad=rv_angle
     )
-    acq = _draw_acquisition(r_acq, anatomy, orientation, scale, cfg.misregistration_mm)
-    n_slices = acq.n_slices
-    truth_vol = true_volumes(anatomy, np.asarray(acq.z_anatomy_mm))
-    bsa = float(dubois_bsa_m2(demo.height_cm, demo.weight_kg))
-    lvmi = truth_vol.lv_mass_g / bsa
-    male = demo.sex == "male"
-    diseases = draw_diseases(r_pop, fit_disease_model(cfg.diseases), lvmi, demo.age, male)
-    manual = ""
+    acq = _draw_acquisition(r_acq, anatomy, orientation, cfg.appearance_scale, cfg.misregistration_mm)
+    volumes = true_volumes(anatomy, np.asarray(acq.z_anatomy_mm))
+    bsa = bsa_dubois_m2(demo.height_cm, demo.weight_kg)
+    assert bsa is not None  # height and weight are always drawn
+    lvmi = volumes.lv_mass_g / bsa
+    diseases = draw_diseases(r_pop, fit_disease_model(cfg.diseases), lvmi, demo.age, demo.sex == "male")
+    manual: float | str = ""
     if r_pop.random() < cfg.manual_mass_fraction:
-        manual = round(truth_vol.lv_mass_g + float(r_pop.normal(0.0, cfg.reader_noise_sd_g)), 1)
+        manual = round(volumes.lv_mass_g + float(r_pop.normal(0.0, cfg.reader_noise_sd_g)), 1)
+    return ParticipantTruth(eid, demo, anatomy, acq, volumes, bsa, lvmi, diseases, manual)
+
+
+def participant_truth(eid: int, seed: int, config: SynthConfig | None = None) -> ParticipantTruth:
+    """One participant's truth without rendering images (the same values ``render_participant`` writes)."""
+    return _draw_truth(eid, config or SynthConfig(), participant_rngs(seed, eid))
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A participant's truth and what the images are made of: appearance and the chest (``Body``)."""
+
+    truth: ParticipantTruth
+    appearance: Appearance
+    body: Body
+
+
+def _draw_scene(eid: int, cfg: SynthConfig, streams: list[np.random.Generator]) -> Scene:
+    truth = _draw_truth(eid, cfg, streams)
+    r_app = streams[3]
+    demo, acq = truth.demographics, truth.acquisition
+    app = draw_appearance(r_app, cfg.appearance_scale)
+    body = draw_body(
+        r_app,
+        body_size=math.sqrt(demo.bsa_m2 / 1.9),
+        bmi_kg_m2=demo.weight_kg / (demo.height_cm / 100.0) ** 2,
+        anatomy=truth.anatomy,
+        orientation=(acq.u, acq.v, acq.n),
+    )
+    return Scene(truth, app, body)
+
+
+def participant_scene(eid: int, seed: int, config: SynthConfig | None = None) -> Scene:
+    """One participant's truth, appearance and chest geometry (as ``render_participant`` draws them)."""
+    return _draw_scene(eid, config or SynthConfig(), participant_rngs(seed, eid))
+
+
+def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -> ParticipantData:
+    """Build one participant in memory (see the module docstring)."""
+    cfg = config or SynthConfig()
+    streams = participant_rngs(seed, eid)
+    r_app, r_vf, r_noise, r_dicom, r_extra = streams[3:]
+    scene = _draw_scene(eid, cfg, streams)
+    truth_p, app, body = scene.truth, scene.appearance, scene.body
+    demo, anatomy, acq = truth_p.demographics, truth_p.anatomy, truth_p.acquisition
+    truth_vol = truth_p.volumes
+    n_slices = acq.n_slices
 
     # --- images
-    app = draw_appearance(r_app, scale)
-    body = draw_body(r_app, body_size=math.sqrt(demo.bsa_m2 / 1.9))
     width_mm = app.edge_blur * max(acq.pixel_spacing_mm)
     sigma = app.blood_signal / app.snr
     phases = cfg.phases
@@ -320,7 +454,7 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
         duplicate = int(r_extra.integers(1, n_slices - 1))
 
     def make_slice(k: int, extra: tuple[float, float] = (0.0, 0.0)) -> HeartSlice:
-        rel = _plane_rel(acq, k, extra)
+        rel = slice_points_rel(acq, k, extra)
         texture = smooth_texture(r_app, (acq.rows, acq.cols), app.texture)
         bg = render_background(rel, body, app, width_mm, texture)
         gain = float(1.0 + app.slice_gain_sd * r_app.standard_normal())
@@ -429,40 +563,12 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
         * acq.pixel_spacing_mm[1]
         * SLICE_SPACING_MM
         / 1000.0
-        * 1.05
+        * MYOCARDIAL_DENSITY_G_PER_ML
     )
-    phenotype = {
-        "eid": eid,
-        "sex": demo.sex,
-        "age": demo.age,
-        "height_cm": demo.height_cm,
-        "weight_kg": demo.weight_kg,
-        **diseases,
-        "manual_lv_mass_g": manual,
-    }
+    phenotype = truth_p.phenotype_row()
     truth = {
-        "eid": eid,
-        "instance": cfg.instance,
-        "sex": demo.sex,
-        "n_slices": n_slices,
-        "rows": acq.rows,
-        "cols": acq.cols,
-        "pixel_spacing_row_mm": acq.pixel_spacing_mm[0],
-        "pixel_spacing_col_mm": acq.pixel_spacing_mm[1],
-        "slice_spacing_mm": SLICE_SPACING_MM,
-        "slice_thickness_mm": SLICE_THICKNESS_MM,
-        "true_myocardium_volume_ml": round(truth_vol.myocardium_volume_ml, 4),
-        "true_lv_mass_g": round(truth_vol.lv_mass_g, 4),
-        "true_lv_cavity_volume_ml": round(truth_vol.cavity_volume_ml, 4),
-        "bsa_m2": round(bsa, 5),
-        "true_lvmi_g_m2": round(lvmi, 4),
+        **truth_p.truth_row(cfg.instance),
         "inlinevf_failure": vf.failure,
-        "age": demo.age,
-        "height_cm": demo.height_cm,
-        "weight_kg": demo.weight_kg,
-        **{name: val for name, val in diseases.items()},
-        "manual_lv_mass_g": manual,
-        "target_lv_mass_g": round(demo.target_lv_mass_g, 3),
         "label_lv_mass_g": round(label_mass, 3),
         "expected_inlinevf_raw_mass_g": round(expected_vf, 3),
         "expected_inlinevf_bias_factor": round(expected_vf / truth_vol.lv_mass_g, 5),
@@ -470,13 +576,6 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
         "inlinevf_endo_offset_mm": round(vf.endo_offset_mm, 4),
         "inlinevf_failure_slices": " ".join(str(k + 1) for k in vf.failure_slices),
         "contoured_slices": " ".join(str(k + 1) for k in contoured_ed),
-        "first_lv_slice": 1
-        + min((k for k in range(n_slices) if truth_vol.myocardium_area_mm2[k] > 0), default=-1),
-        "last_lv_slice": 1
-        + max((k for k in range(n_slices) if truth_vol.myocardium_area_mm2[k] > 0), default=-1),
-        "myocardium_area_mm2": " ".join(f"{a:.2f}" for a in truth_vol.myocardium_area_mm2),
-        "epi_apex_mm": round(anatomy.epi_apex_z_mm, 3),
-        "slice1_z_mm": round(acq.z_anatomy_mm[0], 3),
         "n_phases_written": len(phases),
         "rr_ms": round(rr_ms, 2),
         "layout": cfg.layout,

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from beam_pipeline.mass import bsa_dubois_m2
 from beam_pipeline.schema import DISEASE_COLUMNS
 
 FEMALE_FRACTION = 0.52
@@ -64,9 +65,8 @@ class Demographics:
     target_lv_mass_g: float
 
 
-def dubois_bsa_m2(height_cm: float | np.ndarray, weight_kg: float | np.ndarray) -> float | np.ndarray:
-    """Body surface area by DuBois & DuBois (1916), the formula of the paper: 0.007184 W^0.425 H^0.725."""
-    return 0.007184 * np.power(weight_kg, 0.425) * np.power(height_cm, 0.725)
+# The pipeline's DuBois BSA (beam_pipeline.mass, the one definition), element-wise over arrays.
+_bsa_m2 = np.vectorize(bsa_dubois_m2, otypes=[np.float64])
 
 
 def _draw_arrays(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
@@ -80,7 +80,7 @@ def _draw_arrays(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     w_mu = np.where(male, WEIGHT_KG["male"][0], WEIGHT_KG["female"][0]) + 0.45 * (height - h_mu)
     w_sd = np.where(male, WEIGHT_KG["male"][1], WEIGHT_KG["female"][1])
     weight = np.round(np.clip(w_mu + w_sd * rng.standard_normal(n), 40.0, 160.0), 1)
-    bsa = dubois_bsa_m2(height, weight)
+    bsa = _bsa_m2(height, weight)
     ref_mass = np.where(male, LV_MASS_AT_REF_BSA_G["male"], LV_MASS_AT_REF_BSA_G["female"])
     ref_bsa = np.where(male, REF_BSA_M2["male"], REF_BSA_M2["female"])
     mass = (

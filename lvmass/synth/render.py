@@ -2,9 +2,11 @@
 
 Coordinates. Patient coordinates are DICOM LPS (mm). A slice is the plane of pixel centres
 ``P(i, j) = IPP + j * col_mm * u + i * row_mm * v`` with ``u``/``v`` the row/column direction cosines of
-ImageOrientationPatient (0020,0037), ``col_mm``/``row_mm`` = PixelSpacing (0028,0030) [1]/[0], and the
-slice normal ``n = u x v`` pointing from the base towards the apex. The LV (``anatomy.py``) lives in heart
-coordinates whose origin ``origin_lps`` is the centre of the base plane.
+ImageOrientationPatient (0020,0037) and ``col_mm``/``row_mm`` = PixelSpacing (0028,0030) [1]/[0]. The
+stack runs along the LV long axis ``n`` from the base towards the apex; the images are in the usual
+short-axis display, seen from the apex (``u x v = -n``): anterior wall at the top, the RV on the
+viewer's left. The LV (``anatomy.py``) lives in heart coordinates whose origin is the centre of the base
+plane; the chest around it (``Body``) is placed relative to the same origin.
 
 Rendering is analytic with partial volume: every boundary is a soft ramp one blurred pixel wide, and the
 LV is averaged over sub-planes of the 8 mm slab. Signal levels are relative to blood = 1 (bright blood,
@@ -86,39 +88,222 @@ def draw_appearance(rng: np.random.Generator, scale: float = 1.0) -> Appearance:
 
 
 @dataclass(frozen=True)
-class Body:
-    """Tissues around the heart, in patient coordinates relative to the heart origin (mm)."""
+class Trunk:
+    """The body outline: a vertical superelliptic cylinder ``|dx/ax|^p + |dy/ay|^p <= 1`` (LPS x, y in
+    mm relative to the heart origin; p = 2 is an ellipse, larger p squarer)."""
 
     centre_xy: tuple[float, float]
     semi_axes_xy: tuple[float, float]
+    exponent: float
+
+    def depth_mm(self, x_mm: np.ndarray, y_mm: np.ndarray) -> np.ndarray:
+        """Depth below the skin (mm; negative outside): the first-order distance to the outline,
+        ``(1 - rho) / |grad rho|`` with ``rho = (|dx/ax|^p + |dy/ay|^p)^(1/p)``; exact along the axes and
+        within a few percent near the skin, where the fat and muscle layers are."""
+        ax, ay = self.semi_axes_xy
+        p = self.exponent
+        qx = np.abs(x_mm - np.float32(self.centre_xy[0])) * np.float32(1.0 / ax)
+        qy = np.abs(y_mm - np.float32(self.centre_xy[1])) * np.float32(1.0 / ay)
+        a, b = qx**p, qy**p
+        s = a + b
+        rho = s ** (1.0 / p)
+        # grad rho = rho^(1-p) (qx^(p-1)/ax, qy^(p-1)/ay), with rho^(1-p) = rho / s and q^(p-1) = q^p / q
+        gx = a / np.maximum(qx, np.float32(1e-6)) * np.float32(1.0 / ax)
+        gy = b / np.maximum(qy, np.float32(1e-6)) * np.float32(1.0 / ay)
+        grad = rho / np.maximum(s, np.float32(1e-12)) * np.sqrt(gx * gx + gy * gy)
+        return (1.0 - rho) / np.maximum(grad, np.float32(0.5 / max(ax, ay)))
+
+
+@dataclass(frozen=True)
+class Diaphragm:
+    """The diaphragm as a height z = f(x, y) (LPS mm relative to the heart origin): the central tendon under
+    the heart at ``tendon_z_mm``, falling by ``slope`` mm per mm towards the back from ``ref_y_mm``, with
+    paraboloid domes ``(x, y, height, half width x, half width y)`` (right, then left) that fall away to
+    the front and back as well as to the sides."""
+
+    tendon_z_mm: float
+    domes: tuple[tuple[float, float, float, float, float], ...]
+    slope: float
+    ref_y_mm: float
+
+    def z_mm(self, x_mm: np.ndarray, y_mm: np.ndarray) -> np.ndarray:
+        z = np.float32(self.tendon_z_mm) - np.float32(self.slope) * (y_mm - np.float32(self.ref_y_mm))
+        for x0, y0, height, wx, wy in self.domes:
+            tx = (x_mm - np.float32(x0)) * np.float32(1.0 / wx)
+            ty = (y_mm - np.float32(y0)) * np.float32(1.0 / wy)
+            z = z + np.float32(height) * np.maximum(np.float32(0.0), 1.0 - tx * tx - ty * ty)
+        return z
+
+
+@dataclass(frozen=True)
+class Body:
+    """The thorax and upper abdomen around the heart, in patient LPS coordinates (mm) relative to the heart
+    origin (the centre of the LV base plane).
+
+    From the skin inwards: subcutaneous fat, chest-wall muscle and the ribs (depths below the ``trunk``
+    outline). Inside: the lungs (two ellipsoids clipped by the ribs, the diaphragm and the mediastinum),
+    the mediastinum around the heart (an ellipsoid along the LV long axis), the ``diaphragm`` with the
+    liver below it on the right and other abdominal tissue on the left, the descending aorta, the
+    vertebral body and the spinal canal (vertical cylinders).
+    """
+
+    trunk: Trunk
     fat_mm: float
     muscle_mm: float
+    ribs_mm: float
     lungs: tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...]  # (centre, semi axes)
-    liver_dome_z: float
+    mediastinum_centre: tuple[float, float, float]
+    mediastinum_axis: tuple[float, float, float]  # unit vector: the LV long axis
+    mediastinum_semi_mm: tuple[float, float]  # along the axis, across it
+    diaphragm: Diaphragm
+    liver_edge_x_mm: float  # the liver lies to the patient's right (smaller x) of this, under the diaphragm
     aorta_xy: tuple[float, float]
     aorta_radius_mm: float
     spine_xy: tuple[float, float]
     spine_radius_mm: float
+    canal_xy: tuple[float, float]
+    canal_radius_mm: float
+
+    @property
+    def chest_wall_mm(self) -> float:
+        """Skin depth of the chest wall's inner surface (fat + muscle + ribs), where the lungs may start."""
+        return self.fat_mm + self.muscle_mm + self.ribs_mm
 
 
-def draw_body(rng: np.random.Generator, body_size: float) -> Body:
-    """A chest around a heart at the origin: the heart sits anterior-left of the body's centre."""
-    ax = 165.0 * body_size * rng.uniform(0.92, 1.08)
-    ay = 118.0 * body_size * rng.uniform(0.9, 1.1)
-    return Body(
-        centre_xy=(float(rng.uniform(-45, -20)), float(rng.uniform(40, 65))),
-        semi_axes_xy=(float(ax), float(ay)),
-        fat_mm=float(rng.uniform(8, 28) * body_size),
-        muscle_mm=float(rng.uniform(6, 14)),
-        lungs=(
-            ((float(rng.uniform(60, 80)), 35.0, 35.0), (55.0, 70.0, 125.0)),
-            ((float(rng.uniform(-95, -75)), 35.0, 45.0), (62.0, 72.0, 125.0)),
+def skin_depth_mm(points_rel: np.ndarray, body: Body) -> np.ndarray:
+    """Depth below the skin (mm; negative outside the body) of LPS points (..., 3) relative to the heart
+    origin."""
+    return body.trunk.depth_mm(points_rel[..., 0], points_rel[..., 1])
+
+
+def lv_surface_points_mm(
+    anatomy: LVAnatomy, u: np.ndarray, v: np.ndarray, n: np.ndarray, *, step_mm: float = 4.0
+) -> np.ndarray:
+    """(N, 3) LPS points (mm, relative to the heart origin) on the end-diastolic epicardium from the base
+    plane to the apex, the axis drift included. In-plane heart coordinates run along ``u`` (x) and ``v``
+    (y), the long axis along ``n`` (``anatomy.py``)."""
+    theta = np.linspace(0.0, 2.0 * math.pi, 48, endpoint=False)
+    out = []
+    for z in np.append(np.arange(0.0, anatomy.epi_apex_z_mm, step_mm), anatomy.epi_apex_z_mm):
+        _, epi = radii_mm(anatomy, theta, float(z))
+        x = anatomy.axis_drift_mm_per_mm[0] * z + epi * np.cos(theta)
+        y = anatomy.axis_drift_mm_per_mm[1] * z + epi * np.sin(theta)
+        out.append(x[:, None] * u + y[:, None] * v + z * n)
+    return np.concatenate(out)
+
+
+def draw_body(
+    rng: np.random.Generator,
+    *,
+    body_size: float,
+    bmi_kg_m2: float,
+    anatomy: LVAnatomy,
+    orientation: tuple[np.ndarray, np.ndarray, np.ndarray],
+    lv_clearance_mm: float = 14.0,
+) -> Body:
+    """A chest around the participant's heart (``orientation`` = the image's u, v and the LV axis n).
+
+    Placement (adult anatomy, each with a per-participant spread): the mid-LV lies 30-55 mm left of the
+    midline with the anterior skin 90-110 mm in front of it; the vertebral body 72-92 mm behind the LV
+    base centre, the descending aorta left-anterior of it; the lungs fill each hemithorax around the
+    mediastinum; the diaphragm runs 4-12 mm under the heart's inferior wall, its right dome (over the
+    liver) higher than the left. Subcutaneous fat grows with BMI, the chest with body size. The LV
+    epicardium is then kept at least ``lv_clearance_mm`` deeper than the fat and muscle (the chest is
+    enlarged where needed) and clear of the diaphragm and the aorta: the heart always sits in the thorax.
+    """
+    u, v, n = (np.asarray(a, dtype=np.float64) for a in orientation)
+    pts = lv_surface_points_mm(anatomy, u, v, n)
+    length = anatomy.epi_apex_z_mm
+    axis = n + anatomy.axis_drift_mm_per_mm[0] * u + anatomy.axis_drift_mm_per_mm[1] * v
+    mid = 0.5 * length * axis
+    rv_dir = math.cos(anatomy.rv_angle_rad) * u + math.sin(anatomy.rv_angle_rad) * v
+
+    fat = float(np.clip(1.2 * (bmi_kg_m2 - 15.0) * rng.uniform(0.7, 1.3), 4.0, 35.0))
+    muscle = float(rng.uniform(6.0, 14.0))
+    ribs = float(rng.uniform(4.0, 9.0))
+    exponent = float(rng.uniform(2.2, 3.0))
+    ax = 160.0 * body_size * float(rng.uniform(0.92, 1.08))
+    cx = float(mid[0] - rng.uniform(30.0, 55.0))
+    front_mm = float(rng.uniform(90.0, 110.0))  # anterior skin in front of the mid-LV
+    spine_xy = (cx + float(np.clip(rng.normal(0.0, 4.0), -10.0, 10.0)), float(rng.uniform(72.0, 92.0)))
+    spine_r = float(rng.uniform(15.0, 19.0))
+    back_mm = float(rng.uniform(50.0, 70.0)) * body_size  # vertebral centre to the skin of the back
+    aorta_r = float(rng.uniform(9.0, 13.0))
+    aorta_offset = (float(rng.uniform(15.0, 28.0)), float(rng.uniform(20.0, 30.0)))
+    canal_gap, canal_r = float(rng.uniform(5.0, 9.0)), float(rng.uniform(6.0, 8.0))
+    lung_draws = rng.uniform(0.0, 1.0, (2, 5))
+    lv_margin, rv_margin, above_base = (float(rng.uniform(*r)) for r in ((3, 8), (5, 12), (35, 50)))
+    tendon_gap = float(rng.uniform(4.0, 12.0))
+    right_dome = (float(rng.uniform(0.45, 0.6)), float(rng.uniform(0.0, 0.2)), float(rng.uniform(20.0, 40.0)))
+    left_dome = (float(rng.uniform(0.4, 0.55)), float(rng.uniform(0.0, 0.2)), float(rng.uniform(5.0, 20.0)))
+    slope = float(rng.uniform(0.05, 0.15))
+    liver_edge = float(mid[0] + rng.uniform(-10.0, 25.0))
+
+    def trunk(ax_: float, front: float) -> Trunk:
+        """The outline with the skin ``front`` mm in front of the mid-LV and ``back_mm`` behind the spine."""
+        g = (1.0 - min(abs(float(mid[0]) - cx) / ax_, 0.95) ** exponent) ** (1.0 / exponent)
+        y_front, y_back = float(mid[1]) - front, spine_xy[1] + back_mm
+        ay = (y_back - y_front) / (1.0 + g)
+        return Trunk((cx, y_back - ay), (ax_, ay), exponent)
+
+    outline = trunk(ax, front_mm)
+    for _ in range(10):  # keep the LV clear of the fat and muscle layers
+        depth = outline.depth_mm(pts[:, 0], pts[:, 1])
+        deficit = fat + muscle + lv_clearance_mm - float(depth.min())
+        if deficit <= 0.0:
+            break
+        weakest = pts[int(np.argmin(depth))]
+        (ox, oy), (sx, sy) = outline.centre_xy, outline.semi_axes_xy
+        if abs(weakest[0] - ox) / sx > abs(weakest[1] - oy) / sy:
+            ax += deficit + 1.0  # too close to the side: a wider chest
+        else:
+            front_mm += deficit + 1.0  # too close to the front: more tissue in front of the heart
+        outline = trunk(ax, front_mm)
+    (cx, cy), (ax, ay) = outline.centre_xy, outline.semi_axes_xy
+
+    lungs = tuple(
+        (
+            (cx + side * (0.42 + 0.1 * d[0]) * ax, cy + 0.15 * d[1] * ay, float(mid[2]) + 20.0 + 40.0 * d[2]),
+            ((0.5 + 0.12 * d[3]) * ax, (0.8 + 0.15 * d[4]) * ay, 220.0),
+        )
+        for side, d in zip((1.0, -1.0), lung_draws, strict=True)  # left lung (+x), right lung
+    )
+    lv_side = anatomy.epi.radius_mm + lv_margin
+    rv_side = anatomy.epi.radius_mm + 1.25 * anatomy.rv_radial_mm + rv_margin
+    diaphragm = Diaphragm(
+        float(pts[:, 2].min()) - tendon_gap,
+        (
+            (cx - right_dome[0] * ax, cy - right_dome[1] * ay, right_dome[2], 0.4 * ax, 0.75 * ay),
+            (cx + left_dome[0] * ax, cy - left_dome[1] * ay, left_dome[2], 0.35 * ax, 0.7 * ay),
         ),
-        liver_dome_z=float(rng.uniform(-70, -45)),
-        aorta_xy=(float(rng.uniform(10, 30)), float(rng.uniform(65, 85))),
-        aorta_radius_mm=float(rng.uniform(9, 13)),
-        spine_xy=(float(rng.uniform(-10, 5)), float(rng.uniform(100, 115))),
-        spine_radius_mm=18.0,
+        slope,
+        float(mid[1]),
+    )
+    # the heart rests on the diaphragm: lower the central tendon under any part of the LV a dome would cut
+    cut = float(np.max(diaphragm.z_mm(pts[:, 0], pts[:, 1]) - (pts[:, 2] - tendon_gap)))
+    if cut > 0.0:
+        diaphragm = Diaphragm(diaphragm.tendon_z_mm - cut, diaphragm.domes, slope, diaphragm.ref_y_mm)
+    aorta = (spine_xy[0] + aorta_offset[0], spine_xy[1] - aorta_offset[1])
+    clear = float(np.min(np.hypot(pts[:, 0] - aorta[0], pts[:, 1] - aorta[1]))) - aorta_r - 4.0
+    if clear < 0.0:  # behind the LV, never through it
+        aorta = (aorta[0], aorta[1] - clear)
+    return Body(
+        trunk=outline,
+        fat_mm=fat,
+        muscle_mm=muscle,
+        ribs_mm=ribs,
+        lungs=lungs,
+        mediastinum_centre=tuple(float(c) for c in mid + 0.5 * (rv_side - lv_side) * rv_dir),
+        mediastinum_axis=tuple(float(c) for c in n),
+        mediastinum_semi_mm=(0.5 * length + above_base, 0.5 * (lv_side + rv_side)),
+        diaphragm=diaphragm,
+        liver_edge_x_mm=liver_edge,
+        aorta_xy=aorta,
+        aorta_radius_mm=aorta_r,
+        spine_xy=spine_xy,
+        spine_radius_mm=spine_r,
+        canal_xy=(spine_xy[0], spine_xy[1] + spine_r + canal_gap),
+        canal_radius_mm=canal_r,
     )
 
 
@@ -144,32 +329,45 @@ def render_background(
     points_rel: np.ndarray, body: Body, app: Appearance, width_mm: float, texture: np.ndarray | None = None
 ) -> np.ndarray:
     """Relative signal (blood = 1) of everything but the heart at points given relative to the heart
-    origin (LPS, mm): air, subcutaneous fat, chest-wall muscle, mediastinal tissue, lungs, liver,
-    descending aorta, spine."""
+    origin (LPS, mm): air, subcutaneous fat, chest-wall muscle, mediastinal and abdominal tissue, lungs,
+    liver, descending aorta, vertebral body and spinal canal (``Body``)."""
     x, y, z = points_rel[..., 0], points_rel[..., 1], points_rel[..., 2]
-    bx, by = x - body.centre_xy[0], y - body.centre_xy[1]
-    ax, ay = body.semi_axes_xy
-    rho = np.sqrt((bx / ax) ** 2 + (by / ay) ** 2)
-    depth = (1.0 - rho) * min(ax, ay)  # approximate depth below the skin
+    f32 = np.float32
+    depth = body.trunk.depth_mm(x, y)
     img = np.zeros(x.shape, np.float32)
     _lerp(img, app.fat, _soft(depth, width_mm))
-    _lerp(img, app.muscle, _soft(depth - body.fat_mm, width_mm))
-    _lerp(img, app.tissue, _soft(depth - body.fat_mm - body.muscle_mm, width_mm))
+    _lerp(img, app.muscle, _soft(depth - f32(body.fat_mm), width_mm))
+    inside = _soft(depth - f32(body.fat_mm + body.muscle_mm), width_mm)
+    _lerp(img, app.tissue, inside)
+    below = _soft(body.diaphragm.z_mm(x, y) - z, width_mm)  # 1 in the abdomen
+    d_spine = np.hypot(x - f32(body.spine_xy[0]), y - f32(body.spine_xy[1]))
+    d_aorta = np.hypot(x - f32(body.aorta_xy[0]), y - f32(body.aorta_xy[1]))
+    # the lungs: inside the ribs, above the diaphragm, around the mediastinum, spine and aorta
+    lung = np.zeros(x.shape, np.float32)
     for centre, semi in body.lungs:
         r = np.sqrt(
-            ((x - centre[0]) / semi[0]) ** 2
-            + ((y - centre[1]) / semi[1]) ** 2
-            + ((z - centre[2]) / semi[2]) ** 2
+            ((x - f32(centre[0])) * f32(1.0 / semi[0])) ** 2
+            + ((y - f32(centre[1])) * f32(1.0 / semi[1])) ** 2
+            + ((z - f32(centre[2])) * f32(1.0 / semi[2])) ** 2
         )
-        _lerp(img, app.lung, _soft((1.0 - r) * min(semi), width_mm) * _soft(depth - body.fat_mm, width_mm))
-    dome = body.liver_dome_z + 0.0025 * (x + 40.0) ** 2 - z  # positive below the right hemidiaphragm dome
-    _lerp(img, app.liver, _soft(dome, width_mm) * _soft(depth - body.fat_mm - body.muscle_mm, width_mm))
-    _lerp(
-        img, 1.0, _soft(body.aorta_radius_mm - np.hypot(x - body.aorta_xy[0], y - body.aorta_xy[1]), width_mm)
-    )
-    _lerp(
-        img, 0.5, _soft(body.spine_radius_mm - np.hypot(x - body.spine_xy[0], y - body.spine_xy[1]), width_mm)
-    )
+        np.maximum(lung, _soft((1.0 - r) * f32(min(semi)), width_mm), out=lung)
+    mc, ma = body.mediastinum_centre, body.mediastinum_axis
+    dx, dy, dz = x - f32(mc[0]), y - f32(mc[1]), z - f32(mc[2])
+    along = dx * f32(ma[0]) + dy * f32(ma[1]) + dz * f32(ma[2])
+    across2 = np.maximum(dx * dx + dy * dy + dz * dz - along * along, f32(0.0))
+    sa, sb = body.mediastinum_semi_mm
+    r_med = np.sqrt((along * f32(1.0 / sa)) ** 2 + across2 * f32(1.0 / (sb * sb)))
+    lung *= _soft(depth - f32(body.chest_wall_mm), width_mm)
+    lung *= (1.0 - below) * (1.0 - _soft((1.0 - r_med) * f32(sb), width_mm))
+    lung *= 1.0 - _soft(f32(body.spine_radius_mm + 10.0) - d_spine, width_mm)
+    lung *= 1.0 - _soft(f32(body.aorta_radius_mm + 3.0) - d_aorta, width_mm)
+    _lerp(img, app.lung, lung)
+    liver = below * inside * _soft(f32(body.liver_edge_x_mm) - x, 2.0 * width_mm)
+    _lerp(img, app.liver, liver)
+    _lerp(img, 1.0, _soft(f32(body.aorta_radius_mm) - d_aorta, width_mm))
+    _lerp(img, 0.5, _soft(f32(body.spine_radius_mm) - d_spine, width_mm))
+    d_canal = np.hypot(x - f32(body.canal_xy[0]), y - f32(body.canal_xy[1]))
+    _lerp(img, 0.85, _soft(f32(body.canal_radius_mm) - d_canal, width_mm))  # CSF
     if texture is not None:
         img *= texture
     return img
