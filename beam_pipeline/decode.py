@@ -508,11 +508,13 @@ def _match_inlinevf(
         candidates.append((sign * geometry.project_position_mm(h.position, normal), h))
     matched: list[HeaderInfo | None] = []
     for s in slices:
-        near = [h for p, h in candidates if abs(p - s.position_mm) <= tol_mm and h.has_overlay]
+        near = [h for p, h in candidates if abs(p - s.position_mm) <= tol_mm]
+        if near:
+            near, _ = _latest_series(near)  # the latest InlineVF acquisition of this position
+            near = [h for h in near if h.has_overlay]
         if not near:
             matched.append(None)
             continue
-        near, _ = _latest_series(near)
         ed_tt = s.ed.trigger_time_ms
         if ed_tt is None:
             best = choose_ed_frame(near)

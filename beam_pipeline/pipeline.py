@@ -7,7 +7,9 @@ command runs locally (FnApiRunner / DirectRunner multi-processing) and on Datafl
     python -m beam_pipeline --input 'gs://bucket/20209/*_20209_*.zip' --phenotypes gs://bucket/pheno.csv \\
         --output gs://bucket/lvmass-run --methods ml4h_seg,ml4h_reg,inlinevf --runner DataflowRunner ...
 
-``--mode tensorize`` decodes the same way and writes TFRecords for the trainer instead.
+``--input`` may also match folders of DICOMs, one participant each (``--input 'dicoms/*'``, the
+any-vendor layout; ``--input_kind``). ``--mode tensorize`` decodes the same way and writes TFRecords for
+the trainer instead.
 Outputs (``beam_pipeline.schema``): ``OUTPUT/lvmass/method=<m>/results-*.parquet``,
 ``OUTPUT/errors/errors-*.parquet``, ``OUTPUT/summary.json`` (and ``OUTPUT/tfrecords/`` in tensorize mode).
 """

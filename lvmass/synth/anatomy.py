@@ -45,7 +45,25 @@ SLICE_THICKNESS_MM = 8.0
 N_PHASES = 50
 MIN_WALL_MM = 1.5  # the endocardium is kept at least this far inside the epicardium
 
-_THETA = np.linspace(0.0, 2.0 * math.pi, THETA_SAMPLES, endpoint=False)
+MAX_HARMONICS = 4  # the most angular harmonics a Surface has (build_anatomy's endocardium)
+
+
+@dataclass(frozen=True)
+class AngleGrid:
+    """Fixed angles with cos(k theta), sin(k theta) for k = 1..MAX_HARMONICS precomputed, so harmonic
+    sums on them are two small matrix products (``harmonic_factor``)."""
+
+    theta: np.ndarray
+    cos_k: np.ndarray  # (MAX_HARMONICS, len(theta))
+    sin_k: np.ndarray
+
+    @classmethod
+    def of(cls, theta: np.ndarray) -> AngleGrid:
+        k_theta = np.arange(1, MAX_HARMONICS + 1)[:, None] * np.asarray(theta, dtype=np.float64)[None, :]
+        return cls(np.asarray(theta, dtype=np.float64), np.cos(k_theta), np.sin(k_theta))
+
+
+_THETA = AngleGrid.of(np.linspace(0.0, 2.0 * math.pi, THETA_SAMPLES, endpoint=False))
 
 
 @dataclass(frozen=True)
@@ -130,23 +148,45 @@ def profile_mm(surface: Surface, centre_z_mm: float, z_mm: np.ndarray | float) -
     return np.where(z < 0.0, 0.0, r)
 
 
-def harmonic_factor(surface: Surface, theta: np.ndarray, z_mm: float, twist_rad_per_mm: float) -> np.ndarray:
-    """1 + sum_n a_n(z) cos(n (theta - phi_n - twist z)): the irregular cross-section's relative radius."""
+def _profile_at(surface: Surface, centre_z_mm: float, z_mm: float) -> float:
+    """``profile_mm`` at one height (scalar arithmetic: called for every slab plane)."""
+    if z_mm < 0.0:
+        return 0.0
+    q = 1.0 - ((z_mm - centre_z_mm) / surface.length_mm) ** 2
+    return surface.radius_mm * math.sqrt(q) if q > 0.0 else 0.0
+
+
+def harmonic_factor(
+    surface: Surface, theta: np.ndarray | AngleGrid, z_mm: float, twist_rad_per_mm: float
+) -> np.ndarray:
+    """1 + sum_n a_n(z) cos(n (theta - phi_n - twist z)): the irregular cross-section's relative radius.
+
+    On an :class:`AngleGrid` the sum is expanded as cos(n theta) cos(n psi) + sin(n theta) sin(n psi)
+    over the precomputed multiples (the same values, much faster for the fixed truth and label grids).
+    """
     mod = 1.0 + surface.harmonic_z_mod * math.sin(2.0 * math.pi * z_mm / surface.harmonic_z_period_mm)
+    if isinstance(theta, AngleGrid):
+        m = len(surface.harmonic_amps)
+        k = np.arange(1, m + 1)
+        psi = k * (np.asarray(surface.harmonic_phases) + twist_rad_per_mm * z_mm)
+        amps = np.asarray(surface.harmonic_amps) * mod
+        return 1.0 + (amps * np.cos(psi)) @ theta.cos_k[:m] + (amps * np.sin(psi)) @ theta.sin_k[:m]
     out = np.ones_like(theta, dtype=np.float64)
     for n, (a, phi) in enumerate(zip(surface.harmonic_amps, surface.harmonic_phases, strict=True), start=1):
         out = out + (a * mod) * np.cos(n * (theta - phi - twist_rad_per_mm * z_mm))
     return out
 
 
-def radii_mm(anatomy: LVAnatomy, theta: np.ndarray, z_ed_mm: float) -> tuple[np.ndarray, np.ndarray]:
+def radii_mm(
+    anatomy: LVAnatomy, theta: np.ndarray | AngleGrid, z_ed_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(endocardial, epicardial) radius at ED height z_ed for each angle; the endocardium is kept at least
     MIN_WALL_MM inside the epicardium, and is 0 past its apex (the apical cap is solid myocardium)."""
-    r_epi = float(profile_mm(anatomy.epi, anatomy.centre_z_mm, z_ed_mm))
-    r_endo = float(profile_mm(anatomy.endo, anatomy.centre_z_mm, z_ed_mm))
+    r_epi = _profile_at(anatomy.epi, anatomy.centre_z_mm, z_ed_mm)
+    r_endo = _profile_at(anatomy.endo, anatomy.centre_z_mm, z_ed_mm)
     epi = r_epi * harmonic_factor(anatomy.epi, theta, z_ed_mm, anatomy.twist_rad_per_mm)
     endo = r_endo * harmonic_factor(anatomy.endo, theta, z_ed_mm, anatomy.twist_rad_per_mm)
-    endo = np.clip(np.minimum(endo, epi - MIN_WALL_MM), 0.0, None)
+    endo = np.maximum(np.minimum(endo, epi - MIN_WALL_MM), 0.0)
     return endo, epi
 
 

@@ -176,9 +176,11 @@ def _draw_acquisition(
     spacing = round(float(np.clip(rng.normal(1.86, 0.07 * max(scale, 0.05)), 1.4, 2.6)), 6)
     rows = int(rng.choice([192, 198, 204, 208, 210]))
     cols = int(rng.choice([208, 208, 208, 192, 224]))
+    # the field of view covers the chest, so the heart (anterior, left of the midline) sits a little above
+    # and to the right of the image centre
     centre = (
-        rows / 2.0 + float(np.clip(rng.normal(0, 7 * scale), -30, 30)),
-        cols / 2.0 + float(np.clip(rng.normal(0, 7 * scale), -30, 30)),
+        rows / 2.0 - 10.0 + float(np.clip(rng.normal(0, 7 * scale), -30, 30)),
+        cols / 2.0 + 6.0 + float(np.clip(rng.normal(0, 7 * scale), -30, 30)),
     )
     # b1 is planned at the base: either just above it (no LV in its slab) or just below it (slab mostly in
     # the LV), never straddling the base plane at mid-slab

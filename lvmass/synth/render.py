@@ -24,6 +24,7 @@ from beam_pipeline.contracts import BACKGROUND, LV_CAVITY, MYOCARDIUM
 from lvmass.synth.anatomy import (
     SLICE_THICKNESS_MM,
     TRUTH_SUBPLANES,
+    AngleGrid,
     LVAnatomy,
     contraction,
     ed_height_mm,
@@ -34,6 +35,7 @@ from lvmass.synth.anatomy import (
 )
 
 RENDER_SUBPLANES = 3
+_LABEL_GRID = AngleGrid.of(np.linspace(0.0, 2.0 * math.pi, 721))  # truth labels: radii every 0.5 degree
 MAX_STORED_VALUE = 4095  # BitsStored (0028,0101) = 12
 
 
@@ -152,9 +154,9 @@ class Body:
     muscle_mm: float
     ribs_mm: float
     lungs: tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...]  # (centre, semi axes)
-    mediastinum_centre: tuple[float, float, float]
+    mediastinum_centre: tuple[float, float, float]  # at the base plane, shifted towards the RV
     mediastinum_axis: tuple[float, float, float]  # unit vector: the LV long axis
-    mediastinum_semi_mm: tuple[float, float]  # along the axis, across it
+    mediastinum_semi_mm: tuple[float, float]  # along the axis (past the apex), across it
     diaphragm: Diaphragm
     liver_edge_x_mm: float  # the liver lies to the patient's right (smaller x) of this, under the diaphragm
     aorta_xy: tuple[float, float]
@@ -182,7 +184,7 @@ def lv_surface_points_mm(
     """(N, 3) LPS points (mm, relative to the heart origin) on the end-diastolic epicardium from the base
     plane to the apex, the axis drift included. In-plane heart coordinates run along ``u`` (x) and ``v``
     (y), the long axis along ``n`` (``anatomy.py``)."""
-    theta = np.linspace(0.0, 2.0 * math.pi, 48, endpoint=False)
+    theta = np.linspace(0.0, 2.0 * math.pi, 36, endpoint=False)
     out = []
     for z in np.append(np.arange(0.0, anatomy.epi_apex_z_mm, step_mm), anatomy.epi_apex_z_mm):
         _, epi = radii_mm(anatomy, theta, float(z))
@@ -222,17 +224,17 @@ def draw_body(
     muscle = float(rng.uniform(6.0, 14.0))
     ribs = float(rng.uniform(4.0, 9.0))
     exponent = float(rng.uniform(2.2, 3.0))
-    ax = 160.0 * body_size * float(rng.uniform(0.92, 1.08))
+    ax = 170.0 * body_size * float(rng.uniform(0.92, 1.08))
     cx = float(mid[0] - rng.uniform(30.0, 55.0))
     front_mm = float(rng.uniform(90.0, 110.0))  # anterior skin in front of the mid-LV
     spine_xy = (cx + float(np.clip(rng.normal(0.0, 4.0), -10.0, 10.0)), float(rng.uniform(72.0, 92.0)))
     spine_r = float(rng.uniform(15.0, 19.0))
-    back_mm = float(rng.uniform(50.0, 70.0)) * body_size  # vertebral centre to the skin of the back
+    back_mm = float(rng.uniform(55.0, 80.0)) * body_size  # vertebral centre to the skin of the back
     aorta_r = float(rng.uniform(9.0, 13.0))
     aorta_offset = (float(rng.uniform(15.0, 28.0)), float(rng.uniform(20.0, 30.0)))
     canal_gap, canal_r = float(rng.uniform(5.0, 9.0)), float(rng.uniform(6.0, 8.0))
     lung_draws = rng.uniform(0.0, 1.0, (2, 5))
-    lv_margin, rv_margin, above_base = (float(rng.uniform(*r)) for r in ((3, 8), (5, 12), (35, 50)))
+    lv_margin, rv_margin, apex_margin = (float(rng.uniform(*r)) for r in ((3, 8), (5, 12), (5, 12)))
     tendon_gap = float(rng.uniform(4.0, 12.0))
     right_dome = (float(rng.uniform(0.45, 0.6)), float(rng.uniform(0.0, 0.2)), float(rng.uniform(20.0, 40.0)))
     left_dome = (float(rng.uniform(0.4, 0.55)), float(rng.uniform(0.0, 0.2)), float(rng.uniform(5.0, 20.0)))
@@ -293,9 +295,9 @@ def draw_body(
         muscle_mm=muscle,
         ribs_mm=ribs,
         lungs=lungs,
-        mediastinum_centre=tuple(float(c) for c in mid + 0.5 * (rv_side - lv_side) * rv_dir),
-        mediastinum_axis=tuple(float(c) for c in n),
-        mediastinum_semi_mm=(0.5 * length + above_base, 0.5 * (lv_side + rv_side)),
+        mediastinum_centre=tuple(float(c) for c in 0.5 * (rv_side - lv_side) * rv_dir),
+        mediastinum_axis=tuple(float(c) for c in axis / np.linalg.norm(axis)),
+        mediastinum_semi_mm=(length + apex_margin, 0.5 * (lv_side + rv_side)),
         diaphragm=diaphragm,
         liver_edge_x_mm=liver_edge,
         aorta_xy=aorta,
@@ -325,13 +327,19 @@ def plane_points(
     return ipp.astype(np.float32) + j * u.astype(np.float32) + i * v.astype(np.float32)
 
 
+def _distance_mm(x: np.ndarray, y: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
+    """In-plane distance to a point (np.hypot is several times slower on float32)."""
+    dx, dy = x - np.float32(centre[0]), y - np.float32(centre[1])
+    return np.sqrt(dx * dx + dy * dy)
+
+
 def render_background(
     points_rel: np.ndarray, body: Body, app: Appearance, width_mm: float, texture: np.ndarray | None = None
 ) -> np.ndarray:
     """Relative signal (blood = 1) of everything but the heart at points given relative to the heart
     origin (LPS, mm): air, subcutaneous fat, chest-wall muscle, mediastinal and abdominal tissue, lungs,
     liver, descending aorta, vertebral body and spinal canal (``Body``)."""
-    x, y, z = points_rel[..., 0], points_rel[..., 1], points_rel[..., 2]
+    x, y, z = (np.ascontiguousarray(points_rel[..., k]) for k in range(3))  # strided views are slow
     f32 = np.float32
     depth = body.trunk.depth_mm(x, y)
     img = np.zeros(x.shape, np.float32)
@@ -340,8 +348,8 @@ def render_background(
     inside = _soft(depth - f32(body.fat_mm + body.muscle_mm), width_mm)
     _lerp(img, app.tissue, inside)
     below = _soft(body.diaphragm.z_mm(x, y) - z, width_mm)  # 1 in the abdomen
-    d_spine = np.hypot(x - f32(body.spine_xy[0]), y - f32(body.spine_xy[1]))
-    d_aorta = np.hypot(x - f32(body.aorta_xy[0]), y - f32(body.aorta_xy[1]))
+    d_spine = _distance_mm(x, y, body.spine_xy)
+    d_aorta = _distance_mm(x, y, body.aorta_xy)
     # the lungs: inside the ribs, above the diaphragm, around the mediastinum, spine and aorta
     lung = np.zeros(x.shape, np.float32)
     for centre, semi in body.lungs:
@@ -366,7 +374,7 @@ def render_background(
     _lerp(img, app.liver, liver)
     _lerp(img, 1.0, _soft(f32(body.aorta_radius_mm) - d_aorta, width_mm))
     _lerp(img, 0.5, _soft(f32(body.spine_radius_mm) - d_spine, width_mm))
-    d_canal = np.hypot(x - f32(body.canal_xy[0]), y - f32(body.canal_xy[1]))
+    d_canal = _distance_mm(x, y, body.canal_xy)
     _lerp(img, 0.85, _soft(f32(body.canal_radius_mm) - d_canal, width_mm))  # CSF
     if texture is not None:
         img *= texture
@@ -441,7 +449,7 @@ class HeartSlice:
         lv_extent = anatomy.epi.radius_mm * 1.25 + 8.0
         self.lv_box = self._box(lv_extent, rows, cols)
         self.x_mm, self.y_mm = self._coords(self.box)
-        self.r_mm = np.hypot(self.x_mm, self.y_mm)
+        self.r_mm = np.sqrt(self.x_mm * self.x_mm + self.y_mm * self.y_mm)
         self.theta = np.arctan2(self.y_mm, self.x_mm)
         (r0, _r1, c0, _c1), (lr0, lr1, lc0, lc1) = self.box, self.lv_box
         self.lv_sl = (slice(lr0 - r0, lr1 - r0), slice(lc0 - c0, lc1 - c0))
@@ -567,16 +575,16 @@ class HeartSlice:
         if lr1 <= lr0 or lc1 <= lc0:
             return labels
         x, y = self._coords(self.lv_box)
-        r, th = np.hypot(x, y), np.arctan2(y, x) % (2.0 * math.pi)
+        r, th = np.sqrt(x * x + y * y), np.arctan2(y, x) % (2.0 * math.pi)
         width = max(self.spacing)
         f_epi = np.zeros(r.shape)
         f_endo = np.zeros(r.shape)
-        grid = np.linspace(0.0, 2.0 * math.pi, 721)
+        grid = _LABEL_GRID.theta
         for dz in slab_offsets_mm(TRUTH_SUBPLANES, SLICE_THICKNESS_MM):
             z = self.z_mm + dz
             if z < 0.0:
                 continue
-            endo_g, epi_g = radii_mm(a, grid, z)  # radii on a fine angle grid, interpolated per pixel
+            endo_g, epi_g = radii_mm(a, _LABEL_GRID, z)  # radii on a fine angle grid, interpolated per pixel
             endo, epi = np.interp(th, grid, endo_g), np.interp(th, grid, epi_g)
             f_epi += _soft(epi - r, width)
             if np.any(endo > 0.0):
