@@ -33,6 +33,7 @@ from scipy import stats as sps
 
 from analysis.cohort import mcol
 from beam_pipeline.schema import DISEASE_COLUMNS
+from lvmass.synth.layout import TRUE_OR_PATH, TRUTH_LVMI_G_M2
 
 EXPOSURE_LVMI_PER_SD = "lvmi_per_sd"
 EXPOSURE_LVH = "lvh"
@@ -247,100 +248,49 @@ def results_frame(results: Sequence[OddsRatioResult], alpha: float = 0.05) -> pd
 
 
 # --- The synthetic generator's true odds ratios --------------------------------------------------------
-_OR_KEYS = (
-    "odds_ratio_per_sd",
-    "or_per_sd",
-    "or_per_sd_lvmi",
-    "odds_ratio",
-    "or",
-    "true_or",
-    "true_odds_ratio",
-)
-_LOG_OR_KEYS = (
-    "log_odds_ratio_per_sd",
-    "log_or_per_sd",
-    "lvmi_per_ref_sd",
-    "beta_lvmi_per_sd",
-    "log_odds_ratio",
-    "log_or",
-    "beta_lvmi",
-    "beta",
-)
-# Where known generators keep the ORs, most specific first. lvmass.synth records the OR per SD of the
-# realised cohort's true LVMI (what a per-SD model fitted on that cohort estimates) under
-# cohort.true_odds_ratio_per_sample_sd_lvmi, and the OR per its reference-population SD under
-# disease_model.diseases.<d>.odds_ratios.or_per_sd_lvmi; analysis.simulate uses odds_ratios_per_sd_true_lvmi.
-_KNOWN_OR_PATHS: tuple[tuple[str, ...], ...] = (
-    ("cohort", "true_odds_ratio_per_sample_sd_lvmi"),
-    ("odds_ratios_per_sd_true_lvmi",),
-    ("disease_model", "diseases"),
-)
-
-
-def _disease_value(entry: object) -> float | None:
-    if isinstance(entry, int | float) and not isinstance(entry, bool):
-        return float(entry)
-    if isinstance(entry, Mapping):
-        for key in _OR_KEYS:
-            if isinstance(entry.get(key), int | float):
-                return float(entry[key])
-        for key in _LOG_OR_KEYS:
-            if isinstance(entry.get(key), int | float):
-                return float(np.exp(entry[key]))
-        for key in ("odds_ratios", "log_odds"):  # nested {"odds_ratios": {"or_per_sd_lvmi": ...}}
-            if isinstance(entry.get(key), Mapping):
-                value = _disease_value(entry[key])
-                if value is not None:
-                    return value
-    return None
-
-
 def true_odds_ratios(
     parameters: Mapping[str, object], diseases: Sequence[str] = DISEASE_COLUMNS
 ) -> dict[str, float]:
-    """The generator's true OR per 1 SD of true LVMI for each disease found in ``truth.json``.
+    """The generator's true OR per 1 SD of true LVMI in the written cohort, for each disease it records,
+    read from truth.json at ``lvmass.synth.layout.TRUE_OR_PATH`` (``cohort`` ->
+    ``true_odds_ratio_per_sample_sd_lvmi``): what a per-SD model fitted on that cohort's true LVMI
+    estimates. Diseases not in ``diseases`` are ignored.
 
-    The known locations (``_KNOWN_OR_PATHS``) are tried first; otherwise the first mapping found (top
-    level first, then under keys mentioning "odds" or "disease") that holds ``{disease: OR}`` or
-    ``{disease: {"or_per_sd" | "odds_ratio" | ...: OR}}`` / ``{disease: {"log_or" | "beta_lvmi" | ...:
-    log OR}}``; log-scale values are exponentiated.
+    Raises ValueError naming the missing key, or the bad value, when truth.json does not hold them.
     """
-
-    def found_in(node: object) -> dict[str, float]:
-        if not isinstance(node, Mapping):
-            return {}
-        return {d: v for d in diseases if d in node and (v := _disease_value(node[d])) is not None}
-
-    for path in _KNOWN_OR_PATHS:
-        node: object = parameters
-        for key in path:
-            node = node.get(key) if isinstance(node, Mapping) else None
-        hit = found_in(node)
-        if hit:
-            return hit
-
-    def search(node: object, depth: int) -> dict[str, float]:
-        if not isinstance(node, Mapping) or depth > 3:
-            return {}
-        hit = found_in(node)
-        if hit:
-            return hit
-        preferred = [c for k, c in node.items() if any(w in str(k).lower() for w in ("odds", "disease"))]
-        others = [c for k, c in node.items() if not any(w in str(k).lower() for w in ("odds", "disease"))]
-        for child in preferred + others:
-            hit = search(child, depth + 1)
-            if hit:
-                return hit
-        return {}
-
-    return search(parameters, 0)
+    node: object = parameters
+    for depth, key in enumerate(TRUE_OR_PATH):
+        if not isinstance(node, Mapping) or key not in node:
+            where = ".".join(TRUE_OR_PATH[: depth + 1])
+            raise ValueError(
+                f"truth.json has no '{where}' (lvmass.synth.layout.TRUE_OR_PATH): no true odds ratios to "
+                "check against"
+            )
+        node = node[key]
+    if not isinstance(node, Mapping):
+        raise ValueError(
+            f"truth.json {'.'.join(TRUE_OR_PATH)} must map diseases to odds ratios, got {node!r}"
+        )
+    out: dict[str, float] = {}
+    for disease in diseases:
+        value = node.get(disease)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(
+                f"truth.json {'.'.join(TRUE_OR_PATH)}.{disease} must be a positive number, got {value!r}"
+            )
+        out[disease] = float(value)
+    if not out:
+        raise ValueError(f"truth.json {'.'.join(TRUE_OR_PATH)} holds no odds ratio for {list(diseases)}")
+    return out
 
 
 def truth_recovery(
     frame: pd.DataFrame,
     true_ors: Mapping[str, float],
     *,
-    exposure_column: str = "true_lvmi_g_m2",
+    exposure_column: str = TRUTH_LVMI_G_M2,
     min_events: int = DEFAULT_MIN_EVENTS,
     alpha: float = 0.05,
 ) -> pd.DataFrame:

@@ -19,11 +19,12 @@ import pandas as pd
 
 from beam_pipeline.contracts import ALL_METHODS
 from beam_pipeline.schema import PHENOTYPE_COLUMNS
+from lvmass.synth.layout import TRUTH_LV_MASS_G, TRUTH_LVMI_G_M2
 
 METHOD_FIELDS: tuple[str, ...] = ("lv_mass_g", "lv_mass_raw_g", "lvmi_g_m2", "lvh", "lvh_p90", "bsa_m2")
 MANUAL_MASS = "manual_lv_mass_g"
-TRUE_MASS = "true_lv_mass_g"
-TRUE_LVMI = "true_lvmi_g_m2"
+TRUE_MASS = TRUTH_LV_MASS_G  # truth.csv columns of lvmass.synth (lvmass.synth.layout)
+TRUE_LVMI = TRUTH_LVMI_G_M2
 FIRST_IMAGING_INSTANCE = 2
 
 METHOD_LABELS: dict[str, str] = {

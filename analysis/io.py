@@ -7,7 +7,9 @@ and the reason; nothing is dropped silently.
 Results layout (``beam_pipeline.schema``): ``ROOT/lvmass/method=<method>/*.parquet``, each file holding
 ``RESULTS_FILE_SCHEMA``; the partition directory gives the ``method`` column back, as DuckDB's
 ``read_parquet(..., hive_partitioning=true)`` and BigQuery's hive-partitioned external tables do.
-Files are read one by one with pyarrow so that a bad file is named in the error.
+Files are read one by one with pyarrow (only the schema's columns) so that a bad file is named in the error.
+
+The synthetic truth's file names and columns are ``lvmass.synth.layout``'s (imported, not copied).
 """
 
 from __future__ import annotations
@@ -33,12 +35,11 @@ from beam_pipeline.schema import (
     RESULTS_FILE_SCHEMA,
     RESULTS_SCHEMA,
 )
+from lvmass.synth.layout import LABELS_DIRNAME as TRUTH_LABELS_DIRNAME
+from lvmass.synth.layout import TRUTH_CSV, TRUTH_EID, TRUTH_JSON, TRUTH_LV_MASS_G, TRUTH_LVMI_G_M2
 
 GCS_SCHEME = "gs://"
-TRUTH_CSV = "truth.csv"
-TRUTH_JSON = "truth.json"
-TRUTH_LABELS_DIRNAME = "truth_labels"
-TRUTH_REQUIRED_COLUMNS: tuple[str, ...] = ("eid", "true_lv_mass_g", "true_lvmi_g_m2")
+TRUTH_REQUIRED_COLUMNS: tuple[str, ...] = (TRUTH_EID, TRUTH_LV_MASS_G, TRUTH_LVMI_G_M2)
 _NUMERIC_PHENOTYPES: tuple[str, ...] = ("age", "height_cm", "weight_kg", "manual_lv_mass_g")
 _TRUE_VALUES = {"1", "true", "t", "yes", "y", "1.0"}
 _FALSE_VALUES = {"0", "false", "f", "no", "n", "0.0"}
@@ -101,8 +102,12 @@ def list_files(root: str | os.PathLike[str], suffix: str) -> list[str]:
 
 
 def _exists_dir(path: str) -> bool:
+    """Whether a local folder exists, or any gs:// object lies under the prefix (asks for one object,
+    never lists the prefix)."""
     if is_gcs(path):
-        return bool(list_files(path, ""))
+        bucket, prefix = _split_gcs(path.rstrip("/"))
+        blobs = _gcs_client().list_blobs(bucket, prefix=f"{prefix}/" if prefix else "", max_results=1)
+        return next(iter(blobs), None) is not None
     return Path(path).is_dir()
 
 
@@ -121,6 +126,21 @@ def _method_from_path(path: str) -> str | None:
         if part.startswith("method="):
             return part[len("method=") :]
     return None
+
+
+def _read_parquet_columns(path: str, columns: Iterable[str]) -> pa.Table:
+    """Only ``columns`` (those present; the caller checks for missing ones) of a local or gs:// Parquet
+    file: a local file is read column chunk by column chunk, never whole."""
+    wanted = list(columns)
+    try:
+        source: Any = path if not is_gcs(path) else io.BytesIO(read_bytes(path))
+        if not is_gcs(path) and not Path(path).is_file():
+            raise InputError(path, "no such file")
+        with pq.ParquetFile(source) as parquet:
+            present = [c for c in wanted if c in parquet.schema_arrow.names]
+            return parquet.read(columns=present)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(path, f"not a readable Parquet file ({exc})") from exc
 
 
 def _table_to_results(table: pa.Table, source: str, method: str) -> pd.DataFrame:
@@ -157,10 +177,7 @@ def read_results(root: str | os.PathLike[str]) -> pd.DataFrame:
             raise InputError(
                 path, f"unknown method partition {method!r}; expected one of {list(ALL_METHODS)}"
             )
-        try:
-            table = pq.read_table(io.BytesIO(read_bytes(path)))
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise InputError(path, f"not a readable Parquet file ({exc})") from exc
+        table = _read_parquet_columns(path, RESULTS_FILE_SCHEMA.names)
         if table.num_rows:
             frames.append(_table_to_results(table, path, str(method)))
     if not frames:
@@ -175,14 +192,25 @@ def read_results(root: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 # --- Phenotypes -------------------------------------------------------------------------------------
-def _read_table_file(path: str) -> pd.DataFrame:
+def _read_table_file(path: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """A CSV (all values as strings) or Parquet table; only ``columns`` (those present) when given."""
+    wanted = None if columns is None else set(columns)
+    if path.lower().endswith(".parquet"):
+        if wanted is None:
+            try:
+                return pq.read_table(io.BytesIO(read_bytes(path))).to_pandas()
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise InputError(path, f"cannot be parsed ({exc})") from exc
+        return _read_parquet_columns(path, sorted(wanted)).to_pandas()
     data = read_bytes(path)
-    lower = path.lower()
     try:
-        if lower.endswith(".parquet"):
-            return pq.read_table(io.BytesIO(data)).to_pandas()
-        return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
-    except (pa.ArrowInvalid, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        return pd.read_csv(
+            io.BytesIO(data),
+            dtype=str,
+            keep_default_na=False,
+            usecols=None if wanted is None else (lambda c: c in wanted),
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(path, f"cannot be parsed ({exc})") from exc
 
 
@@ -248,7 +276,7 @@ def read_phenotypes(path: str | os.PathLike[str]) -> pd.DataFrame:
     numbers are float with NaN for blanks (``manual_lv_mass_g`` is blank for most participants).
     """
     source = str(path)
-    raw = _read_table_file(source)
+    raw = _read_table_file(source, PHENOTYPE_COLUMNS)
     missing = [c for c in PHENOTYPE_COLUMNS if c not in raw.columns]
     if missing:
         raise InputError(source, f"missing column(s) {missing}; expected {list(PHENOTYPE_COLUMNS)}")
@@ -296,6 +324,7 @@ class Truth:
     parameters: dict[str, Any] = field(default_factory=dict)  # truth.json, {} when absent
     labels_dir: str | None = None  # truth_labels/ with {eid}_20209_2_0.npz, when present
     source: str = ""
+    parameters_source: str | None = None  # the truth.json read, None when absent
 
 
 def read_truth(path: str | os.PathLike[str]) -> Truth:
@@ -319,28 +348,32 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
             raise InputError(csv_path, f"column {column!r} must be numeric")
         if converted.notna().any() or _blank(out[column]).all():
             out[column] = converted.astype(np.float64)
-    json_path = f"{folder}/{TRUTH_JSON}"
+    json_path: str | None = f"{folder}/{TRUTH_JSON}"
     parameters: dict[str, Any] = {}
     try:
-        parameters = json.loads(read_bytes(json_path).decode("utf-8"))
+        parameters = json.loads(read_bytes(str(json_path)).decode("utf-8"))
     except InputError:
-        parameters = {}
+        parameters, json_path = {}, None
     except json.JSONDecodeError as exc:
-        raise InputError(json_path, f"not valid JSON ({exc})") from exc
+        raise InputError(str(json_path), f"not valid JSON ({exc})") from exc
     labels_dir = f"{folder}/{TRUTH_LABELS_DIRNAME}"
     return Truth(
         table=out,
         parameters=parameters,
         labels_dir=labels_dir if _exists_dir(labels_dir) else None,
         source=csv_path,
+        parameters_source=json_path,
     )
 
 
 # --- Label volumes ----------------------------------------------------------------------------------
-def read_label_volume(path: str | os.PathLike[str]) -> np.ndarray:
-    """A uint8 label volume (LABEL_MAP codes) from an ``.npz`` holding ``labels`` (or an ``.npy``)."""
+def read_label_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, int | None]:
+    """A uint8 label volume (LABEL_MAP codes) from an ``.npz`` holding ``labels`` (or an ``.npy``), and
+    the ``slice_start`` the ``.npz`` records (the first acquired slice of a tensor-layout volume), None
+    when it records none."""
     source = str(path)
     data = read_bytes(source)
+    slice_start: int | None = None
     try:
         if source.lower().endswith(".npy"):
             volume = np.load(io.BytesIO(data), allow_pickle=False)
@@ -349,28 +382,51 @@ def read_label_volume(path: str | os.PathLike[str]) -> np.ndarray:
                 if "labels" not in archive.files:
                     raise InputError(source, f"no 'labels' array (found {archive.files})")
                 volume = archive["labels"]
+                if "slice_start" in archive.files:
+                    slice_start = int(archive["slice_start"])
     except (ValueError, OSError) as exc:
         if isinstance(exc, InputError):
             raise
         raise InputError(source, f"not a readable numpy file ({exc})") from exc
     if volume.ndim != 3:
         raise InputError(source, f"labels must be 3-D (rows, cols, slices). Received shape {volume.shape}")
-    return volume
+    return volume, slice_start
 
 
-def eid_from_filename(path: str) -> int | None:
-    """The eid of a ``{eid}_{field}_{instance}_{array}.*`` name, or None when the name is not one."""
+def read_label_volume(path: str | os.PathLike[str]) -> np.ndarray:
+    """A uint8 label volume (LABEL_MAP codes) from an ``.npz`` holding ``labels`` (or an ``.npy``)."""
+    return read_label_file(path)[0]
+
+
+def study_from_filename(path: str) -> tuple[int, int | None] | None:
+    """(eid, instance) of a label file name: ``{eid}_{field}_{instance}_{array}.*`` (a UK Biobank zip's,
+    as the generator's truth_labels/ use), ``{eid}_{instance}.*`` (the pipeline's ``--save_labels``) or
+    ``{eid}.*`` (instance None); None when the name is none of these."""
     stem = path.rsplit("/", 1)[-1].split(".", 1)[0]
-    head = stem.split("_", 1)[0]
-    return int(head) if head.isdigit() else None
+    parts = stem.split("_")
+    if not all(p.isdigit() for p in parts):
+        return None
+    if len(parts) == 4:
+        return int(parts[0]), int(parts[2])
+    if len(parts) == 2:
+        return int(parts[0]), int(parts[1])
+    if len(parts) == 1:
+        return int(parts[0]), None
+    return None
 
 
-def label_files(folder: str, eids: Iterable[int] | None = None) -> dict[int, str]:
-    """``{eid: path}`` for the ``.npz`` label volumes in a folder (optionally only those eids)."""
+def label_files(
+    folder: str, eids: Iterable[int] | None = None, *, instance: int | None = None
+) -> dict[tuple[int, int | None], str]:
+    """``{(eid, instance): path}`` for the ``.npz`` label volumes in a folder, optionally only those
+    eids and only that imaging ``instance`` (a name without an instance then does not match)."""
     wanted = None if eids is None else set(eids)
-    out: dict[int, str] = {}
+    out: dict[tuple[int, int | None], str] = {}
     for path in list_files(folder, ".npz"):
-        eid = eid_from_filename(path)
-        if eid is not None and (wanted is None or eid in wanted):
-            out[eid] = path
+        key = study_from_filename(path)
+        if key is None or (wanted is not None and key[0] not in wanted):
+            continue
+        if instance is not None and key[1] != instance:
+            continue
+        out[key] = path
     return out

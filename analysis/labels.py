@@ -1,9 +1,10 @@
-"""Dice between predicted and reference label volumes, per study and structure.
+"""Dice between predicted and reference label volumes, per study (eid, imaging instance) and structure.
 
-Predicted volumes may be in the model's tensor layout (``LABEL_VOLUME_SHAPE`` = 256 x 256 x 13, each slice
-zero-padded centred, the odd remainder at the bottom/right, slices base to apex with padding at the
-apical end; ``beam_pipeline.contracts``) while references (e.g. the generator's ``truth_labels``) are in
-the acquisition grid (rows, cols, n_slices). :func:`to_acquisition_grid` undoes the padding.
+Predicted volumes may be in the model's tensor layout (``LABEL_VOLUME_SHAPE`` = 256 x 256 x 13, as the
+pipeline's ``--save_labels`` writes them to ``labels/method=<m>/{eid}_{instance}.npz``) while references
+(e.g. the generator's ``truth_labels/{eid}_20209_{instance}_0.npz``) are on the acquisition grid
+(rows, cols, n_slices). :func:`to_acquisition_grid` undoes the placement with the pipeline's own inverse,
+``beam_pipeline.tensor.unplace_label_volume``.
 """
 
 from __future__ import annotations
@@ -15,70 +16,100 @@ import pandas as pd
 
 from analysis import io as aio
 from analysis.stats import DICE_LABELS, dice_by_label
+from beam_pipeline.contracts import LABEL_VOLUME_SHAPE, TENSOR_SLICES
+from beam_pipeline.tensor import slice_window_start, unplace_label_volume
+
+DICE_COLUMNS: tuple[str, ...] = ("method", "eid", "instance", "structure", "dice", "status")
 
 
-def to_acquisition_grid(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """The (rows, cols, slices) = ``shape`` window of a centred, zero-padded volume (a view when the
-    shapes already agree). Raises ValueError when ``shape`` does not fit inside the volume."""
+def to_acquisition_grid(
+    volume: np.ndarray, shape: tuple[int, int, int], *, slice_start: int = 0
+) -> np.ndarray:
+    """The (rows, cols, slices) = ``shape`` labels of a volume: the volume itself when it is already on
+    that grid, else a tensor-layout volume (LABEL_VOLUME_SHAPE) put back by
+    ``beam_pipeline.tensor.unplace_label_volume`` (its slice k is acquired slice ``slice_start + k``).
+    Raises ValueError for any other shape."""
     if volume.shape == tuple(shape):
         return volume
-    rows, cols, n_slices = shape
-    if volume.ndim != 3 or rows > volume.shape[0] or cols > volume.shape[1] or n_slices > volume.shape[2]:
-        raise ValueError(f"a {tuple(shape)} grid does not fit inside a padded volume of shape {volume.shape}")
-    top = (volume.shape[0] - rows) // 2
-    left = (volume.shape[1] - cols) // 2
-    return volume[top : top + rows, left : left + cols, :n_slices]
+    if volume.shape != LABEL_VOLUME_SHAPE:
+        raise ValueError(
+            f"a label volume of shape {volume.shape} is neither on the {tuple(shape)} acquisition grid "
+            f"nor in the tensor layout {LABEL_VOLUME_SHAPE}"
+        )
+    return unplace_label_volume(volume, shape, slice_start=slice_start)
 
 
-def _method_folders(predicted_dir: str) -> dict[str, str]:
-    """``{method: folder}``: sub-folders holding .npz files, or the folder itself as 'predicted'."""
-    files = aio.list_files(predicted_dir, ".npz")
+def _slice_start(recorded: int | None, reference: np.ndarray) -> int:
+    """The first acquired slice of a tensor-layout prediction: as its file records it; else 0 for a
+    stack that fits the tensor; else the pipeline's window rule (``slice_window_start``) applied to the
+    reference's labelled slices, standing in for the InlineVF-outlined slices the pipeline used."""
+    if recorded is not None:
+        return recorded
+    if reference.shape[2] <= TENSOR_SLICES:
+        return 0
+    return slice_window_start([bool(reference[..., k].any()) for k in range(reference.shape[2])])
+
+
+def _predicted_files(
+    predicted_dir: str, instance: int | None
+) -> dict[str, dict[tuple[int, int | None], str]]:
+    """``{method: {(eid, instance): path}}`` from one listing: sub-folders (``method=<m>/`` or ``<m>/``)
+    holding .npz files, or the folder itself as method 'predicted'."""
     base = predicted_dir.rstrip("/")
-    folders: dict[str, str] = {}
-    for path in files:
+    out: dict[str, dict[tuple[int, int | None], str]] = {}
+    for path in aio.list_files(predicted_dir, ".npz"):
         relative = path[len(base) + 1 :]
-        if "/" in relative:
-            method = relative.split("/", 1)[0].removeprefix("method=")
-            folders.setdefault(method, f"{base}/{relative.split('/', 1)[0]}")
-        else:
-            folders.setdefault("predicted", base)
-    return folders
+        method = relative.split("/", 1)[0].removeprefix("method=") if "/" in relative else "predicted"
+        key = aio.study_from_filename(path)
+        if key is not None and (instance is None or key[1] == instance):
+            out.setdefault(method, {})[key] = path
+    return out
 
 
 def dice_per_study(
-    predicted_dir: str, reference_dir: str, labels: Mapping[str, int] = DICE_LABELS
+    predicted_dir: str,
+    reference_dir: str,
+    labels: Mapping[str, int] = DICE_LABELS,
+    *,
+    instance: int | None = None,
 ) -> pd.DataFrame:
-    """One row per method x study x structure (method, eid, structure, dice, status) for every
-    predicted volume with a reference of the same eid; a study that cannot be compared gets a row
-    with its reason."""
-    references = aio.label_files(reference_dir)
-    rows = []
-    for method, folder in _method_folders(predicted_dir).items():
-        for eid, path in sorted(aio.label_files(folder).items()):
-            if eid not in references:
-                rows += [
-                    {
-                        "method": method,
-                        "eid": eid,
-                        "structure": s,
-                        "dice": np.nan,
-                        "status": "no reference labels",
-                    }
-                    for s in labels
-                ]
-                continue
-            reference = aio.read_label_volume(references[eid])
+    """One row per method x study x structure (``DICE_COLUMNS``) for every predicted volume with a
+    reference of the same (eid, instance); a study that cannot be compared gets rows with its reason.
+    ``instance`` keeps only that imaging visit's files (the analysis's ``--instance``).
+
+    Each reference volume is read once, whatever the number of methods."""
+    references = aio.label_files(reference_dir, instance=instance)
+    by_method = _predicted_files(predicted_dir, instance)
+    predicted: dict[tuple[int, int | None], dict[str, str]] = {}
+    for method, files in by_method.items():
+        for key, path in files.items():
+            predicted.setdefault(key, {})[method] = path
+    rows: list[dict[str, object]] = []
+
+    def add(method: str, key: tuple[int, int | None], scores: Mapping[str, float], status: str) -> None:
+        rows.extend(
+            {"method": method, "eid": key[0], "instance": key[1], "structure": s, "dice": d, "status": status}
+            for s, d in scores.items()
+        )
+
+    missing = dict.fromkeys(labels, np.nan)
+    for key in sorted(predicted, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
+        if key not in references:
+            for method in predicted[key]:
+                add(method, key, missing, "no reference labels")
+            continue
+        reference = aio.read_label_volume(references[key])
+        for method, path in predicted[key].items():
             try:
-                predicted = to_acquisition_grid(aio.read_label_volume(path), reference.shape)
-                scores = dice_by_label(predicted, reference, labels)
+                volume, recorded_start = aio.read_label_file(path)
+                start = _slice_start(recorded_start, reference)
+                scores = dice_by_label(
+                    to_acquisition_grid(volume, reference.shape, slice_start=start), reference, labels
+                )
             except ValueError as exc:
-                rows += [
-                    {"method": method, "eid": eid, "structure": s, "dice": np.nan, "status": f"{path}: {exc}"}
-                    for s in labels
-                ]
+                add(method, key, missing, f"{path}: {exc}")
                 continue
-            rows += [
-                {"method": method, "eid": eid, "structure": s, "dice": d, "status": "ok"}
-                for s, d in scores.items()
-            ]
-    return pd.DataFrame(rows, columns=["method", "eid", "structure", "dice", "status"])
+            add(method, key, scores, "ok")
+    frame = pd.DataFrame(rows, columns=list(DICE_COLUMNS))
+    rank = frame["method"].map({m: i for i, m in enumerate(by_method)})
+    return frame.iloc[np.argsort(rank.to_numpy(), kind="stable")].reset_index(drop=True)

@@ -18,6 +18,7 @@ import argparse
 import base64
 import html
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -488,7 +489,12 @@ def _truth_section(
             out_tables["correlation_comparisons_truth"],
         )
     )
-    true_ors = assoc.true_odds_ratios(truth.parameters)
+    true_ors: dict[str, float] = {}
+    if truth.parameters_source is not None:
+        try:
+            true_ors = assoc.true_odds_ratios(truth.parameters)
+        except ValueError as exc:
+            raise aio.InputError(truth.parameters_source, str(exc)) from exc
     if true_ors and TRUE_LVMI in frame.columns:
         recovery = assoc.truth_recovery(frame, true_ors, min_events=args.min_events)
         out_tables["truth_or_recovery"] = recovery
@@ -502,7 +508,7 @@ def _truth_section(
         )
     else:
         tsec.paragraphs.append(
-            "truth.json gives no true odds ratios (or truth.csv no true LVMI): "
+            "No truth.json beside truth.csv (or truth.csv has no true LVMI): "
             "the OR recovery check was not run."
         )
     out_figures["fig6_scatter_truth"] = figs.figure_agreement_scatter(
@@ -530,13 +536,13 @@ def _dice_section(
             "Dice was not computed."
         )
         return
-    per_study = lab.dice_per_study(args.labels, reference)
+    per_study = lab.dice_per_study(args.labels, reference, instance=args.instance)
     out_tables["dice_per_study"] = per_study
     summary = agr.dice_table(per_study) if not per_study.empty else pd.DataFrame()
     out_tables["dice"] = summary
     dsec.paragraphs.append(
         "Dice = 2|A∩B| / (|A| + |B|) per study for myocardium and LV cavity, averaged over "
-        "studies (t 95% CI)."
+        f"studies (t 95% CI); label files of imaging instance {args.instance}, matched by eid and instance."
     )
     dsec.tables.append(("dice", "Mean Dice per method and structure", summary))
 
@@ -544,9 +550,17 @@ def _dice_section(
 def write_outputs(
     out_dir: Path, report: Report, out_tables: dict[str, pd.DataFrame], out_figures: dict[str, Figure]
 ) -> Path:
-    """Write the CSVs, PNGs, report.md and report.html; return the report.html path."""
-    (out_dir / TABLES_DIRNAME).mkdir(parents=True, exist_ok=True)
-    (out_dir / FIGURES_DIRNAME).mkdir(parents=True, exist_ok=True)
+    """Write the CSVs, PNGs, report.md and report.html; return the report.html path.
+
+    ``tables/`` and ``figures/`` are emptied first, so no table or figure of an earlier run is left
+    beside this report's."""
+    for name in (TABLES_DIRNAME, FIGURES_DIRNAME):
+        folder = out_dir / name
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+        elif folder.exists() or folder.is_symlink():
+            folder.unlink()
+        folder.mkdir(parents=True)
     for name, frame in out_tables.items():
         frame.to_csv(
             out_dir / TABLES_DIRNAME / f"{name}.csv", index=not isinstance(frame.index, pd.RangeIndex)

@@ -36,13 +36,25 @@ from beam_pipeline.contracts import (
     METHOD_INLINEVF_RECALIBRATED,
     METHOD_ML4H_REG,
     METHOD_ML4H_SEG,
+    MYOCARDIAL_DENSITY_G_PER_ML,
 )
+from beam_pipeline.mass import bsa_dubois_m2
 from beam_pipeline.schema import (
     DISEASE_COLUMNS,
     PHENOTYPE_COLUMNS,
     RESULTS_DIRNAME,
     RESULTS_FILE_SCHEMA,
     RESULTS_SCHEMA,
+)
+from lvmass.synth.layout import (
+    COHORT_KEY,
+    PHENOTYPES_CSV,
+    TRUE_OR_PER_SAMPLE_SD_KEY,
+    TRUTH_CSV,
+    TRUTH_EID,
+    TRUTH_JSON,
+    TRUTH_LV_MASS_G,
+    TRUTH_LVMI_G_M2,
 )
 
 DEFAULT_TRUE_ODDS_RATIOS: dict[str, float] = {
@@ -60,9 +72,8 @@ MALE_LOG_OR = 0.3
 MANUAL_NOISE_SD_G = 8.0
 
 
-def dubois_bsa_m2(weight_kg: np.ndarray, height_cm: np.ndarray) -> np.ndarray:
-    """DuBois & DuBois (1916): BSA = 0.007184 x W^0.425 x H^0.725 (kg, cm)."""
-    return 0.007184 * np.power(weight_kg, 0.425) * np.power(height_cm, 0.725)
+# The pipeline's DuBois BSA (beam_pipeline.mass, the one definition), element-wise over arrays.
+_bsa_m2 = np.vectorize(bsa_dubois_m2, otypes=[np.float64])
 
 
 @dataclass(frozen=True)
@@ -111,7 +122,7 @@ def simulate_study(
     age = np.clip(rng.normal(63.0, 7.5, n), 45.0, 82.0)
     height = np.where(male, rng.normal(176.0, 7.0, n), rng.normal(163.0, 6.5, n))
     weight = np.clip(np.where(male, rng.normal(84.0, 13.0, n), rng.normal(70.0, 12.0, n)), 40.0, 160.0)
-    bsa = dubois_bsa_m2(weight, height)
+    bsa = _bsa_m2(height, weight)
     true_lvmi = np.where(male, rng.normal(58.0, 8.0, n), rng.normal(47.0, 7.0, n)) + 0.15 * (age - 63.0)
     true_mass = true_lvmi * bsa
     z = (true_lvmi - true_lvmi.mean()) / true_lvmi.std(ddof=1)
@@ -168,7 +179,7 @@ def simulate_study(
                     "lv_mass_raw_g": raw_mass,
                     "lv_mass_g": mass,
                     "calibration": calibration[method],
-                    "myocardium_volume_ml": raw_mass / 1.05,
+                    "myocardium_volume_ml": raw_mass / MYOCARDIAL_DENSITY_G_PER_ML,
                     "lv_cavity_volume_ml": 1.4 * true_mass,
                     "bsa_m2": bsa,
                     "lvmi_g_m2": lvmi,
@@ -194,10 +205,10 @@ def simulate_study(
     repeat["lv_mass_g"] = repeat["lv_mass_g"] + rng.normal(0.0, 5.0, len(repeat))
     results = pd.concat([results, repeat], ignore_index=True)[RESULTS_SCHEMA.names]
     truth = pd.DataFrame(
-        {"eid": eid, "true_lv_mass_g": true_mass, "true_lvmi_g_m2": true_lvmi, "true_bsa_m2": bsa}
+        {TRUTH_EID: eid, TRUTH_LV_MASS_G: true_mass, TRUTH_LVMI_G_M2: true_lvmi, "true_bsa_m2": bsa}
     )
-    parameters: dict[str, object] = {
-        "odds_ratios_per_sd_true_lvmi": {d: float(true_odds_ratios[d]) for d in DISEASE_COLUMNS},
+    parameters: dict[str, object] = {  # truth.json, with lvmass.synth's keys (lvmass.synth.layout)
+        COHORT_KEY: {TRUE_OR_PER_SAMPLE_SD_KEY: {d: float(true_odds_ratios[d]) for d in DISEASE_COLUMNS}},
         "intercepts": dict(DEFAULT_INTERCEPTS),
         "age_log_or_per_year": AGE_LOG_OR_PER_YEAR,
         "male_log_or": MALE_LOG_OR,
@@ -228,9 +239,9 @@ def write_study(study: SimulatedStudy, out_dir: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {
         "results": write_results(study.results, out / "results"),
-        "phenotypes": out / "phenotypes.csv",
-        "truth": out / "truth.csv",
-        "truth_json": out / "truth.json",
+        "phenotypes": out / PHENOTYPES_CSV,
+        "truth": out / TRUTH_CSV,
+        "truth_json": out / TRUTH_JSON,
     }
     study.phenotypes.to_csv(paths["phenotypes"], index=False)
     study.truth.to_csv(paths["truth"], index=False)

@@ -152,3 +152,33 @@ def build_label_volume(
     for k, lab in enumerate(labels_per_slice[slice_start : slice_start + contracts.TENSOR_SLICES]):
         volume[:, :, k], _ = pad_or_crop_slice(np.asarray(lab).astype(np.uint8))
     return volume
+
+
+def unplace_label_volume(
+    volume: np.ndarray, shape: tuple[int, int, int], *, slice_start: int = 0
+) -> np.ndarray:
+    """The inverse of :func:`build_label_volume`: labels back on the acquisition grid ``shape`` =
+    (rows, cols, n_slices).
+
+    Slice ``k`` of ``volume`` goes back to acquired slice ``slice_start + k`` (pass the
+    ``ImageTensor.slice_start`` the volume was built with); each slice is un-padded (the centred window,
+    odd remainder bottom/right, as :func:`pad_or_crop_slice` placed it) or, where the acquisition was
+    larger than the tensor and was centre-cropped, put back in the middle of zeros (the cropped-away
+    border is unknown and comes back as background). Acquired slices outside the window are background.
+    Returns a new uint8 array; ``volume`` is not changed.
+    """
+    arr = np.asarray(volume)
+    if arr.ndim != 3:
+        raise ValueError(f"label volume must be 3-D (rows, cols, slices), got shape {arr.shape}")
+    if len(shape) != 3 or any(int(s) <= 0 for s in shape):
+        raise ValueError(f"shape must be 3 positive sizes (rows, cols, n_slices), got {tuple(shape)}")
+    rows, cols, n_slices = (int(s) for s in shape)
+    if not 0 <= slice_start < n_slices:
+        raise ValueError(f"slice_start {slice_start} outside 0..{n_slices - 1}")
+    out = np.zeros((rows, cols, n_slices), dtype=np.uint8)
+    # _offsets(acquired, tensor) gives (tensor start, acquired start, length) of the placed window
+    tr, ar, nr = _offsets(rows, arr.shape[0])
+    tc, ac, nc = _offsets(cols, arr.shape[1])
+    n = min(arr.shape[2], n_slices - slice_start)
+    out[ar : ar + nr, ac : ac + nc, slice_start : slice_start + n] = arr[tr : tr + nr, tc : tc + nc, :n]
+    return out

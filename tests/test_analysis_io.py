@@ -88,11 +88,37 @@ class TestReadResults:
         with pytest.raises(aio.InputError, match=r"missing column\(s\) \['lvmi_g_m2'\]"):
             aio.read_results(tmp_path)
 
+    def test_reads_only_the_schema_columns(self, study, tmp_path):
+        # an extra column whose bytes are corrupt: reading whole files fails, reading the schema's
+        # columns never touches it
+        folder = tmp_path / "lvmass" / "method=ml4h_seg"
+        folder.mkdir(parents=True)
+        part = study.results[study.results["method"] == "ml4h_seg"].drop(columns="method")
+        path = _with_corrupt_extra_column(
+            pa.Table.from_pandas(part, schema=RESULTS_FILE_SCHEMA, preserve_index=False), folder / "p.parquet"
+        )
+        with pytest.raises(OSError):
+            pq.read_table(path)
+        frame = aio.read_results(tmp_path)
+        assert list(frame.columns) == RESULTS_SCHEMA.names and len(frame) == len(part)
+
     def test_duplicated_rows_are_an_error(self, study, tmp_path):
         part = study.results[study.results["method"] == "ml4h_seg"]
         write_results(pd.concat([part, part.iloc[:1]]), tmp_path, files_per_method=2)
         with pytest.raises(aio.InputError, match="duplicated"):
             aio.read_results(tmp_path)
+
+
+def _with_corrupt_extra_column(table: pa.Table, path: Path) -> Path:
+    """Write ``table`` plus a column ``debug_blob`` whose pages are then overwritten with garbage."""
+    table = table.append_column("debug_blob", pa.array([b"payload" * 20] * table.num_rows, pa.binary()))
+    pq.write_table(table, path, compression="none", use_dictionary=False)
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(table.schema.get_field_index("debug_blob"))
+    data = bytearray(path.read_bytes())
+    start, size = chunk.data_page_offset, chunk.total_compressed_size
+    data[start : start + size] = b"\xff" * size
+    path.write_bytes(bytes(data))
+    return path
 
 
 class TestReadPhenotypes:
@@ -140,6 +166,12 @@ class TestReadPhenotypes:
         if column != "eid":
             assert str(study.phenotypes["eid"].iloc[2]) in str(info.value)
 
+    def test_parquet_reads_only_the_phenotype_columns(self, study, tmp_path):
+        table = pa.Table.from_pandas(study.phenotypes, preserve_index=False)
+        path = _with_corrupt_extra_column(table, tmp_path / "phenotypes.parquet")
+        frame = aio.read_phenotypes(path)
+        assert list(frame.columns) == list(PHENOTYPE_COLUMNS) and len(frame) == len(study.phenotypes)
+
     def test_missing_column_and_duplicate_eid(self, study, tmp_path):
         with pytest.raises(aio.InputError, match="missing column"):
             aio.read_phenotypes(self._write(tmp_path, study.phenotypes.drop(columns="weight_kg")))
@@ -168,6 +200,20 @@ class TestReadHoldoutAndTruth:
         pd.DataFrame({"eid": [1], "true_lv_mass_g": [100.0]}).to_csv(tmp_path / "truth.csv", index=False)
         with pytest.raises(aio.InputError, match="true_lvmi_g_m2"):
             aio.read_truth(tmp_path)
+
+
+class TestLabelFiles:
+    def test_studies_are_keyed_by_eid_and_instance(self, tmp_path):
+        names = ["1000001_20209_2_0.npz", "1000001_20209_3_0.npz", "1000002_2.npz", "1000002_3.npz", "7.npz"]
+        for name in [*names, "notes_about_it.npz", "1000003_2.txt"]:
+            (tmp_path / name).write_bytes(b"")
+        found = aio.label_files(str(tmp_path))
+        assert sorted(found, key=str) == sorted(
+            [(1000001, 2), (1000001, 3), (1000002, 2), (1000002, 3), (7, None)], key=str
+        )
+        assert found[(1000002, 3)] == str(tmp_path / "1000002_3.npz")
+        assert set(aio.label_files(str(tmp_path), instance=2)) == {(1000001, 2), (1000002, 2)}
+        assert set(aio.label_files(str(tmp_path), [1000002], instance=3)) == {(1000002, 3)}
 
 
 class TestCohort:
@@ -241,3 +287,35 @@ def test_reads_results_and_phenotypes_from_gs(gcs_emulator, written):
     )
     with pytest.raises(aio.InputError, match="no such object"):
         aio.read_phenotypes("gs://lvmass-results/pheno/missing.csv")
+
+
+def test_gs_results_are_listed_once(gcs_emulator, written, monkeypatch):
+    from google.cloud import storage
+
+    bucket = storage.Client().create_bucket("lvmass-listing")
+    root = Path(written["results"])
+    files = sorted(root.rglob("*.parquet"))
+    for path in files:
+        bucket.blob(f"run1/{path.relative_to(root).as_posix()}").upload_from_filename(os.fspath(path))
+    listed: list[str] = []
+    make_client = aio._gcs_client
+
+    class CountingClient:
+        """The real client; every object a listing yields is counted."""
+
+        def __init__(self) -> None:
+            self._client = make_client()
+
+        def list_blobs(self, *args, **kwargs):
+            for blob in self._client.list_blobs(*args, **kwargs):
+                listed.append(blob.name)
+                yield blob
+
+        def __getattr__(self, name):
+            return getattr(self._client, name)
+
+    monkeypatch.setattr(aio, "_gcs_client", CountingClient)
+    frame = aio.read_results("gs://lvmass-listing/run1")
+    assert len(frame) == len(aio.read_results(root))
+    # one listing of the prefix, plus at most one object to see that run1/lvmass/ exists
+    assert len(listed) <= len(files) + 1

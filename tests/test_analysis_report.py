@@ -1,5 +1,6 @@
 """The ``python -m analysis`` report end to end on a simulated pipeline output: files, tables, figures,
-Dice from label volumes, and the HTML rendered in headless Chromium with every figure found."""
+Dice from label volumes (named and placed as the pipeline's ``--save_labels`` writes them), and the HTML
+rendered in headless Chromium with every figure found."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ from analysis import labels as lab
 from analysis.cohort import MANUAL_MASS, build_cohort, method_label
 from analysis.report import main
 from analysis.simulate import simulate_study, write_study
-from beam_pipeline.contracts import ALL_METHODS, LABEL_VOLUME_SHAPE, LV_CAVITY, MYOCARDIUM
+from beam_pipeline.contracts import ALL_METHODS, LV_CAVITY, MYOCARDIUM
+from beam_pipeline.tensor import build_label_volume
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ACQUISITION_SHAPE = (41, 36, 9)  # odd rows: the padding's odd remainder goes to the bottom
 LABELLED_EIDS = 4
+STALE_FILES = ("tables/from_an_earlier_run.csv", "figures/fig9_from_an_earlier_run.png")
 
 
 def _ring_labels(shape: tuple[int, int, int], shift: int = 0) -> np.ndarray:
@@ -39,38 +42,38 @@ def _ring_labels(shape: tuple[int, int, int], shift: int = 0) -> np.ndarray:
     return volume
 
 
-def _pad_centred(volume: np.ndarray) -> np.ndarray:
-    """The contract's tensor layout: zero-padded centred in-plane (odd remainder bottom/right), slices at
-    the top of the stack."""
-    out = np.zeros(LABEL_VOLUME_SHAPE, dtype=volume.dtype)
-    top = (LABEL_VOLUME_SHAPE[0] - volume.shape[0]) // 2
-    left = (LABEL_VOLUME_SHAPE[1] - volume.shape[1]) // 2
-    out[top : top + volume.shape[0], left : left + volume.shape[1], : volume.shape[2]] = volume
-    return out
+def _tensor_layout(volume: np.ndarray, slice_start: int | None = None) -> np.ndarray:
+    """A label volume placed as the pipeline places it (``beam_pipeline.tensor.build_label_volume``)."""
+    return build_label_volume([volume[..., k] for k in range(volume.shape[2])], slice_start=slice_start)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """One report run on a simulated cohort with truth and label volumes."""
+    """One report run on a simulated cohort with truth and label volumes (the first imaging visit's and,
+    for the same eids, a repeat visit's that the analysis of instance 2 must not use)."""
     root = tmp_path_factory.mktemp("analysis_report")
     study = simulate_study(500, seed=17)
     paths = write_study(study, root / "cohort")
     truth_labels = root / "cohort" / "truth_labels"
     truth_labels.mkdir()
-    for method in ("ml4h_seg", "inlinevf"):
-        (root / "labels" / method).mkdir(parents=True)
+    predicted = {method: root / "labels" / f"method={method}" for method in ("ml4h_seg", "inlinevf")}
+    for folder in predicted.values():
+        folder.mkdir(parents=True)
     eids = study.phenotypes["eid"].iloc[:LABELLED_EIDS]
     for eid in eids:
+        # as lvmass.synth names truth labels and the pipeline's --save_labels names predictions
         reference = _ring_labels(ACQUISITION_SHAPE)
         np.savez_compressed(truth_labels / f"{eid}_20209_2_0.npz", labels=reference)
-        np.savez_compressed(
-            root / "labels" / "ml4h_seg" / f"{eid}_20209_2_0.npz", labels=_pad_centred(reference)
-        )
+        np.savez_compressed(predicted["ml4h_seg"] / f"{eid}_2.npz", labels=_tensor_layout(reference))
         shifted = _ring_labels(ACQUISITION_SHAPE, shift=2)
-        np.savez_compressed(
-            root / "labels" / "inlinevf" / f"{eid}_20209_2_0.npz", labels=_pad_centred(shifted)
-        )
+        np.savez_compressed(predicted["inlinevf"] / f"{eid}_2.npz", labels=_tensor_layout(shifted))
+        repeat = _ring_labels(ACQUISITION_SHAPE, shift=6)
+        np.savez_compressed(truth_labels / f"{eid}_20209_3_0.npz", labels=reference)
+        np.savez_compressed(predicted["ml4h_seg"] / f"{eid}_3.npz", labels=_tensor_layout(repeat))
     out = root / "report"
+    for stale in STALE_FILES:  # an earlier run's outputs in the report folder
+        (out / stale).parent.mkdir(parents=True, exist_ok=True)
+        (out / stale).write_bytes(b"old")
     argv = [
         f"--results={paths['results']}",
         f"--phenotypes={paths['phenotypes']}",
@@ -157,8 +160,10 @@ def test_truth_sections(run):
 def test_dice_from_label_volumes(run):
     per_study = pd.read_csv(run["out"] / "tables" / "dice_per_study.csv")
     assert len(per_study) == 2 * LABELLED_EIDS * 2 and (per_study["status"] == "ok").all()
+    # matched by (eid, instance) and only the analysed visit: the repeat visit's files are not used
+    assert set(per_study["instance"]) == {2} and set(per_study["eid"]) == set(run["eids"])
     dice = pd.read_csv(run["out"] / "tables" / "dice.csv").set_index(["method", "structure"])
-    # ml4h_seg's volumes are the references padded into the tensor layout: cropping back must be exact.
+    # ml4h_seg's volumes are the references placed in the tensor layout: putting them back must be exact.
     assert dice.loc[("ml4h_seg", "myocardium"), "mean_dice"] == pytest.approx(1.0)
     assert dice.loc[("ml4h_seg", "lv_cavity"), "mean_dice"] == pytest.approx(1.0)
     expected = lab.dice_by_label(_ring_labels(ACQUISITION_SHAPE, shift=2), _ring_labels(ACQUISITION_SHAPE))
@@ -166,12 +171,65 @@ def test_dice_from_label_volumes(run):
     assert 0.5 < expected["myocardium"] < 1.0
 
 
-def test_to_acquisition_grid_undoes_centred_padding():
+def test_to_acquisition_grid_undoes_the_tensor_placement():
     rng = np.random.default_rng(3)
     volume = rng.integers(0, 3, size=ACQUISITION_SHAPE).astype(np.uint8)
-    np.testing.assert_array_equal(lab.to_acquisition_grid(_pad_centred(volume), ACQUISITION_SHAPE), volume)
-    with pytest.raises(ValueError, match="does not fit"):
+    np.testing.assert_array_equal(lab.to_acquisition_grid(_tensor_layout(volume), ACQUISITION_SHAPE), volume)
+    assert lab.to_acquisition_grid(volume, ACQUISITION_SHAPE) is volume  # already on the grid
+    # more slices than the tensor holds: the window starts at slice_start
+    long = rng.integers(0, 3, size=(40, 30, 15)).astype(np.uint8)
+    back = lab.to_acquisition_grid(_tensor_layout(long, slice_start=2), long.shape, slice_start=2)
+    np.testing.assert_array_equal(back[..., 2:], long[..., 2:])
+    assert not back[..., :2].any()
+    with pytest.raises(ValueError, match=r"neither on the .* acquisition grid nor in the tensor layout"):
         lab.to_acquisition_grid(volume, (300, 10, 2))
+
+
+def test_dice_reads_each_reference_once_and_places_long_stacks_like_the_pipeline(tmp_path, monkeypatch):
+    # 15 acquired slices, a different ring on each of slices 2..14: the pipeline keeps the 13-slice
+    # window starting at 2 (the labelled slices)
+    reference = np.zeros((40, 30, 15), np.uint8)
+    for k in range(2, 15):
+        reference[..., k] = _ring_labels((40, 30, 2), shift=k - 8)[..., 0]
+    (tmp_path / "ref").mkdir()
+    np.savez_compressed(tmp_path / "ref" / "1000001_20209_2_0.npz", labels=reference)
+    for method in ("a", "b"):
+        (tmp_path / "pred" / f"method={method}").mkdir(parents=True)
+    # a: as --save_labels writes it today (window not recorded); b: a window from slice 1, recorded
+    np.savez_compressed(tmp_path / "pred" / "method=a" / "1000001_2.npz", labels=_tensor_layout(reference))
+    np.savez_compressed(
+        tmp_path / "pred" / "method=b" / "1000001_2.npz",
+        labels=_tensor_layout(reference, slice_start=1),
+        slice_start=np.int64(1),
+    )
+    reads = []
+    read = lab.aio.read_label_volume
+    monkeypatch.setattr(lab.aio, "read_label_volume", lambda path: reads.append(path) or read(path))
+    per_study = lab.dice_per_study(str(tmp_path / "pred"), str(tmp_path / "ref"), instance=2)
+    assert len(reads) == 1  # one reference read for both methods
+    assert (per_study["status"] == "ok").all()
+    dice = per_study.set_index(["method", "structure"])["dice"]
+    assert dice["a"].tolist() == pytest.approx([1.0, 1.0])
+    lost_apex = reference.copy()
+    lost_apex[..., 14] = 0  # b's window (slices 1..13) holds everything but the last slice
+    assert dice["b"].to_dict() == pytest.approx(lab.dice_by_label(lost_apex, reference))
+    assert lab.dice_per_study(str(tmp_path / "pred"), str(tmp_path / "ref"), instance=3).empty
+
+
+def test_an_earlier_runs_tables_and_figures_are_removed(run):
+    for stale in STALE_FILES:
+        assert not (run["out"] / stale).exists()
+    assert (run["out"] / "tables" / "table1_baseline.csv").is_file()
+
+
+def test_a_truth_json_without_the_true_odds_ratios_is_named(run, tmp_path, capsys):
+    cohort = tmp_path / "cohort"
+    shutil.copytree(run["root"] / "cohort", cohort)
+    (cohort / "truth.json").write_text(json.dumps({"odds_ratios_per_sd_true_lvmi": {"hypertension": 1.6}}))
+    argv = [f"--results={run['paths']['results']}", f"--phenotypes={run['paths']['phenotypes']}"]
+    rc = main([*argv, f"--out={tmp_path / 'r'}", f"--truth={cohort}", "--bootstrap=20"])
+    assert rc == 2
+    assert f"{cohort / 'truth.json'}: truth.json has no 'cohort'" in capsys.readouterr().err
 
 
 def test_figures_in_the_html_are_the_pngs(run):

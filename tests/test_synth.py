@@ -22,7 +22,9 @@ from scipy import ndimage
 
 from beam_pipeline.contracts import LABEL_MAP, LV_CAVITY, MYOCARDIAL_DENSITY_G_PER_ML, MYOCARDIUM
 from beam_pipeline.schema import PHENOTYPE_COLUMNS
-from lvmass.synth import SynthConfig, generate_cohort, render_participant
+from lvmass.synth import SynthConfig, generate_cohort, generate_population, layout, render_participant
+from lvmass.synth.participant import participant_scene, slice_points_rel
+from lvmass.synth.render import skin_depth_mm
 
 N_PARTICIPANTS = 8
 SEED = 11
@@ -178,9 +180,9 @@ class TestGeometry:
             assert np.allclose([np.linalg.norm(iop[:3]), np.linalg.norm(iop[3:])], 1.0, atol=1e-6)
             assert abs(np.dot(iop[:3], iop[3:])) < 1e-6
             assert np.max(np.abs(iop[:3])) < 0.99 and np.max(np.abs(iop[3:])) < 0.99  # oblique, not identity
-            normal = _normal(first)
+            normal = _normal(first)  # u x v: seen from the apex, it points from the apex to the base
             pos = [float(np.dot(np.array(bk[k][0].ImagePositionPatient, float), normal)) for k in sorted(bk)]
-            assert np.allclose(np.diff(pos), 10.0, atol=1e-3)  # base to apex along the normal
+            assert np.allclose(np.diff(pos), -10.0, atol=1e-3)  # b1 (base) to bN (apex): 10 mm steps
             for series in bk.values():
                 for d in series:
                     assert np.allclose(np.array(d.ImageOrientationPatient, float), iop)
@@ -191,6 +193,29 @@ class TestGeometry:
             assert 1.4 <= spacing[0] <= 2.6
             assert spacing[0] == pytest.approx(float(truth[eid]["pixel_spacing_row_mm"]))
             assert 180 <= first.Rows <= 256 and 180 <= first.Columns <= 256
+
+    def test_usual_short_axis_display(self, cohort):
+        """As UK Biobank short-axis cine is displayed: seen from the apex, the anterior wall at the top
+        and the RV on the viewer's left of the LV (from the IOP, and found in the pixels)."""
+        paths, _truth, zips = cohort
+        for eid, (_, dicoms) in zips.items():
+            bk = _bk_series(dicoms)
+            iop = np.array(bk[1][0].ImageOrientationPatient, float)
+            row_dir, col_dir = iop[:3], iop[3:]  # LPS: +x patient left, +y posterior, +z head
+            assert row_dir[0] > 0.5  # left to right across the image = the patient's right to left
+            assert col_dir[1] > 0.5  # top to bottom = anterior to posterior
+            # the normal points from the apex (left, anterior, inferior) to the base
+            assert float(np.dot(_normal(bk[1][0]), [-1.0, 1.0, 1.0])) > 0.5
+            # in the mid-ventricular ED image, the bright blood beside the LV (the RV) is on the left
+            labels = np.load(paths.labels_dir / f"{eid}_20209_2_0.npz")["labels"]
+            mid = int(np.argmax((labels == MYOCARDIUM).sum(axis=(0, 1))))
+            lv = labels[..., mid] > 0
+            ed = bk[mid + 1][0].pixel_array.astype(float)
+            blood = ed[labels[..., mid] == LV_CAVITY].mean()
+            ring = ndimage.binary_dilation(lv, iterations=12) & ~ndimage.binary_dilation(lv, iterations=2)
+            bright = ring & (ed > 0.8 * blood)
+            cols = np.nonzero(lv)[1].mean()
+            assert bright.sum() > 30 and np.nonzero(bright)[1].mean() < cols - 5, (eid, bright.sum())
 
     def test_pixel_format_and_contrast(self, cohort):
         paths, _truth, zips = cohort
@@ -286,6 +311,52 @@ class TestOverlays:
         assert 1.45 < float(np.mean(ratios)) < 2.05
 
 
+class TestAnatomy:
+    """The chest around the heart, from the geometry the cohort's images were drawn from (generator code:
+    ``participant_scene`` rebuilds it from (seed, eid), the labels are the written truth_labels)."""
+
+    def test_heart_sits_inside_the_thorax(self, cohort):
+        paths, truth, _ = cohort
+        fov = []
+        for eid in truth:
+            scene = participant_scene(eid, SEED)
+            acq, body = scene.truth.acquisition, scene.body
+            labels = np.load(paths.labels_dir / f"{eid}_20209_2_0.npz")["labels"]
+            assert labels.shape == (acq.rows, acq.cols, acq.n_slices)
+            inside = []
+            for k in range(acq.n_slices):
+                depth = skin_depth_mm(slice_points_rel(acq, k), body)
+                lv = labels[..., k] > 0
+                # every LV pixel inside the body, deeper than the subcutaneous fat and chest-wall muscle
+                assert not lv.any() or depth[lv].min() > body.fat_mm + body.muscle_mm + 10.0, (eid, k)
+                inside.append(float((depth > 0).mean()))
+            fov.append(np.mean(inside))
+            # the anterior skin 90-110 mm in front of the mid-LV (further only where the LV needed room)
+            mid = 0.5 * scene.truth.anatomy.epi_apex_z_mm * acq.n
+            ahead = np.arange(0.0, 200.0, 0.5, dtype=np.float32)
+            skin_mm = ahead[np.argmax(body.trunk.depth_mm(np.full_like(ahead, mid[0]), mid[1] - ahead) <= 0)]
+            assert 90.0 <= skin_mm <= 130.0, (eid, skin_mm)
+            # spine and descending aorta behind the heart; the diaphragm below the LV
+            assert body.spine_xy[1] > mid[1] + 60.0 and body.aorta_xy[1] > mid[1] + 30.0
+        assert min(fov) > 0.5 and np.mean(fov) > 0.6, fov  # the body fills most of the field of view
+
+    def test_lungs_beside_the_lv(self, cohort):
+        """Lateral to the LV (the viewer's right) lies the dark left lung."""
+        paths, _truth, zips = cohort
+        for eid, (_, dicoms) in zips.items():
+            bk = _bk_series(dicoms)
+            labels = np.load(paths.labels_dir / f"{eid}_20209_2_0.npz")["labels"]
+            mid = int(np.argmax((labels == MYOCARDIUM).sum(axis=(0, 1))))
+            lv = labels[..., mid] > 0
+            ed = bk[mid + 1][0].pixel_array.astype(float)
+            blood = ed[labels[..., mid] == LV_CAVITY].mean()
+            rows, cols = np.nonzero(lv)
+            spacing = float(bk[1][0].PixelSpacing[1])
+            centre_row, right_col = int(rows.mean()), int(cols.max() + 20.0 / spacing)
+            band = ed[centre_row - 3 : centre_row + 4, right_col : right_col + int(20.0 / spacing)]
+            assert band.mean() < 0.3 * blood, (eid, band.mean() / blood)
+
+
 class TestTruth:
     def test_mass_volume_labels_and_indexing(self, cohort):
         paths, truth, _ = cohort
@@ -293,9 +364,11 @@ class TestTruth:
         phen = {int(r["eid"]): r for r in csv.DictReader(paths.phenotypes_csv.open())}
         for eid, row in truth.items():
             volume, mass = float(row["true_myocardium_volume_ml"]), float(row["true_lv_mass_g"])
-            assert mass == pytest.approx(volume * MYOCARDIAL_DENSITY_G_PER_ML, rel=1e-5)
+            # recomputed from the per-slice areas: the paper's rule (area x 10 mm x 1.05 g/mL)
             areas = [float(a) for a in row["myocardium_area_mm2"].split()]
+            assert len(areas) == int(row["n_slices"])
             assert sum(areas) * 10.0 / 1000.0 == pytest.approx(volume, rel=1e-4)
+            assert sum(areas) * 10.0 / 1000.0 * MYOCARDIAL_DENSITY_G_PER_ML == pytest.approx(mass, rel=1e-4)
             labels = np.load(paths.labels_dir / f"{eid}_20209_2_0.npz")["labels"]
             label_mass = (
                 (labels == MYOCARDIUM).sum()
@@ -336,6 +409,40 @@ def test_deterministic_for_a_seed_whatever_the_workers(tmp_path):
     ]
 
 
+def test_a_non_empty_folder_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "cohort"
+    # the config's appearance_scale (and fidelity) are used when the arguments are not given
+    first = generate_cohort(out, participants=2, seed=5, config=SynthConfig(appearance_scale=0.0))
+    assert json.loads(first.truth_json.read_text())["config"]["appearance_scale"] == 0.0
+    before = {p.name: p.read_bytes() for p in first.zips_dir.iterdir()}
+    with pytest.raises(ValueError, match=rf"output folder {re.escape(str(out))} is not empty .*overwrite"):
+        generate_cohort(out, participants=1, seed=6)
+    assert {p.name: p.read_bytes() for p in first.zips_dir.iterdir()} == before  # untouched
+    again = generate_cohort(out, participants=1, seed=6, overwrite=True)
+    assert len(list(again.zips_dir.iterdir())) == len(list(again.labels_dir.iterdir())) == 1
+    assert not set(before) & {p.name for p in again.zips_dir.iterdir()}
+    assert json.loads(again.truth_json.read_text())["seed"] == 6
+    (out / "notes.txt").write_text("not the generator's")
+    with pytest.raises(ValueError, match=r"holds files that are not a cohort's \(notes\.txt\)"):
+        generate_cohort(out, participants=1, seed=6, overwrite=True)
+    assert (out / "notes.txt").read_text() == "not the generator's"
+
+
+def test_population_only_truth_is_the_cohorts(cohort, tmp_path):
+    paths, truth, _ = cohort
+    population = generate_population(tmp_path / "population", participants=N_PARTICIPANTS, seed=SEED)
+    assert sorted(p.name for p in population.root.iterdir()) == ["phenotypes.csv", "truth.csv", "truth.json"]
+    assert population.phenotypes_csv.read_text() == paths.phenotypes_csv.read_text()
+    rows = _truth_rows(population.truth_csv)
+    assert sorted(rows) == sorted(truth)
+    for eid, row in rows.items():
+        assert row == {k: truth[eid][k] for k in row}
+    full, only = (json.loads(p.truth_json.read_text()) for p in (paths, population))
+    for key in (layout.TRUE_OR_PER_SAMPLE_SD_KEY, "true_lvmi_g_m2", "observed_prevalence"):
+        assert only[layout.COHORT_KEY][key] == full[layout.COHORT_KEY][key]
+    assert only[layout.DISEASE_MODEL_KEY] == full[layout.DISEASE_MODEL_KEY]
+
+
 class TestSpecialCases:
     def test_extras_lax_results_and_repeated_slice(self):
         cfg = SynthConfig(lax_extras_fraction=1.0, vf_results_fraction=1.0, duplicate_slice_fraction=1.0)
@@ -364,19 +471,50 @@ class TestSpecialCases:
         )  # the later acquisition is the one used
         assert earlier.pixel_array.tobytes() != vf.pixel_array.tobytes()
 
-    @pytest.mark.parametrize("eid", [3100001, 3100002, 3100003, 3100004])
-    def test_inlinevf_failures(self, eid):
+    @pytest.mark.parametrize(
+        ("eid", "kind"),
+        [
+            (3100001, "mistrace"),
+            (3100002, "outflow_tract"),
+            (3100003, "below_apex"),
+            (3100004, "outflow_tract"),
+        ],
+    )
+    def test_inlinevf_failures(self, eid, kind):
+        """Each failure against a failure-free render of the same participant (same images, offsets and
+        jitter): the failing slices' contours enclose clearly more, every other slice is unchanged."""
         p = render_participant(eid, 4, SynthConfig(inlinevf_failure_rate=1.0))
-        kind = p.truth["inlinevf_failure"]
-        assert kind in ("below_apex", "outflow_tract", "mistrace")
-        _, dicoms = _read_zip(p.zip_bytes)
-        ed = _inlinevf_ed(dicoms)
+        clean = render_participant(eid, 4, SynthConfig(inlinevf_failure_rate=0.0))
+        assert p.truth["inlinevf_failure"] == kind and clean.truth["inlinevf_failure"] == ""
+        ed, ed_clean = (_inlinevf_ed(_read_zip(x.zip_bytes)[1]) for x in (p, clean))
         slices = [int(s) - 1 for s in p.truth["inlinevf_failure_slices"].split()]
-        myo = (p.labels == MYOCARDIUM).sum(axis=(0, 1))
-        if kind == "below_apex":
-            # a ring contoured past the apex, where at most a sliver of the apical cap lies in the slab
-            assert myo[slices[0]] <= 0.03 * myo.max() and 0x60003000 in ed[slices[0]]
-        assert p.truth["expected_inlinevf_raw_mass_g"] > p.truth["true_lv_mass_g"]
+        assert slices and sorted(ed) == sorted(ed_clean)
+
+        def outline(d: pydicom.Dataset) -> np.ndarray:
+            return (
+                d.overlay_array(0x6000).astype(bool)
+                if 0x60003000 in d
+                else np.zeros((d.Rows, d.Columns), bool)
+            )
+
+        for k in ed:
+            failing, reference = outline(ed[k]), outline(ed_clean[k])
+            assert ed[k].pixel_array.tobytes() == ed_clean[k].pixel_array.tobytes()
+            if k not in slices:
+                np.testing.assert_array_equal(failing, reference)
+                continue
+            area, area_clean = (int(ndimage.binary_fill_holes(o).sum()) for o in (failing, reference))
+            if kind == "below_apex":
+                # a ring contoured past the apex, where at most a sliver of the apical cap lies in the slab
+                myo = (p.labels == MYOCARDIUM).sum(axis=(0, 1))
+                assert myo[k] <= 0.03 * myo.max() and area_clean == 0 and area > 50
+            elif kind == "outflow_tract" and area_clean == 0:  # the atrium above the base contoured
+                assert area > 50
+            elif kind == "outflow_tract":  # the outflow tract's bulge taken into the contours
+                assert area > 1.08 * area_clean
+            else:  # mistrace: traced around the septum and RV
+                assert area > 1.25 * area_clean
+        assert p.truth["expected_inlinevf_raw_mass_g"] > clean.truth["expected_inlinevf_raw_mass_g"] + 2.0
 
     def test_single_series_layout(self):
         p = render_participant(3200001, 1, SynthConfig(layout="single_series"))
@@ -389,15 +527,21 @@ class TestSpecialCases:
         pos = sorted({float(np.dot(np.array(d.ImagePositionPatient, float), _normal(d))) for d in dicoms})
         assert np.allclose(np.diff(pos), 10.0, atol=1e-3)
 
-    def test_full_fidelity_writes_fifty_contracting_phases(self):
-        p = render_participant(3300001, 3, SynthConfig(fidelity="full"))
-        assert len(p.zip_bytes) > 10_000_000  # tens of MB like a real zip
-        _, dicoms = _read_zip(p.zip_bytes)
+    def test_full_fidelity_writes_fifty_contracting_phases(self, tmp_path):
+        # through generate_cohort without a fidelity argument: the config's fidelity is the one used
+        paths = generate_cohort(
+            tmp_path / "full", participants=1, seed=3, first_eid=3300001, config=SynthConfig(fidelity="full")
+        )
+        assert json.loads(paths.truth_json.read_text())["config"]["fidelity"] == "full"
+        zip_bytes = (paths.zips_dir / "3300001_20209_2_0.zip").read_bytes()
+        labels = np.load(paths.labels_dir / "3300001_20209_2_0.npz")["labels"]
+        assert len(zip_bytes) > 10_000_000  # tens of MB like a real zip
+        _, dicoms = _read_zip(zip_bytes)
         bk = _bk_series(dicoms)
         assert all([int(d.InstanceNumber) for d in s] == list(range(1, 51)) for s in bk.values())
-        lv_slices = np.flatnonzero((p.labels == LV_CAVITY).sum(axis=(0, 1)) > 0)
+        lv_slices = np.flatnonzero((labels == LV_CAVITY).sum(axis=(0, 1)) > 0)
         mid = int(lv_slices[len(lv_slices) // 2])  # mid-ventricle: no atrium moving in at end-systole
-        cavity = p.labels[..., mid] == LV_CAVITY
+        cavity = labels[..., mid] == LV_CAVITY
         region = ndimage.binary_dilation(cavity, iterations=3)
         frames = [d.pixel_array.astype(float) for d in bk[mid + 1]]
         threshold = 0.6 * frames[0][cavity].mean()
@@ -441,6 +585,21 @@ class TestErrors:
         assert done.returncode == 0, done.stderr
         assert "wrote 2 participants" in done.stdout
         assert len(list((out / "zips").glob("*_20209_2_0.zip"))) == 2
+        command = [
+            sys.executable,
+            "-m",
+            "lvmass.synth",
+            "--participants",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+        refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and f"output folder {out} is not empty" in refused.stderr
+        replaced = subprocess.run([*command, "--overwrite"], capture_output=True, text=True, timeout=120)
+        assert replaced.returncode == 0, replaced.stderr
+        assert len(list((out / "zips").glob("*_20209_2_0.zip"))) == 1
         bad = subprocess.run(
             [sys.executable, "-m", "lvmass.synth", "--participants", "0", "--out", str(out)],
             capture_output=True,

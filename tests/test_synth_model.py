@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 
+from beam_pipeline.mass import bsa_dubois_m2
 from lvmass.synth.anatomy import build_anatomy, continuous_myocardium_volume_ml, plane_areas_mm2
 from lvmass.synth.population import (
     AGE_MEAN_Y,
     DEFAULT_DISEASES,
     draw_demographics,
     draw_diseases,
-    dubois_bsa_m2,
     fit_disease_model,
 )
 from lvmass.synth.render import draw_appearance
@@ -45,8 +45,11 @@ def test_population_matches_table_1(population):
     assert np.corrcoef(bsa[male], mass[male])[0, 1] > 0.3  # mass rises with body size
 
 
-def test_dubois():
-    assert dubois_bsa_m2(180.0, 80.0) == pytest.approx(0.007184 * 80**0.425 * 180**0.725)
+def test_bsa_is_the_pipelines_dubois(population):
+    # one definition (beam_pipeline.mass): the population's BSA, which sizes the heart, is the pipeline's
+    assert bsa_dubois_m2(180.0, 80.0) == pytest.approx(0.007184 * 80**0.425 * 180**0.725)
+    for p in population[:50]:
+        assert p.bsa_m2 == pytest.approx(bsa_dubois_m2(p.height_cm, p.weight_kg), rel=1e-12)
 
 
 def test_disease_models_have_their_stated_odds_ratios(population):

@@ -143,3 +143,43 @@ class TestBuildLabelVolume:
     def test_rejects_bad_start(self):
         with pytest.raises(ValueError, match=r"slice_start 5 outside 0..1"):
             build_label_volume([np.zeros((4, 4), np.uint8)] * 2, slice_start=5)
+
+
+class TestUnplaceLabelVolume:
+    """``unplace_label_volume`` inverts ``build_label_volume`` (the one padding contract)."""
+
+    @pytest.mark.parametrize(
+        ("shape", "slice_start"),
+        [((192, 208, 9), 0), ((41, 36, 5), 0), ((203, 197, 15), 2), ((260, 250, 4), 0)],
+    )
+    def test_round_trip(self, shape, slice_start):
+        from beam_pipeline.tensor import unplace_label_volume
+
+        rng = np.random.default_rng(sum(shape))
+        acquired = rng.integers(0, contracts.NUM_CLASSES, size=shape).astype(np.uint8)
+        before = acquired.copy()
+        volume = build_label_volume([acquired[..., k] for k in range(shape[2])], slice_start=slice_start)
+        back = unplace_label_volume(volume, shape, slice_start=slice_start)
+        assert back.shape == shape and back.dtype == np.uint8
+        kept = slice(slice_start, slice_start + contracts.TENSOR_SLICES)
+        rows, cols = (slice((s - min(s, 256)) // 2, (s - min(s, 256)) // 2 + min(s, 256)) for s in shape[:2])
+        np.testing.assert_array_equal(back[rows, cols, kept], acquired[rows, cols, kept])
+        # what the tensor could not hold comes back as background: slices outside the window, and the
+        # border a larger-than-256 acquisition lost to the centre crop
+        outside = np.ones(shape, bool)
+        outside[rows, cols, kept] = False
+        assert not back[outside].any()
+        np.testing.assert_array_equal(acquired, before)
+        again = build_label_volume([back[..., k] for k in range(shape[2])], slice_start=slice_start)
+        np.testing.assert_array_equal(again, volume)
+
+    def test_rejects_bad_arguments(self):
+        from beam_pipeline.tensor import unplace_label_volume
+
+        volume = np.zeros(contracts.LABEL_VOLUME_SHAPE, np.uint8)
+        with pytest.raises(ValueError, match=r"slice_start 4 outside 0..3"):
+            unplace_label_volume(volume, (10, 10, 4), slice_start=4)
+        with pytest.raises(ValueError, match=r"must be 3-D \(rows, cols, slices\), got shape \(4, 4\)"):
+            unplace_label_volume(np.zeros((4, 4)), (10, 10, 4))
+        with pytest.raises(ValueError, match=r"shape must be 3 positive sizes .* got \(10, 0, 4\)"):
+            unplace_label_volume(volume, (10, 0, 4))

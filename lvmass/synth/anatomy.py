@@ -196,17 +196,47 @@ def ed_height_mm(anatomy: LVAnatomy, z_mm: float, long_scale: float) -> float:
     return apex - (apex - z_mm) / long_scale
 
 
-def plane_areas_mm2(anatomy: LVAnatomy, z_mm: float, phase: int = 0) -> tuple[float, float]:
-    """(myocardium, cavity) cross-sectional area in mm^2 of the plane at height z and a phase."""
+def _harmonic_factors(
+    surface: Surface, grid: AngleGrid, z_mm: np.ndarray, twist_rad_per_mm: float
+) -> np.ndarray:
+    """``harmonic_factor`` on a grid for many heights at once: (len(z_mm), len(grid.theta))."""
+    m = len(surface.harmonic_amps)
+    z = np.asarray(z_mm, dtype=np.float64)[:, None]
+    mod = 1.0 + surface.harmonic_z_mod * np.sin(2.0 * math.pi * z / surface.harmonic_z_period_mm)
+    psi = np.arange(1, m + 1) * (np.asarray(surface.harmonic_phases) + twist_rad_per_mm * z)
+    amps = np.asarray(surface.harmonic_amps) * mod
+    return 1.0 + (amps * np.cos(psi)) @ grid.cos_k[:m] + (amps * np.sin(psi)) @ grid.sin_k[:m]
+
+
+def planes_areas_mm2(anatomy: LVAnatomy, z_mm: np.ndarray, phase: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(myocardium, cavity) cross-sectional areas in mm^2 of the planes at heights z and a phase: each
+    plane's ``radii_mm`` at ED height on ``THETA_SAMPLES`` angles, contracted, integrated over angle
+    (0.5 x integral of R^2 dtheta). All planes at once."""
     s, lam = contraction(phase, anatomy)
-    z_ed = ed_height_mm(anatomy, z_mm, lam)
-    if z_ed < 0.0:
-        return 0.0, 0.0
-    endo, epi = radii_mm(anatomy, _THETA, z_ed)
+    apex = anatomy.epi_apex_z_mm
+    z_ed = apex - (apex - np.asarray(z_mm, dtype=np.float64)) / lam  # ed_height_mm for every plane
+    inside = z_ed >= 0.0
+    myo, cav = np.zeros(z_ed.shape), np.zeros(z_ed.shape)
+    if not inside.any():
+        return myo, cav
+    z = z_ed[inside]
+    twist = anatomy.twist_rad_per_mm
+    r_epi = profile_mm(anatomy.epi, anatomy.centre_z_mm, z)[:, None]
+    r_endo = profile_mm(anatomy.endo, anatomy.centre_z_mm, z)[:, None]
+    epi = r_epi * _harmonic_factors(anatomy.epi, _THETA, z, twist)
+    endo = r_endo * _harmonic_factors(anatomy.endo, _THETA, z, twist)
+    endo = np.maximum(np.minimum(endo, epi - MIN_WALL_MM), 0.0)  # as radii_mm
     endo_t2 = (s * endo) ** 2
     epi_t2 = endo_t2 + (epi**2 - endo**2) / lam
-    cavity = math.pi * float(np.mean(endo_t2))  # 0.5 * integral of R^2 dtheta
-    return math.pi * float(np.mean(epi_t2)) - cavity, cavity
+    cav[inside] = math.pi * np.mean(endo_t2, axis=1)
+    myo[inside] = math.pi * np.mean(epi_t2, axis=1) - cav[inside]
+    return myo, cav
+
+
+def plane_areas_mm2(anatomy: LVAnatomy, z_mm: float, phase: int = 0) -> tuple[float, float]:
+    """(myocardium, cavity) cross-sectional area in mm^2 of the plane at height z and a phase."""
+    myo, cav = planes_areas_mm2(anatomy, np.array([z_mm]), phase)
+    return float(myo[0]), float(cav[0])
 
 
 def slab_offsets_mm(n: int, thickness_mm: float = SLICE_THICKNESS_MM) -> np.ndarray:
@@ -218,13 +248,9 @@ def slice_areas_mm2(
     anatomy: LVAnatomy, slice_z_mm: np.ndarray, phase: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Slab-averaged (myocardium, cavity) areas A_k (mm^2) of each slice (the truth definition)."""
-    offsets = slab_offsets_mm(TRUTH_SUBPLANES)
-    myo = np.zeros(len(slice_z_mm))
-    cav = np.zeros(len(slice_z_mm))
-    for k, z in enumerate(slice_z_mm):
-        areas = np.array([plane_areas_mm2(anatomy, float(z + d), phase) for d in offsets])
-        myo[k], cav[k] = areas.mean(axis=0)
-    return myo, cav
+    z = np.asarray(slice_z_mm, dtype=np.float64)[:, None] + slab_offsets_mm(TRUTH_SUBPLANES)[None, :]
+    myo, cav = planes_areas_mm2(anatomy, z.ravel(), phase)
+    return myo.reshape(z.shape).mean(axis=1), cav.reshape(z.shape).mean(axis=1)
 
 
 @dataclass(frozen=True)
@@ -256,7 +282,7 @@ def true_volumes(
 def continuous_myocardium_volume_ml(anatomy: LVAnatomy, phase: int = 0, dz_mm: float = 0.25) -> float:
     """The myocardium's volume integrated continuously along z (conserved across phases)."""
     z = np.arange(-20.0, anatomy.epi_apex_z_mm + 5.0, dz_mm) + 0.5 * dz_mm
-    return sum(plane_areas_mm2(anatomy, float(zz), phase)[0] for zz in z) * dz_mm / 1000.0
+    return float(planes_areas_mm2(anatomy, z, phase)[0].sum()) * dz_mm / 1000.0
 
 
 def _surface(

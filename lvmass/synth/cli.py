@@ -1,4 +1,5 @@
-"""``lvmass synth --participants N --out DIR [--seed S] [--fidelity full|lite] [--workers W]``."""
+"""``lvmass synth --participants N --out DIR [--seed S] [--fidelity full|lite] [--workers W]
+[--overwrite]``."""
 
 from __future__ import annotations
 
@@ -22,14 +23,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fidelity",
         choices=FIDELITIES,
-        default="lite",
-        help="full: all 50 phases of every slice; lite: a few phases (default)",
+        default=SynthConfig.fidelity,
+        help=f"full: all 50 phases of every slice; lite: a few phases (default {SynthConfig.fidelity})",
     )
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument(
         "--appearance-scale",
         type=float,
-        default=1.0,
+        default=SynthConfig.appearance_scale,
         help="widen the appearance variation (contrast, noise, bias, FOV...) by this factor",
     )
     p.add_argument("--layout", choices=LAYOUTS, default="ukbb", help="zip layout (default ukbb)")
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--first-eid", type=int, default=None, help="consecutive eids from this one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a previous cohort in --out (without it a non-empty --out is refused)",
+    )
     return p
 
 
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             first_eid=args.first_eid,
             config=SynthConfig(layout=args.layout, manual_mass_fraction=args.manual_fraction),
+            overwrite=args.overwrite,
         )
     except ValueError as exc:
         print(f"lvmass synth: {exc}", file=sys.stderr)

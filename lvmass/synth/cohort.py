@@ -1,6 +1,6 @@
 """A cohort on disk: participant zips, phenotypes, truth tables, truth label volumes.
 
-Layout of ``out_dir``::
+Layout of ``out_dir`` (the names are in ``lvmass.synth.layout``)::
 
     zips/{eid}_20209_{instance}_0.zip      participant zips (UKBB_FORMAT.md layout)
     phenotypes.csv                          beam_pipeline.schema.PHENOTYPE_COLUMNS
@@ -9,7 +9,11 @@ Layout of ``out_dir``::
     truth_labels/{eid}_20209_{instance}_0.npz   ``labels``: uint8 (rows, cols, n_slices) ED truth labels
 
 Workers render and write participants independently (each from ``(seed, eid)``), so the output is the same
-for any ``workers``.
+for any ``workers``. ``generate_population`` writes the same phenotypes, truth.csv (the columns known
+without images) and truth.json without rendering anything: population-level checks at scale.
+
+A non-empty ``out_dir`` is refused unless ``overwrite=True``, which first removes a previous cohort's
+entries (and only those): files from two runs are never mixed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import math
 import multiprocessing as mp
 import platform
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,14 +37,20 @@ from beam_pipeline.schema import DISEASE_COLUMNS, PHENOTYPE_COLUMNS
 from lvmass.synth.anatomy import SLICE_SPACING_MM, SLICE_THICKNESS_MM, THETA_SAMPLES, TRUTH_SUBPLANES
 from lvmass.synth.config import SynthConfig
 from lvmass.synth.inlinevf import FAILURE_KINDS
-from lvmass.synth.participant import ParticipantData, render_participant
+from lvmass.synth.layout import (
+    COHORT_ENTRIES,
+    COHORT_KEY,
+    DISEASE_MODEL_KEY,
+    LABELS_DIRNAME,
+    PHENOTYPES_CSV,
+    TRUE_OR_PER_SAMPLE_SD_KEY,
+    TRUTH_CSV,
+    TRUTH_JSON,
+    ZIPS_DIRNAME,
+)
+from lvmass.synth.participant import ParticipantData, participant_truth, render_participant
 from lvmass.synth.population import fit_disease_model
 
-ZIPS_DIRNAME = "zips"
-LABELS_DIRNAME = "truth_labels"
-PHENOTYPES_CSV = "phenotypes.csv"
-TRUTH_CSV = "truth.csv"
-TRUTH_JSON = "truth.json"
 FIRST_EID_RANGE = (1_000_000, 5_000_000)
 
 
@@ -107,11 +118,11 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
             writer.writerow(row)
 
 
-def _cohort_summary(
+def _population_summary(
     truth: list[dict[str, Any]], phenotypes: list[dict[str, Any]], config: SynthConfig
 ) -> dict[str, Any]:
-    """Cohort-level truth: realised prevalences, the odds ratios per realised SD of true LVMI, and the
-    InlineVF bias the generator built in."""
+    """Cohort-level truth: true mass and LVMI, realised prevalences and the odds ratios per realised SD of
+    true LVMI (``layout.TRUE_OR_PER_SAMPLE_SD_KEY``)."""
     model = fit_disease_model(config.diseases)
     lvmi = np.array([t["true_lvmi_g_m2"] for t in truth], float)
     sd = float(lvmi.std(ddof=1)) if len(lvmi) > 1 else float("nan")
@@ -122,13 +133,6 @@ def _cohort_summary(
         for spec in config.diseases
     }
     true_mass = np.array([t["true_lv_mass_g"] for t in truth], float)
-    vf = np.array([t["expected_inlinevf_raw_mass_g"] for t in truth], float)
-    ok = np.array([not t["inlinevf_failure"] for t in truth]) & np.isfinite(vf)
-    failures = {kind: sum(t["inlinevf_failure"] == kind for t in truth) for kind in FAILURE_KINDS}
-
-    def ratio(mask: np.ndarray) -> float | None:
-        return float(vf[mask].mean() / true_mass[mask].mean()) if mask.any() else None
-
     return {
         "n_participants": len(truth),
         "true_lv_mass_g": {
@@ -137,8 +141,25 @@ def _cohort_summary(
         },
         "true_lvmi_g_m2": {"mean": float(lvmi.mean()), "sd": sd if len(truth) > 1 else None},
         "observed_prevalence": {d: float(np.mean([p[d] for p in phenotypes])) for d in DISEASE_COLUMNS},
-        "true_odds_ratio_per_sample_sd_lvmi": per_sample_sd,
+        TRUE_OR_PER_SAMPLE_SD_KEY: per_sample_sd,
         "manual_mass_fraction_observed": float(np.mean([p["manual_lv_mass_g"] != "" for p in phenotypes])),
+    }
+
+
+def _cohort_summary(
+    truth: list[dict[str, Any]], phenotypes: list[dict[str, Any]], config: SynthConfig
+) -> dict[str, Any]:
+    """The population summary plus the InlineVF bias the generator built in."""
+    true_mass = np.array([t["true_lv_mass_g"] for t in truth], float)
+    vf = np.array([t["expected_inlinevf_raw_mass_g"] for t in truth], float)
+    ok = np.array([not t["inlinevf_failure"] for t in truth]) & np.isfinite(vf)
+    failures = {kind: sum(t["inlinevf_failure"] == kind for t in truth) for kind in FAILURE_KINDS}
+
+    def ratio(mask: np.ndarray) -> float | None:
+        return float(vf[mask].mean() / true_mass[mask].mean()) if mask.any() else None
+
+    return {
+        **_population_summary(truth, phenotypes, config),
         "inlinevf": {
             "expected_bias_factor": ratio(ok),
             "expected_bias_factor_all": ratio(np.isfinite(vf)),
@@ -150,14 +171,16 @@ def _cohort_summary(
     }
 
 
-def _truth_json(seed: int, config: SynthConfig, eids: list[int], summary: dict[str, Any]) -> dict[str, Any]:
+def _truth_json(
+    seed: int, config: SynthConfig, eids: list[int], summary: dict[str, Any], *, images: bool = True
+) -> dict[str, Any]:
     import pydicom
     import scipy
 
     from lvmass import __version__
 
     return {
-        "generator": "lvmass.synth",
+        "generator": "lvmass.synth" if images else "lvmass.synth (population only: no images)",
         "seed": seed,
         "first_eid": eids[0],
         "versions": {
@@ -187,8 +210,17 @@ def _truth_json(seed: int, config: SynthConfig, eids: list[int], summary: dict[s
                 "morphology does (both outlines count as myocardium)"
             ),
             "end_diastole": "phase 0 = InstanceNumber 1 in bK series; TriggerTime = phase x RR / 50",
+            "image_orientation": (
+                "the usual short-axis display, seen from the apex: anterior wall at the top, RV on the "
+                "viewer's left; the ImageOrientationPatient normal (row x column cosines) points from the "
+                "apex to the base, b1 is the most basal slice"
+            ),
+            "body": (
+                "the LV lies inside the thorax, deeper than the subcutaneous fat and chest-wall muscle; "
+                "anterior skin 90-110 mm in front of the mid-LV (render.Body, render.draw_body)"
+            ),
         },
-        "disease_model": fit_disease_model(config.diseases).to_json(),
+        DISEASE_MODEL_KEY: fit_disease_model(config.diseases).to_json(),
         "inlinevf_design": {
             "epi_offset_mm": config.inlinevf_epi_offset_mm,
             "endo_offset_mm": config.inlinevf_endo_offset_mm,
@@ -197,7 +229,7 @@ def _truth_json(seed: int, config: SynthConfig, eids: list[int], summary: dict[s
             "failure_rate": config.inlinevf_failure_rate,
             "failure_kinds": list(FAILURE_KINDS),
         },
-        "cohort": summary,
+        COHORT_KEY: summary,
     }
 
 
@@ -209,33 +241,80 @@ def _progress(iterator: Iterator, total: int, enabled: bool) -> Iterator:
     return iter(tqdm(iterator, total=total, unit="participant", desc="lvmass synth"))
 
 
+def _prepare_out_dir(paths: CohortPaths, overwrite: bool) -> None:
+    """Refuse a non-empty folder, or with ``overwrite`` first remove a previous cohort's entries (only
+    ``layout.COHORT_ENTRIES``; anything else in the folder is refused too, never deleted)."""
+    root = paths.root
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"output folder {root} is a file")
+    existing = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    if existing and not overwrite:
+        raise ValueError(
+            f"output folder {root} is not empty ({', '.join(existing[:5])}"
+            f"{', ...' if len(existing) > 5 else ''}); choose an empty folder or pass overwrite=True "
+            "(--overwrite) to replace the cohort in it"
+        )
+    foreign = [name for name in existing if name not in COHORT_ENTRIES]
+    if foreign:
+        raise ValueError(
+            f"output folder {root} holds files that are not a cohort's ({', '.join(foreign[:5])}); "
+            "overwrite only replaces a previous cohort: choose another folder"
+        )
+    for name in existing:
+        entry = root / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def _resolve_config(
+    config: SynthConfig | None, fidelity: str | None, appearance_scale: float | None
+) -> SynthConfig:
+    """``config`` (default SynthConfig()) with ``fidelity`` / ``appearance_scale`` applied when given."""
+    cfg = config or SynthConfig()
+    changes: dict[str, Any] = {}
+    if fidelity is not None:
+        changes["fidelity"] = fidelity
+    if appearance_scale is not None:
+        changes["appearance_scale"] = appearance_scale
+    return cfg.with_(**changes) if changes else cfg
+
+
+def _check_run(workers: int, seed: int) -> None:
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1. Received {workers}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative. Received {seed}")
+
+
 def generate_cohort(
     out_dir: str | Path,
     *,
     participants: int,
     seed: int = 0,
-    fidelity: str = "lite",
+    fidelity: str | None = None,
     workers: int = 1,
-    appearance_scale: float = 1.0,
+    appearance_scale: float | None = None,
     progress: bool = False,
     first_eid: int | None = None,
     config: SynthConfig | None = None,
+    overwrite: bool = False,
 ) -> CohortPaths:
     """Write a synthetic cohort to ``out_dir`` (see the module docstring) and return its paths.
 
-    ``config`` overrides everything but ``fidelity``/``appearance_scale``, which are applied on top of it.
-    Existing participant files in ``out_dir`` are overwritten.
+    ``fidelity`` and ``appearance_scale``, when given, override the ``config``'s (default SynthConfig():
+    lite, 1.0). ``out_dir`` must be empty or absent; ``overwrite=True`` replaces a previous cohort there.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1. Received {workers}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative. Received {seed}")
-    cfg = (config or SynthConfig()).with_(fidelity=fidelity, appearance_scale=appearance_scale)
+    _check_run(workers, seed)
+    cfg = _resolve_config(config, fidelity, appearance_scale)
     eids = draw_eids(seed, participants, first_eid)
     paths = cohort_paths(out_dir)
-    paths.zips_dir.mkdir(parents=True, exist_ok=True)
-    paths.labels_dir.mkdir(parents=True, exist_ok=True)
     fit_disease_model(cfg.diseases)  # fail early on a bad disease model
+    _prepare_out_dir(paths, overwrite)
+    paths.zips_dir.mkdir()
+    paths.labels_dir.mkdir()
     jobs = [(eid, seed, cfg, str(paths.root)) for eid in eids]
     results: list[tuple[dict[str, Any], dict[str, Any]]] = []
     if workers == 1:
@@ -251,6 +330,40 @@ def generate_cohort(
     summary = _cohort_summary(truth, phenotypes, cfg)
     paths.truth_json.write_text(
         json.dumps(_truth_json(seed, cfg, eids, summary), indent=2, default=str) + "\n"
+    )
+    return paths
+
+
+def generate_population(
+    out_dir: str | Path,
+    *,
+    participants: int,
+    seed: int = 0,
+    first_eid: int | None = None,
+    config: SynthConfig | None = None,
+    overwrite: bool = False,
+) -> CohortPaths:
+    """Write phenotypes.csv, truth.csv and truth.json for a cohort without rendering any image.
+
+    Every participant's population, anatomy, true mass and disease status are those ``generate_cohort``
+    writes for the same seed and eids (``participant_truth``); truth.csv has the columns known without
+    images and truth.json the same keys (``lvmass.synth.layout``) apart from the InlineVF summary.
+    About 2 ms per participant: for checking population statistics (e.g. odds ratio recovery) at scale.
+    """
+    _check_run(1, seed)
+    cfg = config or SynthConfig()
+    eids = draw_eids(seed, participants, first_eid)
+    paths = cohort_paths(out_dir)
+    fit_disease_model(cfg.diseases)
+    _prepare_out_dir(paths, overwrite)
+    people = [participant_truth(eid, seed, cfg) for eid in eids]
+    phenotypes = [p.phenotype_row() for p in people]
+    truth = [p.truth_row(cfg.instance) for p in people]
+    _write_csv(paths.phenotypes_csv, phenotypes, list(PHENOTYPE_COLUMNS))
+    _write_csv(paths.truth_csv, truth, list(truth[0].keys()))
+    summary = _population_summary(truth, phenotypes, cfg)
+    paths.truth_json.write_text(
+        json.dumps(_truth_json(seed, cfg, eids, summary, images=False), indent=2, default=str) + "\n"
     )
     return paths
 

@@ -49,10 +49,11 @@ def draw_inlinevf(
     jitter_mm: float,
 ) -> InlineVFParams:
     """Offsets vary around the configured means; a failure kind is drawn with probability ``failure_rate``
-    (its slices are chosen later, once the slices are known)."""
-    failure = ""
-    if rng.random() < failure_rate:
-        failure = FAILURE_KINDS[int(rng.integers(len(FAILURE_KINDS)))]
+    (its slices are chosen later, once the slices are known). The draws do not depend on ``failure_rate``,
+    so the same participant with and without a failure has the same offsets."""
+    failing = rng.random() < failure_rate
+    kind = FAILURE_KINDS[int(rng.integers(len(FAILURE_KINDS)))]
+    failure = kind if failing else ""
     return InlineVFParams(
         epi_offset_mm=max(0.0, float(rng.normal(epi_offset_mm, offset_sd_mm))),
         endo_offset_mm=max(0.0, float(rng.normal(endo_offset_mm, offset_sd_mm))),

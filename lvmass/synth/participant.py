@@ -87,8 +87,10 @@ class ParticipantData:
     labels: np.ndarray  # uint8 (rows, cols, n_slices), ED, base to apex
 
 
-def participant_rngs(seed: int, eid: int, n: int = 8) -> list[np.random.Generator]:
-    """Independent random streams of one participant, from (seed, eid) only."""
+def participant_rngs(seed: int, eid: int, n: int = 9) -> list[np.random.Generator]:
+    """Independent random streams of one participant, from (seed, eid) only: population, anatomy,
+    acquisition, appearance, InlineVF, noise, DICOM, extras, InlineVF contour jitter (child ``k`` of the
+    seed sequence is the same whatever ``n``)."""
     if seed < 0 or eid < 0:
         raise ValueError(f"seed and eid must be non-negative. Received seed={seed}, eid={eid}")
     return [np.random.default_rng(s) for s in np.random.SeedSequence([seed, eid]).spawn(n)]
@@ -206,9 +208,7 @@ def _draw_acquisition(
     )
 
 
-def slice_points_rel(
-    acq: Acquisition, k: int, extra_shift: tuple[float, float] = (0.0, 0.0)
-) -> np.ndarray:
+def slice_points_rel(acq: Acquisition, k: int, extra_shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """LPS coordinates (rows, cols, 3) of slice k's pixel centres relative to the heart origin as that
     slice's breath-hold displaced it: where each pixel lies in the anatomy and the chest (``Body``)."""
     pts = plane_points(acq.ipp(k), acq.u, acq.v, acq.rows, acq.cols, acq.pixel_spacing_mm)
@@ -393,7 +393,8 @@ def _draw_truth(eid: int, cfg: SynthConfig, streams: list[np.random.Generator]) 
     acq = _draw_acquisition(r_acq, anatomy, orientation, cfg.appearance_scale, cfg.misregistration_mm)
     volumes = true_volumes(anatomy, np.asarray(acq.z_anatomy_mm))
     bsa = bsa_dubois_m2(demo.height_cm, demo.weight_kg)
-    assert bsa is not None  # height and weight are always drawn
+    if bsa is None:  # cannot happen: height and weight are always drawn
+        raise ValueError(f"eid {eid}: no BSA for height {demo.height_cm} cm, weight {demo.weight_kg} kg")
     lvmi = volumes.lv_mass_g / bsa
     diseases = draw_diseases(r_pop, fit_disease_model(cfg.diseases), lvmi, demo.age, demo.sex == "male")
     manual: float | str = ""
@@ -440,7 +441,7 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
     """Build one participant in memory (see the module docstring)."""
     cfg = config or SynthConfig()
     streams = participant_rngs(seed, eid)
-    r_app, r_vf, r_noise, r_dicom, r_extra = streams[3:]
+    r_app, r_vf, r_noise, r_dicom, r_extra, r_jitter = streams[3:9]
     scene = _draw_scene(eid, cfg, streams)
     truth_p, app, body = scene.truth, scene.appearance, scene.body
     demo, anatomy, acq = truth_p.demographics, truth_p.anatomy, truth_p.acquisition
@@ -510,7 +511,7 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
                     phase=p,
                     centre_px=hs.centre_px,
                     spacing=acq.pixel_spacing_mm,
-                    rng=r_vf,
+                    rng=r_jitter,  # its own stream: a failure changes only the failing slices
                 )
                 if curves:
                     overlays[(k, p)] = np.logical_or.reduce([rasterise(c, shape) for c in curves])
@@ -621,7 +622,7 @@ def _assemble(
     when: dt.datetime = study["when"]
     rr = study["rr_ms"]
     n = acq.n_slices
-    normal = acq.n
+    normal = acq.slice_normal  # SliceLocation: the position along the image normal (apex -> base)
 
     def add(
         template: dw.InstanceTemplate,
