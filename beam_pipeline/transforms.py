@@ -90,6 +90,7 @@ class ParticipantTensor:
     qc_flags: tuple[str, ...]
     inlinevf_labels: np.ndarray | None = None
     inlinevf_flags: tuple[str, ...] = ()
+    slice_start: int = 0  # first acquired slice placed in the tensor (> 0 only past 13 slices)
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,7 @@ def participant_from_study(study: DecodedStudy, *, with_inlinevf: bool) -> Parti
         spacing_mm=np.array([*study.pixel_spacing_mm, study.slice_spacing_mm], dtype=np.float64),
         n_slices=int(study.n_slices),
         n_slices_used=int(tensor.n_slices_used),
+        slice_start=int(tensor.slice_start),
         qc_flags=flags,
         inlinevf_labels=labels,
         inlinevf_flags=vf_flags,
@@ -251,11 +253,13 @@ def label_volume_path(output: str, method: str, eid: int, instance: int) -> str:
 
 def save_label_volume(output: str, method: str, participant: ParticipantTensor, labels: np.ndarray) -> str:
     """Write ``labels`` (uint8 ``contracts.LABEL_VOLUME_SHAPE``, tensor layout) as a compressed ``.npz``
-    (key ``labels``, plus ``spacing_mm`` and ``n_slices``) for QC review and Dice; returns the path."""
+    (key ``labels``, plus ``spacing_mm``, ``n_slices`` placed and the acquisition's ``slice_start``, which
+    ``tensor.unplace_label_volume`` needs to map it back) for QC review and Dice; returns the path."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, labels=np.asarray(labels, dtype=np.uint8),
                         spacing_mm=np.asarray(participant.spacing_mm, dtype=np.float64),
-                        n_slices=np.int64(participant.n_slices_used))
+                        n_slices=np.int64(participant.n_slices_used),
+                        slice_start=np.int64(participant.slice_start))
     path = label_volume_path(output, method, participant.eid, participant.instance)
     filesystems.write_bytes(path, buffer.getvalue())
     return path

@@ -47,7 +47,8 @@ def run_cohort(
     root = out / name
     started = time.monotonic()
     cohort = generate_cohort(root / "cohort", participants=participants, seed=seed, fidelity="lite",
-                             workers=workers, appearance_scale=appearance_scale, progress=True)
+                             workers=workers, appearance_scale=appearance_scale, progress=True,
+                             overwrite=True)
     generated_s = time.monotonic() - started
     argv = [
         f"--input={cohort.zips_dir}/*_20209_*.zip", f"--phenotypes={cohort.phenotypes_csv}",

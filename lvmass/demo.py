@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"[1/3] generating {args.participants} synthetic participants -> {cohort_dir}")
     cohort = generate_cohort(
         cohort_dir, participants=args.participants, seed=args.seed, fidelity="lite",
-        workers=args.workers, progress=True,
+        workers=args.workers, progress=True, overwrite=True,
     )
 
     from beam_pipeline.pipeline import run as run_pipeline

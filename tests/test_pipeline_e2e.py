@@ -312,9 +312,10 @@ def test_inlinevf_raw_mass_tracks_the_truth(e2e):
     assert np.corrcoef(ours, true_mass)[0, 1] >= 0.9
     generator = np.array([float(truth[e]["expected_inlinevf_raw_mass_g"]) for e in clean])
     # the generator's own InlineVF mass (its outlines through the same outline -> labels rule): ours
-    # follows it participant by participant (3%: the generator rasterises on its own grid), so the
-    # bias (~1.9x the true mass, like the paper's 155 g vs 90 g) is the generator's
-    np.testing.assert_allclose(ours, generator, rtol=0.03)
+    # follows it participant by participant (4%: the generator rasterises on its own grid and fills the
+    # outlines where ml4h closes them morphologically), so the bias (~1.8x the true mass, like the
+    # paper's 155 g vs 90 g) is the generator's
+    np.testing.assert_allclose(ours, generator, rtol=0.04)
     assert np.mean(ours - true_mass) == pytest.approx(np.mean(generator - true_mass), rel=0.05)
     assert np.mean(ours) > 1.4 * np.mean(true_mass)
 
@@ -410,6 +411,7 @@ def test_saved_label_volumes_are_the_ones_measured(e2e):
             eid = int(path.name.split("_")[0])
             with np.load(path) as saved:
                 labels, spacing = saved["labels"], saved["spacing_mm"]
+                assert int(saved["slice_start"]) == 0  # no synthetic stack exceeds 13 slices
             assert labels.shape == contracts.LABEL_VOLUME_SHAPE and labels.dtype == np.uint8
             assert measure_label_volume(labels, spacing).lv_mass_raw_g == pytest.approx(
                 rows[(eid, method)], rel=1e-12)
