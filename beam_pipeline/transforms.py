@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -706,6 +706,37 @@ class DecodeParticipants(beam.PTransform):
         return tensors, errors
 
 
+class InferAndMeasure(beam.PTransform):
+    """Keyed, batched ``RunInference`` with the model handler, then ``measure(example, prediction,
+    model_id) -> Measurement`` on each result; failed batches and failed measurements become error rows.
+
+    The shared shape of both ML4H methods (the handler decides what a prediction is)."""
+
+    def __init__(self, model_handler, measure: Callable[[Any, Any, str | None], Measurement]):
+        super().__init__()
+        self._handler = model_handler
+        self._measure = measure
+
+    def expand(self, participants):
+        from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+        results, dlq = (
+            participants
+            | "Key" >> beam.Map(lambda p: (p.source_uri, p))
+            | "RunInference" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
+        )
+        measure_fn = self._measure
+        measured, bad_measure = results | "Measure" >> beam.MapTuple(
+            lambda _, result: measure_fn(result.example, result.inference, result.model_id)
+        ).with_exception_handling()
+        errors = (
+            (dlq.failed_inferences | "InferenceErrors" >> ToErrorRecords(STAGE_INFERENCE, batched=True),
+             bad_measure | "MeasureErrors" >> ToErrorRecords(STAGE_MEASURE))
+            | "FlattenErrors" >> beam.Flatten()
+        )
+        return measured, errors
+
+
 class SegmentAndMeasure(beam.PTransform):
     """ML4H_seg: RunInference (keyed, batched) -> argmax labels -> volumes -> raw mass.
 
@@ -717,30 +748,15 @@ class SegmentAndMeasure(beam.PTransform):
         self._labels_output = labels_output
 
     def expand(self, participants):
-        from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-
-        results, dlq = (
-            participants
-            | "Key" >> beam.Map(lambda p: (p.source_uri, p))
-            | "RunInference" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
-        )
-
         labels_output = self._labels_output
 
-        def measure(keyed_result):
-            _, result = keyed_result
+        def measure(participant: ParticipantTensor, labels: np.ndarray, model_id: str | None) -> Measurement:
             if labels_output is not None:
-                save_label_volume(labels_output, contracts.METHOD_ML4H_SEG, result.example, result.inference)
-            return measure_labels(result.example, result.inference, method=contracts.METHOD_ML4H_SEG,
-                                  model_version=result.model_id)
+                save_label_volume(labels_output, contracts.METHOD_ML4H_SEG, participant, labels)
+            return measure_labels(participant, labels, method=contracts.METHOD_ML4H_SEG,
+                                  model_version=model_id)
 
-        measured, bad_measure = results | "Measure" >> beam.Map(measure).with_exception_handling()
-        errors = (
-            (dlq.failed_inferences | "InferenceErrors" >> ToErrorRecords(STAGE_INFERENCE, batched=True),
-             bad_measure | "MeasureErrors" >> ToErrorRecords(STAGE_MEASURE))
-            | "FlattenErrors" >> beam.Flatten()
-        )
-        return measured, errors
+        return participants | "Segment" >> InferAndMeasure(self._handler, measure)
 
 
 class RegressMass(beam.PTransform):
@@ -751,25 +767,10 @@ class RegressMass(beam.PTransform):
         self._handler = model_handler
 
     def expand(self, participants):
-        from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+        def measure(participant: ParticipantTensor, mass_g: float, model_id: str | None) -> Measurement:
+            return measure_regression(participant, mass_g, model_version=model_id)
 
-        results, dlq = (
-            participants
-            | "Key" >> beam.Map(lambda p: (p.source_uri, p))
-            | "RunInference" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
-        )
-
-        def measure(keyed_result):
-            _, result = keyed_result
-            return measure_regression(result.example, result.inference, model_version=result.model_id)
-
-        measured, bad_measure = results | "Measure" >> beam.Map(measure).with_exception_handling()
-        errors = (
-            (dlq.failed_inferences | "InferenceErrors" >> ToErrorRecords(STAGE_INFERENCE, batched=True),
-             bad_measure | "MeasureErrors" >> ToErrorRecords(STAGE_MEASURE))
-            | "FlattenErrors" >> beam.Flatten()
-        )
-        return measured, errors
+        return participants | "Regress" >> InferAndMeasure(self._handler, measure)
 
 
 class MeasureInlineVF(beam.PTransform):
