@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
-DEMO_PARTICIPANTS ?= 60
+DEMO_PARTICIPANTS ?= 200
 
 .PHONY: venv demo test lint browser clean
 

@@ -20,7 +20,7 @@ logger = logging.getLogger("lvmass.demo")
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="lvmass.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_out", help="output folder (cohort/, results/, report/)")
-    parser.add_argument("--participants", type=int, default=60, help="synthetic participants to generate")
+    parser.add_argument("--participants", type=int, default=200, help="synthetic participants to generate")
     parser.add_argument("--seed", type=int, default=2021)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
@@ -43,21 +43,10 @@ def _available_methods() -> list[str]:
 
 
 def print_method_summary(results_dir: Path) -> None:
-    """The per-method summary, straight from the Parquet with DuckDB."""
-    import duckdb
+    """The per-method summary: the first of ``beam_pipeline/sql/example_queries.sql``, run by DuckDB."""
+    from beam_pipeline.queries import connect, example_queries
 
-    query = f"""
-        SELECT method,
-               count(*)                                  AS participants,
-               round(avg(lv_mass_raw_g), 1)              AS mean_raw_mass_g,
-               round(avg(lv_mass_g), 1)                  AS mean_mass_g,
-               round(avg(lvmi_g_m2), 1)                  AS mean_lvmi_g_m2,
-               sum(CASE WHEN lvh THEN 1 ELSE 0 END)      AS lvh,
-               sum(CASE WHEN qc_pass THEN 1 ELSE 0 END)  AS qc_pass
-        FROM read_parquet('{results_dir}/lvmass/*/*.parquet', hive_partitioning = true)
-        GROUP BY method ORDER BY method
-    """
-    print(duckdb.sql(query))
+    print(connect(str(results_dir)).sql(example_queries()[0]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -222,13 +222,10 @@ def test_parquet_schema_is_the_documented_one(e2e):
 
 
 def test_example_sql_runs(e2e):
-    out = e2e["out"]
-    con = duckdb.connect()
-    con.execute(f"CREATE VIEW lvmass AS SELECT * FROM read_parquet('{out}/lvmass/*/*.parquet', "
-                "hive_partitioning = true)")
-    con.execute(f"CREATE VIEW lvmass_errors AS SELECT * FROM read_parquet('{out}/errors/*.parquet')")
-    text = "\n".join(line for line in SQL_FILE.read_text().splitlines() if not line.lstrip().startswith("--"))
-    statements = [s.strip() for s in text.split(";") if s.strip()]
+    from beam_pipeline.queries import connect, example_queries
+
+    con = connect(str(e2e["out"]))
+    statements = example_queries(SQL_FILE)
     assert len(statements) == 5
     outputs = [con.execute(s).fetchall() for s in statements]
     per_method = {r[0]: r[1] for r in outputs[0]}
