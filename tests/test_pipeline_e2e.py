@@ -324,7 +324,16 @@ def test_decoder_reads_a_fraction_of_each_zip(e2e):
     assert counters["pixel_frames_decoded"] == n_slices  # one end-diastolic frame per slice
 
 
-def test_missing_model_fails_fast_naming_the_flag(tmp_path):
+def test_bundled_models_are_the_default(tmp_path):
+    config, _ = parse_args([f"--input={tmp_path}/*.zip", f"--output={tmp_path}/out"])
+    assert config.model_seg == "bundled:ml4h_seg" and config.model_reg == "bundled:ml4h_reg"
+
+
+def test_missing_model_fails_fast_naming_the_flag(tmp_path, monkeypatch):
+    import beam_pipeline.pipeline
+
+    # an installation without bundled models
+    monkeypatch.setattr(beam_pipeline.pipeline, "bundled_model_dir", lambda kind: None)
     argv = [f"--input={tmp_path}/*.zip", f"--output={tmp_path}/out", "--methods=ml4h_seg,inlinevf"]
     with pytest.raises(ConfigError, match="pass --model_seg DIR"):
         parse_args(argv)
