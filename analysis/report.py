@@ -323,7 +323,7 @@ def build_report(args: argparse.Namespace) -> tuple[Report, dict[str, pd.DataFra
 
     overview = report.section("Overview")
     overview.paragraphs.append(
-        "Reproduces the analyses of Khurshid et al. 2021 (Circ Cardiovasc Imaging) on the pipeline's output: "
+        "Reproduces the analyses of Khurshid et al. 2021 on the pipeline's output: "
         "agreement of each method with manually labelled LV mass in the holdout set, baseline "
         "characteristics, and associations of LVMI and LVH with prevalent disease. "
         "All methods are shown side by side."
