@@ -64,7 +64,20 @@ class Report:
         return self.sections[-1]
 
 
+def _add_agreement_tables(section: Section, out_tables: dict[str, pd.DataFrame], report: agr.AgreementReport,
+                          reference: str, agreement_title: str, comparison_title: str) -> None:
+    """Record an agreement report's two tables (per-method agreement, Dunn & Clark comparisons) under
+    ``agreement_<reference>`` / ``correlation_comparisons_<reference>`` and show them in ``section``."""
+    out_tables[f"agreement_{reference}"] = report.table()
+    out_tables[f"correlation_comparisons_{reference}"] = report.comparison_table()
+    section.tables.append((f"agreement_{reference}", agreement_title, out_tables[f"agreement_{reference}"]))
+    section.tables.append(
+        (f"comparisons_{reference}", comparison_title, out_tables[f"correlation_comparisons_{reference}"])
+    )
+
+
 # --- Display formatting -------------------------------------------------------------------------------
+
 def _format_p(p: float) -> str:
     if not np.isfinite(p):
         return ""
@@ -359,16 +372,8 @@ def build_report(args: argparse.Namespace) -> tuple[Report, dict[str, pd.DataFra
         "same manual values (participants with all three values); the CI is Zou's (2007) for r_a − r_b."
     )
     manual = agr.agree(holdout_frame, MANUAL_MASS, mass_columns, n_boot=args.bootstrap, seed=args.seed)
-    out_tables["agreement_manual"] = manual.table()
-    out_tables["correlation_comparisons_manual"] = manual.comparison_table()
-    sec.tables.append(("agreement_manual", "Agreement with manual LV mass", out_tables["agreement_manual"]))
-    sec.tables.append(
-        (
-            "comparisons_manual",
-            "Dunn & Clark comparisons of correlations with manual LV mass",
-            out_tables["correlation_comparisons_manual"],
-        )
-    )
+    _add_agreement_tables(sec, out_tables, manual, "manual", "Agreement with manual LV mass",
+                          "Dunn & Clark comparisons of correlations with manual LV mass")
 
     # Recalibration
     if METHOD_INLINEVF in methods:
@@ -479,16 +484,8 @@ def _truth_section(
     if frame[MANUAL_MASS].notna().any():
         columns = {"Manual": MANUAL_MASS, **columns}
     vs_truth = agr.agree(frame, TRUE_MASS, columns, n_boot=args.bootstrap, seed=args.seed)
-    out_tables["agreement_truth"] = vs_truth.table()
-    out_tables["correlation_comparisons_truth"] = vs_truth.comparison_table()
-    tsec.tables.append(("agreement_truth", "Agreement with the true LV mass", out_tables["agreement_truth"]))
-    tsec.tables.append(
-        (
-            "comparisons_truth",
-            "Dunn & Clark comparisons against the true LV mass",
-            out_tables["correlation_comparisons_truth"],
-        )
-    )
+    _add_agreement_tables(tsec, out_tables, vs_truth, "truth", "Agreement with the true LV mass",
+                          "Dunn & Clark comparisons against the true LV mass")
     true_ors: dict[str, float] = {}
     if truth.parameters_source is not None:
         try:

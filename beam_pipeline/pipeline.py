@@ -155,21 +155,18 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
     if args.input_kind == INPUT_KIND_FOLDER and "**" in args.input:
         raise ConfigError(f"--input_kind folder: --input cannot hold '**' (one folder per participant). "
                           f"Received: {args.input!r}")
-    model_seg = args.model_seg
-    model_reg = args.model_reg
+    models = {"seg": args.model_seg, "reg": args.model_reg}
     if args.mode == MODE_INFER:
-        if contracts.METHOD_ML4H_SEG in methods:
-            model_seg = model_seg or bundled_model_dir(contracts.MODEL_KIND_SEG)
-            if model_seg is None:
+        for flag, method, kind in (("seg", contracts.METHOD_ML4H_SEG, contracts.MODEL_KIND_SEG),
+                                   ("reg", contracts.METHOD_ML4H_REG, contracts.MODEL_KIND_REG)):
+            if method not in methods:
+                continue
+            models[flag] = models[flag] or bundled_model_dir(kind)
+            if models[flag] is None:
                 raise ConfigError(
-                    "method ml4h_seg needs a SavedModel: pass --model_seg DIR (no bundled model under "
-                    "beam_pipeline/models/ml4h_seg/), or drop ml4h_seg from --methods")
-        if contracts.METHOD_ML4H_REG in methods:
-            model_reg = model_reg or bundled_model_dir(contracts.MODEL_KIND_REG)
-            if model_reg is None:
-                raise ConfigError(
-                    "method ml4h_reg needs a SavedModel: pass --model_reg DIR (no bundled model under "
-                    "beam_pipeline/models/ml4h_reg/), or drop ml4h_reg from --methods")
+                    f"method {method} needs a SavedModel: pass --model_{flag} DIR (no bundled model under "
+                    f"beam_pipeline/models/{kind}/), or drop {method} from --methods")
+    model_seg, model_reg = models["seg"], models["reg"]
     config = RunConfig(
         input=args.input, output=args.output.rstrip("/"), phenotypes=args.phenotypes, methods=methods,
         mode=args.mode, model_seg=model_seg if contracts.METHOD_ML4H_SEG in methods else None,
