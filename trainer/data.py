@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from beam_pipeline import contracts
 from beam_pipeline.tfrecord import parse_example, record_dataset
+from trainer.augmentation import AugmentConfig
 
 SPLITS = ("train", "validation", "test")
 _HASH_BUCKETS = 10_000
@@ -122,35 +123,6 @@ def split_of(eid: int, spec: SplitSpec) -> str:
 
 
 # --- augmentation -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Ranges of the domain randomisation (all uniform unless stated). Angles in degrees, shifts in pixels."""
-
-    rotation_deg: float = 30.0
-    scale_range: tuple[float, float] = (0.85, 1.2)
-    translation_px: float = 16.0
-    misregistration_px: float = 3.0
-    misregistration_prob: float = 0.5
-    gamma_range: tuple[float, float] = (0.6, 1.7)
-    contrast_range: tuple[float, float] = (0.7, 1.4)
-    slice_gain_sd: float = 0.1
-    bias_field_sd: float = 0.3
-    blur_sigma_px: tuple[float, float] = (0.0, 1.2)
-    blur_prob: float = 0.3
-    noise_sd_range: tuple[float, float] = (0.0, 0.06)
-    slice_dropout_prob: float = 0.1
-
-    def __post_init__(self) -> None:
-        for name in ("scale_range", "gamma_range", "contrast_range", "blur_sigma_px", "noise_sd_range"):
-            low, high = getattr(self, name)
-            if not 0 <= low <= high:
-                raise ValueError(f"{name} must be (low, high), 0 <= low <= high. Received: {(low, high)!r}")
-        for name in ("misregistration_prob", "blur_prob", "slice_dropout_prob"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1]. Received: {value!r}")
 
 
 def _uniform(seed: tf.Tensor, low: float, high: float, shape: Sequence[int] = ()) -> tf.Tensor:

@@ -158,6 +158,16 @@ _SEG_PRESETS: dict[str, dict[str, Any]] = {
         "kernel_size": (3, 3, 3),
         "pool_size": (2, 2, 1),
     },
+    # Four levels (a wider field of view) and 1.5x the cpu widths: still within the 2 s per participant
+    # CPU inference budget; trained on a GPU (trainer.portable) for the bundled model.
+    "compact": {
+        "stem_filters": 12,
+        "stem_kernel": (3, 3, 1),
+        "dense_blocks": (12, 24, 48, 64),
+        "convs_per_block": 2,
+        "kernel_size": (3, 3, 3),
+        "pool_size": (2, 2, 1),
+    },
 }
 _REG_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", default=None, help="file of eids never trained on (= test split)")
     p.add_argument("--validation_fraction", type=float, default=0.1)
     p.add_argument("--test_fraction", type=float, default=0.1)
-    p.add_argument("--preset", choices=("paper", "cpu"), default="paper", help="architecture size preset")
+    p.add_argument("--preset", choices=("paper", "cpu", "compact"), default="paper", help="size preset")
     p.add_argument("--stem_filters", type=int, default=None)
     p.add_argument("--blocks", type=_int_list, default=None, help="filters per block, e.g. 32,32,32")
     p.add_argument("--convs_per_block", type=int, default=None)

@@ -1,0 +1,441 @@
+"""Train ML4H_seg on any Keras backend (JAX, PyTorch), straight from participant zips, without TensorFlow.
+
+Why: GPU images often carry JAX or PyTorch but not TensorFlow, and the TensorFlow trainer
+(``trainer.task``, ``tf.data`` over TFRecords) is for Vertex AI. This path builds the very tensors and
+InlineVF labels that ``--mode tensorize`` writes (the pipeline's pure ``decode`` / ``tensor`` / ``overlay``
+functions), draws randomised crops with :func:`trainer.augmentation.augment_crop` on all CPU cores, fits the
+same :func:`trainer.models.build_ml4h_seg` and writes backend-neutral weights. ``export`` (TensorFlow
+installed) rebuilds the model from its recorded configuration, loads the weights and writes the pipeline's
+SavedModel, ``model.keras`` and model card. As in the paper, training reads InlineVF labels and (for the
+card's calibration) manual masses, never the generator's truth.
+
+    KERAS_BACKEND=jax python -m trainer.portable fit --zips 'train/zips/*.zip' \\
+        --validation_zips 'val/zips/*.zip' --out run --preset compact --max_train_seconds 300
+    python -m trainer.portable export --run_dir run --export_dir beam_pipeline/models/ml4h_seg --synthetic
+
+Zips that cannot be used (decode errors, no InlineVF contours) are listed with the reason in ``fit.json``
+(``skipped``) and logged; the others still train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import math
+import mmap
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from beam_pipeline import contracts
+
+LOG = logging.getLogger("trainer.portable")
+WEIGHTS_FILENAME = "weights.npz"  # model.get_weights() in layer order: any backend, no optimizer state
+FIT_FILENAME = "fit.json"
+LOG_FILENAME = "training_log.csv"
+ROWS, COLS, SLICES = contracts.TENSOR_SHAPE[:3]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One participant's contract tensor (first three axes) and InlineVF labels, plus what the card needs."""
+
+    source: str
+    eid: int
+    spacing_mm: tuple[float, float, float]
+    image: np.ndarray  # (rows, cols, slices) float32, z-scored, zero padding
+    labels: np.ndarray  # (rows, cols, slices) uint8, contracts.LABEL_MAP
+
+
+def load_example(path: str) -> Example:
+    """Decode one zip the way the pipeline does and build its tensor and InlineVF label volume.
+
+    Raises ValueError naming the file when it has no InlineVF contours (nothing to learn from)."""
+    from beam_pipeline.decode import decode_participant_zip
+    from beam_pipeline.overlay import inlinevf_labels
+    from beam_pipeline.tensor import build_image_tensor, build_label_volume
+
+    with open(path, "rb") as handle:
+        study = decode_participant_zip(handle, path)
+    if not study.has_inlinevf:
+        raise ValueError(f"{path}: no InlineVF contours to train ML4H_seg on")
+    tensor = build_image_tensor(study)
+    labels = build_label_volume(inlinevf_labels(study), slice_start=tensor.slice_start)
+    if not labels.any():
+        raise ValueError(f"{path}: InlineVF contours give no labelled voxel in the tensor")
+    if study.eid is None:
+        raise ValueError(f"{path}: no eid in the file name or the DICOM PatientID")
+    spacing = (*study.pixel_spacing_mm, study.slice_spacing_mm)
+    return Example(path, int(study.eid), tuple(float(s) for s in spacing), tensor.image[..., 0], labels)
+
+
+# --- shared-memory arrays filled by forked workers ----------------------------------------------------
+
+
+def _shared(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A zeroed array in anonymous shared memory: forked workers write into it, the parent sees it."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer(mmap.mmap(-1, max(size, 1)), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+_STATE: dict[str, Any] = {}
+
+
+def _load_into(index_path: tuple[int, str]) -> tuple[int, dict[str, Any] | None, str | None]:
+    index, path = index_path
+    try:
+        example = load_example(path)
+    except Exception as exc:  # every failure is reported with its file and reason
+        return index, None, f"{type(exc).__name__}: {exc}"
+    _STATE["images"][index] = example.image.astype(np.float16)
+    _STATE["labels"][index] = example.labels
+    return index, {"source": path, "eid": example.eid, "spacing_mm": list(example.spacing_mm)}, None
+
+
+def _augment_into(task: tuple[int, int, int]) -> None:
+    from trainer.augmentation import augment_crop
+
+    slot, base, seed = task
+    rng = np.random.default_rng(seed)
+    image, labels = augment_crop(
+        _STATE["images"][base].astype(np.float32), _STATE["labels"][base], rng, _STATE["augment"],
+        crop_px=_STATE["crop_px"],
+    )
+    _STATE["crops"][slot] = image.astype(np.float16)
+    _STATE["crop_labels"][slot] = labels
+
+
+def load_examples(
+    paths: Sequence[str], workers: int
+) -> tuple[np.ndarray, np.ndarray, list[dict], list[dict]]:
+    """Tensors (float16) and labels of every usable zip, with their metadata, and the skipped ones."""
+    images = _shared((len(paths), ROWS, COLS, SLICES), np.float16)
+    labels = _shared((len(paths), ROWS, COLS, SLICES), np.uint8)
+    _STATE.update(images=images, labels=labels)
+    meta: list[dict | None] = [None] * len(paths)
+    skipped = []
+    with mp.get_context("fork").Pool(workers) as pool:
+        for done, (index, info, error) in enumerate(pool.imap_unordered(_load_into, enumerate(paths), 4), 1):
+            if error:
+                LOG.warning("skipped %s: %s", paths[index], error)
+                skipped.append({"source": paths[index], "reason": error})
+            meta[index] = info
+            if done % 200 == 0 or done == len(paths):
+                LOG.info("decoded %d/%d zips (%d skipped)", done, len(paths), len(skipped))
+    keep = [i for i, info in enumerate(meta) if info is not None]
+    return images[keep], labels[keep], [meta[i] for i in keep], skipped
+
+
+def augmented_crops(
+    images: np.ndarray, labels: np.ndarray, *, per_example: int, crop_px: int, augment, seed: int,
+    workers: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``per_example`` randomised crops of every example (seeded per crop), drawn on ``workers`` cores."""
+    n = len(images) * per_example
+    crops = _shared((n, crop_px, crop_px, SLICES), np.float16)
+    crop_labels = _shared((n, crop_px, crop_px, SLICES), np.uint8)
+    _STATE.update(images=images, labels=labels, crops=crops, crop_labels=crop_labels, augment=augment,
+                  crop_px=crop_px)
+    seeds = np.random.SeedSequence(seed).generate_state(n)
+    tasks = [(slot, slot % len(images), int(seeds[slot])) for slot in range(n)]
+    started = time.perf_counter()
+    with mp.get_context("fork").Pool(workers) as pool:
+        for done, _ in enumerate(pool.imap_unordered(_augment_into, tasks, 16), 1):
+            if done % 2000 == 0 or done == n:
+                LOG.info("augmented %d/%d crops (%.0f s)", done, n, time.perf_counter() - started)
+    return crops, crop_labels
+
+
+def read_sex_and_manual_mass(paths: Sequence[str]) -> dict[int, tuple[str | None, float]]:
+    """eid -> (sex, manual mass or NaN) from the ``phenotypes.csv`` beside each zips folder, if present."""
+    from beam_pipeline.phenotypes import read_phenotypes
+
+    out: dict[int, tuple[str | None, float]] = {}
+    for folder in sorted({os.path.dirname(os.path.dirname(os.path.abspath(p))) for p in paths}):
+        csv_path = os.path.join(folder, "phenotypes.csv")
+        if os.path.exists(csv_path):
+            with open(csv_path, "rb") as handle:
+                for eid, row in read_phenotypes(handle, source=csv_path).items():
+                    manual = row.manual_lv_mass_g
+                    out[eid] = (row.sex, float("nan") if manual is None else float(manual))
+    return out
+
+
+# --- fit --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer.portable", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit", help="train ML4H_seg from participant zips on the current Keras backend")
+    fit.add_argument("--zips", required=True, help="glob of training participant zips")
+    fit.add_argument("--validation_zips", help="glob of validation zips (other participants)")
+    fit.add_argument("--out", required=True, help="run folder: weights, fit.json, training_log.csv")
+    fit.add_argument("--preset", default="compact")
+    fit.add_argument("--crop_px", type=int, default=128)
+    fit.add_argument("--crops_per_participant", type=int, default=8)
+    fit.add_argument("--no_augment", action="store_true", help="plain crops, no domain randomisation")
+    fit.add_argument("--batch_size", type=int, default=16)
+    fit.add_argument("--epochs", type=int, default=100)
+    fit.add_argument("--steps_per_epoch", type=int, default=200)
+    fit.add_argument("--learning_rate", type=float, default=1e-3)
+    fit.add_argument("--lr_decay_steps", type=int, default=1000)
+    fit.add_argument("--lr_decay_rate", type=float, default=0.75)
+    fit.add_argument("--max_train_seconds", type=float, default=float("inf"),
+                     help="stop fitting after this much wall time (the weights reached so far are kept)")
+    fit.add_argument("--train_until", type=float, default=float("inf"),
+                     help="stop fitting at this Unix time (for leases of fixed length)")
+    fit.add_argument("--seed", type=int, default=1)
+    fit.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    fit.add_argument("--data_source", default="", help="for the model card (e.g. the synth command)")
+    export = sub.add_parser("export", help="(TensorFlow) write the SavedModel, model.keras and card")
+    export.add_argument("--run_dir", required=True)
+    export.add_argument("--export_dir", required=True)
+    export.add_argument("--synthetic", action="store_true", help="the run trained on lvmass.synth data")
+    export.add_argument("--version", default="")
+    return parser
+
+
+def _glob(pattern: str) -> list[str]:
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise FileNotFoundError(f"{pattern}: no participant zip matches this pattern")
+    return paths
+
+
+def fit(args: argparse.Namespace) -> dict[str, Any]:
+    """Decode, augment (all before Keras starts its threads: workers are forked), fit, validate, save."""
+    from trainer.augmentation import AugmentConfig
+
+    started = time.perf_counter()
+    os.makedirs(args.out, exist_ok=True)
+    train_paths = _glob(args.zips)
+    val_paths = _glob(args.validation_zips) if args.validation_zips else []
+    images, labels, meta, skipped = load_examples(train_paths, args.workers)
+    if not meta:
+        raise ValueError(f"{args.zips}: no usable training zip ({len(skipped)} skipped)")
+    val = load_examples(val_paths, args.workers) if val_paths else None
+    train_eids = {m["eid"] for m in meta}
+    if val is not None and train_eids & {m["eid"] for m in val[2]}:
+        raise ValueError("training and validation zips share participants")
+    augment = None if args.no_augment else AugmentConfig()
+    crops, crop_labels = augmented_crops(
+        images, labels, per_example=args.crops_per_participant, crop_px=args.crop_px, augment=augment,
+        seed=args.seed, workers=args.workers,
+    )
+    del images, labels
+    data_seconds = time.perf_counter() - started
+
+    import keras
+
+    from trainer import models
+
+    keras.utils.set_random_seed(args.seed)
+    config = models.seg_config(args.preset)
+    model = models.build_ml4h_seg(config, fully_convolutional=True)
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        args.learning_rate, decay_steps=args.lr_decay_steps, decay_rate=args.lr_decay_rate
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy()
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
+    batches = crop_batches(crops, crop_labels, args.batch_size, seed=args.seed)
+    weights_path = os.path.join(args.out, WEIGHTS_FILENAME)
+    fit_started = time.perf_counter()
+    history = model.fit(
+        batches, epochs=args.epochs, steps_per_epoch=min(args.steps_per_epoch, len(batches)), verbose=2,
+        callbacks=[
+            keras.callbacks.CSVLogger(os.path.join(args.out, LOG_FILENAME)),
+            save_and_stop(weights_path, stop_at=min(args.train_until, time.time() + args.max_train_seconds)),
+        ],
+    )
+    train_seconds = time.perf_counter() - fit_started
+    save_weights(model, weights_path)
+
+    validation: dict[str, Any] = {}
+    if val is not None:
+        validation = validate(model, val, read_sex_and_manual_mass(val_paths))
+        validation.pop("rows", None)
+    summary = {
+        "kind": contracts.MODEL_KIND_SEG,
+        "backend": keras.backend.backend(),
+        "preset": args.preset,
+        "architecture": models.config_to_dict(config),
+        "training_data": {
+            "source": args.data_source or args.zips,
+            "train_participants": len(meta),
+            "validation_participants": 0 if val is None else len(val[2]),
+            "skipped": skipped + ([] if val is None else val[3]),
+            "labels": "InlineVF contours",
+            "split": "separate validation cohort" if val is not None else "none",
+            "seed": args.seed,
+        },
+        "hyperparameters": {
+            "optimizer": "adam", "learning_rate": args.learning_rate, "lr_decay_steps": args.lr_decay_steps,
+            "lr_decay_rate": args.lr_decay_rate, "batch_size": args.batch_size, "crop_px": args.crop_px,
+            "crops_per_participant": args.crops_per_participant, "epochs_requested": args.epochs,
+            "epochs_run": len(history.history.get("loss", [])), "steps_per_epoch": args.steps_per_epoch,
+            "max_train_seconds": args.max_train_seconds, "loss": "sparse_categorical_crossentropy",
+            "augmentation": None if augment is None else augment.__dict__,
+            "data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1),
+            "steps_run": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        },
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "validation": validation,
+    }
+    with open(os.path.join(args.out, FIT_FILENAME), "w") as handle:
+        json.dump(summary, handle, indent=2, sort_keys=True, default=_jsonable)
+    LOG.info("fit done: %s", json.dumps(summary["validation"], default=_jsonable))
+    return summary
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def validate(model, val, phenotypes: dict[int, tuple[str | None, float]]) -> dict[str, Any]:
+    """Full-tensor predictions on the validation cohort: Dice vs its InlineVF labels, mass agreement with
+    its manual masses, per-sex means for the card's calibration (``trainer.evaluate.summarise``)."""
+    from trainer import evaluate
+    from trainer import metrics as m
+
+    images, labels, meta, _ = val
+    rows = []
+    for start in range(0, len(meta), 4):
+        batch = np.asarray(images[start : start + 4], dtype=np.float32)[..., None]
+        began = time.perf_counter()
+        probabilities = np.asarray(model.predict({contracts.SIGNATURE_INPUT_IMAGE: batch}, verbose=0))
+        seconds = (time.perf_counter() - began) / len(batch)
+        for i, predicted in enumerate(np.argmax(probabilities, axis=-1)):
+            info = meta[start + i]
+            sex, manual = phenotypes.get(info["eid"], (None, float("nan")))
+            reference = labels[start + i]
+            rows.append({
+                "eid": info["eid"], "sex": sex, "manual_lv_mass_g": manual, "seconds": seconds,
+                "label_mass_g": m.myocardium_mass_g(reference, info["spacing_mm"]),
+                "predicted_mass_g": m.myocardium_mass_g(predicted, info["spacing_mm"]),
+                "myocardium_dice": m.dice(predicted, reference),
+            })
+    return evaluate.summarise(rows, contracts.MODEL_KIND_SEG)
+
+
+def crop_batches(crops: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int):
+    """A Keras ``PyDataset``: shuffled float32 batches of the shared float16 crops, reshuffled each epoch."""
+    import keras
+
+    class CropBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(crops))
+
+        def __len__(self) -> int:
+            return len(crops) // batch_size
+
+        def __getitem__(self, index: int):
+            chosen = np.sort(self.order[index * batch_size : (index + 1) * batch_size])
+            image = crops[chosen].astype(np.float32)[..., None]
+            return {contracts.SIGNATURE_INPUT_IMAGE: image}, labels[chosen].astype(np.int32)
+
+        def on_epoch_end(self) -> None:
+            self.order = self.rng.permutation(len(crops))
+
+    return CropBatches()
+
+
+def save_weights(model, path: str) -> None:
+    """``model.get_weights()`` as ``arr_0, arr_1, ...`` (layer order; the fixed-shape twin loads them)."""
+    tmp = f"{path}.tmp.npz"
+    np.savez(tmp, *model.get_weights())
+    os.replace(tmp, path)
+
+
+def load_weights(model, path: str) -> None:
+    with np.load(path) as stored:
+        arrays = [stored[f"arr_{i}"] for i in range(len(stored.files))]
+    model.set_weights(arrays)
+
+
+def save_and_stop(weights_path: str, *, stop_at: float):
+    """A callback: save the weights after every epoch (a lease may end mid-run); stop at ``stop_at``
+    (Unix time, checked after every batch)."""
+    import keras
+
+    class SaveAndStop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if time.time() > stop_at:
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            save_weights(self.model, weights_path)
+
+    return SaveAndStop()
+
+
+# --- export (TensorFlow) ------------------------------------------------------------------------------
+
+
+def export(args: argparse.Namespace) -> str:
+    """Rebuild the fixed-shape model from ``fit.json``, load the weights, write the pipeline's export."""
+    from beam_pipeline.model_card import ModelCard
+    from lvmass import __version__
+    from trainer import export as exporter
+    from trainer import models
+
+    with open(os.path.join(args.run_dir, FIT_FILENAME)) as handle:
+        summary = json.load(handle)
+    if summary.get("kind") != contracts.MODEL_KIND_SEG:
+        raise ValueError(f"{args.run_dir}: {FIT_FILENAME} is not an ML4H_seg run: {summary.get('kind')!r}")
+    config = models.SegConfig(**summary["architecture"])
+    model = models.build_ml4h_seg(config)
+    load_weights(model, os.path.join(args.run_dir, WEIGHTS_FILENAME))
+    validation = dict(summary.get("validation") or {})
+    calibration = validation.pop("calibration", {})
+    card = ModelCard(
+        kind=contracts.MODEL_KIND_SEG,
+        version=args.version or __version__,
+        training_data=summary["training_data"],
+        hyperparameters={"architecture": summary["architecture"], "preset": summary["preset"],
+                         "trainer": f"trainer.portable on Keras/{summary['backend']}",
+                         **summary["hyperparameters"]},
+        metrics={"history": summary["history"], "validation": validation},
+        calibration=calibration,
+        trained_on_synthetic_data=bool(args.synthetic),
+        notes=("Trained on SYNTHETIC data (lvmass.synth), not UK Biobank; retrain on real tensors before use."
+               if args.synthetic else ""),
+    )
+    exporter.export_model(model, kind=contracts.MODEL_KIND_SEG, export_dir=args.export_dir, card=card)
+    log = os.path.join(args.run_dir, LOG_FILENAME)
+    if os.path.exists(log):
+        with open(log) as src, open(os.path.join(args.export_dir, LOG_FILENAME), "w") as dst:
+            dst.write(src.read())
+    return args.export_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "fit":
+            fit(args)
+        else:
+            print(export(args))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
