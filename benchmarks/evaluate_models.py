@@ -72,9 +72,12 @@ def run_cohort(
                                   "n": int(g["dice"].size)}
         for (method, structure), g in ok.groupby(["method", "structure"])
     }
+    ceiling = inlinevf_learner_ceiling(root / "ceiling", truth, participants=participants, seed=seed,
+                                       appearance_scale=appearance_scale, workers=workers)
     return {
         "cohort": {"participants": participants, "seed": seed, "appearance_scale": appearance_scale,
                    "generated_s": round(generated_s, 1)},
+        "inlinevf_learner_ceiling": ceiling,
         "pipeline": {"seconds": round(pipeline_s, 1),
                      "participants_written": summary.get("participants_written"),
                      "participants_failed": summary.get("participants_failed"),
@@ -82,6 +85,42 @@ def run_cohort(
         "mass_vs_truth": scores,
         "dice_vs_truth": dice_summary,
     }
+
+
+def inlinevf_learner_ceiling(
+    out: Path, truth: pd.DataFrame, *, participants: int, seed: int, appearance_scale: float, workers: int,
+) -> dict[str, Any]:
+    """What a perfect learner of the InlineVF labels could reach against the truth.
+
+    The same participants (same seed) are drawn again with InlineVF's mean behaviour only: the
+    per-participant offset spread, the contour jitter and the gross failures set to zero, which a model
+    cannot predict from the image. Its InlineVF mass is what an ideal ML4H_seg would measure. Centred per
+    sex on the TRUE mean (the best centering there is), it gives the r and MAE ceiling; and since its
+    myocardium holds ``expected / label`` times the true voxels, ``2 min(a, b) / (a + b)`` bounds the
+    myocardium Dice of any segmentation with that volume.
+    """
+    from lvmass.synth import generate_cohort
+    from lvmass.synth.config import SynthConfig
+
+    config = SynthConfig(inlinevf_offset_sd_mm=0.0, inlinevf_jitter_mm=0.0, inlinevf_failure_rate=0.0)
+    cohort = generate_cohort(out, participants=participants, seed=seed, fidelity="lite", workers=workers,
+                             appearance_scale=appearance_scale, config=config, overwrite=True)
+    mean_vf = pd.read_csv(cohort.truth_csv).set_index("eid")
+    same = truth.set_index("eid")["true_lv_mass_g"].reindex(mean_vf.index)
+    if not np.allclose(same.to_numpy(), mean_vf["true_lv_mass_g"].to_numpy()):
+        raise RuntimeError(f"{out}: redrawing with mean InlineVF behaviour changed the participants")
+    ideal = mean_vf["expected_inlinevf_raw_mass_g"]
+    true = mean_vf["true_lv_mass_g"]
+    by_sex = mean_vf["sex"]
+    centred = ideal - ideal.groupby(by_sex).transform("mean") + true.groupby(by_sex).transform("mean")
+    r = pearson(centred, true)
+    mae = mean_absolute_error(centred, true, seed=0)
+    label = mean_vf["label_lv_mass_g"]
+    dice_bound = 2 * np.minimum(ideal, label) / (ideal + label)
+    return {"n": r.n, "r": round(r.estimate, 4), "r_ci": [round(v, 4) for v in r.conf_int()],
+            "mae_g": round(mae.estimate, 2), "mae_ci_g": [round(v, 2) for v in mae.conf_int()],
+            "raw_to_true_ratio": round(float((ideal / true).mean()), 3),
+            "myocardium_dice_upper_bound": round(float(dice_bound.mean()), 3)}
 
 
 def score_masses(results: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
@@ -149,6 +188,16 @@ def to_markdown(report: dict[str, Any]) -> str:
                 lines.append(f"\n{subset}: ML4H_seg r {cmp_['r_seg']:.3f} vs centred InlineVF r "
                              f"{cmp_['r_inlinevf_centred']:.3f}: Dunn & Clark z {cmp_['dunn_clark_z']:.2f}, "
                              f"P {cmp_['p_value']:.2g} (n {cmp_['n']})\n")
+        ceiling = block.get("inlinevf_learner_ceiling")
+        if ceiling:
+            c = ceiling
+            lines += ["", "Ceiling for any model trained on InlineVF labels (the same participants redrawn "
+                      "with InlineVF's mean behaviour: no per-participant offset spread, jitter or failures; "
+                      "centred per sex on the true mean): "
+                      f"r {c['r']:.3f} ({c['r_ci'][0]:.3f}-{c['r_ci'][1]:.3f}), "
+                      f"MAE {c['mae_g']:.1f} g ({c['mae_ci_g'][0]:.1f}-{c['mae_ci_g'][1]:.1f}); "
+                      f"raw mass {c['raw_to_true_ratio']:.2f}x the truth, so myocardium Dice vs the true "
+                      f"labels is at most {c['myocardium_dice_upper_bound']:.3f} (n {c['n']})."]
         lines += ["", "| labels | Dice mean | sd | n |", "|---|---|---|---|"]
         for key, d in block["dice_vs_truth"].items():
             lines.append(f"| {key} | {d['mean']:.3f} | {d['sd']:.3f} | {d['n']} |")

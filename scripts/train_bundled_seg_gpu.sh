@@ -8,7 +8,8 @@
 # Wheels in .whl/ (keras, namex, optree, pydicom) are installed first when present. Then, where
 # TensorFlow is installed:
 #   python -m trainer.portable export --run_dir OUT_DIR --export_dir beam_pipeline/models/ml4h_seg --synthetic
-# Sizes and places can be changed with N_TRAIN, N_VALIDATION, CROPS, PYTHON, WORK and INSTALL_WHEELS=0.
+# Sizes and places can be changed with N_TRAIN, N_VALIDATION, CROPS, PYTHON, WORK and INSTALL_WHEELS=0;
+# a fine-tuning stage with TRAIN_SEED, FIRST_EID, LEARNING_RATE and INITIAL_WEIGHTS (a previous weights.npz).
 set -euo pipefail
 OUT=${1:?usage: $0 OUT_DIR [BUDGET_SECONDS]}
 BUDGET=${2:-540}
@@ -18,6 +19,10 @@ WORK=${WORK:-/tmp/lvmass_gpu}
 N_TRAIN=${N_TRAIN:-2400}
 N_VALIDATION=${N_VALIDATION:-150}
 CROPS=${CROPS:-6}
+TRAIN_SEED=${TRAIN_SEED:-1001}
+FIRST_EID=${FIRST_EID:-5000001}
+LEARNING_RATE=${LEARNING_RATE:-1e-3}
+INITIAL_WEIGHTS=${INITIAL_WEIGHTS:-}
 CPUS=$(nproc)
 if [ -d .whl ] && [ "${INSTALL_WHEELS:-1}" = 1 ]; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -34,14 +39,15 @@ fi
 echo "backend $KERAS_BACKEND, $CPUS CPUs"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 mkdir -p "$OUT" "$WORK"
-TRAIN_SYNTH="lvmass synth --participants $N_TRAIN --seed 1001 --manual-fraction 1.0 --first-eid 5000001"
-"$PYTHON" -m lvmass.cli synth --participants "$N_TRAIN" --out "$WORK/train" --seed 1001 --manual-fraction 1.0 \
-  --first-eid 5000001 --workers "$CPUS" --overwrite
+TRAIN_SYNTH="lvmass synth --participants $N_TRAIN --seed $TRAIN_SEED --manual-fraction 1.0 --first-eid $FIRST_EID"
+"$PYTHON" -m lvmass.cli synth --participants "$N_TRAIN" --out "$WORK/train" --seed "$TRAIN_SEED" \
+  --manual-fraction 1.0 --first-eid "$FIRST_EID" --workers "$CPUS" --overwrite
 "$PYTHON" -m lvmass.cli synth --participants "$N_VALIDATION" --out "$WORK/validation" --seed 2002 \
   --manual-fraction 1.0 --first-eid 5900001 --workers "$CPUS" --overwrite
 echo "cohorts drawn after $(( $(date +%s) - START )) s"
 "$PYTHON" -m trainer.portable fit --zips "$WORK/train/zips/*.zip" --validation_zips "$WORK/validation/zips/*.zip" \
   --out "$OUT" --preset compact --crop_px 128 --crops_per_participant "$CROPS" --batch_size 16 \
-  --learning_rate 1e-3 --lr_decay_steps 1000 --lr_decay_rate 0.75 --steps_per_epoch 250 --epochs 1000 \
-  --train_until $(( START + BUDGET - 60 )) --workers "$CPUS" --seed 1 --data_source "$TRAIN_SYNTH"
+  --learning_rate "$LEARNING_RATE" --lr_decay_steps 1000 --lr_decay_rate 0.75 --steps_per_epoch 250 --epochs 1000 \
+  --train_until $(( START + BUDGET - 60 )) --workers "$CPUS" --seed 1 --data_source "$TRAIN_SYNTH" \
+  ${INITIAL_WEIGHTS:+--initial_weights "$INITIAL_WEIGHTS"}
 echo "done after $(( $(date +%s) - START )) s"

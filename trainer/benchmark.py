@@ -31,11 +31,12 @@ def _time(fn, repeats: int) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.benchmark", description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=("seg", "reg"), default="seg")
-    p.add_argument("--preset", choices=("paper", "cpu"), default="cpu")
+    p.add_argument("--preset", choices=("paper", "cpu", "compact"), default="cpu")
     p.add_argument("--crop_px", type=int, default=None, help="seg training crop (as trainer.task)")
     p.add_argument("--model_dir", default=None, help="time this export's serving signature for inference")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch_sizes", default="1,4")
+    p.add_argument("--record", default=None, help="also write the result, with the command and machine, here")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
 
     import keras
@@ -77,6 +78,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         infer = lambda: fn(inputs)  # noqa: E731
         result["inference_source"] = "built preset"
     result["inference_s_per_participant"] = round(_time(infer, args.repeats), 3)
+    if args.record:
+        import platform
+        import time
+
+        argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+        result = {"command": f"python -m trainer.benchmark {argv_text}",
+                  "date": time.strftime("%Y-%m-%d %H:%M"),
+                  "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                              "gpu": [d.name for d in tf.config.list_physical_devices("GPU")] or None},
+                  "target_s_per_participant": 2.0, **result}
+        with open(args.record, "w") as handle:
+            handle.write(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 

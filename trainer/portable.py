@@ -89,6 +89,16 @@ def _shared(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 _STATE: dict[str, Any] = {}
 
 
+def _map_unordered(function, tasks, workers: int, chunksize: int):
+    """``function`` over ``tasks`` on ``workers`` forked processes (they inherit ``_STATE``), or in this
+    process when ``workers <= 1``."""
+    if workers <= 1:
+        yield from map(function, tasks)
+        return
+    with mp.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap_unordered(function, tasks, chunksize)
+
+
 def _load_into(index_path: tuple[int, str]) -> tuple[int, dict[str, Any] | None, str | None]:
     index, path = index_path
     try:
@@ -122,14 +132,13 @@ def load_examples(
     _STATE.update(images=images, labels=labels)
     meta: list[dict | None] = [None] * len(paths)
     skipped = []
-    with mp.get_context("fork").Pool(workers) as pool:
-        for done, (index, info, error) in enumerate(pool.imap_unordered(_load_into, enumerate(paths), 4), 1):
-            if error:
-                LOG.warning("skipped %s: %s", paths[index], error)
-                skipped.append({"source": paths[index], "reason": error})
-            meta[index] = info
-            if done % 200 == 0 or done == len(paths):
-                LOG.info("decoded %d/%d zips (%d skipped)", done, len(paths), len(skipped))
+    for done, (index, info, error) in enumerate(_map_unordered(_load_into, enumerate(paths), workers, 4), 1):
+        if error:
+            LOG.warning("skipped %s: %s", paths[index], error)
+            skipped.append({"source": paths[index], "reason": error})
+        meta[index] = info
+        if done % 200 == 0 or done == len(paths):
+            LOG.info("decoded %d/%d zips (%d skipped)", done, len(paths), len(skipped))
     keep = [i for i, info in enumerate(meta) if info is not None]
     return images[keep], labels[keep], [meta[i] for i in keep], skipped
 
@@ -147,10 +156,9 @@ def augmented_crops(
     seeds = np.random.SeedSequence(seed).generate_state(n)
     tasks = [(slot, slot % len(images), int(seeds[slot])) for slot in range(n)]
     started = time.perf_counter()
-    with mp.get_context("fork").Pool(workers) as pool:
-        for done, _ in enumerate(pool.imap_unordered(_augment_into, tasks, 16), 1):
-            if done % 2000 == 0 or done == n:
-                LOG.info("augmented %d/%d crops (%.0f s)", done, n, time.perf_counter() - started)
+    for done, _ in enumerate(_map_unordered(_augment_into, tasks, workers, 16), 1):
+        if done % 2000 == 0 or done == n:
+            LOG.info("augmented %d/%d crops (%.0f s)", done, n, time.perf_counter() - started)
     return crops, crop_labels
 
 
@@ -194,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--train_until", type=float, default=float("inf"),
                      help="stop fitting at this Unix time (for leases of fixed length)")
     fit.add_argument("--seed", type=int, default=1)
+    fit.add_argument("--initial_weights", default=None,
+                     help="start from a previous run's weights.npz (same preset) and fine-tune")
     fit.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     fit.add_argument("--data_source", default="", help="for the model card (e.g. the synth command)")
     export = sub.add_parser("export", help="(TensorFlow) write the SavedModel, model.keras and card")
@@ -241,6 +251,8 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
     keras.utils.set_random_seed(args.seed)
     config = models.seg_config(args.preset)
     model = models.build_ml4h_seg(config, fully_convolutional=True)
+    if args.initial_weights:
+        load_weights(model, args.initial_weights)
     schedule = keras.optimizers.schedules.ExponentialDecay(
         args.learning_rate, decay_steps=args.lr_decay_steps, decay_rate=args.lr_decay_rate
     )
@@ -278,11 +290,14 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed,
         },
         "hyperparameters": {
+            "initial_weights": args.initial_weights,
             "optimizer": "adam", "learning_rate": args.learning_rate, "lr_decay_steps": args.lr_decay_steps,
             "lr_decay_rate": args.lr_decay_rate, "batch_size": args.batch_size, "crop_px": args.crop_px,
             "crops_per_participant": args.crops_per_participant, "epochs_requested": args.epochs,
             "epochs_run": len(history.history.get("loss", [])), "steps_per_epoch": args.steps_per_epoch,
-            "max_train_seconds": args.max_train_seconds, "loss": "sparse_categorical_crossentropy",
+            "max_train_seconds": args.max_train_seconds if math.isfinite(args.max_train_seconds) else None,
+            "train_until_unix": args.train_until if math.isfinite(args.train_until) else None,
+            "loss": "sparse_categorical_crossentropy",
             "augmentation": None if augment is None else augment.__dict__,
             "data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1),
             "steps_run": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
