@@ -16,7 +16,8 @@ def _phantom(rows: int = 96, cols: int = 96, slices: int = 5) -> tuple[np.ndarra
     rr, cc = np.mgrid[:rows, :cols]
     radius = np.hypot(rr - 40, cc - 52)
     labels2d = np.where(radius < 9, contracts.LV_CAVITY, np.where(radius < 14, contracts.MYOCARDIUM, 0))
-    image2d = np.where(labels2d == contracts.LV_CAVITY, 3.0, np.where(labels2d == contracts.MYOCARDIUM, 0.5, 1.5))
+    inside = np.where(labels2d == contracts.MYOCARDIUM, 0.5, 1.5)
+    image2d = np.where(labels2d == contracts.LV_CAVITY, 3.0, inside)
     image2d = image2d + 0.1 * np.sin(rr / 3.0)
     image = np.repeat(image2d[:, :, None], slices, axis=2).astype(np.float32)
     labels = np.repeat(labels2d[:, :, None], slices, axis=2).astype(np.uint8)

@@ -52,7 +52,7 @@ def test_unusable_zip_is_named_with_its_reason(cohorts):
 
 
 def test_fit_then_export_serves_the_same_labels(cohorts, tmp_path):
-    root, train, validation = cohorts
+    _, train, validation = cohorts
     run_dir = tmp_path / "run"
     code = portable.main([
         "fit", "--zips", f"{train.zips_dir}/*.zip", "--validation_zips", f"{validation.zips_dir}/*.zip",
@@ -88,9 +88,8 @@ def test_fit_then_export_serves_the_same_labels(cohorts, tmp_path):
     expected = np.argmax(np.asarray(keras_model.predict({contracts.SIGNATURE_INPUT_IMAGE: image}, verbose=0)),
                          axis=-1)[0]
     handler = SavedModelHandler(str(export_dir), kind=contracts.MODEL_KIND_SEG)
-    [result] = handler.run_inference(
-        [ModelInput(example.image[..., None], np.asarray(example.spacing_mm, np.float32))], handler.load_model()
-    )
+    model_input = ModelInput(example.image[..., None], np.asarray(example.spacing_mm, np.float32))
+    [result] = handler.run_inference([model_input], handler.load_model())
     np.testing.assert_array_equal(result.inference, expected)
 
 
@@ -98,3 +97,25 @@ def test_missing_zips_are_a_clear_error(tmp_path, capsys):
     code = portable.main(["fit", "--zips", str(tmp_path / "none" / "*.zip"), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "no participant zip matches" in capsys.readouterr().err
+
+
+def test_fine_tuning_stage_is_recorded_on_the_card(cohorts, tmp_path):
+    _, train, _ = cohorts
+    common = ["--zips", f"{train.zips_dir}/*.zip", "--preset", "cpu", "--crop_px", "32",
+              "--crops_per_participant", "2", "--batch_size", "2", "--epochs", "1", "--steps_per_epoch", "1",
+              "--workers", "1"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert portable.main(["fit", *common, "--out", str(first)]) == 0
+    assert portable.main(["fit", *common, "--out", str(second), "--learning_rate", "1e-4",
+                          "--initial_weights", str(first / portable.WEIGHTS_FILENAME)]) == 0
+    export_dir = str(tmp_path / "export")
+    # a fine-tuned run without its earlier stage would hide part of the training: refused
+    assert portable.main(["export", "--run_dir", str(second), "--export_dir", export_dir]) == 2
+    assert portable.main(["export", "--run_dir", str(second), "--export_dir", export_dir,
+                          "--earlier_run_dir", str(first)]) == 0
+    card = ModelCard.from_json((tmp_path / "export" / contracts.MODEL_CARD_FILENAME).read_text())
+    [stage] = card.training_data["earlier_stages"]
+    assert stage["train_participants"] == 4
+    assert card.hyperparameters["initial_weights"].endswith(portable.WEIGHTS_FILENAME)
+    assert card.hyperparameters["earlier_stages"][0]["learning_rate"] == 1e-3
+    assert len(card.metrics["earlier_stages"][0]["history"]["loss"]) == 1

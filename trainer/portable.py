@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--export_dir", required=True)
     export.add_argument("--synthetic", action="store_true", help="the run trained on lvmass.synth data")
     export.add_argument("--version", default="")
+    export.add_argument("--earlier_run_dir", action="append", default=[],
+                        help="a run this one fine-tuned from (its --initial_weights), oldest first")
     return parser
 
 
@@ -232,6 +234,9 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
     images, labels, meta, skipped = load_examples(train_paths, args.workers)
     if not meta:
         raise ValueError(f"{args.zips}: no usable training zip ({len(skipped)} skipped)")
+    if len(meta) * args.crops_per_participant < args.batch_size:
+        raise ValueError(f"{args.zips}: {len(meta)} usable zips x {args.crops_per_participant} crops is less "
+                         f"than one batch of {args.batch_size}")
     val = load_examples(val_paths, args.workers) if val_paths else None
     train_eids = {m["eid"] for m in meta}
     if val is not None and train_eids & {m["eid"] for m in val[2]}:
@@ -417,14 +422,29 @@ def export(args: argparse.Namespace) -> str:
     load_weights(model, os.path.join(args.run_dir, WEIGHTS_FILENAME))
     validation = dict(summary.get("validation") or {})
     calibration = validation.pop("calibration", {})
+    earlier = []
+    for run_dir in args.earlier_run_dir:
+        with open(os.path.join(run_dir, FIT_FILENAME)) as handle:
+            stage = json.load(handle)
+        if stage.get("architecture") != summary["architecture"]:
+            raise ValueError(f"{run_dir}: earlier run has another architecture than {args.run_dir}")
+        earlier.append({key: stage.get(key) for key in ("training_data", "hyperparameters", "history",
+                                                        "validation", "backend")})
+    if summary["hyperparameters"].get("initial_weights") and not earlier:
+        raise ValueError(f"{args.run_dir} fine-tuned from {summary['hyperparameters']['initial_weights']}: "
+                         "name that run with --earlier_run_dir so the card records all the training")
     card = ModelCard(
         kind=contracts.MODEL_KIND_SEG,
         version=args.version or __version__,
-        training_data=summary["training_data"],
+        training_data={**summary["training_data"],
+                       **({"earlier_stages": [e["training_data"] for e in earlier]} if earlier else {})},
         hyperparameters={"architecture": summary["architecture"], "preset": summary["preset"],
                          "trainer": f"trainer.portable on Keras/{summary['backend']}",
-                         **summary["hyperparameters"]},
-        metrics={"history": summary["history"], "validation": validation},
+                         **summary["hyperparameters"],
+                         **({"earlier_stages": [e["hyperparameters"] for e in earlier]} if earlier else {})},
+        metrics={"history": summary["history"], "validation": validation,
+                 **({"earlier_stages": [{"history": e["history"], "validation": e["validation"]}
+                                        for e in earlier]} if earlier else {})},
         calibration=calibration,
         trained_on_synthetic_data=bool(args.synthetic),
         notes=("Trained on SYNTHETIC data (lvmass.synth), not UK Biobank; retrain on real tensors before use."
