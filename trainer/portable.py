@@ -263,11 +263,11 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
     )
     loss = keras.losses.SparseCategoricalCrossentropy()
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
-    batches = crop_batches(crops, crop_labels, args.batch_size, seed=args.seed)
+    batches = crop_batches(crops, crop_labels, args.batch_size, args.steps_per_epoch, seed=args.seed)
     weights_path = os.path.join(args.out, WEIGHTS_FILENAME)
     fit_started = time.perf_counter()
     history = model.fit(
-        batches, epochs=args.epochs, steps_per_epoch=min(args.steps_per_epoch, len(batches)), verbose=2,
+        batches, epochs=args.epochs, verbose=2,
         callbacks=[
             keras.callbacks.CSVLogger(os.path.join(args.out, LOG_FILENAME)),
             save_and_stop(weights_path, stop_at=min(args.train_until, time.time() + args.max_train_seconds)),
@@ -350,26 +350,33 @@ def validate(model, val, phenotypes: dict[int, tuple[str | None, float]]) -> dic
     return evaluate.summarise(rows, contracts.MODEL_KIND_SEG)
 
 
-def crop_batches(crops: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int):
-    """A Keras ``PyDataset``: shuffled float32 batches of the shared float16 crops, reshuffled each epoch."""
+def crop_batches(crops: np.ndarray, labels: np.ndarray, batch_size: int, steps_per_epoch: int, *, seed: int):
+    """A Keras ``PyDataset`` of ``steps_per_epoch`` float32 batches per epoch, walking through a seeded
+    shuffle of the shared float16 crops and reshuffling once it has used them all."""
     import keras
+
+    n = len(crops)
 
     class CropBatches(keras.utils.PyDataset):
         def __init__(self) -> None:
             super().__init__()
             self.rng = np.random.default_rng(seed)
-            self.order = self.rng.permutation(len(crops))
+            self.order = self.rng.permutation(n)
+            self.start = 0
 
         def __len__(self) -> int:
-            return len(crops) // batch_size
+            return steps_per_epoch
 
         def __getitem__(self, index: int):
-            chosen = np.sort(self.order[index * batch_size : (index + 1) * batch_size])
+            positions = self.start + index * batch_size + np.arange(batch_size)
+            chosen = np.sort(self.order[positions % n])
             image = crops[chosen].astype(np.float32)[..., None]
             return {contracts.SIGNATURE_INPUT_IMAGE: image}, labels[chosen].astype(np.int32)
 
         def on_epoch_end(self) -> None:
-            self.order = self.rng.permutation(len(crops))
+            self.start += steps_per_epoch * batch_size
+            if self.start >= n:
+                self.order, self.start = self.rng.permutation(n), 0
 
     return CropBatches()
 
