@@ -192,6 +192,25 @@ def mr_dicom(
 MANIFEST_HEADER = "filename,patientid,studyid,studydescription,date,seriesid,series discription,aet,host"
 
 
+def plain_frame(*, rows: int = 8, cols: int = 8, **fields) -> bytes:
+    """A blank single frame at the origin with the identity orientation; ``fields`` override any
+    :func:`mr_dicom` argument (tests that need one image with one thing set)."""
+    defaults = dict(rows=rows, cols=cols, pixels=np.zeros((rows, cols)), series_description="x",
+                    series_uid="1.2.3", series_number=1, instance_number=1, trigger_time_ms=0.0,
+                    position=[0, 0, 0], orientation=[1, 0, 0, 0, 1, 0])
+    return mr_dicom(**{**defaults, **fields})
+
+
+def stack_frame(g: StackGeometry, k: int, **fields) -> bytes:
+    """Slice ``k`` of stack ``g`` as the first frame of its own ``CINE_segmented_SAX_b{k+1}`` series;
+    ``fields`` override any :func:`mr_dicom` argument (one defect per test)."""
+    defaults = dict(rows=g.rows, cols=g.cols, pixels=stored_pixels(g.rows, g.cols, k, 0),
+                    series_description=f"CINE_segmented_SAX_b{k + 1}", series_uid=f"1.2.{k}", series_number=k,
+                    instance_number=1, trigger_time_ms=0.0, position=g.position(k), orientation=g.orientation,
+                    pixel_spacing_mm=g.pixel_spacing_mm, slice_thickness_mm=g.slice_thickness_mm)
+    return mr_dicom(**{**defaults, **fields})
+
+
 def manifest_text(entries: list[tuple[str, str]], *, patient_id: str = "1000001") -> str:
     """A manifest with the real defect: the date holds an unquoted comma."""
     lines = [MANIFEST_HEADER]

@@ -57,18 +57,7 @@ class TestChooseEdFrame:
     def _headers(self, trigger_times, instance_numbers):
         out = []
         for tt, num in zip(trigger_times, instance_numbers, strict=True):
-            data = fac.mr_dicom(
-                rows=4,
-                cols=4,
-                pixels=np.zeros((4, 4)),
-                series_description="x",
-                series_uid="1.2.3",
-                series_number=1,
-                instance_number=num,
-                trigger_time_ms=tt,
-                position=[0, 0, 0],
-                orientation=[1, 0, 0, 0, 1, 0],
-            )
+            data = fac.plain_frame(rows=4, cols=4, instance_number=num, trigger_time_ms=tt)
             import pydicom
 
             out.append(header_info(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True), f"m{num}"))
@@ -350,18 +339,7 @@ class TestDecodeErrors:
         assert info.value.source == "gs://b/1000123_20209_2_0.zip"
 
     def test_zip_without_sax_series(self):
-        lax = fac.mr_dicom(
-            rows=8,
-            cols=8,
-            pixels=np.zeros((8, 8)),
-            series_description="CINE_segmented_LAX_4Ch",
-            series_uid="1.2.3",
-            series_number=1,
-            instance_number=1,
-            trigger_time_ms=0.0,
-            position=[0, 0, 0],
-            orientation=[1, 0, 0, 0, 1, 0],
-        )
+        lax = fac.plain_frame(series_description="CINE_segmented_LAX_4Ch")
         data = fac.zip_members({"a.dcm": lax, "manifest.csv": b"filename,series discription\na.dcm,lax\n"})
         with pytest.raises(
             DecodeError, match=r"series: no short-axis cine series .*'cine_segmented_lax_4ch'"
@@ -378,17 +356,9 @@ class TestDecodeErrors:
 
     def test_long_axis_only_without_manifest(self):
         members = {
-            f"{view}.dcm": fac.mr_dicom(
-                rows=8,
-                cols=8,
-                pixels=np.zeros((8, 8)),
-                series_description=f"CINE_segmented_LAX_{view}",
-                series_uid=f"1.2.{k}",
-                series_number=k,
-                instance_number=1,
-                trigger_time_ms=0.0,
+            f"{view}.dcm": fac.plain_frame(
+                series_description=f"CINE_segmented_LAX_{view}", series_uid=f"1.2.{k}", series_number=k,
                 position=[0, 0, 10.0 * k],
-                orientation=[1, 0, 0, 0, 1, 0],
             )
             for k, view in enumerate(["2Ch", "3Ch", "4Ch"])
         }
@@ -421,37 +391,14 @@ class TestDecodeErrors:
         g = fac.StackGeometry()
         members = {}
         for k in range(6):
-            members[f"s{k}.dcm"] = fac.mr_dicom(
-                rows=g.rows,
-                cols=g.cols,
-                pixels=fac.stored_pixels(g.rows, g.cols, k, 0),
-                series_description=f"CINE_segmented_SAX_b{k + 1}",
-                series_uid=f"1.2.{k}",
-                series_number=k,
-                instance_number=1,
-                trigger_time_ms=0.0,
-                position=g.position(k),
-                orientation=g.orientation,
-                pixel_spacing_mm=(1.8, 1.9) if k else (2.0, 2.0),
-            )
+            members[f"s{k}.dcm"] = fac.stack_frame(g, k, pixel_spacing_mm=(1.8, 1.9) if k else (2.0, 2.0))
         with pytest.raises(DecodeError, match=r"geometry: PixelSpacing \(0028,0030\) differs between slices"):
             decode_participant_zip(io.BytesIO(fac.zip_members(members)), "1_20209_2_0.zip")
 
     def test_missing_orientation(self):
         g = fac.StackGeometry()
         members = {
-            f"s{k}.dcm": fac.mr_dicom(
-                rows=g.rows,
-                cols=g.cols,
-                pixels=fac.stored_pixels(g.rows, g.cols, k, 0),
-                series_description=f"CINE_segmented_SAX_b{k + 1}",
-                series_uid=f"1.2.{k}",
-                series_number=k,
-                instance_number=1,
-                trigger_time_ms=0.0,
-                position=g.position(k),
-                orientation=None if k == 2 else g.orientation,
-            )
+            f"s{k}.dcm": fac.stack_frame(g, k, orientation=None if k == 2 else g.orientation)
             for k in range(6)
         }
         with pytest.raises(DecodeError, match=r"geometry: member 's2.dcm' lacks ImageOrientationPatient"):

@@ -11,23 +11,12 @@ import pytest
 from beam_pipeline import contracts
 from beam_pipeline.overlay import inlinevf_labels, outline_to_labels, overlay_outline, unit_disk
 from beam_pipeline.study import DecodedStudy
-from tests.dicom_factory import circle_outline, mr_dicom, ring_outline
+from tests.dicom_factory import circle_outline, plain_frame, ring_outline
 
 
 def dataset_with_overlay(outline: np.ndarray | None, rows: int = 30, cols: int = 28) -> pydicom.Dataset:
-    data = mr_dicom(
-        rows=rows,
-        cols=cols,
-        pixels=np.zeros((rows, cols)),
-        series_description="CINE_segmented_SAX_InlineVF",
-        series_uid="1.2.3",
-        series_number=1,
-        instance_number=1,
-        trigger_time_ms=0.0,
-        position=[0, 0, 0],
-        orientation=[1, 0, 0, 0, 1, 0],
-        outline=outline,
-    )
+    description = "CINE_segmented_SAX_InlineVF"
+    data = plain_frame(rows=rows, cols=cols, series_description=description, outline=outline)
     return pydicom.dcmread(io.BytesIO(data))
 
 

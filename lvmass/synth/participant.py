@@ -688,38 +688,18 @@ def _assemble(
         order = rng.permutation(len(members))
         return [members[i] for i in order], rows, info
 
-    series_number = 10
-    for k in range(n):
-        minutes = 2.0 + k
-        if k == duplicate:  # the earlier acquisition keeps this series number, the re-acquisition comes last
-            dup_uid = uids.next()
-            for p in phases:
-                add(
-                    plain,
-                    description=f"{SAX_PREFIX}{k + 1}",
-                    series_uid=dup_uid,
-                    series_number=series_number,
-                    instance=p + 1,
-                    k=k,
-                    phase=p,
-                    pixel_bytes=dup_pixels[p],
-                    minutes=minutes,
-                )
-            series_number += 1
-            continue
+    def add_slice_series(k: int, number: int, pixel_bytes, minutes: float) -> None:
+        """One ``CINE_segmented_SAX_b{k+1}`` series: every written phase of slice ``k``."""
         s_uid = uids.next()
         for p in phases:
-            add(
-                plain,
-                description=f"{SAX_PREFIX}{k + 1}",
-                series_uid=s_uid,
-                series_number=series_number,
-                instance=p + 1,
-                k=k,
-                phase=p,
-                pixel_bytes=pixels[(k, p)],
-                minutes=minutes,
-            )
+            add(plain, description=f"{SAX_PREFIX}{k + 1}", series_uid=s_uid, series_number=number,
+                instance=p + 1, k=k, phase=p, pixel_bytes=pixel_bytes(p), minutes=minutes)
+
+    series_number = 10
+    for k in range(n):
+        # a repeated slice: the earlier acquisition keeps this series number, the re-acquisition comes last
+        source = dup_pixels.__getitem__ if k == duplicate else (lambda p, k=k: pixels[(k, p)])
+        add_slice_series(k, series_number, source, 2.0 + k)
         series_number += 1
     vf_uid, vf_number = uids.next(), series_number
     series_number += 1
@@ -752,19 +732,7 @@ def _assemble(
         members.append((filename, data))
         rows.append(dw.ManifestRow(filename, res_uid, VF_RESULTS_DESCRIPTION))
     if duplicate >= 0:
-        s_uid = uids.next()
-        for p in phases:
-            add(
-                plain,
-                description=f"{SAX_PREFIX}{duplicate + 1}",
-                series_uid=s_uid,
-                series_number=series_number,
-                instance=p + 1,
-                k=duplicate,
-                phase=p,
-                pixel_bytes=pixels[(duplicate, p)],
-                minutes=4.0 + n,
-            )
+        add_slice_series(duplicate, series_number, lambda p: pixels[(duplicate, p)], 4.0 + n)
     return members, rows, info
 
 
