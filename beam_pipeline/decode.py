@@ -1,13 +1,12 @@
 """Decode one participant's short-axis cine CMR into a :class:`~beam_pipeline.study.DecodedStudy`.
 
-Reads only what the mass needs (ARCHITECTURE.md, "Read only what is needed"):
+Reads only what the mass needs (docs/architecture.md, "Read only what is needed"):
 
 1. list the zip's members (central directory) and parse the manifest, a hint used only to skip members
    it clearly describes as something other than short-axis cine;
 2. read DICOM *headers* (``stop_before_pixels`` with ``specific_tags``) of the remaining ``.dcm`` members;
-3. choose the short-axis series (UKBB_FORMAT.md: ``CINE_segmented_SAX_bK`` per slice, a mixed
-   ``CINE_segmented_SAX`` series, or any vendor's cine stack grouped by position), the stack normal,
-   the end-diastolic (ED) frame of each slice, and the base-to-apex order;
+3. choose the short-axis series, the stack normal, the end-diastolic (ED) frame of each slice and the
+   base-to-apex order: ``beam_pipeline.slices`` (pure, over the parsed headers; docs/ukbb_format.md);
 4. decode pixels of the chosen ED frames only, and InlineVF overlays of the matching
    ``CINE_segmented_SAX_InlineVF`` instances only (none at all with ``with_inlinevf=False``).
 
@@ -23,10 +22,8 @@ prove the decoder never touches more than it needs. Every failure raises
 from __future__ import annotations
 
 import io
-import re
 import zipfile
 import zlib
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -37,32 +34,29 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
 from beam_pipeline import contracts, geometry
+from beam_pipeline.identity import base_name, parse_ukbb_zip_name
 from beam_pipeline.manifest import ManifestError, is_manifest_name, parse_manifest
 from beam_pipeline.overlay import overlay_outline
+from beam_pipeline.qc import geometry_qc_flags
+from beam_pipeline.slices import (
+    ED_RULES,
+    INLINEVF_SERIES,
+    SAX_SERIES_PREFIX,
+    HeaderInfo,
+    choose_ed_frame,
+    is_image_series,
+    match_inlinevf,
+    normalise_description,
+    select_slices,
+)
 from beam_pipeline.study import DecodedStudy, DecodeError
 
-ED_RULES = ("first_trigger_time", "first_instance")
-_UKBB_ZIP_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)\.zip$", re.IGNORECASE)
-_BK_SERIES = re.compile(r"^cine_segmented_sax_b(\d+)$")
-INLINEVF_SERIES = "cine_segmented_sax_inlinevf"
-MIXED_SAX_SERIES = "cine_segmented_sax"
-SAX_SERIES_PREFIX = "cine_segmented_sax"
-# Any-vendor layout: series whose (normalised) description contains one of these are not short-axis cine.
-NON_SAX_DESCRIPTION_WORDS = (
-    "lax",
-    "2ch",
-    "3ch",
-    "4ch",
-    "lvot",
-    "localizer",
-    "localiser",
-    "scout",
-    "survey",
-    "inline_vf",
-    "flow",
-)
-# The scanner's mitral-valve (long-axis) images inside the InlineVF series have 6 mm slices.
-MITRAL_VALVE_SLICE_THICKNESS_MM = 6.0
+__all__ = [  # choose_ed_frame and HeaderInfo live in beam_pipeline.slices; decoding callers find them here
+    "ED_RULES", "DecodeStats", "HeaderInfo", "ParticipantFolder", "choose_ed_frame", "decode_dicom_members",
+    "decode_frame_pixels", "decode_participant_zip", "folder_member_name", "header_info",
+    "parse_ukbb_zip_name",
+]
+
 OVERLAY_GROUP = 0x6000
 PIXEL_SPACING_REL_TOL = 1e-3
 
@@ -97,6 +91,22 @@ OVERLAY_TAGS = [
 ]
 
 
+@dataclass(frozen=True)
+class ParticipantFolder:
+    """One participant's folder of DICOMs (the any-vendor layout): its path and its files' paths."""
+
+    path: str
+    files: tuple[str, ...]
+    size_in_bytes: int = 0
+
+
+def folder_member_name(folder: str, path: str) -> str:
+    """A file's name inside its participant folder (``series1/IM0001`` for ``folder/series1/IM0001``)."""
+    if path.startswith(folder):
+        return path[len(folder):].lstrip("/\\")
+    return base_name(path)
+
+
 @dataclass
 class DecodeStats:
     """What one decode touched. ``bytes_read`` counts bytes read from the participant's file object
@@ -111,37 +121,6 @@ class DecodeStats:
     manifest_rows: int = 0
     manifest_error: str | None = None
 
-
-@dataclass(frozen=True)
-class HeaderInfo:
-    """The header fields of one DICOM member that slice selection needs."""
-
-    member: str
-    series_description: str  # ml4h-normalised: lower case, spaces -> "_"
-    series_uid: str
-    series_number: int | None
-    instance_number: int | None
-    trigger_time_ms: float | None
-    position: tuple[float, float, float] | None
-    orientation: tuple[float, ...] | None
-    pixel_spacing_mm: tuple[float, float] | None
-    slice_thickness_mm: float | None
-    spacing_between_slices_mm: float | None
-    rows: int | None
-    cols: int | None
-    acquisition_key: tuple[str, str, str, str]  # (AcquisitionDate, AcquisitionTime, SeriesDate, SeriesTime)
-    has_overlay: bool
-    patient_id: str
-    number_of_frames: int
-
-
-@dataclass(frozen=True)
-class _Slice:
-    """One chosen slice before pixel decoding."""
-
-    ed: HeaderInfo
-    number: int | None
-    position_mm: float
 
 
 class _CountingReader:
@@ -177,24 +156,6 @@ class _CountingReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def normalise_description(description: str) -> str:
-    """ml4h's matching form of SeriesDescription (0008,103E): lower case, spaces replaced by ``_``."""
-    return description.strip().lower().replace(" ", "_")
-
-
-def parse_ukbb_zip_name(name: str) -> tuple[int, int, int, int] | None:
-    """``{eid}_{field}_{instance}_{array}.zip`` -> (eid, field, instance, array); None otherwise.
-
-    ``name`` may be a path or URI; only its last component is matched.
-    """
-    base = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-    match = _UKBB_ZIP_NAME.match(base)
-    if match is None:
-        return None
-    eid, field, instance, array = (int(g) for g in match.groups())
-    return eid, field, instance, array
 
 
 # --- headers ---------------------------------------------------------------------------------------
@@ -294,243 +255,6 @@ def _read_headers(
 # --- selection -------------------------------------------------------------------------------------
 
 
-def _require_geometry(h: HeaderInfo, source_uri: str) -> None:
-    missing = [
-        label
-        for label, value in (
-            ("ImagePositionPatient (0020,0032)", h.position),
-            ("ImageOrientationPatient (0020,0037)", h.orientation),
-            ("PixelSpacing (0028,0030)", h.pixel_spacing_mm),
-        )
-        if value is None
-    ]
-    if missing:
-        raise DecodeError(source_uri, "geometry", f"member {h.member!r} lacks {', '.join(missing)}")
-
-
-def choose_ed_frame(frames: Sequence[HeaderInfo], rule: str = "first_trigger_time") -> HeaderInfo:
-    """The end-diastolic frame of one slice.
-
-    ``first_trigger_time`` (default, UK Biobank and ml4h): smallest TriggerTime (0018,1060), ties and
-    missing values broken by InstanceNumber then member name. ``first_instance``: smallest
-    InstanceNumber (0020,0013).
-    """
-    if rule not in ED_RULES:
-        raise ValueError(f"unknown ED rule {rule!r}; expected one of {ED_RULES}")
-    if not frames:
-        raise ValueError("no frames to choose an end-diastolic frame from")
-    inf = float("inf")
-
-    def by_trigger(h: HeaderInfo):
-        tt = inf if h.trigger_time_ms is None else h.trigger_time_ms
-        num = inf if h.instance_number is None else h.instance_number
-        return (tt, num, h.member)
-
-    def by_instance(h: HeaderInfo):
-        tt = inf if h.trigger_time_ms is None else h.trigger_time_ms
-        num = inf if h.instance_number is None else h.instance_number
-        return (num, tt, h.member)
-
-    return min(frames, key=by_trigger if rule == "first_trigger_time" else by_instance)
-
-
-def _latest_series(frames: Sequence[HeaderInfo]) -> tuple[list[HeaderInfo], bool]:
-    """Keep the frames of the latest-acquired series (AcquisitionDate/Time, then SeriesDate/Time, then
-    SeriesNumber, then UID); True when more than one series was present."""
-    by_uid: dict[str, list[HeaderInfo]] = defaultdict(list)
-    for h in frames:
-        by_uid[h.series_uid].append(h)
-    if len(by_uid) == 1:
-        return list(frames), False
-
-    def key(uid: str):
-        hs = by_uid[uid]
-        acq = max(h.acquisition_key for h in hs)
-        number = max((h.series_number or -1) for h in hs)
-        return (acq, number, uid)
-
-    return by_uid[max(by_uid, key=key)], True
-
-
-def _group_by_position(frames: Sequence[HeaderInfo], normal: np.ndarray) -> list[list[HeaderInfo]]:
-    """Group frames into slices by their projected position (tolerance: a quarter of the smallest
-    plausible slice gap, 1 mm)."""
-    positions = [geometry.project_position_mm(h.position, normal) for h in frames]  # type: ignore[arg-type]
-    return [[frames[i] for i in idx] for idx in geometry.cluster_positions_mm(positions, tol_mm=1.0)]
-
-
-def _descriptions(headers: Sequence[HeaderInfo]) -> list[str]:
-    return sorted({h.series_description or "<empty>" for h in headers})
-
-
-def _is_mitral_valve(h: HeaderInfo) -> bool:
-    return (
-        h.slice_thickness_mm is not None
-        and abs(h.slice_thickness_mm - MITRAL_VALVE_SLICE_THICKNESS_MM) < 0.01
-    )
-
-
-def _select_slices(
-    headers: Sequence[HeaderInfo], source_uri: str, *, ukbb_required: bool, ed_rule: str
-) -> tuple[list[_Slice], list[HeaderInfo], np.ndarray, float, set[str], str]:
-    """Choose slices and their ED frames; returns (slices sorted base->apex, InlineVF candidates,
-    stack normal, direction sign, decode QC flags, layout name)."""
-    flags: set[str] = set()
-    bk: dict[int, list[HeaderInfo]] = defaultdict(list)
-    mixed: list[HeaderInfo] = []
-    inlinevf: list[HeaderInfo] = []
-    for h in headers:
-        match = _BK_SERIES.match(h.series_description)
-        if match:
-            bk[int(match.group(1))].append(h)
-        elif h.series_description == MIXED_SAX_SERIES:
-            mixed.append(h)
-        elif h.series_description == INLINEVF_SERIES:
-            inlinevf.append(h)
-
-    # Candidate slice groups with an optional slice number (b1 = base).
-    groups: list[tuple[int | None, list[HeaderInfo]]] = []
-    if bk:
-        layout = "ukbb_bk"
-        for number in sorted(bk):
-            frames, duplicated = _latest_series(bk[number])
-            if duplicated:
-                flags.add(contracts.QC_DUPLICATE_SLICE_ACQUISITION)
-            groups.append((number, frames))
-        image_pool = [h for _, fr in groups for h in fr]
-    else:
-        if mixed:
-            layout, image_pool = "ukbb_mixed", mixed
-        elif inlinevf:
-            layout, image_pool = "ukbb_inlinevf_only", [h for h in inlinevf if not _is_mitral_valve(h)]
-        elif not ukbb_required:
-            layout = "any_vendor"
-            image_pool = [
-                h
-                for h in headers
-                if not any(word in h.series_description for word in NON_SAX_DESCRIPTION_WORDS)
-                and h.position is not None
-                and h.orientation is not None
-            ]
-        else:
-            raise DecodeError(
-                source_uri,
-                "series",
-                f"no short-axis cine series (CINE_segmented_SAX_b*, CINE_segmented_SAX or "
-                f"CINE_segmented_SAX_InlineVF) among {len(headers)} DICOM headers; "
-                f"series found: {_descriptions(headers)}",
-            )
-        if not image_pool:
-            raise DecodeError(
-                source_uri,
-                "series",
-                f"no short-axis cine images with geometry among {len(headers)} DICOM headers; "
-                f"series found: {_descriptions(headers)}",
-            )
-    for h in image_pool:
-        _require_geometry(h, source_uri)
-
-    normals_pool = [fr for _, fr in groups] if groups else [[h] for h in image_pool]
-    normals = [geometry.slice_normal(fr[0].orientation) for fr in normals_pool]  # type: ignore[arg-type]
-    normal = geometry.stack_normal(normals)
-
-    if not groups:
-        parallel = [
-            h for h in image_pool if geometry.is_parallel(geometry.slice_normal(h.orientation), normal)
-        ]
-        for cluster in _group_by_position(parallel, normal):
-            frames, duplicated = _latest_series(cluster)
-            if duplicated:
-                flags.add(contracts.QC_DUPLICATE_SLICE_ACQUISITION)
-            number = None
-            if layout == "ukbb_inlinevf_only":
-                nums = [h.instance_number for h in frames if h.instance_number is not None]
-                number = min(nums) if nums else None
-            groups.append((number, frames))
-        if layout == "any_vendor" and len(groups) < 2:
-            raise DecodeError(
-                source_uri,
-                "series",
-                f"no short-axis stack: the images parallel to the dominant orientation lie at {len(groups)} "
-                f"position(s); series found: {_descriptions(headers)}",
-            )
-
-    chosen: list[tuple[int | None, HeaderInfo]] = []
-    for number, frames in groups:
-        ed = choose_ed_frame(frames, ed_rule)
-        if not geometry.is_parallel(geometry.slice_normal(ed.orientation), normal):  # type: ignore[arg-type]
-            flags.add(contracts.QC_MISSING_SLICES)  # an off-axis "slice" is dropped; the stack has a hole
-            continue
-        chosen.append((number, ed))
-    if not chosen:
-        raise DecodeError(source_uri, "series", "no short-axis slice is parallel to the stack")
-
-    raw_positions = [geometry.project_position_mm(ed.position, normal) for _, ed in chosen]  # type: ignore[arg-type]
-    numbers = [n for n, _ in chosen]
-    if all(n is not None for n in numbers) and len(set(numbers)) > 1:
-        sign = geometry.numbering_sign(numbers, raw_positions)  # type: ignore[arg-type]
-    else:
-        sign = geometry.apex_sign(normal)
-    slices = sorted(
-        (
-            _Slice(ed=ed, number=n, position_mm=sign * p)
-            for (n, ed), p in zip(chosen, raw_positions, strict=True)
-        ),
-        key=lambda s: (s.position_mm, s.ed.member),
-    )
-    if layout == "ukbb_bk":
-        present = sorted(n for n in numbers if n is not None)
-        if present != list(range(1, len(present) + 1)):
-            flags.add(contracts.QC_MISSING_SLICES)
-    if layout == "ukbb_inlinevf_only":
-        vf_pool = [h for h in inlinevf if not _is_mitral_valve(h)]
-    else:
-        vf_pool = [h for h in inlinevf if not _is_mitral_valve(h) and h.position and h.orientation]
-    return slices, vf_pool, normal, sign, flags, layout
-
-
-def _match_inlinevf(
-    slices: Sequence[_Slice], vf_pool: Sequence[HeaderInfo], normal: np.ndarray, sign: float, tol_mm: float
-) -> list[HeaderInfo | None]:
-    """For each slice, the InlineVF instance at the same position (within ``tol_mm``) that carries an
-    overlay plane and whose TriggerTime is nearest the slice's ED frame; None when there is none.
-
-    Only frames with an overlay (OverlayRows (6000,0010) present) compete: which phases carry InlineVF
-    contours is unverified (UKBB_FORMAT.md), so a slice whose ED-phase instance lacks one keeps the
-    contour of the nearest phase that has one rather than losing it.
-    """
-    candidates = []
-    for h in vf_pool:
-        if h.orientation is None or h.position is None:
-            continue
-        if not geometry.is_parallel(geometry.slice_normal(h.orientation), normal):
-            continue  # long-axis images inside the InlineVF series
-        candidates.append((sign * geometry.project_position_mm(h.position, normal), h))
-    matched: list[HeaderInfo | None] = []
-    for s in slices:
-        near = [h for p, h in candidates if abs(p - s.position_mm) <= tol_mm]
-        if near:
-            near, _ = _latest_series(near)  # the latest InlineVF acquisition of this position
-            near = [h for h in near if h.has_overlay]
-        if not near:
-            matched.append(None)
-            continue
-        ed_tt = s.ed.trigger_time_ms
-        if ed_tt is None:
-            best = choose_ed_frame(near)
-        else:
-            best = min(
-                near,
-                key=lambda h: (
-                    abs(h.trigger_time_ms - ed_tt) if h.trigger_time_ms is not None else float("inf"),
-                    h.instance_number if h.instance_number is not None else 0,
-                    h.member,
-                ),
-            )
-        matched.append(best)
-    return matched
-
-
 # --- pixels ----------------------------------------------------------------------------------------
 
 
@@ -596,11 +320,6 @@ def _read_full(
 # --- entry points ----------------------------------------------------------------------------------
 
 
-def _is_image_series(description: str) -> bool:
-    """A UK Biobank series that can supply the short-axis images (bK, mixed, or InlineVF)."""
-    return bool(_BK_SERIES.match(description)) or description in (MIXED_SAX_SERIES, INLINEVF_SERIES)
-
-
 def _decode(
     members: Mapping[str, Callable[[], BinaryIO]],
     header_names: Sequence[str],
@@ -622,16 +341,15 @@ def _decode(
     if ed_rule not in ED_RULES:
         raise ValueError(f"unknown ed_rule {ed_rule!r}; expected one of {ED_RULES}")
     headers = _read_headers(header_names, members, source_uri, stats, require_dicom=require_dicom)
-    if deferred_names and not any(_is_image_series(h.series_description) for h in headers):
+    if deferred_names and not any(is_image_series(h.series_description) for h in headers):
         # The manifest is never the authority: if what it let through holds no short-axis image
         # series (it hid them, or InlineVF is the only one), read the deferred headers too.
         headers += _read_headers(deferred_names, members, source_uri, stats, require_dicom=require_dicom)
     if not headers:
         raise DecodeError(source_uri, "series", f"no DICOM files among {stats.members_listed} members")
 
-    slices, vf_pool, normal, sign, flags, _layout = _select_slices(
-        headers, source_uri, ukbb_required=ukbb_required, ed_rule=ed_rule
-    )
+    selection = select_slices(headers, source_uri, ukbb_required=ukbb_required, ed_rule=ed_rule)
+    slices, flags = selection.slices, set(selection.qc_flags)
 
     spacings = {s.ed.pixel_spacing_mm for s in slices}
     ref = slices[0].ed.pixel_spacing_mm
@@ -659,13 +377,12 @@ def _decode(
             source_uri, "geometry", f"two slices share one position along the normal: {positions}"
         )
 
-    from beam_pipeline.qc import geometry_qc_flags  # local: qc imports study, not decode
-
     flags.update(geometry_qc_flags(positions, spacing_mm))
 
     tol_mm = max(0.5, 0.25 * spacing_mm)
     matched: list[HeaderInfo | None] = (
-        _match_inlinevf(slices, vf_pool, normal, sign, tol_mm) if with_inlinevf else [None] * len(slices)
+        match_inlinevf(slices, selection.inlinevf_pool, selection.normal, selection.direction_sign, tol_mm)
+        if with_inlinevf else [None] * len(slices)
     )
     datasets = _read_chosen(
         pixel_members=[s.ed.member for s in slices],

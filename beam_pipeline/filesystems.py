@@ -10,9 +10,10 @@ as the raw, seekable byte stream that ``zipfile`` needs.
 from __future__ import annotations
 
 import io
+import re
 from typing import IO
 
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 
@@ -91,3 +92,15 @@ def match(pattern: str) -> list[str]:
     """Sorted paths matching a glob (local or ``gs://``); empty when nothing matches."""
     results = FileSystems.match([pattern])
     return sorted(m.path for result in results for m in result.metadata_list)
+
+
+def folder_pattern(pattern: str) -> re.Pattern[str]:
+    """A regex whose match at the start of a file path is the participant folder ``pattern`` matched.
+
+    Beam's glob (``FileSystem.translate_pattern``): ``*`` never crosses ``/``, so the prefix of a path
+    below the folder that matches ``pattern`` and is followed by a separator is exactly that folder.
+    """
+    anchored = FileSystem.translate_pattern(pattern.rstrip("/\\"))
+    if not anchored.endswith(r"\Z"):  # pragma: no cover - Beam's translation always ends so
+        raise ValueError(f"unexpected glob translation of {pattern!r}: {anchored!r}")
+    return re.compile(anchored[: -len(r"\Z")] + r"(?=[/\\])")

@@ -31,10 +31,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_pipeline import contracts, filesystems
 from beam_pipeline.decode import ED_RULES
 from beam_pipeline.inference import SavedModelHandler, bundled_model_dir, read_model_card
+from beam_pipeline.measure import DEFAULT_MIN_CALIBRATION_N
 from beam_pipeline.schema import SUMMARY_FILENAME
 from beam_pipeline.summary import OutputRow
 from beam_pipeline.transforms import (
-    DEFAULT_MIN_CALIBRATION_N,
     INPUT_KIND_AUTO,
     INPUT_KIND_FOLDER,
     INPUT_KINDS,

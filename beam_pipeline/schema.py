@@ -20,6 +20,21 @@ RESULTS_PARTITION_COLUMNS: tuple[str, ...] = ("method",)
 RESULTS_DIRNAME = "lvmass"
 ERRORS_DIRNAME = "errors"
 SUMMARY_FILENAME = "summary.json"
+LABELS_DIRNAME = "labels"  # --save_labels: OUTPUT/labels/method=<m>/<eid>_<instance>.npz
+
+# Output vocabularies: the values of ErrorRecord.stage and ResultRecord.calibration.
+STAGE_READ = "read"  # the input could not be read (missing, not a zip, unreadable member)
+STAGE_DECODE = "decode"  # DICOM headers, series, geometry or pixels could not give a short-axis stack
+STAGE_TENSOR = "tensor"  # the stack could not be made into the model tensor or a participant id
+STAGE_INFERENCE = "inference"  # a model failed on a batch
+STAGE_MEASURE = "measure"  # labels or a prediction could not be measured
+STAGE_PHENOTYPES = "phenotypes"  # joining phenotypes or calibrating failed
+STAGES: tuple[str, ...] = (STAGE_READ, STAGE_DECODE, STAGE_TENSOR, STAGE_INFERENCE, STAGE_MEASURE,
+                           STAGE_PHENOTYPES)
+
+CALIBRATION_SEX_CENTERED = "sex_mean_centered"  # centred on the manual mean of the sex (the paper)
+CALIBRATION_LINEAR = "linear_recalibration"  # InlineVF: 0.543487 x raw + 5.808005 (the paper)
+CALIBRATION_NONE = "none"  # left raw (ML4H_reg), or no centering could be done (then lv_mass_g is None)
 
 # Phenotype file columns, as `lvmass synth` writes them (UK Biobank's 0=female/1=male coding is
 # also accepted by the reader).
@@ -46,7 +61,7 @@ class ResultRecord:
     method: str
     lv_mass_raw_g: float | None
     lv_mass_g: float | None  # calibrated: sex-centred (seg, inlinevf), recalibrated, or raw (reg)
-    calibration: str  # e.g. "sex_mean_centered", "linear_recalibration", "none"
+    calibration: str  # CALIBRATION_*; "sex_mean_centered:<source>" for a fallback centering
     myocardium_volume_ml: float | None
     lv_cavity_volume_ml: float | None
     bsa_m2: float | None
@@ -76,7 +91,7 @@ class ErrorRecord:
     source_uri: str
     eid: int | None
     instance: int | None
-    stage: str  # read | decode | tensor | inference | measure | phenotypes
+    stage: str  # one of STAGES
     error_type: str
     message: str
     pipeline_version: str = ""

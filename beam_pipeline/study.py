@@ -39,7 +39,7 @@ class DecodedStudy:
     apex. ``pixel_spacing_mm`` is PixelSpacing (0028,0030): (row spacing, column spacing).
     ``eid``/``instance`` are what the file name says (UK Biobank zips), else None; ``patient_id`` is the
     PatientID (0010,0020) shared by the chosen frames ("" when absent or not shared), the last resort
-    for identifying a participant (``beam_pipeline.transforms.participant_ids``).
+    for identifying a participant (``beam_pipeline.identity.participant_ids``).
     """
 
     eid: int | None

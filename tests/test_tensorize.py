@@ -73,8 +73,8 @@ def test_tensorize_writes_parseable_examples(tmp_path):
 def test_n_slices_is_the_slices_in_the_tensor():
     """The TFRecord's n_slices counts the slices placed in the 13-slot tensor (what the trainer masks
     by), not the acquired ones: 15 acquired -> 13."""
+    from beam_pipeline.measure import participant_from_study, tfrecord_bytes
     from beam_pipeline.phenotypes import Phenotype
-    from beam_pipeline.transforms import participant_from_study, tfrecord_bytes
 
     z = ukbb_participant_zip(1000015, n_slices=15, n_phases=2, seed=15)
     study = decode_participant_zip(io.BytesIO(z.data), z.name)

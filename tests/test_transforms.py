@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import traceback
 from pathlib import Path
 
 import apache_beam as beam
@@ -19,33 +20,38 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import PIPELINE_VERSION, contracts
+from beam_pipeline.dead_letters import error_record
 from beam_pipeline.decode import decode_dicom_members, decode_participant_zip
+from beam_pipeline.identity import participant_ids
 from beam_pipeline.inference import SavedModelHandler
 from beam_pipeline.mass import SexCentering
+from beam_pipeline.measure import (
+    Measurement,
+    apply_p90,
+    calibrate,
+    measure_inlinevf,
+    participant_from_study,
+    recalibrated_inlinevf,
+    results_file_row,
+)
 from beam_pipeline.phenotypes import Phenotype, PhenotypeTable
-from beam_pipeline.schema import RESULTS_FILE_SCHEMA, ErrorRecord
-from beam_pipeline.study import DecodedStudy, DecodeError
-from beam_pipeline.summary import OutputRow, build_summary, error_reason
-from beam_pipeline.transforms import (
+from beam_pipeline.schema import (
     CALIBRATION_LINEAR,
     CALIBRATION_NONE,
     CALIBRATION_SEX_CENTERED,
+    RESULTS_FILE_SCHEMA,
+    ErrorRecord,
+)
+from beam_pipeline.study import DecodedStudy, DecodeError
+from beam_pipeline.summary import OutputRow, build_summary, error_reason
+from beam_pipeline.transforms import (
     CalibrateAndIndex,
     DecodeFn,
     DecodeParticipants,
-    Measurement,
     ReadParticipants,
     SegmentAndMeasure,
     ToErrorRecords,
-    apply_p90,
-    calibrate,
-    error_record,
     load_phenotypes,
-    measure_inlinevf,
-    participant_from_study,
-    participant_ids,
-    recalibrated_inlinevf,
-    results_file_row,
 )
 from tests.dicom_factory import BlockFetchingReader, any_vendor_members, ukbb_participant_zip, zip_members
 from tests.savedmodel_factory import save_band_segmenter
@@ -291,7 +297,7 @@ class TestDeadLetters:
 
     def test_decode_error_keeps_message_and_stage(self):
         exc = DecodeError(self.URI, "series", "no short-axis series")
-        record = error_record("decode", self.URI, DecodeError, repr(exc))
+        record = error_record("decode", self.URI, DecodeError, repr(exc), traceback.format_exception(exc))
         assert record == ErrorRecord(
             source_uri=self.URI, eid=1000123, instance=2, stage="decode", error_type="DecodeError",
             message=f"{self.URI}: series: no short-axis series", pipeline_version=PIPELINE_VERSION)
@@ -299,15 +305,19 @@ class TestDeadLetters:
 
     def test_read_failures_are_stage_read(self):
         exc = DecodeError(self.URI, "read", "not a zip file (starts with b'%PDF')")
-        assert error_record("decode", self.URI, DecodeError, repr(exc)).stage == "read"
+        assert error_record("decode", self.URI, DecodeError, repr(exc),
+                            traceback.format_exception(exc)).stage == "read"
 
     def test_other_names_have_no_eid(self):
-        record = error_record("tensor", "gs://b/scan.zip", ValueError, repr(ValueError("bad 'x'")))
+        exc = ValueError("bad 'x'")
+        record = error_record("tensor", "gs://b/scan.zip", ValueError, repr(exc),
+                              traceback.format_exception(exc))
         assert (record.eid, record.instance, record.message) == (None, None, "bad 'x'")
 
     def test_failed_batch_gives_one_row_per_participant(self):
         batch = [(f"gs://b/{eid}_20209_2_0.zip", object()) for eid in (1, 2, 3)]
-        bad = [(batch, (RuntimeError, repr(RuntimeError("OOM")), ["tb"]))]
+        oom = RuntimeError("OOM")
+        bad = [(batch, (RuntimeError, repr(oom), traceback.format_exception(oom)))]
         with BeamTestPipeline(runner="FnApiRunner") as p:
             records = p | beam.Create(bad) | ToErrorRecords("inference", batched=True)
             assert_that(records | beam.Map(lambda r: (r.eid, r.stage, r.message)),

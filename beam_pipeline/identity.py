@@ -1,0 +1,122 @@
+"""Who a participant input is: the one parser of input names (zips, folders, label files).
+
+Every place that needs a participant's UK Biobank eid and imaging visit (``instance``) from a name uses
+:func:`parse_input_name`: the decoder (a UK Biobank zip's name is the authority over anything inside
+it), the pipeline's dead letters, the analysis' label files and the generator's truth labels. The
+names understood, in order (only the last path component counts, any extensions are ignored):
+
+============================================  ==============================  ======================
+name                                          example                         (eid, instance)
+============================================  ==============================  ======================
+``{eid}_{field}_{instance}_{array}[.ext]``    ``1000123_20209_2_0.zip``       (1000123, 2)
+``{eid}_{instance}[.ext]``                    ``1000123_3.zip``, ``..._3.npz`` (1000123, 3)
+``{eid}[.ext]``                               ``1000123``, ``1000123.zip``    (1000123, None)
+============================================  ==============================  ======================
+
+A name that says no visit leaves ``instance`` None; the pipeline then uses ``ANY_VENDOR_INSTANCE``
+(docs/ukbb_format.md, "Participants that are not UK Biobank").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from beam_pipeline.study import DecodedStudy
+
+ANY_VENDOR_INSTANCE = 0  # the visit of an input whose name does not say it
+UKBB_SHORT_AXIS_FIELD = 20209  # UK Biobank bulk field of the short-axis cine zips
+_STEM = re.compile(r"^([^.]*)(?:\.[A-Za-z0-9]+)*$")  # the name before its extensions (.zip, .tar.gz)
+_DIGITS = re.compile(r"^\d+$")
+
+
+@dataclass(frozen=True)
+class InputName:
+    """What an input's name says: eid, visit (None when unsaid) and, for UK Biobank names, field and
+    array index."""
+
+    eid: int
+    instance: int | None
+    field: int | None = None
+    array: int | None = None
+
+    @property
+    def is_ukbb(self) -> bool:
+        """A full UK Biobank bulk-file name ``{eid}_{field}_{instance}_{array}``."""
+        return self.field is not None
+
+
+def base_name(uri: str) -> str:
+    """The last component of a path or URI (local, ``gs://``, Windows separators)."""
+    return uri.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def parse_input_name(uri: str) -> InputName | None:
+    """(eid, instance, ...) from the last component of a file or folder name; None when it says no eid.
+
+    See the module docstring for the accepted forms. A part that is not all digits makes the name
+    unreadable (``abc_20209_2_0.zip`` is None, not eid ``abc``).
+    """
+    stem_match = _STEM.match(base_name(uri))
+    if stem_match is None:
+        return None
+    parts = stem_match.group(1).split("_")
+    if not parts or not all(_DIGITS.match(p) for p in parts):
+        return None
+    numbers = [int(p) for p in parts]
+    if len(numbers) == 4:
+        eid, field, instance, array = numbers
+        return InputName(eid=eid, instance=instance, field=field, array=array)
+    if len(numbers) == 2:
+        return InputName(eid=numbers[0], instance=numbers[1])
+    if len(numbers) == 1:
+        return InputName(eid=numbers[0], instance=None)
+    return None
+
+
+def parse_ukbb_zip_name(name: str) -> tuple[int, int, int, int] | None:
+    """``{eid}_{field}_{instance}_{array}.zip`` -> (eid, field, instance, array); None for any other name.
+
+    ``name`` may be a path or URI; only its last component is matched.
+    """
+    base = base_name(name)
+    if not base.lower().endswith(".zip") or base.count(".") != 1:
+        return None
+    parsed = parse_input_name(base)
+    if parsed is None or not parsed.is_ukbb:
+        return None
+    assert parsed.field is not None and parsed.instance is not None and parsed.array is not None
+    return parsed.eid, parsed.field, parsed.instance, parsed.array
+
+
+def ids_from_name(uri: str) -> tuple[int | None, int | None]:
+    """(eid, instance) from an input's name, the instance ``ANY_VENDOR_INSTANCE`` when the name has an
+    eid but no visit; (None, None) when it says neither."""
+    parsed = parse_input_name(uri)
+    if parsed is None:
+        return None, None
+    return parsed.eid, parsed.instance if parsed.instance is not None else ANY_VENDOR_INSTANCE
+
+
+def participant_ids(study: DecodedStudy) -> tuple[int, int]:
+    """(eid, instance) of a study, the file or folder name first, the DICOM PatientID last.
+
+    1. the decoder's (a UK Biobank zip name ``{eid}_20209_{instance}_{array}.zip``);
+    2. the name of any other zip or folder (:func:`ids_from_name`: ``{eid}.zip``, ``{eid}_{instance}.zip``,
+       a folder named by the eid); the instance defaults to ``ANY_VENDOR_INSTANCE`` (0: visit unknown);
+    3. a numeric PatientID (0010,0020) shared by the slices (instance ``ANY_VENDOR_INSTANCE``): scanners
+       and anonymisers put all sorts of numbers there, so it never overrides a name.
+
+    Anything else cannot be joined to phenotypes or written as a row, so it is an error naming the file.
+    """
+    if study.eid is not None:
+        return int(study.eid), int(study.instance if study.instance is not None else ANY_VENDOR_INSTANCE)
+    eid, instance = ids_from_name(study.source_uri)
+    if eid is not None:
+        return eid, int(instance if instance is not None else ANY_VENDOR_INSTANCE)
+    if study.patient_id.isdigit():
+        return int(study.patient_id), ANY_VENDOR_INSTANCE
+    raise ValueError(
+        f"{study.source_uri}: no participant id: not a UK Biobank zip name, the file or folder name does not "
+        "start with the eid ('{eid}.zip' or '{eid}_{instance}.zip'), and no numeric PatientID (0010,0020)"
+    )

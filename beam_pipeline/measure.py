@@ -1,0 +1,340 @@
+"""The pure measurement core between decoding and the writers: records, tensors, masses, calibration.
+
+Everything here is plain Python on numpy arrays, tested without Beam; ``beam_pipeline.transforms``
+composes it into PTransforms. In pipeline order:
+
+* :func:`participant_from_study`: a ``DecodedStudy`` -> :class:`ParticipantTensor` (the model tensor of
+  ``beam_pipeline.tensor`` and, on request, the InlineVF label volume);
+* :func:`measure_labels` / :func:`measure_inlinevf` / :func:`measure_regression`: one method's raw
+  :class:`Measurement` (volumes and raw mass, ``beam_pipeline.mass``; QC flags, ``beam_pipeline.qc``);
+* :func:`calibrate` and :func:`apply_p90`: raw -> calibrated mass, BSA, LVMI, LVH, LVH_p90 as a
+  ``schema.ResultRecord`` (docs/architecture.md, "Where each number is computed");
+* :func:`tfrecord_bytes`: the training example of ``--mode tensorize``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from beam_pipeline import PIPELINE_VERSION, contracts
+from beam_pipeline.identity import participant_ids
+from beam_pipeline.mass import (
+    bsa_dubois_m2,
+    is_lvh,
+    is_lvh_percentile,
+    lvmi_g_m2,
+    measure_label_volume,
+    merge_sex_centering,
+    recalibrate_inlinevf_g,
+)
+from beam_pipeline.overlay import inlinevf_labels
+from beam_pipeline.qc import inlinevf_qc_flags, label_qc_flags, mass_qc_flags, qc_pass
+from beam_pipeline.schema import (
+    CALIBRATION_LINEAR,
+    CALIBRATION_NONE,
+    CALIBRATION_SEX_CENTERED,
+    ResultRecord,
+)
+from beam_pipeline.study import DecodedStudy
+from beam_pipeline.tensor import build_image_tensor, build_label_volume
+from beam_pipeline.tfrecord import encode_example
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MIN_CALIBRATION_N = 10  # manual masses of a sex below which a fallback centering is preferred
+# Methods whose raw mass the paper centres on the manual mean of each sex.
+CENTERED_METHODS = (contracts.METHOD_ML4H_SEG, contracts.METHOD_INLINEVF)
+
+
+# --- Records flowing between the composites ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class ParticipantTensor:
+    """One decoded participant x instance: the model tensor, its voxel size, and what measurement needs.
+
+    ``image``/``spacing_mm`` follow ``contracts`` (the ``SavedModelHandler`` reads just these two);
+    ``inlinevf_labels`` is the InlineVF label volume (uint8 ``contracts.LABEL_VOLUME_SHAPE``) or None
+    when the scanner drew no contour or the method was not requested.
+    """
+
+    source_uri: str
+    eid: int
+    instance: int
+    image: np.ndarray
+    spacing_mm: np.ndarray
+    n_slices: int  # acquired slices (the Parquet's n_slices)
+    n_slices_used: int  # slices placed in the 13-slot tensor (the TFRecord's n_slices)
+    qc_flags: tuple[str, ...]
+    inlinevf_labels: np.ndarray | None = None
+    inlinevf_flags: tuple[str, ...] = ()
+    slice_start: int = 0  # first acquired slice placed in the tensor (> 0 only past 13 slices)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One method's raw measurement of one participant, before phenotypes and calibration."""
+
+    source_uri: str
+    eid: int
+    instance: int
+    method: str
+    lv_mass_raw_g: float | None
+    myocardium_volume_ml: float | None
+    lv_cavity_volume_ml: float | None
+    n_slices: int
+    spacing_mm: tuple[float, float, float]
+    qc_flags: tuple[str, ...] = ()
+    model_version: str | None = None
+
+
+
+
+def unique_flags(flags: Iterable[str]) -> tuple[str, ...]:
+    """Flags in first-seen order without repeats (deterministic rows)."""
+    return tuple(dict.fromkeys(flags))
+
+
+# --- Tensors and raw measurements -------------------------------------------------------------------
+
+
+def participant_from_study(study: DecodedStudy, *, with_inlinevf: bool) -> ParticipantTensor:
+    """Build the model tensor (the one shared ``build_image_tensor``) and, optionally, InlineVF labels."""
+
+    eid, instance = participant_ids(study)
+    tensor = build_image_tensor(study)
+    # the decoder already put the geometry flags (qc.geometry_qc_flags) into study.qc_flags
+    flags = unique_flags([*study.qc_flags, *tensor.qc_flags])
+    labels = None
+    vf_flags: tuple[str, ...] = ()
+    if with_inlinevf:
+        per_slice = inlinevf_labels(study)
+        vf_flags = tuple(inlinevf_qc_flags(study, per_slice))
+        if study.has_inlinevf:
+            labels = build_label_volume(per_slice, slice_start=tensor.slice_start)
+    return ParticipantTensor(
+        source_uri=study.source_uri,
+        eid=eid,
+        instance=instance,
+        image=tensor.image,
+        # float64 from the headers (the tensor's copy is float32): masses and Parquet keep full precision
+        spacing_mm=np.array([*study.pixel_spacing_mm, study.slice_spacing_mm], dtype=np.float64),
+        n_slices=int(study.n_slices),
+        n_slices_used=int(tensor.n_slices_used),
+        slice_start=int(tensor.slice_start),
+        qc_flags=flags,
+        inlinevf_labels=labels,
+        inlinevf_flags=vf_flags,
+    )
+
+
+def measure_labels(
+    participant: ParticipantTensor, labels: np.ndarray, *, method: str, model_version: str | None,
+    extra_flags: Sequence[str] = (),
+) -> Measurement:
+    """Volumes and raw mass of a label volume (model argmax or InlineVF labels), with its QC flags."""
+
+    volume = measure_label_volume(labels, participant.spacing_mm)
+    flags = unique_flags([
+        *participant.qc_flags, *extra_flags,
+        *label_qc_flags(labels, participant.n_slices_used),
+        *mass_qc_flags(volume.lv_mass_raw_g),
+    ])
+    return Measurement(
+        source_uri=participant.source_uri,
+        eid=participant.eid,
+        instance=participant.instance,
+        method=method,
+        lv_mass_raw_g=float(volume.lv_mass_raw_g),
+        myocardium_volume_ml=float(volume.myocardium_volume_ml),
+        lv_cavity_volume_ml=float(volume.lv_cavity_volume_ml),
+        n_slices=participant.n_slices,
+        spacing_mm=_spacing_tuple(participant.spacing_mm),
+        qc_flags=flags,
+        model_version=model_version,
+    )
+
+
+
+def label_volume_npz(participant: ParticipantTensor, labels: np.ndarray) -> bytes:
+    """``labels`` (uint8 ``contracts.LABEL_VOLUME_SHAPE``, tensor layout) as a compressed ``.npz``: key
+    ``labels``, plus ``spacing_mm``, ``n_slices`` placed and the acquisition's ``slice_start``, which
+    ``tensor.unplace_label_volume`` needs to map it back (``--save_labels``, for QC review and Dice)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, labels=np.asarray(labels, dtype=np.uint8),
+                        spacing_mm=np.asarray(participant.spacing_mm, dtype=np.float64),
+                        n_slices=np.int64(participant.n_slices_used),
+                        slice_start=np.int64(participant.slice_start))
+    return buffer.getvalue()
+
+
+def measure_inlinevf(participant: ParticipantTensor) -> Measurement:
+    """InlineVF's raw mass from its outline-derived labels (no contour: mass unknown, flagged)."""
+    if participant.inlinevf_labels is None:
+        return Measurement(
+            source_uri=participant.source_uri, eid=participant.eid, instance=participant.instance,
+            method=contracts.METHOD_INLINEVF, lv_mass_raw_g=None, myocardium_volume_ml=None,
+            lv_cavity_volume_ml=None, n_slices=participant.n_slices,
+            spacing_mm=_spacing_tuple(participant.spacing_mm),
+            qc_flags=unique_flags([*participant.qc_flags, *participant.inlinevf_flags,
+                              contracts.QC_INLINEVF_CONTOUR_MISSING]),
+        )
+    return measure_labels(participant, participant.inlinevf_labels, method=contracts.METHOD_INLINEVF,
+                          model_version=None, extra_flags=participant.inlinevf_flags)
+
+
+def measure_regression(
+    participant: ParticipantTensor, mass_g: float, *, model_version: str | None
+) -> Measurement:
+    """ML4H_reg's mass, taken as is (no volumes: the model regresses mass directly)."""
+
+    return Measurement(
+        source_uri=participant.source_uri, eid=participant.eid, instance=participant.instance,
+        method=contracts.METHOD_ML4H_REG, lv_mass_raw_g=float(mass_g), myocardium_volume_ml=None,
+        lv_cavity_volume_ml=None, n_slices=participant.n_slices,
+        spacing_mm=_spacing_tuple(participant.spacing_mm),
+        qc_flags=unique_flags([*participant.qc_flags, *mass_qc_flags(float(mass_g))]),
+        model_version=model_version,
+    )
+
+
+def _spacing_tuple(spacing_mm: np.ndarray | Sequence[float]) -> tuple[float, float, float]:
+    row_mm, col_mm, slice_mm = (float(v) for v in np.asarray(spacing_mm, dtype=np.float64))
+    return (row_mm, col_mm, slice_mm)
+
+
+def recalibrated_inlinevf(measurement: Measurement) -> Measurement:
+    """The paper's InlineVF recalibration as its own method row (``inlinevf_recalibrated``)."""
+    return replace(measurement, method=contracts.METHOD_INLINEVF_RECALIBRATED)
+
+
+def calibrate(
+    measurement: Measurement, phenotype: Any | None, centering: Mapping[str, Any],
+) -> ResultRecord:
+    """Raw -> calibrated mass, then BSA (DuBois), LVMI and LVH; ``lvh_p90`` is set later.
+
+    ML4H_seg and InlineVF are centred on the manual mean of the participant's sex; where that cannot be
+    done (sex unknown, or no centering for the method and sex: no manual masses in the run, no
+    ``--calibration``, no model card calibration) the calibrated mass is None, never a raw mass in
+    disguise, and ``calibration`` says ``none``. ``calibration`` names the centering's source for that
+    sex: ``sex_mean_centered`` when fitted on this run's manual masses, ``sex_mean_centered:<source>``
+    otherwise (``calibration_file``, ``model_card``; :func:`calibration_label`).
+    ``inlinevf_recalibrated`` uses the paper's linear formula; ML4H_reg is taken as is (``none``).
+    Without a phenotype row the raw masses stay and the sex-dependent fields are None.
+    """
+
+    raw = measurement.lv_mass_raw_g
+    sex = phenotype.sex if phenotype is not None else None
+    flags = list(measurement.qc_flags)
+    if phenotype is None:
+        flags.append(contracts.QC_NO_PHENOTYPE)
+
+    calibration = CALIBRATION_NONE
+    mass: float | None = raw
+    if measurement.method == contracts.METHOD_INLINEVF_RECALIBRATED:
+        calibration = CALIBRATION_LINEAR
+        mass = recalibrate_inlinevf_g(raw)
+    elif measurement.method in CENTERED_METHODS:
+        sex_centering = centering.get(measurement.method)
+        mass = sex_centering.apply(raw, sex) if sex_centering is not None else None
+        if mass is not None:
+            calibration = calibration_label(sex_centering.source_for(sex))
+
+    bsa = lvmi = lvh = None
+    if phenotype is not None:
+        bsa = bsa_dubois_m2(phenotype.height_cm, phenotype.weight_kg)
+        lvmi = lvmi_g_m2(mass, bsa)
+        lvh = is_lvh(lvmi, sex)
+
+    flags_t = unique_flags(flags)
+    row_mm, col_mm, slice_mm = measurement.spacing_mm
+    return ResultRecord(
+        eid=measurement.eid,
+        instance=measurement.instance,
+        method=measurement.method,
+        lv_mass_raw_g=raw,
+        lv_mass_g=mass,
+        calibration=calibration,
+        myocardium_volume_ml=measurement.myocardium_volume_ml,
+        lv_cavity_volume_ml=measurement.lv_cavity_volume_ml,
+        bsa_m2=bsa,
+        lvmi_g_m2=lvmi,
+        lvh=lvh,
+        lvh_p90=None,
+        sex=sex,
+        age=phenotype.age if phenotype is not None else None,
+        n_slices=measurement.n_slices,
+        pixel_spacing_row_mm=row_mm,
+        pixel_spacing_col_mm=col_mm,
+        slice_spacing_mm=slice_mm,
+        qc_flags=list(flags_t),
+        qc_pass=bool(qc_pass(flags_t)) and measurement.lv_mass_raw_g is not None,
+        model_version=measurement.model_version,
+        pipeline_version=PIPELINE_VERSION,
+        source_uri=measurement.source_uri,
+    )
+
+
+def calibration_label(source: str) -> str:
+    """The ``calibration`` column of a sex-centred row: ``sex_mean_centered`` for a centering fitted on
+    the run itself (source ``run``), ``sex_mean_centered:<source>`` for any other (a fallback)."""
+    return CALIBRATION_SEX_CENTERED if source == "run" else f"{CALIBRATION_SEX_CENTERED}:{source}"
+
+
+def apply_p90(record: ResultRecord, thresholds: Mapping[str, Mapping[str, float]]) -> ResultRecord:
+    """Set ``lvh_p90``: calibrated mass above the method's 90th percentile for the participant's sex."""
+
+    method_thresholds = thresholds.get(record.method)
+    if not method_thresholds:
+        return record
+    return replace(record, lvh_p90=is_lvh_percentile(record.lv_mass_g, record.sex, method_thresholds))
+
+
+def results_file_row(record: ResultRecord) -> dict[str, Any]:
+    """A Parquet row of ``RESULTS_FILE_SCHEMA``: the partition column (method) lives in the path."""
+    row = record.to_row()
+    row.pop("method")
+    return row
+
+
+def merged_centering(
+    fitted: Mapping[str, Any], fallback: Mapping[str, Any], *, min_calibration_n: int
+) -> dict[str, Any]:
+    """Per centred method, the run's fit and the fallback merged sex by sex (``mass.merge_sex_centering``)."""
+
+    out = {}
+    for method in CENTERED_METHODS:
+        merged = merge_sex_centering(fitted.get(method), fallback.get(method), min_manual_n=min_calibration_n)
+        if merged is not None:
+            logger.info("sex centering for %s: offsets %s from %s", method, dict(merged.offsets_g),
+                        dict(merged.sources_by_sex))
+            out[method] = merged
+    return out
+
+
+
+# --- Tensorize (training data for the trainer) -----------------------------------------------------
+
+
+def tfrecord_bytes(participant: ParticipantTensor, phenotype: Any | None) -> bytes:
+    """One ``tf.train.Example`` (``beam_pipeline.tfrecord``): tensor, InlineVF labels, sex, manual mass,
+    and ``n_slices`` = the slices placed in the tensor (at most 13), which is what the trainer needs.
+    ``phenotype`` is the row for this participant *and visit* (``PhenotypeTable.lookup``)."""
+
+    manual = phenotype.manual_lv_mass_g if phenotype is not None else None
+    return encode_example(
+        eid=participant.eid,
+        instance=participant.instance,
+        image=participant.image,
+        labels=participant.inlinevf_labels,
+        spacing_mm=participant.spacing_mm,
+        sex=phenotype.sex if phenotype is not None else None,
+        manual_lv_mass_g=manual,
+        n_slices=participant.n_slices_used,
+    )
+
