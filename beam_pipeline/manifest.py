@@ -3,7 +3,7 @@
 The manifest is a hint, never the authority (the DICOM header is): the decoder uses it only to skip
 members that are clearly not short-axis cine images before reading their headers. Its real defect is
 repaired here: the ``date`` column holds an unquoted comma (``Aug 30, 2015 10:12:33``), which shifts every
-later column by one in a naive CSV parse (UKBB_FORMAT.md, "The manifest").
+later column by one in a naive CSV parse (docs/ukbb_format.md, "The manifest").
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The Siemens InlineVF series stores the endocardial and epicardial contours of ea
 1-bit overlay in group 0x6000 (DICOM PS3.3 C.9.2): OverlayData (6000,3000) packed least-significant
 bit first, row-major. ml4h (Khurshid et al. 2021's code) turns the outline into labels with two
 morphological closings; :func:`outline_to_labels` reproduces it exactly, quirks included
-(UKBB_FORMAT.md, "From outline to labels").
+(docs/ukbb_format.md, "From outline to labels").
 """
 
 from __future__ import annotations

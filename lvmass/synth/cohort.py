@@ -2,7 +2,7 @@
 
 Layout of ``out_dir`` (the names are in ``lvmass.synth.layout``)::
 
-    zips/{eid}_20209_{instance}_0.zip      participant zips (UKBB_FORMAT.md layout)
+    zips/{eid}_20209_{instance}_0.zip      participant zips (docs/ukbb_format.md)
     phenotypes.csv                          beam_pipeline.schema.PHENOTYPE_COLUMNS
     truth.csv                               one row per participant (see participant.render_participant)
     truth.json                              parameters, seed, versions, disease model, InlineVF bias

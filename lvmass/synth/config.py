@@ -19,7 +19,7 @@ class SynthConfig:
     structure: InstanceNumber = phase + 1, TriggerTime = phase x RR/50, ED first).
     ``appearance_scale`` widens every appearance spread (contrast, noise, bias, blur, field of view, heart
     position, misregistration); 1 is the default population, 0 a fixed look.
-    ``layout``: ``ukbb`` (UKBB_FORMAT.md) or ``single_series`` (all short-axis slices in one series,
+    ``layout``: ``ukbb`` (docs/ukbb_format.md) or ``single_series`` (all short-axis slices in one series,
     generic file names, no manifest, no InlineVF: another vendor's export).
     Probabilities of the real-world extras are per participant.
     """
