@@ -9,7 +9,7 @@ Reads the pipeline's results Parquet and the phenotype file, and writes to ``--o
 The evaluation (holdout) set is ``--holdout`` (a file of eids) or, by default, everyone with a manual
 LV mass. ``--truth`` (a synthetic cohort's folder or its truth.csv) adds agreement with the true mass
 and checks that the ORs fitted on the true LVMI recover the generator's true ORs; ``--labels`` adds
-Dice against reference label volumes (``--reference-labels``, default: the truth's ``truth_labels/``).
+Dice against reference label volumes (``--reference_labels``, default: the truth's ``truth_labels/``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from analysis import labels as lab
 from analysis import stats, tables
 from analysis.cohort import MANUAL_MASS, TRUE_LVMI, TRUE_MASS, build_cohort, mcol, method_label
 from beam_pipeline.contracts import METHOD_INLINEVF
+from lvmass.cli_args import ArgumentParser, configure_logging
 
 logger = logging.getLogger("analysis.report")
 REPORT_HTML = "report.html"
@@ -244,9 +245,11 @@ def render_markdown(report: Report) -> str:
 
 
 # --- Building the analysis ------------------------------------------------------------------------------
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="lvmass analyze", description="Agreement, disease associations, tables, figures and report."
+def build_parser() -> ArgumentParser:
+    """The ``lvmass analyze`` options."""
+    parser = ArgumentParser(
+        prog="lvmass analyze",
+        description="Agreement, disease associations, tables, figures and report. Also `python -m analysis`.",
     )
     parser.add_argument("--results", required=True, help="the pipeline's output folder (local or gs://)")
     parser.add_argument("--phenotypes", required=True, help="phenotype CSV/Parquet (PHENOTYPE_COLUMNS)")
@@ -256,15 +259,20 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=stats.DEFAULT_SEED, help="bootstrap seed")
     parser.add_argument("--truth", help="synthetic cohort folder or its truth.csv (adds 'vs truth')")
     parser.add_argument("--labels", help="predicted label volumes (.npz, per-method sub-folders) for Dice")
-    parser.add_argument("--reference-labels", help="reference label volumes (default: the truth's labels)")
+    parser.add_argument("--reference_labels", help="reference label volumes (default: the truth's labels)")
     parser.add_argument("--instance", type=int, default=2, help="imaging visit to analyse (2 = first)")
-    parser.add_argument("--include-qc-fail", action="store_true", help="keep rows that failed QC")
+    parser.add_argument("--include_qc_fail", action="store_true", help="keep rows that failed QC")
     parser.add_argument(
-        "--min-events",
+        "--min_events",
         type=int,
         default=assoc.DEFAULT_MIN_EVENTS,
         help="fewest events (and non-events) for a logistic model",
     )
+    return parser
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.bootstrap < 1:
         parser.error(f"--bootstrap must be >= 1, got {args.bootstrap}")
@@ -576,6 +584,7 @@ def write_outputs(
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: returns 0 on success, 2 when an input is unusable (the message names it)."""
     args = _parse_args(argv)
+    configure_logging(args.log_level)
     started = time.monotonic()
     try:
         report, out_tables, out_figures = build_report(args)

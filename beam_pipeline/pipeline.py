@@ -16,7 +16,6 @@ Outputs (``beam_pipeline.schema``): ``OUTPUT/lvmass/method=<m>/results-*.parquet
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -51,6 +50,7 @@ from beam_pipeline.transforms import (
     WriteTFRecords,
     input_uri,
 )
+from lvmass.cli_args import ArgumentParser, configure_logging, log_level_of
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +89,13 @@ class RunConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m beam_pipeline",
+def build_parser() -> ArgumentParser:
+    """The ``lvmass run`` options (ours); everything else goes to Beam."""
+    parser = ArgumentParser(
+        prog="lvmass run",
         description="Participant zips -> LV mass, LVMI, LVH -> Parquet (or TFRecords with --mode tensorize). "
-        "Unknown options are passed to Beam as PipelineOptions (e.g. --runner).",
+        "Also `python -m beam_pipeline`. Unknown options are passed to Beam as PipelineOptions "
+        "(e.g. --runner, --direct_num_workers).",
     )
     parser.add_argument("--input", required=True,
                         help="glob of participant zips, local or gs:// (e.g. gs://b/20209/*_20209_*.zip), "
@@ -109,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", default=",".join(contracts.INPUT_METHODS),
                         help=f"comma-separated subset of {','.join(contracts.INPUT_METHODS)} "
                         f"({contracts.METHOD_INLINEVF_RECALIBRATED} comes with {contracts.METHOD_INLINEVF})")
-    parser.add_argument("--mode", choices=MODES, default=MODE_INFER)
+    parser.add_argument("--mode", choices=MODES, default=MODE_INFER,
+                        help="infer: measure and write Parquet (default); tensorize: write TFRecords of "
+                        "tensors and InlineVF labels for the trainer")
     parser.add_argument("--model_seg", default=None,
                         help="ML4H_seg SavedModel folder (default: bundled:ml4h_seg, the package's own)")
     parser.add_argument("--model_reg", default=None,
@@ -122,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
                         "below it --calibration / the model card is used for that sex when it has one "
                         f"(default {DEFAULT_MIN_CALIBRATION_N})")
     parser.add_argument("--ed_rule", choices=ED_RULES, default=ED_RULES[0],
-                        help="end-diastolic frame rule for non-UK Biobank data")
+                        help="end-diastolic frame of each slice: first_trigger_time (smallest TriggerTime, the "
+                        "UK Biobank and ml4h rule; default) or first_instance (smallest InstanceNumber)")
     parser.add_argument("--batch_size", type=int, default=8, help="max participants per inference batch")
     parser.add_argument("--large_model", action="store_true",
                         help="share one model copy across a worker's processes")
@@ -146,7 +151,7 @@ def parse_methods(text: str) -> tuple[str, ...]:
 
 def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
     """Split our flags from Beam's; resolve default models; fail fast on what cannot work."""
-    args, beam_args = _parser().parse_known_args(argv)
+    args, beam_args = build_parser().parse_known_args(argv)
     methods = parse_methods(args.methods)
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1. Received: {args.batch_size}")
@@ -323,7 +328,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry: 0 when the run's counts reconcile, 1 when they do not, 2 on bad options."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(log_level_of(argv))
     try:
         summary = run(argv)
     except ConfigError as exc:

@@ -15,7 +15,7 @@ import numpy as np
 class DecodeError(ValueError):
     """A participant's files cannot be turned into a short-axis stack.
 
-    ``stage`` names the step that failed (``read``, ``manifest``, ``headers``, ``series``, ``pixels``,
+    ``stage`` names the step that failed (``read``, ``headers``, ``series``, ``pixels``,
     ``geometry``) and the message names the file and the reason; the pipeline turns it into one
     dead-letter row.
     """

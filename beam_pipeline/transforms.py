@@ -581,6 +581,9 @@ class EncodeExamples(beam.PTransform):
 class WriteResults(beam.PTransform):
     """``ResultRecord``s -> ``OUTPUT/lvmass/method=<m>/results-*.parquet`` (snappy, explicit schema).
 
+    Lists (``qc_flags``) are written in Parquet's compliant nested layout (``list<element>``), which
+    BigQuery external tables read as ARRAY<STRING>; DuckDB and pyarrow read either layout.
+
     One write per method gives the hive partitioning BigQuery and DuckDB read; every requested
     method writes at least one (possibly empty) file, so readers never meet a missing partition.
     """
@@ -603,7 +606,7 @@ class WriteResults(beam.PTransform):
                 | f"Rows[{method}]" >> beam.Map(results_file_row)
                 | f"Write[{method}]" >> WriteToParquet(
                     prefix, RESULTS_FILE_SCHEMA, codec="snappy", file_name_suffix=".parquet",
-                    num_shards=self._num_shards)
+                    num_shards=self._num_shards, use_compliant_nested_type=True)
             )
         return writes
 
@@ -621,7 +624,7 @@ class WriteErrors(beam.PTransform):
             errors
             | "Rows" >> beam.Map(lambda e: e.to_row())
             | "Write" >> WriteToParquet(prefix, ERRORS_SCHEMA, codec="snappy", file_name_suffix=".parquet",
-                                        num_shards=1)
+                                        num_shards=1, use_compliant_nested_type=True)
         )
 
 

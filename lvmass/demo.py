@@ -14,19 +14,27 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from lvmass.cli_args import ArgumentParser, configure_logging
+
 logger = logging.getLogger("lvmass.demo")
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lvmass.demo", description=__doc__.splitlines()[0])
+def build_parser() -> ArgumentParser:
+    """The demo's options."""
+    parser = ArgumentParser(prog="python -m lvmass.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_out", help="output folder (cohort/, results/, report/)")
     parser.add_argument("--participants", type=int, default=200, help="synthetic participants to generate")
-    parser.add_argument("--seed", type=int, default=2021)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seed", type=int, default=2021, help="seed of the synthetic cohort (default 2021)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes for the generator and the pipeline (default: all cores)")
     parser.add_argument(
         "--methods", default="", help="comma-separated methods (default: all the bundled models allow)"
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _available_methods() -> list[str]:
@@ -50,8 +58,8 @@ def print_method_summary(results_dir: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = _parse_args(argv)
+    configure_logging(args.log_level)
     out = Path(args.out).resolve()
     cohort_dir, results_dir, report_dir = out / "cohort", out / "results", out / "report"
     started = time.monotonic()

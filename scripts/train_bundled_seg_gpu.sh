@@ -39,11 +39,11 @@ fi
 echo "backend $KERAS_BACKEND, $CPUS CPUs"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 mkdir -p "$OUT" "$WORK"
-TRAIN_SYNTH="lvmass synth --participants $N_TRAIN --seed $TRAIN_SEED --manual-fraction 1.0 --first-eid $FIRST_EID"
+TRAIN_SYNTH="lvmass synth --participants $N_TRAIN --seed $TRAIN_SEED --manual_fraction 1.0 --first_eid $FIRST_EID"
 "$PYTHON" -m lvmass.cli synth --participants "$N_TRAIN" --out "$WORK/train" --seed "$TRAIN_SEED" \
-  --manual-fraction 1.0 --first-eid "$FIRST_EID" --workers "$CPUS" --overwrite
+  --manual_fraction 1.0 --first_eid "$FIRST_EID" --workers "$CPUS" --overwrite
 "$PYTHON" -m lvmass.cli synth --participants "$N_VALIDATION" --out "$WORK/validation" --seed 2002 \
-  --manual-fraction 1.0 --first-eid 5900001 --workers "$CPUS" --overwrite
+  --manual_fraction 1.0 --first_eid 5900001 --workers "$CPUS" --overwrite
 echo "cohorts drawn after $(( $(date +%s) - START )) s"
 "$PYTHON" -m trainer.portable fit --zips "$WORK/train/zips/*.zip" --validation_zips "$WORK/validation/zips/*.zip" \
   --out "$OUT" --preset compact --crop_px 128 --crops_per_participant "$CROPS" --batch_size 16 \

@@ -34,3 +34,63 @@ class TestDispatch:
                               timeout=120)
         assert done.returncode == 0, done.stderr
         assert "usage" in done.stdout.lower()
+
+
+# Every command's parser, for the conventions of lvmass.cli_args (spelling, help, --log_level).
+PARSERS = {
+    "lvmass run": ("beam_pipeline.pipeline", "build_parser"),
+    "lvmass synth": ("lvmass.synth.cli", "build_parser"),
+    "lvmass analyze": ("analysis.report", "build_parser"),
+    "python -m lvmass.demo": ("lvmass.demo", "build_parser"),
+}
+
+
+def _parser(name: str):
+    import importlib
+
+    module, func = PARSERS[name]
+    return getattr(importlib.import_module(module), func)()
+
+
+class TestConventions:
+    @pytest.mark.parametrize("name", sorted(PARSERS))
+    def test_the_parser_names_the_command_a_user_types(self, name):
+        assert _parser(name).prog == name
+
+    @pytest.mark.parametrize("name", sorted(PARSERS))
+    def test_every_option_is_spelled_with_underscores_and_has_help(self, name):
+        for action in _parser(name)._actions:
+            if action.dest == "help":
+                continue
+            longs = [s for s in action.option_strings if s.startswith("--")]
+            assert all("-" not in s[2:] for s in longs), f"{name}: {longs} should use '_'"
+            assert action.help, f"{name}: {action.option_strings} has no help text"
+
+    @pytest.mark.parametrize("name", sorted(PARSERS))
+    def test_log_level_is_accepted_in_either_case(self, name):
+        parser = _parser(name)
+        (action,) = [a for a in parser._actions if "--log_level" in a.option_strings]
+        assert parser.get_default("log_level") == "INFO"
+        assert action.type("debug") == "DEBUG" and "DEBUG" in action.choices
+        assert "LOUD" not in action.choices
+
+    def test_hyphen_spelling_is_accepted_and_unknown_options_pass_through(self):
+        from beam_pipeline.pipeline import parse_args
+
+        config, beam_args = parse_args(["--input", "x/*.zip", "--output", "out", "--methods", "inlinevf",
+                                        "--min-calibration-n=3", "--save-labels", "--runner", "FnApiRunner",
+                                        "--direct-num-workers", "2"])
+        assert config.min_calibration_n == 3 and config.save_labels
+        assert beam_args == ["--runner", "FnApiRunner", "--direct-num-workers", "2"]  # Beam's, untouched
+
+    def test_synth_accepts_both_spellings_of_the_same_flag(self):
+        parser = _parser("lvmass synth")
+        hyphen = parser.parse_args(["--participants", "3", "--out", "o", "--manual-fraction", "0.5"])
+        underscore = parser.parse_args(["--participants", "3", "--out", "o", "--manual_fraction", "0.5"])
+        assert hyphen.manual_fraction == underscore.manual_fraction == 0.5
+
+    def test_values_after_a_double_dash_are_not_rewritten(self):
+        parser = _parser("lvmass analyze")
+        parser.add_argument("rest", nargs="*", help="positional, for this test")
+        args = parser.parse_args(["--results", "r", "--phenotypes", "p", "--out", "o", "--", "--min-events"])
+        assert args.rest == ["--min-events"]

@@ -1,18 +1,19 @@
 """``lvmass synth --participants N --out DIR [--seed S] [--fidelity full|lite] [--workers W]
-[--overwrite]``."""
+[--overwrite]``. Options are spelled ``--flag_name``; ``--flag-name`` is accepted too."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 
+from lvmass.cli_args import ArgumentParser, configure_logging
 from lvmass.synth.config import FIDELITIES, LAYOUTS, SynthConfig
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    """The ``lvmass synth`` options."""
+    p = ArgumentParser(
         prog="lvmass synth",
         description="Write a synthetic UK Biobank-format short-axis "
         "cohort (participant zips, phenotypes, ground truth).",
@@ -28,21 +29,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument(
-        "--appearance-scale",
+        "--appearance_scale",
         type=float,
         default=SynthConfig.appearance_scale,
         help="widen the appearance variation (contrast, noise, bias, FOV...) by this factor",
     )
     p.add_argument("--layout", choices=LAYOUTS, default="ukbb", help="zip layout (default ukbb)")
     p.add_argument(
-        "--manual-fraction",
+        "--manual_fraction",
         type=float,
         default=SynthConfig.manual_mass_fraction,
         help="share of participants with a (simulated reader's) manual LV mass "
         f"(default {SynthConfig.manual_mass_fraction}; raise it for a ML4H_reg training cohort)",
     )
-    p.add_argument("--first-eid", type=int, default=None, help="consecutive eids from this one")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--first_eid", type=int, default=None, help="consecutive eids from this one")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -52,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
     from lvmass.synth.cohort import generate_cohort
 
     started = time.monotonic()
