@@ -126,8 +126,9 @@ def build_parser() -> ArgumentParser:
                         "below it --calibration / the model card is used for that sex when it has one "
                         f"(default {DEFAULT_MIN_CALIBRATION_N})")
     parser.add_argument("--ed_rule", choices=ED_RULES, default=ED_RULES[0],
-                        help="end-diastolic frame of each slice: first_trigger_time (smallest TriggerTime, the "
-                        "UK Biobank and ml4h rule; default) or first_instance (smallest InstanceNumber)")
+                        help="end-diastolic frame of each slice: first_trigger_time (smallest TriggerTime, "
+                        "the UK Biobank and ml4h rule; default) or first_instance (smallest "
+                        "InstanceNumber)")
     parser.add_argument("--batch_size", type=int, default=8, help="max participants per inference batch")
     parser.add_argument("--large_model", action="store_true",
                         help="share one model copy across a worker's processes")
