@@ -12,9 +12,9 @@ keras = pytest.importorskip("keras")
 from beam_pipeline import contracts  # noqa: E402
 from beam_pipeline.inference import ModelInput, SavedModelHandler  # noqa: E402
 from beam_pipeline.model_card import ModelCard  # noqa: E402
+from tests.phantom import toy_example  # noqa: E402
 from trainer import models  # noqa: E402
 from trainer.export import KERAS_FILENAME, export_model, load_card, load_serving  # noqa: E402
-from trainer.toy import toy_example  # noqa: E402
 
 TINY_SEG = dict(stem_filters=2, dense_blocks=(2, 4), convs_per_block=1)
 TINY_REG = dict(input_pool=(4, 4, 1), stem_filters=2, conv_blocks=(4,), convs_per_block=1, dense_units=(4,))

@@ -10,8 +10,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from beam_pipeline import contracts  # noqa: E402
+from tests.phantom import toy_example  # noqa: E402
 from trainer import models  # noqa: E402
-from trainer.toy import toy_example  # noqa: E402
 
 TINY_SEG = dict(stem_filters=4, dense_blocks=(4, 8), convs_per_block=1)
 TINY_REG = dict(input_pool=(4, 4, 1), stem_filters=4, conv_blocks=(4, 8), convs_per_block=1, dense_units=(8,))

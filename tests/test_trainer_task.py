@@ -11,9 +11,9 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from beam_pipeline import contracts  # noqa: E402
-from trainer import data, task  # noqa: E402
+from tests.phantom import toy_example, write_toy_tfrecords  # noqa: E402
+from trainer import augmentation, data, task  # noqa: E402
 from trainer.export import load_card  # noqa: E402
-from trainer.toy import toy_example, write_toy_tfrecords  # noqa: E402
 
 EIDS = list(range(1000001, 1000013))
 
@@ -135,6 +135,47 @@ class TestAugmentation:
     def test_bad_ranges(self):
         with pytest.raises(ValueError, match=r"gamma_range must be \(low, high\).*Received: \(2.0, 1.0\)"):
             data.AugmentConfig(gamma_range=(2.0, 1.0))
+
+    def test_tf_data_applies_the_one_numpy_definition(self):
+        """``data.augment`` is ``trainer.augmentation`` (what ``trainer.portable`` calls), seed for seed."""
+        example = toy_example(4)
+        image, labels = tf.constant(example.image), tf.constant(example.labels)
+        config = data.AugmentConfig()
+        seed = [7, 2]
+        crop, crop_labels = data.augment(image, labels, tf.constant(seed), config, crop_px=64)
+        expected = augmentation.augment_crop(example.image[..., 0], example.labels,
+                                             augmentation.example_rng(seed), config, crop_px=64)
+        np.testing.assert_array_equal(crop.numpy()[..., 0], expected[0])
+        np.testing.assert_array_equal(crop_labels.numpy(), expected[1])
+        volume, volume_labels = data.augment(image, labels, tf.constant(seed), config)
+        expected = augmentation.augment_volume(example.image[..., 0], example.labels,
+                                               augmentation.example_rng(seed), config)
+        np.testing.assert_array_equal(volume.numpy()[..., 0], expected[0])
+        np.testing.assert_array_equal(volume_labels.numpy(), expected[1])
+        reg_image, no_labels = data.augment(image, None, tf.constant(seed), config, slice_dropout=False)
+        expected = augmentation.augment_volume(example.image[..., 0], None, augmentation.example_rng(seed),
+                                               config, slice_dropout=False)
+        np.testing.assert_array_equal(reg_image.numpy()[..., 0], expected[0])
+        assert no_labels is None
+        with pytest.raises(ValueError, match="crop_px needs labels"):
+            data.augment(image, None, tf.constant(seed), config, crop_px=64)
+        with pytest.raises(ValueError, match="augment needs an AugmentConfig unless it only crops"):
+            data.augment(image, labels, tf.constant(seed), None)
+
+    def test_training_batches_seed_each_example_by_run_seed_and_index(self, tmp_path):
+        path = str(tmp_path / "one.tfrecord")
+        made = write_toy_tfrecords(path, EIDS[:3])
+        config = data.AugmentConfig()
+        ds = data.make_dataset([path], kind=contracts.MODEL_KIND_SEG, split="train",
+                               spec=data.SplitSpec(0.0, 0.0), batch_size=1, training=True, seed=5,
+                               augment_config=config, crop_px=48, shuffle_buffer=1)
+        for index, (inputs, target) in enumerate(ds.take(3)):
+            example = made[index]  # one file and a shuffle buffer of one keep the file order
+            rng = augmentation.example_rng([5, index])
+            crop, crop_labels = augmentation.augment_crop(example.image[..., 0], example.labels, rng, config,
+                                                          crop_px=48)
+            np.testing.assert_array_equal(inputs[contracts.SIGNATURE_INPUT_IMAGE].numpy()[0, ..., 0], crop)
+            np.testing.assert_array_equal(target.numpy()[0], crop_labels)
 
 
 class TestEndToEnd:

@@ -5,17 +5,18 @@ train / validation / test split is a deterministic function of the eid (FarmHash
 ``tf.strings.to_hash_bucket_fast``), so a participant never moves between splits when files are added,
 re-sharded or read in another order; a ``--holdout`` eid list replaces the hash test split.
 
-Augmentation is domain randomisation (seeded, stateless, per example): in-plane rotation, scaling,
-translation, per-slice misregistration, intensity curves (gamma, contrast, per-slice gain), a smooth bias
-field, blur, Rician noise and slice dropout, then the per-image z-score of the tensor contract again,
-so the network learns anatomy rather than one renderer's appearance. Geometric transforms move the
-labels with the image (nearest neighbour). Tensors keep the layout of ``beam_pipeline.contracts``:
-``(rows, cols, slices, 1)``.
+Augmentation is the domain randomisation of ``trainer.augmentation`` (the one definition, shared with
+``trainer.portable``), applied per training example with a generator seeded from (run seed, example
+index): in-plane rotation, scaling, translation, per-slice misregistration, intensity curves (gamma,
+contrast, per-slice gain), a smooth bias field, blur, Rician noise and slice dropout, then the per-image
+z-score of the tensor contract again, so the network learns anatomy rather than one renderer's
+appearance. Geometric transforms move the labels with the image (nearest neighbour). ML4H_seg crops
+(``crop_px``) are drawn by the same function as ``trainer.portable``'s. Tensors keep the layout of
+``beam_pipeline.contracts``: ``(rows, cols, slices, 1)``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ import tensorflow as tf
 
 from beam_pipeline import contracts
 from beam_pipeline.tfrecord import parse_example, record_dataset
+from trainer import augmentation
 from trainer.augmentation import AugmentConfig
 
 SPLITS = ("train", "validation", "test")
@@ -125,153 +127,56 @@ def split_of(eid: int, spec: SplitSpec) -> str:
 # --- augmentation -----------------------------------------------------------------------------------
 
 
-def _uniform(seed: tf.Tensor, low: float, high: float, shape: Sequence[int] = ()) -> tf.Tensor:
-    return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
-
-
-def _affine_transforms(seeds: tf.Tensor, config: AugmentConfig, rows: int, cols: int, n: int) -> tf.Tensor:
-    """(n, 8) projective transforms (output -> input pixel) for n slices: one in-plane rotation/scale/shift
-    per volume plus an optional small per-slice shift (breath-hold misregistration)."""
-    theta = _uniform(seeds[0], -1.0, 1.0) * config.rotation_deg * math.pi / 180.0
-    scale = _uniform(seeds[1], *config.scale_range)
-    shift = _uniform(seeds[2], -config.translation_px, config.translation_px, [2])
-    misregister = tf.cast(_uniform(seeds[3], 0.0, 1.0) < config.misregistration_prob, tf.float32)
-    per_slice = _uniform(seeds[4], -1.0, 1.0, [n, 2]) * config.misregistration_px * misregister
-    cos, sin = tf.cos(theta) / scale, tf.sin(theta) / scale
-    cx, cy = (cols - 1) / 2.0, (rows - 1) / 2.0
-    tx = shift[0] + per_slice[:, 0]
-    ty = shift[1] + per_slice[:, 1]
-    # input = M @ (out - c - t) + c with M = R(-theta) / scale; x = column, y = row
-    a0, a1 = cos, sin
-    b0, b1 = -sin, cos
-    a2 = cx - a0 * (cx + tx) - a1 * (cy + ty)
-    b2 = cy - b0 * (cx + tx) - b1 * (cy + ty)
-    ones = tf.ones([n])
-    zeros = tf.zeros([n])
-    return tf.stack([a0 * ones, a1 * ones, a2, b0 * ones, b1 * ones, b2, zeros, zeros], axis=1)
-
-
-def _warp(slices: tf.Tensor, transforms: tf.Tensor, interpolation: str) -> tf.Tensor:
-    """Warp (n, rows, cols, 1) float slices, filling with 0."""
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=slices,
-        transforms=transforms,
-        output_shape=tf.shape(slices)[1:3],
-        fill_value=0.0,
-        interpolation=interpolation,
-        fill_mode="CONSTANT",
-    )
-
-
-def _gaussian_kernel(sigma: tf.Tensor, radius: int = 3) -> tf.Tensor:
-    x = tf.range(-radius, radius + 1, dtype=tf.float32)
-    k = tf.exp(-0.5 * tf.square(x / tf.maximum(sigma, 1e-3)))
-    return k / tf.reduce_sum(k)
-
-
-def _blur(slices: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
-    k = _gaussian_kernel(sigma)
-    size = tf.shape(k)[0]
-    row_kernel = tf.reshape(k, [size, 1, 1, 1])
-    col_kernel = tf.reshape(k, [1, size, 1, 1])
-    out = tf.nn.conv2d(slices, row_kernel, strides=1, padding="SAME")
-    return tf.nn.conv2d(out, col_kernel, strides=1, padding="SAME")
-
-
-def _zscore(volume: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Mean 0 / sd 1 over the acquired voxels (the tensor contract); padding exactly 0."""
-    count = tf.maximum(tf.reduce_sum(mask), 1.0)
-    mean = tf.reduce_sum(volume * mask) / count
-    var = tf.reduce_sum(tf.square(volume - mean) * mask) / count
-    return (volume - mean) / tf.sqrt(var + 1e-6) * mask
-
-
 def augment(
-    image: tf.Tensor, labels: tf.Tensor | None, seed: tf.Tensor, config: AugmentConfig, *,
+    image: tf.Tensor,
+    labels: tf.Tensor | None,
+    seed: tf.Tensor,
+    config: AugmentConfig | None,
+    *,
     slice_dropout: bool = True,
+    crop_px: int | None = None,
+    foreground_prob: float = 0.67,
 ) -> tuple[tf.Tensor, tf.Tensor | None]:
     """Randomise one example: ``image`` (rows, cols, slices, 1) f32, ``labels`` (rows, cols, slices) or None.
 
-    ``seed`` is a shape-(2,) int tensor; the same seed gives the same result. Inputs are not modified
-    (tensors are immutable). ``slice_dropout`` blanks one slice's image and labels (ML4H_seg only: it would
-    change ML4H_reg's target).
+    The randomisation is ``trainer.augmentation`` (the one definition, also used by ``trainer.portable``),
+    run through ``tf.numpy_function`` with the generator :func:`trainer.augmentation.example_rng` of ``seed``
+    (a shape-(2,) int tensor: run seed, example index); the same seed gives the same result. Without
+    ``crop_px`` the whole tensor is randomised (:func:`~trainer.augmentation.augment_volume`); with it, a
+    ``crop_px`` in-plane training crop placed near the labelled LV
+    (:func:`~trainer.augmentation.augment_crop`, which needs ``labels``; ``config=None`` gives a plain crop).
+    ``slice_dropout`` blanks one slice's image and labels (ML4H_seg only: it would change ML4H_reg's target).
     """
-    rows, cols, n_slices = image.shape[0], image.shape[1], image.shape[2]
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=16)
-    slices = tf.transpose(image, [2, 0, 1, 3])  # (n, rows, cols, 1)
-    mask = tf.cast(tf.not_equal(slices, 0.0), tf.float32)
+    if crop_px is None and config is None:
+        raise ValueError("augment needs an AugmentConfig unless it only crops (crop_px). Received neither")
+    if crop_px is not None and labels is None:
+        raise ValueError(f"crop_px needs labels (crops are placed by them). Received crop_px={crop_px!r}, "
+                         "labels=None")
+    rows, cols, n_slices, channels = image.shape
+    out_rows, out_cols = (rows, cols) if crop_px is None else (crop_px, crop_px)
+    has_labels = labels is not None
 
-    transforms = _affine_transforms(seeds, config, rows, cols, n_slices)
-    slices = _warp(slices, transforms, "BILINEAR")
-    mask = tf.cast(_warp(mask, transforms, "NEAREST") > 0.5, tf.float32)
-    warped_labels = None
-    if labels is not None:
-        label_slices = tf.cast(tf.transpose(labels, [2, 0, 1])[..., None], tf.float32)
-        warped_labels = tf.cast(tf.round(_warp(label_slices, transforms, "NEAREST")), labels.dtype)
+    def apply(image_np: np.ndarray, labels_np: np.ndarray, seed_np: np.ndarray):
+        rng = augmentation.example_rng(seed_np)
+        if crop_px is None:
+            out, out_labels = augmentation.augment_volume(
+                image_np[..., 0], labels_np if has_labels else None, rng, config, slice_dropout=slice_dropout
+            )
+        else:
+            out, out_labels = augmentation.augment_crop(
+                image_np[..., 0], labels_np, rng, config, crop_px=crop_px, foreground_prob=foreground_prob,
+                slice_dropout=slice_dropout,
+            )
+        return out[..., None], np.zeros(0, np.uint8) if out_labels is None else out_labels
 
-    # intensity: to [0, 1] over acquired voxels, then curves, bias field, blur, noise
-    count = tf.maximum(tf.reduce_sum(mask), 1.0)
-    big = tf.constant(1e9)
-    low = tf.reduce_min(slices + (1.0 - mask) * big)
-    high = tf.reduce_max(slices - (1.0 - mask) * big)
-    v = tf.clip_by_value((slices - low) / tf.maximum(high - low, 1e-6), 0.0, 1.0)
-    v = tf.pow(v + 1e-6, _uniform(seeds[5], *config.gamma_range))
-    mean = tf.reduce_sum(v * mask) / count
-    v = tf.clip_by_value(mean + (v - mean) * _uniform(seeds[6], *config.contrast_range), 0.0, 1.5)
-    gain = tf.exp(tf.random.stateless_normal([n_slices, 1, 1, 1], seeds[7]) * config.slice_gain_sd)
-    coarse = tf.random.stateless_normal([1, 4, 4, 1], seeds[8]) * config.bias_field_sd
-    field = tf.exp(tf.image.resize(coarse, [rows, cols], method="bicubic"))
-    v = v * gain * field
-    blur_sigma = _uniform(seeds[9], *config.blur_sigma_px)
-    do_blur = _uniform(seeds[10], 0.0, 1.0) < config.blur_prob
-    v = tf.cond(do_blur, lambda: _blur(v, blur_sigma), lambda: v)
-    noise_sd = _uniform(seeds[11], *config.noise_sd_range)
-    n1 = tf.random.stateless_normal(tf.shape(v), seeds[12]) * noise_sd
-    n2 = tf.random.stateless_normal(tf.shape(v), seeds[13]) * noise_sd
-    v = tf.sqrt(tf.square(v + n1) + tf.square(n2))  # Rician magnitude noise
-
-    if slice_dropout:
-        n_acquired = tf.reduce_sum(tf.cast(tf.reduce_max(mask, axis=[1, 2, 3]) > 0, tf.int32))
-        drop_index = tf.random.stateless_uniform([], seeds[14], 0, tf.maximum(n_acquired, 1), dtype=tf.int32)
-        do_drop = tf.logical_and(_uniform(seeds[15], 0.0, 1.0) < config.slice_dropout_prob, n_acquired > 2)
-        keep = 1.0 - tf.cast(do_drop, tf.float32) * tf.one_hot(drop_index, n_slices)
-        keep = tf.reshape(keep, [n_slices, 1, 1, 1])
-        mask = mask * keep
-        if warped_labels is not None:
-            warped_labels = warped_labels * tf.cast(keep, warped_labels.dtype)
-
-    v = _zscore(v, mask)
-    image_out = tf.ensure_shape(tf.transpose(v, [1, 2, 0, 3]), image.shape)
-    labels_out = None
-    if warped_labels is not None:
-        labels_out = tf.ensure_shape(tf.transpose(warped_labels[..., 0], [1, 2, 0]), labels.shape)
-    return image_out, labels_out
-
-
-# --- crops (ML4H_seg training on a CPU) -------------------------------------------------------------
-
-
-def random_crop(
-    image: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, crop_px: int, foreground_prob: float = 0.67
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """An in-plane ``crop_px`` square crop; with ``foreground_prob`` it is centred near the labelled LV.
-
-    A fully convolutional ML4H_seg trains on crops and serves full tensors.
-    """
-    rows, cols = image.shape[0], image.shape[1]
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
-    fg = tf.cast(tf.where(tf.reduce_max(labels, axis=2) > 0), tf.float32)
-    has_fg = tf.shape(fg)[0] > 0
-    centre = tf.cond(has_fg, lambda: tf.reduce_mean(fg, axis=0), lambda: tf.constant([rows / 2, cols / 2]))
-    jitter = _uniform(seeds[0], -crop_px / 4, crop_px / 4, [2])
-    uniform_centre = _uniform(seeds[1], crop_px / 2, rows - crop_px / 2, [2])
-    use_fg = tf.logical_and(has_fg, _uniform(seeds[2], 0.0, 1.0) < foreground_prob)
-    c = tf.where(use_fg, centre + jitter, uniform_centre)
-    top = tf.clip_by_value(tf.cast(tf.round(c[0] - crop_px / 2), tf.int32), 0, rows - crop_px)
-    left = tf.clip_by_value(tf.cast(tf.round(c[1] - crop_px / 2), tf.int32), 0, cols - crop_px)
-    image = tf.slice(image, [top, left, 0, 0], [crop_px, crop_px, image.shape[2], image.shape[3]])
-    labels = tf.slice(labels, [top, left, 0], [crop_px, crop_px, labels.shape[2]])
-    return image, labels
+    label_input = tf.cast(labels, tf.uint8) if has_labels else tf.zeros([0], tf.uint8)
+    out_image, out_labels = tf.numpy_function(
+        apply, [image, label_input, tf.cast(seed, tf.int64)], [tf.float32, tf.uint8], stateful=False
+    )
+    out_image = tf.ensure_shape(out_image, [out_rows, out_cols, n_slices, channels])
+    if not has_labels:
+        return out_image, None
+    return out_image, tf.cast(tf.ensure_shape(out_labels, [out_rows, out_cols, n_slices]), labels.dtype)
 
 
 # --- datasets ---------------------------------------------------------------------------------------
@@ -363,10 +268,10 @@ def make_dataset(
         image = ex[contracts.FEATURE_IMAGE]
         labels = ex[contracts.FEATURE_LABELS] if is_seg else None
         element_seed = tf.stack([tf.constant(seed, tf.int64), index])
-        if training and augment_config is not None:
-            image, labels = augment(image, labels, element_seed, augment_config, slice_dropout=is_seg)
         if is_seg and training and crop_px is not None and crop_px < contracts.TENSOR_ROWS:
-            image, labels = random_crop(image, labels, element_seed + 1, crop_px)
+            image, labels = augment(image, labels, element_seed, augment_config, crop_px=crop_px)
+        elif training and augment_config is not None:
+            image, labels = augment(image, labels, element_seed, augment_config, slice_dropout=is_seg)
         inputs = to_model_inputs(kind, image, ex[contracts.FEATURE_SPACING])
         target = tf.cast(labels, tf.int32) if is_seg else ex[contracts.FEATURE_MANUAL_MASS]
         return inputs, target

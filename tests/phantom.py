@@ -1,4 +1,4 @@
-"""Tiny ring phantoms in the tensor contract, for the trainer's tests and smoke runs.
+"""Tiny ring phantoms in the tensor contract, for the trainer's tests.
 
 Not a cohort generator (that is ``lvmass.synth``): each example is a stack of concentric disks (LV cavity,
 bright) inside rings (myocardium, dark) on a noisy background, centred zero-padded and z-scored exactly as
