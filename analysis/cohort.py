@@ -5,6 +5,9 @@ method the columns ``{method}__{field}`` for ``METHOD_FIELDS``. Which rows count
 and every exclusion is counted in ``Cohort.exclusions`` (nothing disappears without a trace):
 
 * only the requested imaging ``instance`` (2 = first imaging visit) is analysed;
+* phenotypes join the results as the pipeline joins them (``beam_pipeline.phenotypes.PhenotypeTable``):
+  a table with an ``instance`` column on (eid, instance), its rows of the analysed visit; a table
+  without one on eid, its manual LV mass only when the analysed visit is ``MANUAL_MASS_INSTANCE`` (2);
 * rows failing QC (``qc_pass`` false) are excluded by default (their values become missing);
 * results for eids absent from the phenotype file cannot be adjusted for age and sex and are counted.
 """
@@ -18,12 +21,13 @@ import numpy as np
 import pandas as pd
 
 from beam_pipeline.contracts import ALL_METHODS
+from beam_pipeline.phenotypes import INSTANCE_COLUMN, MANUAL_MASS_INSTANCE
 from beam_pipeline.schema import PHENOTYPE_COLUMNS
-from lvmass.synth.layout import TRUTH_LV_MASS_G, TRUTH_LVMI_G_M2
+from beam_pipeline.truth import TRUTH_LV_MASS_G, TRUTH_LVMI_G_M2
 
 METHOD_FIELDS: tuple[str, ...] = ("lv_mass_g", "lv_mass_raw_g", "lvmi_g_m2", "lvh", "lvh_p90", "bsa_m2")
 MANUAL_MASS = "manual_lv_mass_g"
-TRUE_MASS = TRUTH_LV_MASS_G  # truth.csv columns of lvmass.synth (lvmass.synth.layout)
+TRUE_MASS = TRUTH_LV_MASS_G  # truth.csv columns (beam_pipeline.truth)
 TRUE_LVMI = TRUTH_LVMI_G_M2
 FIRST_IMAGING_INSTANCE = 2
 
@@ -62,6 +66,23 @@ def _ordered_methods(present: Iterable[str]) -> tuple[str, ...]:
     return tuple(known + sorted(present - set(known)))
 
 
+def phenotypes_at_visit(phenotypes: pd.DataFrame, instance: int) -> pd.DataFrame:
+    """One phenotype row per eid for the scans of visit ``instance``, as
+    ``beam_pipeline.phenotypes.PhenotypeTable.lookup`` attaches them in the pipeline: a table with an
+    ``instance`` column gives its rows of that visit (without the column); a table without one gives
+    every row, with ``manual_lv_mass_g`` blanked unless ``instance`` is ``MANUAL_MASS_INSTANCE``.
+    Raises ValueError when an eid has two rows for the visit. The input is not modified."""
+    if INSTANCE_COLUMN in phenotypes.columns:
+        at_visit = phenotypes[phenotypes[INSTANCE_COLUMN] == instance].drop(columns=INSTANCE_COLUMN)
+        if at_visit["eid"].duplicated().any():
+            first = int(at_visit.loc[at_visit["eid"].duplicated(), "eid"].iloc[0])
+            raise ValueError(f"phenotypes have more than one row for eid {first} at instance {instance}")
+        return at_visit
+    if instance == MANUAL_MASS_INSTANCE:
+        return phenotypes
+    return phenotypes.assign(**{MANUAL_MASS: np.nan})
+
+
 def build_cohort(
     results: pd.DataFrame,
     phenotypes: pd.DataFrame,
@@ -74,8 +95,10 @@ def build_cohort(
     """The analysis frame (see the module docstring). Inputs are not modified.
 
     ``holdout_eids`` None means the evaluation set is every participant with a manual mass (the
-    issue's default); participants not in it form the training set of Table 1.
+    issue's default); participants not in it form the training set of Table 1. ``phenotypes`` may hold
+    one row per eid or, with an ``instance`` column, one per eid and visit (:func:`phenotypes_at_visit`).
     """
+    phenotypes = phenotypes_at_visit(phenotypes, instance)
     methods = _ordered_methods(results["method"].unique())
     pheno_eids = set(phenotypes["eid"].astype(np.int64))
     rows = []

@@ -1,15 +1,20 @@
-"""Read the analysis inputs: the pipeline's results Parquet, phenotypes, holdout eids, synthetic truth.
+"""Read the analysis inputs: the pipeline's results Parquet, phenotypes, holdout eids, synthetic truth and
+label volumes.
 
-Paths are local or ``gs://bucket/prefix`` (read through google-cloud-storage, which honours
-``STORAGE_EMULATOR_HOST``). Every reader checks its input and raises :class:`InputError` naming the file
-and the reason; nothing is dropped silently.
+Paths are local or ``gs://bucket/prefix``, reached the way the pipeline reaches them: through
+``beam_pipeline.filesystems`` (Beam's ``FileSystems``, which honours ``STORAGE_EMULATOR_HOST``). Every
+reader checks its input and raises :class:`InputError` naming the file and the reason; nothing is dropped
+silently.
 
 Results layout (``beam_pipeline.schema``): ``ROOT/lvmass/method=<method>/*.parquet``, each file holding
-``RESULTS_FILE_SCHEMA``; the partition directory gives the ``method`` column back, as DuckDB's
-``read_parquet(..., hive_partitioning=true)`` and BigQuery's hive-partitioned external tables do.
-Files are read one by one with pyarrow (only the schema's columns) so that a bad file is named in the error.
+``RESULTS_FILE_SCHEMA``. They are read as one ``pyarrow.dataset`` with hive partitioning, so the partition
+directory gives the ``method`` column back, as DuckDB's ``read_parquet(..., hive_partitioning=true)`` and
+BigQuery's hive-partitioned external tables do. Each file (fragment) is checked and read on its own, only
+the schema's columns, so that a bad file is named in the error.
 
-The synthetic truth's file names and columns are ``lvmass.synth.layout``'s (imported, not copied).
+The other contracts are imported, not copied: phenotypes are read by the pipeline's own reader
+(``beam_pipeline.phenotypes``), label file names are parsed by ``beam_pipeline.identity``, and the
+synthetic truth's file names, columns and keys are ``beam_pipeline.truth``'s.
 """
 
 from __future__ import annotations
@@ -25,164 +30,135 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
 
-from beam_pipeline.contracts import ALL_METHODS, SEX_CODE, SEXES
+from beam_pipeline import filesystems
+from beam_pipeline.contracts import ALL_METHODS
+from beam_pipeline.identity import parse_input_name
+from beam_pipeline.phenotypes import INSTANCE_COLUMN, PhenotypeTable, read_phenotype_table
 from beam_pipeline.schema import (
-    DISEASE_COLUMNS,
     PHENOTYPE_COLUMNS,
     RESULTS_DIRNAME,
     RESULTS_FILE_SCHEMA,
     RESULTS_SCHEMA,
 )
-from lvmass.synth.layout import LABELS_DIRNAME as TRUTH_LABELS_DIRNAME
-from lvmass.synth.layout import TRUTH_CSV, TRUTH_EID, TRUTH_JSON, TRUTH_LV_MASS_G, TRUTH_LVMI_G_M2
+from beam_pipeline.truth import (
+    TRUTH_CSV,
+    TRUTH_EID,
+    TRUTH_JSON,
+    TRUTH_LABELS_DIRNAME,
+    TRUTH_REQUIRED_COLUMNS,
+)
 
-GCS_SCHEME = "gs://"
-TRUTH_REQUIRED_COLUMNS: tuple[str, ...] = (TRUTH_EID, TRUTH_LV_MASS_G, TRUTH_LVMI_G_M2)
-_NUMERIC_PHENOTYPES: tuple[str, ...] = ("age", "height_cm", "weight_kg", "manual_lv_mass_g")
-_TRUE_VALUES = {"1", "true", "t", "yes", "y", "1.0"}
-_FALSE_VALUES = {"0", "false", "f", "no", "n", "0.0"}
+METHOD_PARTITIONING = ds.partitioning(pa.schema([("method", pa.string())]), flavor="hive")
 
 
 class InputError(ValueError):
-    """An input file cannot be used: the message names the file and the reason."""
+    """An input file cannot be used: the message names the file and the reason.
 
-    def __init__(self, source: str, reason: str):
+    ``message`` replaces the default ``"{source}: {reason}"`` when the reason comes from a reader that
+    names the file itself (the phenotype reader's messages are passed on unchanged)."""
+
+    def __init__(self, source: str, reason: str, *, message: str | None = None):
         self.source = source
         self.reason = reason
-        super().__init__(f"{source}: {reason}")
+        super().__init__(message if message is not None else f"{source}: {reason}")
 
 
 # --- Local and gs:// file access --------------------------------------------------------------------
-def is_gcs(path: str | os.PathLike[str]) -> bool:
-    return str(path).startswith(GCS_SCHEME)
-
-
-def _split_gcs(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri[len(GCS_SCHEME) :].partition("/")
-    if not bucket:
-        raise InputError(uri, "a gs:// path needs a bucket name")
-    return bucket, key
-
-
-def _gcs_client() -> Any:
-    from google.cloud import storage  # imported lazily: only gs:// inputs need it
-
-    return storage.Client()
+def _require_file(path: str) -> None:
+    if not filesystems.exists(path):
+        raise InputError(path, "no such file" if filesystems.is_local(path) else "no such object")
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
     """The whole content of a local file or a gs:// object."""
     text = str(path)
-    if is_gcs(text):
-        bucket, key = _split_gcs(text)
-        blob = _gcs_client().bucket(bucket).blob(key)
-        if not blob.exists():
-            raise InputError(text, "no such object")
-        return blob.download_as_bytes()
-    local = Path(text)
-    if not local.is_file():
-        raise InputError(text, "no such file")
-    return local.read_bytes()
+    _require_file(text)
+    try:
+        return filesystems.read_bytes(text)
+    except OSError as exc:
+        raise InputError(text, f"cannot be read ({exc})") from exc
 
 
 def list_files(root: str | os.PathLike[str], suffix: str) -> list[str]:
     """Every file under ``root`` (recursively) whose name ends with ``suffix``, sorted."""
     text = str(root).rstrip("/")
-    if is_gcs(text):
-        bucket, prefix = _split_gcs(text)
-        prefix = f"{prefix}/" if prefix else ""
-        blobs = _gcs_client().list_blobs(bucket, prefix=prefix)
-        return sorted(f"{GCS_SCHEME}{bucket}/{b.name}" for b in blobs if b.name.endswith(suffix))
-    local = Path(text)
-    if not local.is_dir():
+    if filesystems.is_local(text) and not Path(text).is_dir():
         raise InputError(text, "no such directory")
-    return sorted(str(p) for p in local.rglob(f"*{suffix}") if p.is_file())
-
-
-def _exists_dir(path: str) -> bool:
-    """Whether a local folder exists, or any gs:// object lies under the prefix (asks for one object,
-    never lists the prefix)."""
-    if is_gcs(path):
-        bucket, prefix = _split_gcs(path.rstrip("/"))
-        blobs = _gcs_client().list_blobs(bucket, prefix=f"{prefix}/" if prefix else "", max_results=1)
-        return next(iter(blobs), None) is not None
-    return Path(path).is_dir()
+    return [path for path in filesystems.list_files(text) if path.endswith(suffix)]
 
 
 # --- Results Parquet --------------------------------------------------------------------------------
-def _results_root(root: str) -> str:
-    """Accept the pipeline's output folder (holding ``lvmass/``) or the ``lvmass`` folder itself."""
+def _results_files(root: str) -> tuple[str, list[str]]:
+    """The results folder and its Parquet files, from one listing: the pipeline's output folder's
+    ``lvmass/`` when it holds files, else ``root`` itself (the ``lvmass`` folder given directly)."""
     root = root.rstrip("/")
-    candidate = f"{root}/{RESULTS_DIRNAME}"
-    if root.endswith(f"/{RESULTS_DIRNAME}") or root == RESULTS_DIRNAME:
-        return root
-    return candidate if _exists_dir(candidate) else root
+    if not (root.endswith(f"/{RESULTS_DIRNAME}") or root == RESULTS_DIRNAME):
+        candidate = f"{root}/{RESULTS_DIRNAME}"
+        found = filesystems.list_files(candidate)
+        if found:
+            return candidate, [path for path in found if path.endswith(".parquet")]
+    return root, list_files(root, ".parquet")
 
 
-def _method_from_path(path: str) -> str | None:
-    for part in path.split("/"):
-        if part.startswith("method="):
-            return part[len("method=") :]
-    return None
-
-
-def _read_parquet_columns(path: str, columns: Iterable[str]) -> pa.Table:
-    """Only ``columns`` (those present; the caller checks for missing ones) of a local or gs:// Parquet
-    file: a local file is read column chunk by column chunk, never whole."""
-    wanted = list(columns)
+def _read_fragment(fragment: ds.ParquetFileFragment) -> pa.Table:
+    """The ``RESULTS_FILE_SCHEMA`` columns a file holds (the caller checks for missing ones), read
+    column chunk by column chunk, never the whole file."""
     try:
-        source: Any = path if not is_gcs(path) else io.BytesIO(read_bytes(path))
-        if not is_gcs(path) and not Path(path).is_file():
-            raise InputError(path, "no such file")
-        with pq.ParquetFile(source) as parquet:
-            present = [c for c in wanted if c in parquet.schema_arrow.names]
-            return parquet.read(columns=present)
+        present = [c for c in RESULTS_FILE_SCHEMA.names if c in fragment.physical_schema.names]
+        return fragment.to_table(columns=present)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(path, f"not a readable Parquet file ({exc})") from exc
+        raise InputError(fragment.path, f"not a readable Parquet file ({exc})") from exc
 
 
-def _table_to_results(table: pa.Table, source: str, method: str) -> pd.DataFrame:
+def _checked_results(table: pa.Table, source: str, method: str) -> pa.Table:
+    """``table`` with RESULTS_FILE_SCHEMA's columns and types, and the partition's ``method``."""
     missing = [f.name for f in RESULTS_FILE_SCHEMA if f.name not in table.column_names]
     if missing:
         raise InputError(source, f"missing column(s) {missing} of RESULTS_FILE_SCHEMA")
-    table = table.select(RESULTS_FILE_SCHEMA.names)
     try:
-        table = table.cast(RESULTS_FILE_SCHEMA)
+        table = table.select(RESULTS_FILE_SCHEMA.names).cast(RESULTS_FILE_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
         raise InputError(source, f"columns do not match RESULTS_FILE_SCHEMA: {exc}") from exc
-    frame = table.to_pandas()
-    if "method" in frame.columns:  # a file written with the partition column inside it
-        frame = frame.drop(columns="method")
-    frame.insert(2, "method", method)
-    return frame
+    return table.append_column("method", pa.array([method] * table.num_rows, pa.string()))
 
 
 def read_results(root: str | os.PathLike[str]) -> pd.DataFrame:
     """All result rows under ``ROOT/lvmass/method=*/*.parquet`` as one DataFrame with RESULTS_SCHEMA's
-    columns (``method`` restored from the partition directory).
+    columns (``method`` restored from the hive partition directory).
 
     Raises :class:`InputError` when there is no Parquet file, a file is unreadable or lacks columns,
     a partition names an unknown method, or a (eid, instance, method) row appears twice.
     """
-    base = _results_root(str(root))
-    files = [f for f in list_files(base, ".parquet") if _method_from_path(f[len(base) :]) is not None]
-    if not files:
+    base, files = _results_files(str(root))
+    dataset = ds.dataset(
+        files,
+        schema=RESULTS_FILE_SCHEMA,
+        format="parquet",
+        filesystem=filesystems.arrow_filesystem(base),
+        partitioning=METHOD_PARTITIONING,
+        partition_base_dir=base,
+    )
+    partitioned = [
+        (fragment, ds.get_partition_keys(fragment.partition_expression).get("method"))
+        for fragment in dataset.get_fragments()
+    ]
+    partitioned = [(fragment, method) for fragment, method in partitioned if method is not None]
+    if not partitioned:
         raise InputError(base, "no results Parquet files found under method=<method>/ partitions")
-    frames = []
-    for path in files:
-        method = _method_from_path(path[len(base) :])
+    tables = []
+    for fragment, method in partitioned:
         if method not in ALL_METHODS:
             raise InputError(
-                path, f"unknown method partition {method!r}; expected one of {list(ALL_METHODS)}"
+                fragment.path, f"unknown method partition {method!r}; expected one of {list(ALL_METHODS)}"
             )
-        table = _read_parquet_columns(path, RESULTS_FILE_SCHEMA.names)
+        table = _read_fragment(fragment)
         if table.num_rows:
-            frames.append(_table_to_results(table, path, str(method)))
-    if not frames:
+            tables.append(_checked_results(table, fragment.path, str(method)))
+    if not tables:
         raise InputError(base, "the results Parquet files hold no rows")
-    results = pd.concat(frames, ignore_index=True)
+    results = pa.concat_tables(tables).to_pandas()
     key = ["eid", "instance", "method"]
     dup = results.duplicated(key, keep=False)
     if dup.any():
@@ -192,28 +168,46 @@ def read_results(root: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 # --- Phenotypes -------------------------------------------------------------------------------------
-def _read_table_file(path: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
-    """A CSV (all values as strings) or Parquet table; only ``columns`` (those present) when given."""
-    wanted = None if columns is None else set(columns)
-    if path.lower().endswith(".parquet"):
-        if wanted is None:
-            try:
-                return pq.read_table(io.BytesIO(read_bytes(path))).to_pandas()
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise InputError(path, f"cannot be parsed ({exc})") from exc
-        return _read_parquet_columns(path, sorted(wanted)).to_pandas()
-    data = read_bytes(path)
+def read_phenotypes(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The phenotype table (CSV or Parquet), read by the pipeline's reader
+    (``beam_pipeline.phenotypes.read_phenotype_table``): the analysis accepts every file the pipeline
+    accepts and rejects the others with the pipeline's message (as an :class:`InputError`).
+
+    One row per table row, columns ``PHENOTYPE_COLUMNS`` (with ``instance`` after ``eid`` when the table
+    has one row per visit): sex 'female' / 'male' / None; diseases 1.0 / 0.0 / NaN (unknown); numbers
+    float with NaN for blanks, absent columns and implausible values (``manual_lv_mass_g`` is blank for
+    most participants). ``analysis.cohort.build_cohort`` joins it to the results.
+    """
+    source = str(path)
+    _require_file(source)
     try:
-        return pd.read_csv(
-            io.BytesIO(data),
-            dtype=str,
-            keep_default_na=False,
-            usecols=None if wanted is None else (lambda c: c in wanted),
-        )
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot be parsed ({exc})") from exc
+        with filesystems.open_read(source) as stream:
+            table = read_phenotype_table(filesystems.ensure_seekable(stream), source=source)
+    except OSError as exc:
+        raise InputError(source, f"cannot be read ({exc})") from exc
+    except ValueError as exc:
+        raise InputError(source, str(exc), message=str(exc)) from exc
+    return phenotype_frame(table)
 
 
+def phenotype_frame(table: PhenotypeTable) -> pd.DataFrame:
+    """A :class:`~beam_pipeline.phenotypes.PhenotypeTable`'s rows as the analysis' typed DataFrame
+    (see :func:`read_phenotypes`), in the file's row order."""
+    rows = list(table.rows.values())
+
+    def floats(values: Iterable[object]) -> np.ndarray:
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+    out = pd.DataFrame({"eid": np.array([p.eid for p in rows], dtype=np.int64)})
+    if table.per_instance:
+        out[INSTANCE_COLUMN] = np.array([p.instance for p in rows], dtype=np.int64)
+    for column in PHENOTYPE_COLUMNS[1:]:
+        values = [getattr(p, column) for p in rows]
+        out[column] = pd.Series(values, dtype=object) if column == "sex" else floats(values)
+    return out
+
+
+# --- eids, blanks -----------------------------------------------------------------------------------
 def _blank(series: pd.Series) -> pd.Series:
     return series.isna() | series.astype(str).str.strip().isin(["", "nan", "NA", "NaN", "None"])
 
@@ -227,72 +221,13 @@ def _parse_eids(series: pd.Series, source: str, column: str = "eid") -> pd.Serie
     return parsed.astype(np.int64)
 
 
-def _parse_numeric(series: pd.Series, source: str, column: str, eids: pd.Series) -> pd.Series:
-    blank = _blank(series)
-    parsed = pd.to_numeric(series.where(~blank), errors="coerce")
-    bad = parsed.isna() & ~blank
-    if bad.any():
-        raise InputError(
-            source,
-            f"column {column!r} has a non-numeric value {series[bad].iloc[0]!r} (eid {eids[bad].iloc[0]})",
-        )
-    return parsed.astype(np.float64)
-
-
-def _parse_sex(series: pd.Series, source: str, eids: pd.Series) -> pd.Series:
-    """'female'/'male' (any case) or UK Biobank field 31 coding 0 = female, 1 = male; blank = unknown."""
-    codes = {str(v): k for k, v in SEX_CODE.items()}
-    text = series.astype(str).str.strip().str.lower()
-    text = text.replace({f"{k}.0": v for k, v in codes.items()}).replace(codes)
-    blank = _blank(series)
-    bad = ~text.isin(SEXES) & ~blank
-    if bad.any():
-        raise InputError(
-            source,
-            f"column 'sex' must be female/male or 0/1; bad value {series[bad].iloc[0]!r} "
-            f"(eid {eids[bad].iloc[0]})",
-        )
-    return text.where(~blank, None).astype(object)
-
-
-def _parse_bool(series: pd.Series, source: str, column: str, eids: pd.Series) -> pd.Series:
-    text = series.astype(str).str.strip().str.lower()
-    blank = _blank(series)
-    bad = ~text.isin(_TRUE_VALUES | _FALSE_VALUES) & ~blank
-    if bad.any():
-        raise InputError(
-            source,
-            f"column {column!r} must be 0/1 or true/false; bad value {series[bad].iloc[0]!r} "
-            f"(eid {eids[bad].iloc[0]})",
-        )
-    out = pd.Series(np.where(text.isin(_TRUE_VALUES), 1.0, 0.0), index=series.index)
-    return out.where(~blank, np.nan)
-
-
-def read_phenotypes(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """The phenotype table (CSV or Parquet) with ``PHENOTYPE_COLUMNS``, typed and checked.
-
-    sex becomes 'female' / 'male' / None; diseases become 1.0 / 0.0 / NaN (unknown);
-    numbers are float with NaN for blanks (``manual_lv_mass_g`` is blank for most participants).
-    """
-    source = str(path)
-    raw = _read_table_file(source, PHENOTYPE_COLUMNS)
-    missing = [c for c in PHENOTYPE_COLUMNS if c not in raw.columns]
-    if missing:
-        raise InputError(source, f"missing column(s) {missing}; expected {list(PHENOTYPE_COLUMNS)}")
-    if raw.empty:
-        raise InputError(source, "no rows")
-    raw = raw.astype(object)
-    eids = _parse_eids(raw["eid"], source)
-    if eids.duplicated().any():
-        raise InputError(source, f"eid {int(eids[eids.duplicated()].iloc[0])} appears more than once")
-    out = pd.DataFrame({"eid": eids})
-    out["sex"] = _parse_sex(raw["sex"], source, eids)
-    for column in _NUMERIC_PHENOTYPES:
-        out[column] = _parse_numeric(raw[column], source, column, eids)
-    for column in DISEASE_COLUMNS:
-        out[column] = _parse_bool(raw[column], source, column, eids)
-    return out[list(PHENOTYPE_COLUMNS)].reset_index(drop=True)
+def _read_csv(path: str) -> pd.DataFrame:
+    """A CSV file, all values as strings."""
+    data = read_bytes(path)
+    try:
+        return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot be parsed ({exc})") from exc
 
 
 # --- Holdout eids -----------------------------------------------------------------------------------
@@ -333,15 +268,15 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
     text = str(path).rstrip("/")
     csv_path = text if text.lower().endswith(".csv") else f"{text}/{TRUTH_CSV}"
     folder = csv_path.rsplit("/", 1)[0] if "/" in csv_path else "."
-    table = _read_table_file(csv_path)
+    table = _read_csv(csv_path)
     missing = [c for c in TRUTH_REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise InputError(csv_path, f"missing column(s) {missing}")
-    eids = _parse_eids(table["eid"], csv_path)
+    eids = _parse_eids(table[TRUTH_EID], csv_path)
     out = table.copy()
-    out["eid"] = eids
+    out[TRUTH_EID] = eids
     for column in out.columns:
-        if column in ("eid", "sex"):
+        if column in (TRUTH_EID, "sex"):
             continue
         converted = pd.to_numeric(out[column].where(~_blank(out[column])), errors="coerce")
         if column in TRUTH_REQUIRED_COLUMNS and (converted.isna() & ~_blank(out[column])).any():
@@ -360,7 +295,7 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
     return Truth(
         table=out,
         parameters=parameters,
-        labels_dir=labels_dir if _exists_dir(labels_dir) else None,
+        labels_dir=labels_dir if filesystems.has_files(labels_dir) else None,
         source=csv_path,
         parameters_source=json_path,
     )
@@ -398,35 +333,21 @@ def read_label_volume(path: str | os.PathLike[str]) -> np.ndarray:
     return read_label_file(path)[0]
 
 
-def study_from_filename(path: str) -> tuple[int, int | None] | None:
-    """(eid, instance) of a label file name: ``{eid}_{field}_{instance}_{array}.*`` (a UK Biobank zip's,
-    as the generator's truth_labels/ use), ``{eid}_{instance}.*`` (the pipeline's ``--save_labels``) or
-    ``{eid}.*`` (instance None); None when the name is none of these."""
-    stem = path.rsplit("/", 1)[-1].split(".", 1)[0]
-    parts = stem.split("_")
-    if not all(p.isdigit() for p in parts):
-        return None
-    if len(parts) == 4:
-        return int(parts[0]), int(parts[2])
-    if len(parts) == 2:
-        return int(parts[0]), int(parts[1])
-    if len(parts) == 1:
-        return int(parts[0]), None
-    return None
-
-
 def label_files(
     folder: str, eids: Iterable[int] | None = None, *, instance: int | None = None
 ) -> dict[tuple[int, int | None], str]:
     """``{(eid, instance): path}`` for the ``.npz`` label volumes in a folder, optionally only those
-    eids and only that imaging ``instance`` (a name without an instance then does not match)."""
+    eids and only that imaging ``instance`` (a name without an instance then does not match). Names
+    are parsed by ``beam_pipeline.identity.parse_input_name`` (``{eid}_20209_{instance}_0.npz`` as the
+    generator's truth labels, ``{eid}_{instance}.npz`` as the pipeline's ``--save_labels``, ``{eid}.npz``
+    with instance None); other names are skipped."""
     wanted = None if eids is None else set(eids)
     out: dict[tuple[int, int | None], str] = {}
     for path in list_files(folder, ".npz"):
-        key = study_from_filename(path)
-        if key is None or (wanted is not None and key[0] not in wanted):
+        name = parse_input_name(path)
+        if name is None or (wanted is not None and name.eid not in wanted):
             continue
-        if instance is not None and key[1] != instance:
+        if instance is not None and name.instance != instance:
             continue
-        out[key] = path
+        out[(name.eid, name.instance)] = path
     return out

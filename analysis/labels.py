@@ -17,6 +17,7 @@ import pandas as pd
 from analysis import io as aio
 from analysis.stats import DICE_LABELS, dice_by_label
 from beam_pipeline.contracts import LABEL_VOLUME_SHAPE, TENSOR_SLICES
+from beam_pipeline.identity import parse_input_name
 from beam_pipeline.tensor import slice_window_start, unplace_label_volume
 
 DICE_COLUMNS: tuple[str, ...] = ("method", "eid", "instance", "structure", "dice", "status")
@@ -54,15 +55,16 @@ def _predicted_files(
     predicted_dir: str, instance: int | None
 ) -> dict[str, dict[tuple[int, int | None], str]]:
     """``{method: {(eid, instance): path}}`` from one listing: sub-folders (``method=<m>/`` or ``<m>/``)
-    holding .npz files, or the folder itself as method 'predicted'."""
+    holding .npz files, or the folder itself as method 'predicted'. (eid, instance) is what the file
+    name says (``beam_pipeline.identity.parse_input_name``); other names are skipped."""
     base = predicted_dir.rstrip("/")
     out: dict[str, dict[tuple[int, int | None], str]] = {}
     for path in aio.list_files(predicted_dir, ".npz"):
         relative = path[len(base) + 1 :]
         method = relative.split("/", 1)[0].removeprefix("method=") if "/" in relative else "predicted"
-        key = aio.study_from_filename(path)
-        if key is not None and (instance is None or key[1] == instance):
-            out.setdefault(method, {})[key] = path
+        name = parse_input_name(path)
+        if name is not None and (instance is None or name.instance == instance):
+            out.setdefault(method, {})[(name.eid, name.instance)] = path
     return out
 
 

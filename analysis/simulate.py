@@ -46,9 +46,8 @@ from beam_pipeline.schema import (
     RESULTS_FILE_SCHEMA,
     RESULTS_SCHEMA,
 )
-from lvmass.synth.layout import (
+from beam_pipeline.truth import (
     COHORT_KEY,
-    PHENOTYPES_CSV,
     TRUE_OR_PER_SAMPLE_SD_KEY,
     TRUTH_CSV,
     TRUTH_EID,
@@ -70,6 +69,7 @@ DEFAULT_INTERCEPTS: dict[str, float] = {
 AGE_LOG_OR_PER_YEAR = 0.04
 MALE_LOG_OR = 0.3
 MANUAL_NOISE_SD_G = 8.0
+PHENOTYPES_CSV = "phenotypes.csv"  # the name write_study gives the phenotype table (any name would do)
 
 
 # The pipeline's DuBois BSA (beam_pipeline.mass, the one definition), element-wise over arrays.
@@ -207,7 +207,7 @@ def simulate_study(
     truth = pd.DataFrame(
         {TRUTH_EID: eid, TRUTH_LV_MASS_G: true_mass, TRUTH_LVMI_G_M2: true_lvmi, "true_bsa_m2": bsa}
     )
-    parameters: dict[str, object] = {  # truth.json, with lvmass.synth's keys (lvmass.synth.layout)
+    parameters: dict[str, object] = {  # truth.json, with the truth contract's keys (beam_pipeline.truth)
         COHORT_KEY: {TRUE_OR_PER_SAMPLE_SD_KEY: {d: float(true_odds_ratios[d]) for d in DISEASE_COLUMNS}},
         "intercepts": dict(DEFAULT_INTERCEPTS),
         "age_log_or_per_year": AGE_LOG_OR_PER_YEAR,

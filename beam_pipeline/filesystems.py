@@ -13,6 +13,8 @@ import io
 import re
 from typing import IO
 
+import pyarrow as pa
+import pyarrow.fs as pafs
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
@@ -104,3 +106,72 @@ def folder_pattern(pattern: str) -> re.Pattern[str]:
     if not anchored.endswith(r"\Z"):  # pragma: no cover - Beam's translation always ends so
         raise ValueError(f"unexpected glob translation of {pattern!r}: {anchored!r}")
     return re.compile(anchored[: -len(r"\Z")] + r"(?=[/\\])")
+
+
+def list_files(folder: str) -> list[str]:
+    """Sorted paths of every file below ``folder``, at any depth; empty when there is none.
+
+    ``folder`` is a local folder or a ``gs://`` prefix taken as a folder (``gs://b/run`` never lists
+    ``gs://b/run2/...``); it is matched as a glob, so it must not hold ``*``, ``?`` or ``[``.
+    """
+    return match(join(folder.rstrip("/\\"), "**"))
+
+
+def has_files(folder: str) -> bool:
+    """Whether any file lies below ``folder`` (as :func:`list_files` takes it); the listing stops at the
+    first one found."""
+    results = FileSystems.match([join(folder.rstrip("/\\"), "**")], limits=[1])
+    return any(result.metadata_list for result in results)
+
+
+class _BeamArrowHandler(pafs.FileSystemHandler):
+    """Read-only pyarrow filesystem handler over Beam's ``FileSystems``: pyarrow (``pyarrow.dataset``,
+    ``pyarrow.parquet``) then reads ``gs://`` as this module does, emulator included. Paths are full
+    URIs (``gs://bucket/key``); files are opened raw (no decompression) and read on demand."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _BeamArrowHandler)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def get_type_name(self) -> str:
+        return "beam"
+
+    def normalize_path(self, path: str) -> str:
+        return path
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        infos = []
+        for path in paths:
+            found = [m for result in FileSystems.match([path]) for m in result.metadata_list]
+            infos.append(pafs.FileInfo(path, pafs.FileType.File, size=found[0].size_in_bytes) if found
+                         else pafs.FileInfo(path, pafs.FileType.NotFound))
+        return infos
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        pattern = join(selector.base_dir.rstrip("/\\"), "**" if selector.recursive else "*")
+        results = FileSystems.match([pattern])
+        return [pafs.FileInfo(m.path, pafs.FileType.File, size=m.size_in_bytes)
+                for result in results for m in result.metadata_list]
+
+    def open_input_file(self, path: str) -> pa.NativeFile:
+        return pa.PythonFile(open_read(path), mode="r")
+
+    def open_input_stream(self, path: str) -> pa.NativeFile:
+        return self.open_input_file(path)
+
+    def _read_only(self, *args: object, **kwargs: object) -> None:
+        raise NotImplementedError("a Beam FileSystems view for pyarrow is read-only")
+
+    create_dir = delete_dir = delete_dir_contents = delete_root_dir_contents = _read_only
+    delete_file = move = copy_file = open_output_stream = open_append_stream = _read_only
+
+
+def arrow_filesystem(path: str) -> pafs.FileSystem:
+    """The pyarrow filesystem to read ``path`` (and its neighbours) with: pyarrow's own for a plain
+    local path, else a read-only view of Beam's ``FileSystems`` (``gs://``), so that ``pyarrow.dataset`` and
+    ``pyarrow.parquet`` read remote files through the same client as the pipeline."""
+    if FileSystems.get_scheme(path) is None:
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(_BeamArrowHandler())

@@ -3,9 +3,14 @@
 Reads the columns ``lvmass synth`` writes (:data:`beam_pipeline.schema.PHENOTYPE_COLUMNS`) from CSV or
 Parquet. Sex may be ``female``/``male`` (any case, or ``F``/``M``) or UK Biobank's field 31 coding
 ``0`` = female, ``1`` = male. Only ``eid`` and ``sex`` are required; other columns may be absent
-(unknown). Values that cannot be parsed raise ValueError naming the source, the eid and the value;
-numbers that parse but cannot be true of a person (height 0 cm, a negative weight: outside
+(unknown); columns other than :data:`FILE_COLUMNS` are ignored (in Parquet, never decoded). Values that
+cannot be parsed raise ValueError naming the source, the eid (or row), the column and the value; numbers
+that parse but cannot be true of a person (height 0 cm, a negative weight: outside
 :data:`PLAUSIBLE_RANGES`) are recorded as unknown (None) and logged, so one bad row never stops a run.
+
+This is the one phenotype reader: the pipeline (``transforms.load_phenotypes``) and the analysis
+(``analysis.io.read_phenotypes``) both read with :func:`read_phenotype_table`, so they accept the same
+files and reject the same ones with the same messages.
 
 Visits: a table with an ``instance`` column holds one row per participant x imaging visit and is joined
 on (eid, instance) (:class:`PhenotypeTable`). Without one it holds one row per participant: sex, age,
@@ -25,13 +30,15 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import pandas as pd
+import pyarrow.parquet as pq
 
-from beam_pipeline.schema import DISEASE_COLUMNS
+from beam_pipeline.schema import DISEASE_COLUMNS, PHENOTYPE_COLUMNS
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("eid", "sex")
 INSTANCE_COLUMN = "instance"
+FILE_COLUMNS: tuple[str, ...] = (*PHENOTYPE_COLUMNS, INSTANCE_COLUMN)  # the columns read; others are skipped
 MANUAL_MASS_INSTANCE = 2
 # Open intervals (low, high) of values a person can have; anything outside is recorded as unknown.
 PLAUSIBLE_RANGES: dict[str, tuple[float, float]] = {
@@ -75,17 +82,24 @@ def parse_sex(value: Any, *, where: str) -> str | None:
     if _missing(value):
         return None
     if isinstance(value, bool):
-        raise ValueError(f"{where}: sex {value!r} is not female/male or 0/1")
+        raise _bad_sex(value, where)
     if isinstance(value, int | float):
         if float(value) in (0.0, 1.0):
             return "female" if float(value) == 0.0 else "male"
-        raise ValueError(f"{where}: sex {value!r} is not female/male or 0/1")
+        raise _bad_sex(value, where)
     key = str(value).strip().lower()
     if key in {"0.0", "1.0"}:
         key = key[0]
     if key not in _SEX_WORDS:
-        raise ValueError(f"{where}: sex {value!r} is not female/male or 0/1")
+        raise _bad_sex(value, where)
     return _SEX_WORDS[key]
+
+
+def _bad_sex(value: Any, where: str) -> ValueError:
+    return ValueError(
+        f"{where}: sex {value!r} is not female/male or 0/1 "
+        f"(column 'sex' must be female/male or 0/1; bad value {value!r})"
+    )
 
 
 def _float(value: Any, column: str, where: str, implausible: list[str] | None = None) -> float | None:
@@ -96,7 +110,10 @@ def _float(value: Any, column: str, where: str, implausible: list[str] | None = 
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: {column} {value!r} is not a number") from None
+        raise ValueError(
+            f"{where}: {column} {value!r} is not a number "
+            f"(column {column!r} has a non-numeric value {value!r})"
+        ) from None
     if not math.isfinite(out):
         return None
     bounds = PLAUSIBLE_RANGES.get(column)
@@ -119,7 +136,10 @@ def _bool(value: Any, column: str, where: str) -> bool | None:
         return True
     if key in _FALSE:
         return False
-    raise ValueError(f"{where}: {column} {value!r} is not a 0/1 or true/false value")
+    raise ValueError(
+        f"{where}: {column} {value!r} is not a 0/1 or true/false value (column {column!r} must be 0/1 or "
+        "true/false)"
+    )
 
 
 def _eid(value: Any, where: str) -> int:
@@ -128,10 +148,14 @@ def _eid(value: Any, where: str) -> int:
     try:
         as_float = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: eid {value!r} is not an integer") from None
+        raise _bad_eid(value, where) from None
     if not as_float.is_integer():
-        raise ValueError(f"{where}: eid {value!r} is not an integer")
+        raise _bad_eid(value, where)
     return int(as_float)
+
+
+def _bad_eid(value: Any, where: str) -> ValueError:
+    return ValueError(f"{where}: eid {value!r} is not an integer (eid must be integers)")
 
 
 def _instance(value: Any, where: str) -> int:
@@ -230,13 +254,18 @@ def phenotype_table_from_frame(df: pd.DataFrame, *, source: str) -> PhenotypeTab
 
 
 def _read_frame(fileobj: BinaryIO, *, source: str) -> pd.DataFrame:
+    """The table as a DataFrame (a CSV's values as strings). Of a Parquet file only the
+    :data:`FILE_COLUMNS` are decoded (names compared without surrounding spaces), so a broken column
+    the reader does not use cannot fail it."""
     data = fileobj.read()
     if not data:
         raise ValueError(f"{source}: phenotype file is empty")
     is_parquet = data[:4] == PARQUET_MAGIC or source.lower().endswith((".parquet", ".pq"))
     try:
         if is_parquet:
-            return pd.read_parquet(io.BytesIO(data))
+            with pq.ParquetFile(io.BytesIO(data)) as parquet:
+                used = [n for n in parquet.schema_arrow.names if str(n).strip() in FILE_COLUMNS]
+                return parquet.read(columns=used).to_pandas()
         return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
     except Exception as exc:
         kind = "Parquet" if is_parquet else "CSV"

@@ -15,7 +15,7 @@ from analysis.cohort import build_cohort
 from analysis.simulate import simulate_study
 from beam_pipeline.contracts import ALL_METHODS
 from beam_pipeline.schema import DISEASE_COLUMNS
-from lvmass.synth import layout
+from beam_pipeline.truth import COHORT_KEY, DISEASE_MODEL_KEY, TRUE_OR_PER_SAMPLE_SD_KEY, TRUTH_LVMI_G_M2
 
 
 def _draw(n: int, true_or_per_sd: float, seed: int, intercept: float = -1.0) -> dict[str, np.ndarray]:
@@ -131,15 +131,15 @@ class TestTruthRecovery:
         assert recovery["recovered"].all(), recovery
 
     def test_reads_the_generators_own_truth_json_keys(self):
-        # truth.json as lvmass.synth writes it (the key names imported from lvmass.synth.layout): the
+        # truth.json as lvmass.synth writes it (the key names imported from beam_pipeline.truth): the
         # disease model's ORs are per SD of its reference population; the cohort section rescales them to
         # the realised cohort's SD, which is what a per-SD model fitted on that cohort estimates.
         parameters = {
-            layout.DISEASE_MODEL_KEY: {
+            DISEASE_MODEL_KEY: {
                 "diseases": {"hypertension": {"odds_ratios": {"or_per_sd_lvmi": 1.55}}}
             },
-            layout.COHORT_KEY: {
-                layout.TRUE_OR_PER_SAMPLE_SD_KEY: {"hypertension": 1.54, "heart_failure": 1.78, "other": 3.0}
+            COHORT_KEY: {
+                TRUE_OR_PER_SAMPLE_SD_KEY: {"hypertension": 1.54, "heart_failure": 1.78, "other": 3.0}
             },
         }
         assert assoc.true_odds_ratios(parameters) == pytest.approx(
@@ -180,10 +180,10 @@ class TestTruthRecovery:
         truth = aio.read_truth(paths.root)
         phenotypes = aio.read_phenotypes(paths.phenotypes_csv)
         frame = phenotypes.merge(
-            truth.table[["eid", layout.TRUTH_LVMI_G_M2]], on="eid", validate="one_to_one"
+            truth.table[["eid", TRUTH_LVMI_G_M2]], on="eid", validate="one_to_one"
         )
         true_ors = assoc.true_odds_ratios(truth.parameters)
-        assert true_ors == truth.parameters[layout.COHORT_KEY][layout.TRUE_OR_PER_SAMPLE_SD_KEY]
+        assert true_ors == truth.parameters[COHORT_KEY][TRUE_OR_PER_SAMPLE_SD_KEY]
         assert set(true_ors) == set(DISEASE_COLUMNS)
         recovery = assoc.truth_recovery(frame, true_ors)
         assert (recovery["status"] == "ok").all() and (recovery["n"] == 2000).all()

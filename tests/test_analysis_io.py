@@ -1,24 +1,33 @@
 """analysis.io and analysis.cohort: real Parquet (RESULTS_FILE_SCHEMA, hive layout) and CSV files written
-and read back, locally and through a GCS emulator; every bad input is named in its error."""
+and read back, locally and through a GCS emulator; every bad input is named in its error. Phenotypes are
+read by the pipeline's reader: what the pipeline accepts, the analysis accepts."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
 from analysis import io as aio
 from analysis.cohort import build_cohort, mcol
+from analysis.report import main as analyze
 from analysis.simulate import simulate_study, write_results, write_study
 from beam_pipeline.contracts import ALL_METHODS
+from beam_pipeline.phenotypes import read_phenotype_table
 from beam_pipeline.schema import PHENOTYPE_COLUMNS, RESULTS_FILE_SCHEMA, RESULTS_SCHEMA
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +62,15 @@ class TestReadResults:
         for row in counts.itertuples():
             assert ours.loc[row.method, "size"] == row.n
             assert ours.loc[row.method, "sum"] == pytest.approx(row.s)
+
+    def test_agrees_with_a_pyarrow_hive_dataset(self, written):
+        hive = ds.dataset(Path(written["results"]) / "lvmass", format="parquet", partitioning="hive")
+        expected = hive.to_table(columns=RESULTS_SCHEMA.names).to_pandas()
+        key = ["eid", "instance", "method"]
+        got = aio.read_results(written["results"]).sort_values(key).reset_index(drop=True)
+        expected = expected.sort_values(key).reset_index(drop=True)
+        pd.testing.assert_frame_equal(got.drop(columns="qc_flags"), expected.drop(columns="qc_flags"))
+        assert got["qc_flags"].map(list).tolist() == expected["qc_flags"].map(list).tolist()
 
     def test_accepts_the_lvmass_folder_itself(self, written):
         assert len(aio.read_results(Path(written["results"]) / "lvmass")) == len(
@@ -173,11 +191,75 @@ class TestReadPhenotypes:
         assert list(frame.columns) == list(PHENOTYPE_COLUMNS) and len(frame) == len(study.phenotypes)
 
     def test_missing_column_and_duplicate_eid(self, study, tmp_path):
-        with pytest.raises(aio.InputError, match="missing column"):
-            aio.read_phenotypes(self._write(tmp_path, study.phenotypes.drop(columns="weight_kg")))
+        # only eid and sex are required, as in the pipeline (beam_pipeline.phenotypes): a table without
+        # weight_kg is read with the weight unknown, one without sex is refused
+        no_weight = aio.read_phenotypes(self._write(tmp_path, study.phenotypes.drop(columns="weight_kg")))
+        assert list(no_weight.columns) == list(PHENOTYPE_COLUMNS) and no_weight["weight_kg"].isna().all()
+        with pytest.raises(aio.InputError, match=r"lacks column\(s\) \['sex'\]"):
+            aio.read_phenotypes(self._write(tmp_path, study.phenotypes.drop(columns="sex")))
         doubled = pd.concat([study.phenotypes.head(3), study.phenotypes.head(1)])
         with pytest.raises(aio.InputError, match="appears more than once"):
             aio.read_phenotypes(self._write(tmp_path, doubled))
+
+
+    def test_reads_a_per_visit_f_m_table_the_pipeline_accepts(self, study, tmp_path):
+        # the user report: sex F/M and one row per visit, read by the pipeline, refused by the analysis
+        path = tmp_path / "visits.csv"
+        _per_visit_f_m(study.phenotypes).to_csv(path, index=False)
+        with path.open("rb") as fp:
+            pipeline = read_phenotype_table(fp, source=str(path))
+        frame = aio.read_phenotypes(path)
+        assert pipeline.per_instance and len(frame) == len(pipeline) == 2 * len(study.phenotypes)
+        assert list(frame.columns) == ["eid", "instance", *PHENOTYPE_COLUMNS[1:]]
+        expected = study.phenotypes.set_index("eid")
+        for row in frame.itertuples():
+            phenotype = pipeline.lookup(row.eid, row.instance)
+            assert (row.sex, row.age) == (phenotype.sex, phenotype.age)
+            assert row.sex == expected.loc[row.eid, "sex"]
+        at_2 = frame[frame["instance"] == 2].set_index("eid")
+        np.testing.assert_allclose(at_2["age"], expected.loc[at_2.index, "age"])
+
+    @pytest.mark.parametrize(
+        ("name", "content"),
+        [
+            ("sex.csv", b"eid,sex\n1,F\n2,X\n"),
+            ("age.csv", b"eid,sex,age\n1,M,old\n"),
+            ("flag.csv", b"eid,sex,heart_failure\n1,M,maybe\n"),
+            ("eid.csv", b"eid,sex\n1x,F\n"),
+            ("twice.csv", b"eid,sex\n1,F\n1,F\n"),
+            ("visit_twice.csv", b"eid,instance,sex\n1,2,F\n1,2,F\n"),
+            ("visit.csv", b"eid,instance,sex\n1,second,F\n"),
+            ("no_sex.csv", b"eid,age\n1,60\n"),
+            ("empty.csv", b""),
+            ("broken.parquet", b"eid,sex\n1,0\n"),
+        ],
+    )
+    def test_rejects_what_the_pipeline_rejects_with_its_message(self, tmp_path, name, content):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError) as pipeline:
+            read_phenotype_table(io.BytesIO(content), source=str(path))
+        with pytest.raises(aio.InputError) as analysis:
+            aio.read_phenotypes(path)
+        assert str(analysis.value) == str(pipeline.value)
+        assert analysis.value.source == str(path)
+
+    def test_missing_file_is_named(self, tmp_path):
+        with pytest.raises(aio.InputError, match="no such file") as info:
+            aio.read_phenotypes(tmp_path / "nowhere.csv")
+        assert info.value.source == str(tmp_path / "nowhere.csv")
+
+
+def _per_visit_f_m(phenotypes: pd.DataFrame) -> pd.DataFrame:
+    """``phenotypes`` as one row per visit with sex as F/M: instance 2 as drawn; instance 3 two years
+    older, 5 kg heavier and without a manual mass."""
+    first = phenotypes.assign(instance=2)
+    repeat = phenotypes.assign(
+        instance=3, age=phenotypes["age"] + 2.0, weight_kg=phenotypes["weight_kg"] + 5.0, manual_lv_mass_g=""
+    )
+    table = pd.concat([first, repeat], ignore_index=True)
+    table["sex"] = table["sex"].map({"female": "F", "male": "M"})
+    return table[["eid", "instance", *PHENOTYPE_COLUMNS[1:]]]
 
 
 class TestReadHoldoutAndTruth:
@@ -245,6 +327,38 @@ class TestCohort:
         with pytest.raises(ValueError, match="more than one row for eid"):
             build_cohort(study.results, study.phenotypes, truth=pd.concat([study.truth, study.truth.head(1)]))
 
+    def test_a_per_visit_table_joins_on_eid_and_instance(self, study, tmp_path):
+        path = tmp_path / "visits.csv"
+        _per_visit_f_m(study.phenotypes).to_csv(path, index=False)
+        visits = aio.read_phenotypes(path)
+        drawn = study.phenotypes.set_index("eid")
+        first = build_cohort(study.results, visits, instance=2).frame.set_index("eid")
+        np.testing.assert_allclose(first["age"], drawn.loc[first.index, "age"])
+        np.testing.assert_allclose(
+            first["manual_lv_mass_g"], drawn.loc[first.index, "manual_lv_mass_g"], equal_nan=True
+        )
+        repeat = build_cohort(study.results, visits, instance=3).frame.set_index("eid")
+        repeat_eids = set(study.results.loc[study.results["instance"] == 3, "eid"])
+        assert set(repeat.index) == repeat_eids
+        np.testing.assert_allclose(repeat["age"], drawn.loc[repeat.index, "age"] + 2.0)
+        np.testing.assert_allclose(repeat["weight_kg"], drawn.loc[repeat.index, "weight_kg"] + 5.0)
+        assert repeat["manual_lv_mass_g"].isna().all() and not repeat["holdout"].any()
+        assert "instance" not in first.columns and "instance" not in repeat.columns
+
+    def test_without_instance_the_manual_mass_is_the_first_visits(self, study):
+        # as the pipeline attaches them (PhenotypeTable.lookup): demographics to every visit, the manual
+        # mass only to instance 2, where it was measured
+        repeat = build_cohort(study.results, study.phenotypes, instance=3).frame.set_index("eid")
+        drawn = study.phenotypes.set_index("eid")
+        np.testing.assert_allclose(repeat["age"], drawn.loc[repeat.index, "age"])
+        assert repeat["manual_lv_mass_g"].isna().all()
+        assert drawn.loc[repeat.index, "manual_lv_mass_g"].notna().any()
+
+    def test_two_rows_for_one_visit_are_an_error(self, study):
+        visits = study.phenotypes.assign(instance=2)
+        with pytest.raises(ValueError, match="more than one row for eid"):
+            build_cohort(study.results, pd.concat([visits, visits.head(1)]))
+
     def test_holdout_file_overrides_the_default(self, study):
         eids = set(study.phenotypes["eid"].iloc[:10])
         cohort = build_cohort(study.results, study.phenotypes, holdout_eids=eids)
@@ -254,6 +368,9 @@ class TestCohort:
 
 @pytest.fixture()
 def gcs_emulator(monkeypatch):
+    """An emulator that Beam's GCS filesystem (what the analysis reads gs:// with) reaches anonymously,
+    never probing for cloud credentials (as in tests/test_gcs.py)."""
+    from apache_beam.internal.gcp import auth
     from gcp_storage_emulator.server import create_server
 
     server = create_server("localhost", 0, in_memory=True)
@@ -261,6 +378,8 @@ def gcs_emulator(monkeypatch):
     host, port = server._api._httpd.server_address
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{host}:{port}")
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "lvmass-test")
+    monkeypatch.setattr(auth._Credentials, "_credentials_init", True)
+    monkeypatch.setattr(auth._Credentials, "_credentials", None)
     try:
         yield
     finally:
@@ -290,6 +409,7 @@ def test_reads_results_and_phenotypes_from_gs(gcs_emulator, written):
 
 
 def test_gs_results_are_listed_once(gcs_emulator, written, monkeypatch):
+    from apache_beam.io.gcp.gcsfilesystem import GCSFileSystem
     from google.cloud import storage
 
     bucket = storage.Client().create_bucket("lvmass-listing")
@@ -298,24 +418,42 @@ def test_gs_results_are_listed_once(gcs_emulator, written, monkeypatch):
     for path in files:
         bucket.blob(f"run1/{path.relative_to(root).as_posix()}").upload_from_filename(os.fspath(path))
     listed: list[str] = []
-    make_client = aio._gcs_client
+    list_objects = GCSFileSystem._list
 
-    class CountingClient:
-        """The real client; every object a listing yields is counted."""
+    def counting_list(self, dir_or_prefix):
+        """Beam's own listing; every object it yields is counted."""
+        for metadata in list_objects(self, dir_or_prefix):
+            listed.append(metadata.path)
+            yield metadata
 
-        def __init__(self) -> None:
-            self._client = make_client()
-
-        def list_blobs(self, *args, **kwargs):
-            for blob in self._client.list_blobs(*args, **kwargs):
-                listed.append(blob.name)
-                yield blob
-
-        def __getattr__(self, name):
-            return getattr(self._client, name)
-
-    monkeypatch.setattr(aio, "_gcs_client", CountingClient)
+    monkeypatch.setattr(GCSFileSystem, "_list", counting_list)
     frame = aio.read_results("gs://lvmass-listing/run1")
     assert len(frame) == len(aio.read_results(root))
     # one listing of the prefix, plus at most one object to see that run1/lvmass/ exists
     assert len(listed) <= len(files) + 1
+
+
+def test_analyze_accepts_the_pipelines_per_visit_f_m_table(study, written, tmp_path):
+    """``lvmass analyze`` on a per-visit table with sex F/M reports what it reports on the same people's
+    one-row-per-eid table: at instance 2 both hold the same values."""
+    visits = tmp_path / "visits.csv"
+    _per_visit_f_m(study.phenotypes).to_csv(visits, index=False)
+    common = [f"--results={written['results']}", "--bootstrap=20", "--seed=3"]
+    assert analyze([*common, f"--phenotypes={visits}", f"--out={tmp_path / 'visits'}"]) == 0
+    assert analyze([*common, f"--phenotypes={written['phenotypes']}", f"--out={tmp_path / 'eids'}"]) == 0
+    for table in ("exclusions", "table1_baseline", "agreement_manual"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(tmp_path / "visits" / "tables" / f"{table}.csv"),
+            pd.read_csv(tmp_path / "eids" / "tables" / f"{table}.csv"),
+        )
+
+
+def test_the_analysis_never_imports_the_generator():
+    """The truth files' names come from beam_pipeline.truth, not from lvmass.synth: the analysis (report,
+    readers, Dice) loads no part of the generator."""
+    code = (
+        "import sys, analysis.report, analysis.io, analysis.labels, analysis.associations; "
+        "print(sorted(m for m in sys.modules if m.startswith('lvmass.synth')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline.phenotypes import (
@@ -180,3 +182,41 @@ class TestPhenotypeTable:
         df = pd.DataFrame({"eid": [7], "instance": ["second"], "sex": [0]})
         with pytest.raises(ValueError, match=r"p.csv row 1: instance 'second' is not an integer"):
             phenotype_table_from_frame(df, source="p.csv")
+
+
+class TestOneReader:
+    """What the analysis relies on (``analysis.io.read_phenotypes`` passes these messages on)."""
+
+    @pytest.mark.parametrize(
+        ("column", "value", "message"),
+        [
+            ("sex", "X", "p.csv eid 3: sex 'X' is not female/male or 0/1 "
+                         "(column 'sex' must be female/male or 0/1; bad value 'X')"),
+            ("age", "old", "p.csv eid 3: age 'old' is not a number "
+                           "(column 'age' has a non-numeric value 'old')"),
+            ("hypertension", "maybe", "p.csv eid 3: hypertension 'maybe' is not a 0/1 or true/false value "
+                                      "(column 'hypertension' must be 0/1 or true/false)"),
+        ],
+    )
+    def test_messages_name_source_eid_column_and_value(self, column, value, message):
+        df = pd.DataFrame({"eid": [3], "sex": ["M"], column: [value]})
+        with pytest.raises(ValueError) as info:
+            phenotypes_from_frame(df, source="p.csv")
+        assert str(info.value) == message
+
+    def test_parquet_columns_it_does_not_read_are_never_decoded(self, tmp_path):
+        """A Parquet table with a broken column beside the phenotype columns reads as if it were absent."""
+        table = pa.Table.from_pandas(frame(), preserve_index=False)
+        table = table.append_column("notes", pa.array([b"free text" * 20] * table.num_rows, pa.binary()))
+        path = tmp_path / "phenotypes.parquet"
+        pq.write_table(table, path, compression="none", use_dictionary=False)
+        chunk = pq.ParquetFile(path).metadata.row_group(0).column(table.schema.get_field_index("notes"))
+        data = bytearray(path.read_bytes())
+        data[chunk.data_page_offset : chunk.data_page_offset + chunk.total_compressed_size] = (
+            b"\xff" * chunk.total_compressed_size
+        )
+        with pytest.raises(OSError):
+            pq.read_table(io.BytesIO(bytes(data)))
+        out = read_phenotype_table(io.BytesIO(bytes(data)), source=str(path))
+        expected = phenotypes_from_frame(frame(), source="x")
+        assert dict(out.rows) == {(eid, None): phenotype for eid, phenotype in expected.items()}

@@ -22,7 +22,17 @@ from scipy import ndimage
 
 from beam_pipeline.contracts import LABEL_MAP, LV_CAVITY, MYOCARDIAL_DENSITY_G_PER_ML, MYOCARDIUM
 from beam_pipeline.schema import PHENOTYPE_COLUMNS
-from lvmass.synth import SynthConfig, generate_cohort, generate_population, layout, render_participant
+from beam_pipeline.truth import (
+    COHORT_KEY,
+    DISEASE_MODEL_KEY,
+    TRUE_OR_PER_SAMPLE_SD_KEY,
+    TRUTH_CSV,
+    TRUTH_EID,
+    TRUTH_JSON,
+    TRUTH_LABELS_DIRNAME,
+    TRUTH_REQUIRED_COLUMNS,
+)
+from lvmass.synth import SynthConfig, generate_cohort, generate_population, render_participant
 from lvmass.synth.participant import participant_scene, slice_points_rel
 from lvmass.synth.render import skin_depth_mm
 
@@ -428,6 +438,25 @@ def test_a_non_empty_folder_is_refused_unless_overwrite(tmp_path):
     assert (out / "notes.txt").read_text() == "not the generator's"
 
 
+def test_truth_files_follow_the_truth_contract(cohort):
+    """The generator writes the truth files that beam_pipeline.truth names and the analysis reads them
+    back by the same names: truth.csv's required columns, truth.json's true odds ratios, truth_labels/
+    per (eid, instance)."""
+    from analysis import io as aio
+    from analysis.associations import true_odds_ratios
+
+    paths, truth, _ = cohort
+    names = (paths.truth_csv.name, paths.truth_json.name, paths.labels_dir.name)
+    assert names == (TRUTH_CSV, TRUTH_JSON, TRUTH_LABELS_DIRNAME)
+    read = aio.read_truth(paths.root)
+    assert set(TRUTH_REQUIRED_COLUMNS) <= set(read.table.columns)
+    assert sorted(read.table[TRUTH_EID]) == sorted(truth)
+    assert read.labels_dir == str(paths.labels_dir)
+    assert set(aio.label_files(read.labels_dir)) == {(eid, 2) for eid in truth}
+    recorded = json.loads(paths.truth_json.read_text())[COHORT_KEY][TRUE_OR_PER_SAMPLE_SD_KEY]
+    assert true_odds_ratios(read.parameters) == recorded
+
+
 def test_population_only_truth_is_the_cohorts(cohort, tmp_path):
     paths, truth, _ = cohort
     population = generate_population(tmp_path / "population", participants=N_PARTICIPANTS, seed=SEED)
@@ -438,9 +467,9 @@ def test_population_only_truth_is_the_cohorts(cohort, tmp_path):
     for eid, row in rows.items():
         assert row == {k: truth[eid][k] for k in row}
     full, only = (json.loads(p.truth_json.read_text()) for p in (paths, population))
-    for key in (layout.TRUE_OR_PER_SAMPLE_SD_KEY, "true_lvmi_g_m2", "observed_prevalence"):
-        assert only[layout.COHORT_KEY][key] == full[layout.COHORT_KEY][key]
-    assert only[layout.DISEASE_MODEL_KEY] == full[layout.DISEASE_MODEL_KEY]
+    for key in (TRUE_OR_PER_SAMPLE_SD_KEY, "true_lvmi_g_m2", "observed_prevalence"):
+        assert only[COHORT_KEY][key] == full[COHORT_KEY][key]
+    assert only[DISEASE_MODEL_KEY] == full[DISEASE_MODEL_KEY]
 
 
 class TestSpecialCases:

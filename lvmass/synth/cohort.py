@@ -34,20 +34,18 @@ import numpy as np
 
 from beam_pipeline.contracts import MYOCARDIAL_DENSITY_G_PER_ML, SAX_FIELD_ID
 from beam_pipeline.schema import DISEASE_COLUMNS, PHENOTYPE_COLUMNS
-from lvmass.synth.anatomy import SLICE_SPACING_MM, SLICE_THICKNESS_MM, THETA_SAMPLES, TRUTH_SUBPLANES
-from lvmass.synth.config import SynthConfig
-from lvmass.synth.inlinevf import FAILURE_KINDS
-from lvmass.synth.layout import (
-    COHORT_ENTRIES,
+from beam_pipeline.truth import (
     COHORT_KEY,
     DISEASE_MODEL_KEY,
-    LABELS_DIRNAME,
-    PHENOTYPES_CSV,
     TRUE_OR_PER_SAMPLE_SD_KEY,
     TRUTH_CSV,
     TRUTH_JSON,
-    ZIPS_DIRNAME,
 )
+from beam_pipeline.truth import TRUTH_LABELS_DIRNAME as LABELS_DIRNAME
+from lvmass.synth.anatomy import SLICE_SPACING_MM, SLICE_THICKNESS_MM, THETA_SAMPLES, TRUTH_SUBPLANES
+from lvmass.synth.config import SynthConfig
+from lvmass.synth.inlinevf import FAILURE_KINDS
+from lvmass.synth.layout import COHORT_ENTRIES, PHENOTYPES_CSV, ZIPS_DIRNAME
 from lvmass.synth.participant import ParticipantData, participant_truth, render_participant
 from lvmass.synth.population import fit_disease_model
 
