@@ -6,7 +6,10 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 DEMO_PARTICIPANTS ?= 200
 
-.PHONY: venv demo test lint browser clean
+CHECKOV_VENV ?= build/venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+
+.PHONY: venv demo test lint browser checkov clean
 
 venv: $(STAMP)
 
@@ -25,11 +28,22 @@ browser:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP) browser lint
+# terraform/ scanned offline by checkov's built-in policies (no terraform binary or registry needed); any
+# failed check fails `make test`, and every skipped check states its reason beside it in the .tf file.
+# checkov lives in its own virtualenv: its bc-python-hcl2 and the tests' python-hcl2 are both `hcl2`.
+$(CHECKOV_STAMP): terraform/checkov-requirements.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q -r terraform/checkov-requirements.txt
+	touch $(CHECKOV_STAMP)
+
+checkov: $(CHECKOV_STAMP)
+	$(CHECKOV_VENV)/bin/checkov -d terraform --framework terraform --skip-download --compact --quiet
+
+test: $(STAMP) browser lint checkov
 	$(PY) -m pytest
 
 demo: $(STAMP)
 	$(PY) -m lvmass.demo --out $(DEMO_DIR) --participants $(DEMO_PARTICIPANTS)
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

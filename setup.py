@@ -27,6 +27,7 @@ TEST_REQUIRES = [
     "ruff>=0.6",
     "gcp-storage-emulator>=2024.8.3",
     "pydicom-data>=1.0",
+    "python-hcl2>=8.1,<9",  # tests/test_terraform.py parses terraform/*.tf (checkov has its own virtualenv)
 ]
 
 setup(
