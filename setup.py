@@ -32,7 +32,7 @@ TEST_REQUIRES = [
 
 setup(
     name="lvmass",
-    version="0.1.0",
+    version="0.2.0",
     description=__doc__,
     python_requires=">=3.11,<3.13",
     packages=find_packages(include=["lvmass", "lvmass.*", "beam_pipeline", "beam_pipeline.*",

@@ -302,13 +302,33 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
 
 
 # --- Label volumes ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LabelFile:
+    """A label volume and where it lives: ``slice_start`` (first acquired slice of a tensor-layout
+    volume), and for a volume on the pipeline's resampled grid the acquisition's pixel spacing and the
+    grid's pixel size (``--save_labels`` records both), None when the file records none."""
+
+    volume: np.ndarray
+    slice_start: int | None = None
+    acquired_pixel_spacing_mm: tuple[float, float] | None = None
+    grid_pixel_mm: float | None = None
+
+
 def read_label_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, int | None]:
     """A uint8 label volume (LABEL_MAP codes) from an ``.npz`` holding ``labels`` (or an ``.npy``), and
     the ``slice_start`` the ``.npz`` records (the first acquired slice of a tensor-layout volume), None
     when it records none."""
+    record = read_label_record(path)
+    return record.volume, record.slice_start
+
+
+def read_label_record(path: str | os.PathLike[str]) -> LabelFile:
+    """:func:`read_label_file` with the grid the volume was saved on (:class:`LabelFile`)."""
     source = str(path)
     data = read_bytes(source)
     slice_start: int | None = None
+    acquired: tuple[float, float] | None = None
+    grid: float | None = None
     try:
         if source.lower().endswith(".npy"):
             volume = np.load(io.BytesIO(data), allow_pickle=False)
@@ -319,13 +339,17 @@ def read_label_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, int | Non
                 volume = archive["labels"]
                 if "slice_start" in archive.files:
                     slice_start = int(archive["slice_start"])
+                if "acquired_pixel_spacing_mm" in archive.files and "spacing_mm" in archive.files:
+                    row_mm, col_mm = (float(v) for v in archive["acquired_pixel_spacing_mm"])
+                    acquired, grid = (row_mm, col_mm), float(archive["spacing_mm"][0])
     except (ValueError, OSError) as exc:
         if isinstance(exc, InputError):
             raise
         raise InputError(source, f"not a readable numpy file ({exc})") from exc
     if volume.ndim != 3:
         raise InputError(source, f"labels must be 3-D (rows, cols, slices). Received shape {volume.shape}")
-    return volume, slice_start
+    return LabelFile(volume=volume, slice_start=slice_start, acquired_pixel_spacing_mm=acquired,
+                     grid_pixel_mm=grid)
 
 
 def read_label_volume(path: str | os.PathLike[str]) -> np.ndarray:

@@ -24,12 +24,14 @@ DICE_COLUMNS: tuple[str, ...] = ("method", "eid", "instance", "structure", "dice
 
 
 def to_acquisition_grid(
-    volume: np.ndarray, shape: tuple[int, int, int], *, slice_start: int = 0
+    volume: np.ndarray, shape: tuple[int, int, int], *, slice_start: int = 0,
+    acquired_pixel_spacing_mm: tuple[float, float] | None = None, grid_pixel_mm: float | None = None,
 ) -> np.ndarray:
     """The (rows, cols, slices) = ``shape`` labels of a volume: the volume itself when it is already on
     that grid, else a tensor-layout volume (LABEL_VOLUME_SHAPE) put back by
-    ``beam_pipeline.tensor.unplace_label_volume`` (its slice k is acquired slice ``slice_start + k``).
-    Raises ValueError for any other shape."""
+    ``beam_pipeline.tensor.unplace_label_volume`` (its slice k is acquired slice ``slice_start + k``;
+    resampled back from ``grid_pixel_mm`` to ``acquired_pixel_spacing_mm`` when the pipeline's grid was
+    not the acquisition's). Raises ValueError for any other shape."""
     if volume.shape == tuple(shape):
         return volume
     if volume.shape != LABEL_VOLUME_SHAPE:
@@ -37,7 +39,9 @@ def to_acquisition_grid(
             f"a label volume of shape {volume.shape} is neither on the {tuple(shape)} acquisition grid "
             f"nor in the tensor layout {LABEL_VOLUME_SHAPE}"
         )
-    return unplace_label_volume(volume, shape, slice_start=slice_start)
+    return unplace_label_volume(volume, shape, slice_start=slice_start,
+                                acquired_pixel_spacing_mm=acquired_pixel_spacing_mm,
+                                grid_pixel_mm=grid_pixel_mm)
 
 
 def _slice_start(recorded: int | None, reference: np.ndarray) -> int:
@@ -103,11 +107,13 @@ def dice_per_study(
         reference = aio.read_label_volume(references[key])
         for method, path in predicted[key].items():
             try:
-                volume, recorded_start = aio.read_label_file(path)
-                start = _slice_start(recorded_start, reference)
-                scores = dice_by_label(
-                    to_acquisition_grid(volume, reference.shape, slice_start=start), reference, labels
-                )
+                record = aio.read_label_record(path)
+                start = _slice_start(record.slice_start, reference)
+                on_acquisition = to_acquisition_grid(
+                    record.volume, reference.shape, slice_start=start,
+                    acquired_pixel_spacing_mm=record.acquired_pixel_spacing_mm,
+                    grid_pixel_mm=record.grid_pixel_mm)
+                scores = dice_by_label(on_acquisition, reference, labels)
             except ValueError as exc:
                 add(method, key, missing, f"{path}: {exc}")
                 continue

@@ -173,6 +173,7 @@ def simulate_study(
         frames.append(
             pd.DataFrame(
                 {
+                    "participant_id": [str(e) for e in eid],
                     "eid": eid,
                     "instance": 2,
                     "method": method,
@@ -191,6 +192,8 @@ def simulate_study(
                     "pixel_spacing_row_mm": 1.83,
                     "pixel_spacing_col_mm": 1.83,
                     "slice_spacing_mm": 10.0,
+                    "tensor_pixel_spacing_mm": 1.83,
+                    "in_plane_scale": 1.0,
                     "qc_flags": [["mass_implausible"] if f else [] for f in qc_fail],
                     "qc_pass": ~qc_fail,
                     "model_version": None if method.startswith("inlinevf") else "sim-1",

@@ -11,16 +11,24 @@ A participant's short-axis stack at end-diastole is a float32 array of shape
 
 * slices are ordered **base to apex** along the slice normal; slice ``k`` of the acquisition sits at
   index ``k``; indices past the acquired slice count are zero (padding at the apical end);
-* each slice is **zero-padded centred** in-plane (an odd remainder goes to the bottom/right); a slice
+* every slice is in one **in-plane view**, :data:`IN_PLANE_VIEW`: rows run towards posterior (anterior
+  wall at the top) and the slice is seen from the apex (right ventricle on the image's left); mirrored
+  or transposed acquisitions are turned to it at decode time (``geometry.standard_view_transform``);
+* the grid is **physical**: each slice is resampled in-plane to the model's pixel size (the model
+  card's ``tensor.pixel_spacing_mm``; :data:`DEFAULT_TENSOR_PIXEL_SPACING_MM` where no model says),
+  linear interpolation with a Gaussian anti-aliasing filter when shrinking, so a heart has the same
+  size in pixels whatever the scanner's pixel size (1.2-2.2 mm occur);
+* each slice is then **zero-padded centred** (an odd remainder goes to the bottom/right); a slice
   larger than 256 in either dimension is centre-cropped and flagged;
 * intensities are normalised **per image** (per participant volume) to mean 0 / sd 1 over the acquired
   pixels (Khurshid et al. 2021); padding stays exactly 0;
-* the voxel size travels beside the tensor as ``spacing_mm = (row_mm, col_mm, slice_mm)`` where
-  ``row_mm``/``col_mm`` are DICOM PixelSpacing (0028,0030) [0]/[1] and ``slice_mm`` is the centre-to-centre
-  slice distance.
+* the voxel size of the tensor's grid travels beside it as ``spacing_mm = (row_mm, col_mm, slice_mm)``:
+  the grid's pixel size in both in-plane directions and the centre-to-centre slice distance measured
+  from the slice positions; the acquired PixelSpacing (0028,0030) and the in-plane scale applied
+  (acquired / grid pixel size) are recorded beside it.
 
 Label volumes (InlineVF-derived training labels, model argmax) use the same layout without the
-channel axis, dtype uint8, values from :data:`LABEL_MAP`.
+channel axis, dtype uint8, values from :data:`LABEL_MAP`; labels are resampled with nearest neighbour.
 """
 
 from __future__ import annotations
@@ -39,6 +47,11 @@ SLICE_ORDER: Final = "base_to_apex"
 PADDING: Final = "zero_centred"
 NORMALISATION: Final = "per_image_zscore_over_acquired_pixels"
 SPACING_FIELDS: Final = ("row_mm", "col_mm", "slice_mm")
+IN_PLANE_VIEW: Final = "short_axis_from_apex_anterior_up"
+GRID: Final = "physical_resampled_in_plane"
+# UK Biobank short-axis cine: PixelSpacing about 1.8-1.9 mm (population mean ~1.83); the default grid of
+# runs and tensorize jobs whose models do not say theirs.
+DEFAULT_TENSOR_PIXEL_SPACING_MM: Final = 1.83
 
 # --- Label map ------------------------------------------------------------------------------------
 BACKGROUND: Final = 0
@@ -91,6 +104,7 @@ FEATURE_HAS_MANUAL_MASS: Final = "has_manual_mass"  # int64 0/1
 FEATURE_N_SLICES: Final = "n_slices"  # int64: slices placed in the tensor (<= 13), not those acquired
 
 SEX_CODE: Final = {"female": 0, "male": 1}
+UNKNOWN_EID: Final = -1  # the TFRecord eid of a participant that is not UK Biobank (no eid)
 
 # --- QC flags (the vocabulary of the results' qc_flags column) ------------------------------------
 QC_MISSING_SLICES: Final = "missing_slices"
@@ -106,6 +120,8 @@ QC_INLINEVF_CONTOUR_MISSING: Final = "inlinevf_contour_missing"
 QC_INLINEVF_CONTOUR_IMPLAUSIBLE: Final = "inlinevf_contour_implausible"
 QC_NO_PHENOTYPE: Final = "no_phenotype"
 QC_DUPLICATE_SLICE_ACQUISITION: Final = "duplicate_slice_acquisition"
+QC_PIXEL_SPACING_OUTSIDE_TRAINING: Final = "pixel_spacing_outside_training"
+QC_BODY_SIZE_IMPLAUSIBLE: Final = "body_size_implausible"
 QC_FLAGS: Final = (
     QC_MISSING_SLICES,
     QC_NONCONTIGUOUS_SLICES,
@@ -120,8 +136,15 @@ QC_FLAGS: Final = (
     QC_INLINEVF_CONTOUR_IMPLAUSIBLE,
     QC_NO_PHENOTYPE,
     QC_DUPLICATE_SLICE_ACQUISITION,
+    QC_PIXEL_SPACING_OUTSIDE_TRAINING,
+    QC_BODY_SIZE_IMPLAUSIBLE,
 )
 # Flags that describe the data but do not fail QC on their own.
-QC_INFORMATIONAL_FLAGS: Final = frozenset({QC_NO_PHENOTYPE, QC_DUPLICATE_SLICE_ACQUISITION})
+QC_INFORMATIONAL_FLAGS: Final = frozenset({QC_NO_PHENOTYPE, QC_DUPLICATE_SLICE_ACQUISITION,
+                                          QC_BODY_SIZE_IMPLAUSIBLE})
 PLAUSIBLE_LV_MASS_RANGE_G: Final = (20.0, 400.0)
+PLAUSIBLE_LVMI_RANGE_G_M2: Final = (10.0, 250.0)
+# Adults at an imaging visit; outside, BSA-based indexing is not meaningful (the row is flagged).
+PLAUSIBLE_HEIGHT_CM: Final = (120.0, 220.0)
+PLAUSIBLE_WEIGHT_KG: Final = (30.0, 250.0)
 PLAUSIBLE_SLICE_COUNT: Final = (6, 13)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from beam_pipeline import PIPELINE_VERSION
-from beam_pipeline.identity import ids_from_name
+from beam_pipeline.identity import check_input_name, ids_from_name, name_stem
 from beam_pipeline.measure import Measurement, ParticipantTensor
 from beam_pipeline.schema import STAGE_DECODE, STAGE_READ, ErrorRecord, ResultRecord
 from beam_pipeline.study import DecodedStudy, DecodeError
@@ -37,29 +37,32 @@ def exception_message(exc_type: type, exc_repr: str, traceback_lines: Sequence[s
     return exc_repr
 
 
-def _ids_from_name(uri: str) -> tuple[int | None, int | None]:
-    """eid and instance from the input's name (``identity.ids_from_name``), or (None, None)."""
+def _name_identity(uri: str) -> tuple[str | None, int | None, int | None]:
+    """(participant_id, eid, instance) from the input's name alone; Nones where the name says nothing
+    usable (``identity.check_input_name`` rejects it)."""
     try:
-        return ids_from_name(uri)
-    except (ValueError, TypeError, AttributeError):
-        return None, None
+        check_input_name(uri)
+    except ValueError:
+        return None, None, None
+    eid, instance = ids_from_name(uri)
+    return (str(eid) if eid is not None else name_stem(uri)), eid, instance
 
 
-def identity_of(element: Any) -> tuple[str, int | None, int | None]:
-    """(source URI, eid, instance) of any element a step may fail on."""
+def identity_of(element: Any) -> tuple[str, str | None, int | None, int | None]:
+    """(source URI, participant_id, eid, instance) of any element a step may fail on."""
     if isinstance(element, tuple) and len(element) == 2 and isinstance(element[0], str):
         key, element = element  # keyed by source URI (RunInference's KeyedModelHandler)
         if not isinstance(element, ParticipantTensor | Measurement | DecodedStudy):
-            eid, instance = _ids_from_name(key)
-            return key, eid, instance
+            return (key, *_name_identity(key))
     if isinstance(element, tuple) and element and isinstance(element[0], Measurement):
         element = element[0]  # (measurement, phenotype) joined for calibration
-    if isinstance(element, ParticipantTensor | Measurement | ResultRecord | DecodedStudy):
-        return element.source_uri, element.eid, element.instance
+    if isinstance(element, ParticipantTensor | Measurement | ResultRecord):
+        return element.source_uri, element.participant_id, element.eid, element.instance
+    if isinstance(element, DecodedStudy):
+        return (element.source_uri, *_name_identity(element.source_uri))
     metadata = getattr(element, "metadata", None)
     uri = getattr(metadata, "path", None) or getattr(element, "path", None) or str(element)
-    eid, instance = _ids_from_name(uri)
-    return uri, eid, instance
+    return (uri, *_name_identity(uri))
 
 
 def error_record(
@@ -69,13 +72,13 @@ def error_record(
 
     A ``DecodeError`` names its own step (``uri: step: reason``): ``read`` stays a read failure, every
     other step is a decode failure."""
-    uri, eid, instance = identity_of(element)
+    uri, participant_id, eid, instance = identity_of(element)
     message = exception_message(exc_type, exc_repr, traceback_lines)
     if exc_type is DecodeError or getattr(exc_type, "__name__", "") == "DecodeError":
         step = message[len(uri) + 2:].split(":", 1)[0] if message.startswith(f"{uri}: ") else ""
         stage = STAGE_READ if step == STAGE_READ else STAGE_DECODE
     return ErrorRecord(
-        source_uri=uri, eid=eid, instance=instance, stage=stage,
+        source_uri=uri, participant_id=participant_id, eid=eid, instance=instance, stage=stage,
         error_type=getattr(exc_type, "__name__", str(exc_type)), message=message,
         pipeline_version=PIPELINE_VERSION,
     )

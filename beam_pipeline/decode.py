@@ -411,6 +411,14 @@ def _decode(
         stats.overlay_frames_decoded += 1
         outlines.append(outline if outline is not None and outline.shape == image.shape else None)
 
+    # One standard in-plane view for every acquisition (contracts.IN_PLANE_VIEW): mirrored or transposed
+    # acquisitions of the same plane give the same slices.
+    view = geometry.standard_view_transform(
+        slices[0].ed.orientation, selection.direction_sign * selection.normal)  # type: ignore[arg-type]
+    images = [view.apply(image) for image in images]
+    outlines = [None if o is None else view.apply(o) for o in outlines]
+    row_mm, col_mm = view.apply_spacing((float(ref[0]), float(ref[1])))
+
     ids = {s.ed.patient_id for s in slices}
     return DecodedStudy(
         eid=eid,
@@ -418,7 +426,8 @@ def _decode(
         source_uri=source_uri,
         images=tuple(images),
         outlines=tuple(outlines),
-        pixel_spacing_mm=(float(ref[0]), float(ref[1])),
+        pixel_spacing_mm=(row_mm, col_mm),
+        in_plane_view=view.describe(),
         slice_spacing_mm=float(spacing_mm),
         slice_thickness_mm=thickness_mm,
         slice_positions_mm=tuple(float(p) for p in positions),

@@ -10,6 +10,7 @@ stacks, so nothing here uses either.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -94,6 +95,15 @@ def apex_sign(normal: np.ndarray) -> float:
     return 1.0 if float(normal @ APEX_DIRECTION_LPS) >= 0.0 else -1.0
 
 
+APEX_DIRECTION_CLEAR_COS = 0.5  # |cos| between the normal and APEX_DIRECTION_LPS above which anatomy decides
+
+
+def apex_direction_is_clear(normal: np.ndarray) -> bool:
+    """True when the stack's normal is within 60 degrees of the anatomical long axis (either sense), so
+    :func:`apex_sign` can tell base from apex without the slice numbering."""
+    return abs(float(np.asarray(normal) @ APEX_DIRECTION_LPS)) >= APEX_DIRECTION_CLEAR_COS
+
+
 def numbering_sign(numbers: Sequence[float], positions_mm: Sequence[float]) -> float:
     """+1 when positions increase with slice numbering (b1 = base), else -1.
 
@@ -119,22 +129,32 @@ def slice_spacing_mm(
     spacing_between_slices_mm: float | None,
     slice_thickness_mm: float | None,
 ) -> float:
-    """Centre-to-centre slice distance: SpacingBetweenSlices (0018,0088) if present, else the median
-    gap between neighbouring projected positions, else SliceThickness (0018,0050)."""
-    if (
-        spacing_between_slices_mm is not None
-        and np.isfinite(spacing_between_slices_mm)
-        and (spacing_between_slices_mm > 0)
-    ):
-        return float(spacing_between_slices_mm)
+    """Centre-to-centre slice distance, from the slice positions first.
+
+    The median gap between neighbouring projected positions is the measurement. SpacingBetweenSlices
+    (0018,0088), the scanner's nominal value, is used instead when it agrees with that gap (within
+    :data:`SPACING_REL_TOL` / :data:`SPACING_ABS_TOL_MM`): it is free of the positions' rounding. Vendors
+    disagree on what the tag holds (some write the gap between slabs), so a value the positions
+    contradict is ignored. One slice only: SpacingBetweenSlices, else SliceThickness (0018,0050).
+    """
+    def usable(value: float | None) -> bool:
+        return value is not None and bool(np.isfinite(value)) and value > 0
+
     gaps = slice_gaps_mm(sorted_positions_mm)
     if len(gaps) > 0 and float(np.median(gaps)) > 0:
-        return float(np.median(gaps))
-    if slice_thickness_mm is not None and np.isfinite(slice_thickness_mm) and slice_thickness_mm > 0:
-        return float(slice_thickness_mm)
+        measured = float(np.median(gaps))
+        if usable(spacing_between_slices_mm) and abs(float(spacing_between_slices_mm) - measured) <= max(
+            SPACING_ABS_TOL_MM, SPACING_REL_TOL * measured
+        ):
+            return float(spacing_between_slices_mm)  # type: ignore[arg-type]
+        return measured
+    if usable(spacing_between_slices_mm):
+        return float(spacing_between_slices_mm)  # type: ignore[arg-type]
+    if usable(slice_thickness_mm):
+        return float(slice_thickness_mm)  # type: ignore[arg-type]
     raise ValueError(
-        "cannot determine slice spacing: no SpacingBetweenSlices, fewer than two distinct slice positions "
-        "and no SliceThickness"
+        "cannot determine slice spacing: fewer than two distinct slice positions, and no "
+        "SpacingBetweenSlices (0018,0088) or SliceThickness (0018,0050)"
     )
 
 
@@ -156,3 +176,74 @@ def has_gap(sorted_positions_mm: Sequence[float], spacing_mm: float) -> bool:
     """True when two neighbouring slices are 1.5 spacings or more apart: a slice is missing."""
     gaps = slice_gaps_mm(sorted_positions_mm)
     return bool(len(gaps) > 0 and np.any(gaps >= GAP_FACTOR_NONCONTIGUOUS * spacing_mm))
+
+
+# --- In-plane view ----------------------------------------------------------------------------------
+# The standard short-axis view every slice is turned to (contracts.IN_PLANE_VIEW): image down (rows
+# increasing) as close to posterior as a quarter turn or a mirror of the acquired grid allows, image right
+# (columns increasing) such that right x down points from apex to base, i.e. the slice is seen from the
+# apex with the anterior wall at the top and the right ventricle on the image's left.
+POSTERIOR_LPS = np.array([0.0, 1.0, 0.0])
+
+
+@dataclass(frozen=True)
+class ViewTransform:
+    """How to turn an acquired slice ``A[row, col]`` into the standard view: transpose first (rows <->
+    columns), then flip rows, then flip columns. The identity for a standard acquisition."""
+
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_cols: bool = False
+
+    @property
+    def is_identity(self) -> bool:
+        return not (self.transpose or self.flip_rows or self.flip_cols)
+
+    def describe(self) -> str:
+        """``"none"`` or the steps, e.g. ``"transpose+flip_rows"`` (recorded with the study)."""
+        steps = [name for name, on in (("transpose", self.transpose), ("flip_rows", self.flip_rows),
+                                       ("flip_cols", self.flip_cols)) if on]
+        return "+".join(steps) or "none"
+
+    def apply(self, arr: np.ndarray) -> np.ndarray:
+        """``arr`` (2-D, rows x cols) in the standard view; a new array, ``arr`` is not changed."""
+        out = np.asarray(arr)
+        if out.ndim != 2:
+            raise ValueError(f"a slice must be 2-D (rows, cols). Received shape {out.shape}")
+        if self.transpose:
+            out = out.T
+        if self.flip_rows:
+            out = out[::-1, :]
+        if self.flip_cols:
+            out = out[:, ::-1]
+        return np.ascontiguousarray(out)
+
+    def apply_spacing(self, pixel_spacing_mm: tuple[float, float]) -> tuple[float, float]:
+        """PixelSpacing (row, column) after the transform: a transpose swaps them."""
+        row_mm, col_mm = pixel_spacing_mm
+        return (col_mm, row_mm) if self.transpose else (row_mm, col_mm)
+
+
+def standard_view_transform(orientation: Sequence[float], apex_normal: np.ndarray) -> ViewTransform:
+    """The :class:`ViewTransform` that turns a slice with ImageOrientationPatient (0020,0037)
+    ``orientation`` into the standard view, given the stack's base-to-apex unit normal.
+
+    ``orientation[:3]`` is the direction of increasing column index, ``orientation[3:]`` that of
+    increasing row index (DICOM PS3.3 C.7.6.2.1.1). Of the four in-plane axes (+-row, +-column
+    directions) the one nearest posterior becomes "down"; "right" is then the axis that makes
+    right x down = -apex_normal (seen from the apex). Any of the eight mirrored or transposed
+    acquisitions of one plane therefore ends in the same view.
+    """
+    iop = np.asarray(orientation, dtype=np.float64)
+    if iop.shape != (6,) or not np.all(np.isfinite(iop)):
+        raise ValueError(f"ImageOrientationPatient must be 6 finite numbers. Received {list(orientation)}")
+    along_cols, along_rows = iop[:3], iop[3:]  # direction of increasing column / row index
+    candidates = [  # (down direction, transpose?, flip rows?)
+        (along_rows, False, False), (-along_rows, False, True),
+        (along_cols, True, False), (-along_cols, True, True),
+    ]
+    down, transpose, flip_rows = max(candidates, key=lambda c: float(c[0] @ POSTERIOR_LPS))
+    right_after = along_rows if transpose else along_cols  # columns' direction after the transpose
+    wanted_right = np.cross(np.asarray(apex_normal, dtype=np.float64), down)
+    return ViewTransform(transpose=transpose, flip_rows=flip_rows,
+                         flip_cols=bool(float(right_after @ wanted_right) < 0.0))

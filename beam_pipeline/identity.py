@@ -26,6 +26,8 @@ from beam_pipeline.study import DecodedStudy
 
 ANY_VENDOR_INSTANCE = 0  # the visit of an input whose name does not say it
 UKBB_SHORT_AXIS_FIELD = 20209  # UK Biobank bulk field of the short-axis cine zips
+MAX_EID = 2**63 - 1  # the results' eid column is int64
+MAX_INSTANCE = 2**31 - 1  # the results' instance column is int32
 _STEM = re.compile(r"^([^.]*)(?:\.[A-Za-z0-9]+)*$")  # the name before its extensions (.zip, .tar.gz)
 _DIGITS = re.compile(r"^\d+$")
 
@@ -98,25 +100,74 @@ def ids_from_name(uri: str) -> tuple[int | None, int | None]:
     return parsed.eid, parsed.instance if parsed.instance is not None else ANY_VENDOR_INSTANCE
 
 
-def participant_ids(study: DecodedStudy) -> tuple[int, int]:
-    """(eid, instance) of a study, the file or folder name first, the DICOM PatientID last.
+def name_stem(uri: str) -> str:
+    """A file or folder name without its extensions: ``SCD0000501`` for ``.../SCD0000501.zip``."""
+    base = base_name(uri)
+    stem_match = _STEM.match(base)
+    return stem_match.group(1) if stem_match is not None else base.split(".", 1)[0]
+
+
+def check_input_name(uri: str) -> None:
+    """Raise ValueError when an input's name cannot identify a participant: no name at all, or an eid
+    that does not fit the results' int64 column (UK Biobank eids have 7 digits)."""
+    stem = name_stem(uri)
+    if not stem.strip():
+        raise ValueError(f"{uri}: the input has no name to identify the participant by")
+    parts = stem.split("_")
+    if len(parts) == 4 and all(_DIGITS.match(p) for p in parts[1:]) and not _DIGITS.match(parts[0]):
+        raise ValueError(f"{uri}: a UK Biobank name ({{eid}}_{{field}}_{{instance}}_{{array}}) whose eid "
+                         f"{parts[0]!r} is not a number")
+    parsed = parse_input_name(uri)
+    if parsed is not None and not 0 <= parsed.eid <= MAX_EID:
+        raise ValueError(f"{uri}: eid {parsed.eid} in the file name is outside 0..{MAX_EID} (int64)")
+    if parsed is not None and parsed.instance is not None and not 0 <= parsed.instance <= MAX_INSTANCE:
+        raise ValueError(f"{uri}: instance {parsed.instance} in the file name is outside 0..{MAX_INSTANCE}")
+
+
+@dataclass(frozen=True)
+class ParticipantIdentity:
+    """Who a study is: ``participant_id`` (text, always set), the UK Biobank ``eid`` when known, and the
+    imaging visit (``ANY_VENDOR_INSTANCE`` when nothing says it)."""
+
+    participant_id: str
+    eid: int | None
+    instance: int
+
+
+def participant_identity(study: DecodedStudy) -> ParticipantIdentity:
+    """The identity of a study, the file or folder name first, the DICOM PatientID last.
 
     1. the decoder's (a UK Biobank zip name ``{eid}_20209_{instance}_{array}.zip``);
     2. the name of any other zip or folder (:func:`ids_from_name`: ``{eid}.zip``, ``{eid}_{instance}.zip``,
        a folder named by the eid); the instance defaults to ``ANY_VENDOR_INSTANCE`` (0: visit unknown);
     3. a numeric PatientID (0010,0020) shared by the slices (instance ``ANY_VENDOR_INSTANCE``): scanners
-       and anonymisers put all sorts of numbers there, so it never overrides a name.
+       and anonymisers put all sorts of numbers there, so it never overrides a name;
+    4. otherwise the participant has no eid and is known by the stem of its file or folder name
+       (``SCD0000501`` for ``SCD0000501.zip``).
 
-    Anything else cannot be joined to phenotypes or written as a row, so it is an error naming the file.
+    ``participant_id`` is the eid as text whenever there is an eid.
     """
+    check_input_name(study.source_uri)
     if study.eid is not None:
-        return int(study.eid), int(study.instance if study.instance is not None else ANY_VENDOR_INSTANCE)
+        instance = int(study.instance if study.instance is not None else ANY_VENDOR_INSTANCE)
+        return ParticipantIdentity(str(int(study.eid)), int(study.eid), instance)
     eid, instance = ids_from_name(study.source_uri)
     if eid is not None:
-        return eid, int(instance if instance is not None else ANY_VENDOR_INSTANCE)
-    if study.patient_id.isdigit():
-        return int(study.patient_id), ANY_VENDOR_INSTANCE
-    raise ValueError(
-        f"{study.source_uri}: no participant id: not a UK Biobank zip name, the file or folder name does not "
-        "start with the eid ('{eid}.zip' or '{eid}_{instance}.zip'), and no numeric PatientID (0010,0020)"
-    )
+        visit = int(instance if instance is not None else ANY_VENDOR_INSTANCE)
+        return ParticipantIdentity(str(eid), eid, visit)
+    if study.patient_id.isdigit() and int(study.patient_id) <= MAX_EID:
+        return ParticipantIdentity(str(int(study.patient_id)), int(study.patient_id), ANY_VENDOR_INSTANCE)
+    return ParticipantIdentity(name_stem(study.source_uri), None, ANY_VENDOR_INSTANCE)
+
+
+def participant_ids(study: DecodedStudy) -> tuple[int, int]:
+    """(eid, instance) of a study with an eid (:func:`participant_identity`); ValueError naming the file
+    when it has none (callers that can take any participant use :func:`participant_identity`)."""
+    identity = participant_identity(study)
+    if identity.eid is None:
+        raise ValueError(
+            f"{study.source_uri}: no participant id: not a UK Biobank zip name, the file or folder name does "
+            "not start with the eid ('{eid}.zip' or '{eid}_{instance}.zip'), and no numeric PatientID "
+            "(0010,0020)"
+        )
+    return identity.eid, identity.instance

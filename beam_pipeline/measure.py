@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from beam_pipeline import PIPELINE_VERSION, contracts
-from beam_pipeline.identity import participant_ids
+from beam_pipeline.identity import participant_identity
 from beam_pipeline.mass import (
     bsa_dubois_m2,
     is_lvh,
@@ -34,7 +34,14 @@ from beam_pipeline.mass import (
     recalibrate_inlinevf_g,
 )
 from beam_pipeline.overlay import inlinevf_labels
-from beam_pipeline.qc import inlinevf_qc_flags, label_qc_flags, mass_qc_flags, qc_pass
+from beam_pipeline.qc import (
+    body_size_plausible,
+    inlinevf_qc_flags,
+    label_qc_flags,
+    lvmi_qc_flags,
+    mass_qc_flags,
+    qc_pass,
+)
 from beam_pipeline.schema import (
     CALIBRATION_LINEAR,
     CALIBRATION_NONE,
@@ -42,7 +49,7 @@ from beam_pipeline.schema import (
     ResultRecord,
 )
 from beam_pipeline.study import DecodedStudy
-from beam_pipeline.tensor import build_image_tensor, build_label_volume
+from beam_pipeline.tensor import build_image_tensor, build_label_volume, grid_pixel_spacing_mm
 from beam_pipeline.tfrecord import encode_example
 
 logger = logging.getLogger(__name__)
@@ -56,32 +63,58 @@ CENTERED_METHODS = (contracts.METHOD_ML4H_SEG, contracts.METHOD_INLINEVF)
 
 @dataclass(frozen=True)
 class ParticipantTensor:
-    """One decoded participant x instance: the model tensor, its voxel size, and what measurement needs.
+    """One decoded participant x instance: the model tensor, its grid, and what measurement needs.
 
-    ``image``/``spacing_mm`` follow ``contracts`` (the ``SavedModelHandler`` reads just these two);
-    ``inlinevf_labels`` is the InlineVF label volume (uint8 ``contracts.LABEL_VOLUME_SHAPE``) or None
-    when the scanner drew no contour or the method was not requested.
+    ``image``/``spacing_mm`` follow ``contracts`` (the ``SavedModelHandler`` reads just these two):
+    ``spacing_mm`` is the voxel of the tensor's grid (grid pixel size, grid pixel size, slice spacing).
+    ``acquired_pixel_spacing_mm`` is the acquisition's own PixelSpacing (in the standard view).
+    ``inlinevf_labels`` is the InlineVF label volume on the tensor grid (uint8
+    ``contracts.LABEL_VOLUME_SHAPE``, for training examples and ``--save_labels``) and
+    ``inlinevf_native_labels`` the same slices on the acquisition grid (rows, cols, slices), which
+    InlineVF's mass is measured on; both None when the scanner drew no contour or the method was not
+    requested.
     """
 
     source_uri: str
-    eid: int
+    participant_id: str
+    eid: int | None
     instance: int
     image: np.ndarray
     spacing_mm: np.ndarray
+    acquired_pixel_spacing_mm: tuple[float, float]
     n_slices: int  # acquired slices (the Parquet's n_slices)
     n_slices_used: int  # slices placed in the 13-slot tensor (the TFRecord's n_slices)
     qc_flags: tuple[str, ...]
     inlinevf_labels: np.ndarray | None = None
+    inlinevf_native_labels: np.ndarray | None = None
     inlinevf_flags: tuple[str, ...] = ()
     slice_start: int = 0  # first acquired slice placed in the tensor (> 0 only past 13 slices)
+
+    @property
+    def slice_spacing_mm(self) -> float:
+        return float(self.spacing_mm[2])
+
+    @property
+    def grid_pixel_spacing_mm(self) -> float:
+        """The tensor grid's in-plane pixel size (mm): square pixels."""
+        return float(self.spacing_mm[0])
+
+    @property
+    def in_plane_scale(self) -> float:
+        """Acquired / grid pixel size along the rows (> 1: the acquisition's pixels were larger)."""
+        return float(self.acquired_pixel_spacing_mm[0]) / self.grid_pixel_spacing_mm
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """One method's raw measurement of one participant, before phenotypes and calibration."""
+    """One method's raw measurement of one participant, before phenotypes and calibration.
+
+    ``spacing_mm`` is the acquisition's (row, col, slice) spacing; ``tensor_pixel_spacing_mm`` and
+    ``in_plane_scale`` say which grid the model saw (``ParticipantTensor``)."""
 
     source_uri: str
-    eid: int
+    participant_id: str
+    eid: int | None
     instance: int
     method: str
     lv_mass_raw_g: float | None
@@ -89,10 +122,10 @@ class Measurement:
     lv_cavity_volume_ml: float | None
     n_slices: int
     spacing_mm: tuple[float, float, float]
+    tensor_pixel_spacing_mm: float = float("nan")
+    in_plane_scale: float = 1.0
     qc_flags: tuple[str, ...] = ()
     model_version: str | None = None
-
-
 
 
 def unique_flags(flags: Iterable[str]) -> tuple[str, ...]:
@@ -103,109 +136,124 @@ def unique_flags(flags: Iterable[str]) -> tuple[str, ...]:
 # --- Tensors and raw measurements -------------------------------------------------------------------
 
 
-def participant_from_study(study: DecodedStudy, *, with_inlinevf: bool) -> ParticipantTensor:
-    """Build the model tensor (the one shared ``build_image_tensor``) and, optionally, InlineVF labels."""
-
-    eid, instance = participant_ids(study)
-    tensor = build_image_tensor(study)
+def participant_from_study(
+    study: DecodedStudy, *, with_inlinevf: bool, grid_pixel_mm: float | None = None
+) -> ParticipantTensor:
+    """Build the model tensor on the grid ``grid_pixel_mm`` (the one shared ``build_image_tensor``;
+    None: the acquired pixels) and, optionally, InlineVF labels on both grids."""
+    identity = participant_identity(study)
+    tensor = build_image_tensor(study, grid_pixel_mm=grid_pixel_mm)
     # the decoder already put the geometry flags (qc.geometry_qc_flags) into study.qc_flags
     flags = unique_flags([*study.qc_flags, *tensor.qc_flags])
-    labels = None
+    labels = native = None
     vf_flags: tuple[str, ...] = ()
     if with_inlinevf:
         per_slice = inlinevf_labels(study)
         vf_flags = tuple(inlinevf_qc_flags(study, per_slice))
         if study.has_inlinevf:
-            labels = build_label_volume(per_slice, slice_start=tensor.slice_start)
+            labels = build_label_volume(per_slice, slice_start=tensor.slice_start,
+                                        acquired_pixel_spacing_mm=tensor.acquired_pixel_spacing_mm,
+                                        grid_pixel_mm=grid_pixel_mm)
+            window = per_slice[tensor.slice_start : tensor.slice_start + contracts.TENSOR_SLICES]
+            native = np.stack([np.asarray(s, dtype=np.uint8) for s in window], axis=-1)
     return ParticipantTensor(
         source_uri=study.source_uri,
-        eid=eid,
-        instance=instance,
+        participant_id=identity.participant_id,
+        eid=identity.eid,
+        instance=identity.instance,
         image=tensor.image,
-        # float64 from the headers (the tensor's copy is float32): masses and Parquet keep full precision
-        spacing_mm=np.array([*study.pixel_spacing_mm, study.slice_spacing_mm], dtype=np.float64),
+        # float64 (the tensor's copy is float32): masses and Parquet keep full precision
+        spacing_mm=np.array([*grid_pixel_spacing_mm(study.pixel_spacing_mm, grid_pixel_mm),
+                             study.slice_spacing_mm], dtype=np.float64),
+        acquired_pixel_spacing_mm=(float(study.pixel_spacing_mm[0]), float(study.pixel_spacing_mm[1])),
         n_slices=int(study.n_slices),
         n_slices_used=int(tensor.n_slices_used),
         slice_start=int(tensor.slice_start),
         qc_flags=flags,
         inlinevf_labels=labels,
+        inlinevf_native_labels=native,
         inlinevf_flags=vf_flags,
+    )
+
+
+def _measurement(participant: ParticipantTensor, method: str, **fields: Any) -> Measurement:
+    """A Measurement of ``participant`` by ``method`` with its identity and geometry filled in."""
+    return Measurement(
+        source_uri=participant.source_uri, participant_id=participant.participant_id, eid=participant.eid,
+        instance=participant.instance, method=method, n_slices=participant.n_slices,
+        spacing_mm=(*participant.acquired_pixel_spacing_mm, participant.slice_spacing_mm),
+        tensor_pixel_spacing_mm=participant.grid_pixel_spacing_mm, in_plane_scale=participant.in_plane_scale,
+        **fields,
     )
 
 
 def measure_labels(
     participant: ParticipantTensor, labels: np.ndarray, *, method: str, model_version: str | None,
-    extra_flags: Sequence[str] = (),
+    extra_flags: Sequence[str] = (), voxel_mm: Sequence[float] | None = None,
 ) -> Measurement:
-    """Volumes and raw mass of a label volume (model argmax or InlineVF labels), with its QC flags."""
-
-    volume = measure_label_volume(labels, participant.spacing_mm)
+    """Volumes and raw mass of a label volume with its QC flags: a model's argmax on the tensor grid
+    (``voxel_mm`` None: the tensor's voxel), or InlineVF labels on the acquisition grid."""
+    volume = measure_label_volume(labels, participant.spacing_mm if voxel_mm is None else voxel_mm)
     flags = unique_flags([
         *participant.qc_flags, *extra_flags,
         *label_qc_flags(labels, participant.n_slices_used),
         *mass_qc_flags(volume.lv_mass_raw_g),
     ])
-    return Measurement(
-        source_uri=participant.source_uri,
-        eid=participant.eid,
-        instance=participant.instance,
-        method=method,
+    return _measurement(
+        participant, method,
         lv_mass_raw_g=float(volume.lv_mass_raw_g),
         myocardium_volume_ml=float(volume.myocardium_volume_ml),
         lv_cavity_volume_ml=float(volume.lv_cavity_volume_ml),
-        n_slices=participant.n_slices,
-        spacing_mm=_spacing_tuple(participant.spacing_mm),
         qc_flags=flags,
         model_version=model_version,
     )
 
 
-
 def label_volume_npz(participant: ParticipantTensor, labels: np.ndarray) -> bytes:
     """``labels`` (uint8 ``contracts.LABEL_VOLUME_SHAPE``, tensor layout) as a compressed ``.npz``: key
-    ``labels``, plus ``spacing_mm``, ``n_slices`` placed and the acquisition's ``slice_start``, which
-    ``tensor.unplace_label_volume`` needs to map it back (``--save_labels``, for QC review and Dice)."""
+    ``labels``, plus ``spacing_mm`` (the grid's voxel), ``acquired_pixel_spacing_mm``, ``n_slices``
+    placed and the acquisition's ``slice_start``, which ``tensor.unplace_label_volume`` needs to map it
+    back (``--save_labels``, for QC review and Dice)."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, labels=np.asarray(labels, dtype=np.uint8),
                         spacing_mm=np.asarray(participant.spacing_mm, dtype=np.float64),
+                        acquired_pixel_spacing_mm=np.asarray(participant.acquired_pixel_spacing_mm,
+                                                             dtype=np.float64),
                         n_slices=np.int64(participant.n_slices_used),
                         slice_start=np.int64(participant.slice_start))
     return buffer.getvalue()
 
 
 def measure_inlinevf(participant: ParticipantTensor) -> Measurement:
-    """InlineVF's raw mass from its outline-derived labels (no contour: mass unknown, flagged)."""
-    if participant.inlinevf_labels is None:
-        return Measurement(
-            source_uri=participant.source_uri, eid=participant.eid, instance=participant.instance,
-            method=contracts.METHOD_INLINEVF, lv_mass_raw_g=None, myocardium_volume_ml=None,
-            lv_cavity_volume_ml=None, n_slices=participant.n_slices,
-            spacing_mm=_spacing_tuple(participant.spacing_mm),
+    """InlineVF's raw mass from its outline-derived labels, measured at the acquisition's own resolution
+    (no contour: mass unknown, flagged).
+
+    Why native: InlineVF's outline is drawn on the acquired pixels and turned into labels there (the
+    paper's morphology); measuring on that grid adds no resampling error, and the result does not
+    depend on which model grid the run uses."""
+    if participant.inlinevf_native_labels is None:
+        return _measurement(
+            participant, contracts.METHOD_INLINEVF, lv_mass_raw_g=None, myocardium_volume_ml=None,
+            lv_cavity_volume_ml=None,
             qc_flags=unique_flags([*participant.qc_flags, *participant.inlinevf_flags,
-                              contracts.QC_INLINEVF_CONTOUR_MISSING]),
+                                   contracts.QC_INLINEVF_CONTOUR_MISSING]),
         )
-    return measure_labels(participant, participant.inlinevf_labels, method=contracts.METHOD_INLINEVF,
-                          model_version=None, extra_flags=participant.inlinevf_flags)
+    voxel = (*participant.acquired_pixel_spacing_mm, participant.slice_spacing_mm)
+    return measure_labels(participant, participant.inlinevf_native_labels, method=contracts.METHOD_INLINEVF,
+                          model_version=None, extra_flags=participant.inlinevf_flags, voxel_mm=voxel)
 
 
 def measure_regression(
-    participant: ParticipantTensor, mass_g: float, *, model_version: str | None
+    participant: ParticipantTensor, mass_g: float, *, model_version: str | None,
+    extra_flags: Sequence[str] = (),
 ) -> Measurement:
     """ML4H_reg's mass, taken as is (no volumes: the model regresses mass directly)."""
-
-    return Measurement(
-        source_uri=participant.source_uri, eid=participant.eid, instance=participant.instance,
-        method=contracts.METHOD_ML4H_REG, lv_mass_raw_g=float(mass_g), myocardium_volume_ml=None,
-        lv_cavity_volume_ml=None, n_slices=participant.n_slices,
-        spacing_mm=_spacing_tuple(participant.spacing_mm),
-        qc_flags=unique_flags([*participant.qc_flags, *mass_qc_flags(float(mass_g))]),
+    return _measurement(
+        participant, contracts.METHOD_ML4H_REG, lv_mass_raw_g=float(mass_g), myocardium_volume_ml=None,
+        lv_cavity_volume_ml=None,
+        qc_flags=unique_flags([*participant.qc_flags, *extra_flags, *mass_qc_flags(float(mass_g))]),
         model_version=model_version,
     )
-
-
-def _spacing_tuple(spacing_mm: np.ndarray | Sequence[float]) -> tuple[float, float, float]:
-    row_mm, col_mm, slice_mm = (float(v) for v in np.asarray(spacing_mm, dtype=np.float64))
-    return (row_mm, col_mm, slice_mm)
 
 
 def recalibrated_inlinevf(measurement: Measurement) -> Measurement:
@@ -245,15 +293,23 @@ def calibrate(
         if mass is not None:
             calibration = calibration_label(sex_centering.source_for(sex))
 
+    if mass is not None and mass != raw:
+        flags.extend(mass_qc_flags(mass))  # a calibrated mass <= 0 or outside the bounds fails QC too
     bsa = lvmi = lvh = None
     if phenotype is not None:
-        bsa = bsa_dubois_m2(phenotype.height_cm, phenotype.weight_kg)
-        lvmi = lvmi_g_m2(mass, bsa)
-        lvh = is_lvh(lvmi, sex)
+        impossible = {"height_cm", "weight_kg"} & set(getattr(phenotype, "implausible", ()))
+        if not impossible and body_size_plausible(phenotype.height_cm, phenotype.weight_kg):
+            bsa = bsa_dubois_m2(phenotype.height_cm, phenotype.weight_kg)
+            lvmi = lvmi_g_m2(mass, bsa)
+            lvh = is_lvh(lvmi, sex)
+            flags.extend(lvmi_qc_flags(lvmi))
+        else:
+            flags.append(contracts.QC_BODY_SIZE_IMPLAUSIBLE)
 
     flags_t = unique_flags(flags)
     row_mm, col_mm, slice_mm = measurement.spacing_mm
     return ResultRecord(
+        participant_id=measurement.participant_id,
         eid=measurement.eid,
         instance=measurement.instance,
         method=measurement.method,
@@ -272,6 +328,8 @@ def calibrate(
         pixel_spacing_row_mm=row_mm,
         pixel_spacing_col_mm=col_mm,
         slice_spacing_mm=slice_mm,
+        tensor_pixel_spacing_mm=measurement.tensor_pixel_spacing_mm,
+        in_plane_scale=measurement.in_plane_scale,
         qc_flags=list(flags_t),
         qc_pass=bool(qc_pass(flags_t)) and measurement.lv_mass_raw_g is not None,
         model_version=measurement.model_version,
@@ -328,7 +386,7 @@ def tfrecord_bytes(participant: ParticipantTensor, phenotype: Any | None) -> byt
 
     manual = phenotype.manual_lv_mass_g if phenotype is not None else None
     return encode_example(
-        eid=participant.eid,
+        eid=participant.eid if participant.eid is not None else contracts.UNKNOWN_EID,
         instance=participant.instance,
         image=participant.image,
         labels=participant.inlinevf_labels,

@@ -13,6 +13,11 @@ from typing import Any
 
 from beam_pipeline import contracts
 
+LABEL_SOURCE_INLINEVF = "inlinevf_outline"
+LABEL_SOURCE_TRUE_ANATOMY = "true_anatomy"
+LABEL_SOURCE_MANUAL_MASS = "manual_mass"  # ML4H_reg: regressed on readers' manual masses
+LABEL_SOURCES = (LABEL_SOURCE_INLINEVF, LABEL_SOURCE_TRUE_ANATOMY, LABEL_SOURCE_MANUAL_MASS)
+
 
 def tensor_contract() -> dict[str, Any]:
     """The tensor layout a model was trained on, as recorded in its card."""
@@ -23,6 +28,8 @@ def tensor_contract() -> dict[str, Any]:
         "padding": contracts.PADDING,
         "normalisation": contracts.NORMALISATION,
         "spacing_fields": list(contracts.SPACING_FIELDS),
+        "in_plane_view": contracts.IN_PLANE_VIEW,
+        "grid": contracts.GRID,
     }
 
 
@@ -63,6 +70,16 @@ class ModelCard:
     calibration: dict[str, Any] = field(default_factory=dict)
     trained_on_synthetic_data: bool = False
     notes: str = ""
+    # The tensor grid's in-plane pixel size (mm) the model was trained on: the pipeline resamples every
+    # slice to it. None (older cards): the pixels as acquired.
+    pixel_spacing_mm: float | None = None
+    # [min, max] acquired pixel sizes (mm) of the training data: outside, results are flagged
+    # ``pixel_spacing_outside_training``.
+    training_pixel_spacing_mm: list[float] | None = None
+    # What the model learned from: "inlinevf_outline" (the paper's recipe for ML4H_seg: learn InlineVF,
+    # then centre on manual masses), "true_anatomy" (a raw mass that needs no centering) or
+    # "manual_mass" (ML4H_reg).
+    label_source: str = "inlinevf_outline"
 
     def __post_init__(self) -> None:
         if self.kind not in (contracts.MODEL_KIND_SEG, contracts.MODEL_KIND_REG):
@@ -72,6 +89,17 @@ class ModelCard:
             )
         if not self.signature:
             object.__setattr__(self, "signature", signature_contract(self.kind))
+        if self.pixel_spacing_mm is not None and not float(self.pixel_spacing_mm) > 0:
+            raise ValueError(f"model card pixel_spacing_mm must be > 0. Received: {self.pixel_spacing_mm!r}")
+        if self.training_pixel_spacing_mm is not None and (
+            len(self.training_pixel_spacing_mm) != 2
+            or not 0 < self.training_pixel_spacing_mm[0] <= self.training_pixel_spacing_mm[1]
+        ):
+            raise ValueError("model card training_pixel_spacing_mm must be [min, max] with 0 < min <= max. "
+                             f"Received: {self.training_pixel_spacing_mm!r}")
+        if self.label_source not in LABEL_SOURCES:
+            raise ValueError(f"model card label_source must be one of {LABEL_SOURCES}. "
+                             f"Received: {self.label_source!r}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

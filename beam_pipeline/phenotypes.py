@@ -67,6 +67,7 @@ class Phenotype:
     heart_failure: bool | None = None
     manual_lv_mass_g: float | None = None
     instance: int | None = None  # the visit this row describes; None: the table has no instance column
+    implausible: tuple[str, ...] = ()  # columns whose value was impossible and is recorded as unknown
 
 
 def _missing(value: Any) -> bool:
@@ -185,16 +186,19 @@ def _parse_rows(df: pd.DataFrame, *, source: str) -> tuple[list[Phenotype], bool
         eid = _eid(row["eid"], f"{source} row {row_no}")
         instance = _instance(row[INSTANCE_COLUMN], f"{source} row {row_no}") if per_instance else None
         where = f"{source} eid {eid}" + (f" instance {instance}" if per_instance else "")
+        row_implausible: list[str] = []
         out.append(Phenotype(
             eid=eid,
             sex=parse_sex(row["sex"], where=where),
-            age=_float(row.get("age"), "age", where, implausible),
-            height_cm=_float(row.get("height_cm"), "height_cm", where, implausible),
-            weight_kg=_float(row.get("weight_kg"), "weight_kg", where, implausible),
-            manual_lv_mass_g=_float(row.get("manual_lv_mass_g"), "manual_lv_mass_g", where, implausible),
+            age=_float(row.get("age"), "age", where, row_implausible),
+            height_cm=_float(row.get("height_cm"), "height_cm", where, row_implausible),
+            weight_kg=_float(row.get("weight_kg"), "weight_kg", where, row_implausible),
+            manual_lv_mass_g=_float(row.get("manual_lv_mass_g"), "manual_lv_mass_g", where, row_implausible),
             instance=instance,
+            implausible=tuple(c for c in PLAUSIBLE_RANGES if any(f": {c} " in s for s in row_implausible)),
             **{c: _bool(row.get(c), c, where) for c in DISEASE_COLUMNS},
         ))
+        implausible.extend(row_implausible)
     if implausible:
         logger.warning("%s: %d implausible value(s) recorded as unknown, e.g. %s", source, len(implausible),
                        "; ".join(implausible[:5]))

@@ -84,6 +84,7 @@ class RunConfig:
     save_labels: bool = False
     input_kind: str = INPUT_KIND_AUTO
     min_calibration_n: int = DEFAULT_MIN_CALIBRATION_N
+    pixel_spacing_mm: float | None = None  # --pixel_spacing_mm: the tensor grid when no model says it
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -129,6 +130,11 @@ def build_parser() -> ArgumentParser:
                         help="end-diastolic frame of each slice: first_trigger_time (smallest TriggerTime, "
                         "the UK Biobank and ml4h rule; default) or first_instance (smallest "
                         "InstanceNumber)")
+    parser.add_argument("--pixel_spacing_mm", type=float, default=None,
+                        help="in-plane pixel size (mm) of the tensor grid every slice is resampled to. "
+                        "Default: the models' own (model card pixel_spacing_mm); without a model "
+                        f"(inlinevf only, --mode tensorize) {contracts.DEFAULT_TENSOR_PIXEL_SPACING_MM} mm, "
+                        "UK Biobank's nominal size. A value that contradicts a model's card is refused")
     parser.add_argument("--batch_size", type=int, default=8, help="max participants per inference batch")
     parser.add_argument("--large_model", action="store_true",
                         help="share one model copy across a worker's processes")
@@ -156,6 +162,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
     methods = parse_methods(args.methods)
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1. Received: {args.batch_size}")
+    if args.pixel_spacing_mm is not None and not args.pixel_spacing_mm > 0:
+        raise ConfigError(f"--pixel_spacing_mm must be > 0. Received: {args.pixel_spacing_mm}")
     if args.min_calibration_n < 1:
         raise ConfigError(f"--min_calibration_n must be >= 1. Received: {args.min_calibration_n}")
     if args.input_kind == INPUT_KIND_FOLDER and "**" in args.input:
@@ -179,7 +187,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
         model_reg=model_reg if contracts.METHOD_ML4H_REG in methods else None,
         calibration=args.calibration, ed_rule=args.ed_rule, batch_size=args.batch_size,
         large_model=args.large_model, save_labels=args.save_labels, input_kind=args.input_kind,
-        min_calibration_n=args.min_calibration_n,
+        min_calibration_n=args.min_calibration_n, pixel_spacing_mm=args.pixel_spacing_mm,
         num_shards=(args.num_shards if args.num_shards is not None
                     else 0 if args.mode == MODE_TENSORIZE else 1),
     )
@@ -223,6 +231,48 @@ def fallback_centering(config: RunConfig) -> dict[str, Any]:
     return fallback
 
 
+@dataclass(frozen=True)
+class ModelGrid:
+    """The run's tensor grid (in-plane pixel size, mm; None: as acquired) and, per ML4H method, the
+    acquired pixel sizes its model was trained on (for ``pixel_spacing_outside_training``)."""
+
+    pixel_spacing_mm: float | None
+    training_pixel_spacing_mm: dict[str, list[float] | None]
+
+
+def model_grid(config: RunConfig) -> ModelGrid:
+    """One tensor grid for the run: the models' cards agree on it, ``--pixel_spacing_mm`` may restate it
+    but not contradict it, and without a model it is ``--pixel_spacing_mm`` or the UK Biobank default.
+
+    A model whose card predates the physical grid (no ``pixel_spacing_mm``) sees the pixels as acquired.
+    """
+    cards = {}
+    for method, path, kind in ((contracts.METHOD_ML4H_SEG, config.model_seg, contracts.MODEL_KIND_SEG),
+                               (contracts.METHOD_ML4H_REG, config.model_reg, contracts.MODEL_KIND_REG)):
+        if path is not None:
+            cards[method] = read_model_card(path, expected_kind=kind)
+    ranges = {method: card.training_pixel_spacing_mm for method, card in cards.items()}
+    if not cards:
+        grid = config.pixel_spacing_mm or contracts.DEFAULT_TENSOR_PIXEL_SPACING_MM
+        return ModelGrid(pixel_spacing_mm=float(grid), training_pixel_spacing_mm=ranges)
+    grids = {method: card.pixel_spacing_mm for method, card in cards.items()}
+    distinct = set(grids.values())
+    if len(distinct) > 1:
+        raise ConfigError(f"the models were trained on different tensor grids {grids} (model card "
+                          "pixel_spacing_mm): run them in separate runs")
+    (grid,) = distinct
+    if grid is None:
+        if config.pixel_spacing_mm is not None:
+            raise ConfigError(f"--pixel_spacing_mm {config.pixel_spacing_mm}: the model cards record no "
+                              "pixel_spacing_mm, so the models take the pixels as acquired")
+        logger.warning("model cards record no pixel_spacing_mm: the models see the pixels as acquired")
+        return ModelGrid(pixel_spacing_mm=None, training_pixel_spacing_mm=ranges)
+    if config.pixel_spacing_mm is not None and abs(config.pixel_spacing_mm - grid) > 1e-9:
+        raise ConfigError(f"--pixel_spacing_mm {config.pixel_spacing_mm} contradicts the models' grid of "
+                          f"{grid} mm (model card pixel_spacing_mm)")
+    return ModelGrid(pixel_spacing_mm=float(grid), training_pixel_spacing_mm=ranges)
+
+
 def _check_inputs(config: RunConfig) -> None:
     if config.phenotypes and not filesystems.exists(config.phenotypes):
         raise ConfigError(f"--phenotypes {config.phenotypes}: file not found")
@@ -240,8 +290,11 @@ def build_pipeline(p: beam.Pipeline, config: RunConfig) -> None:
     files = p | "ReadParticipants" >> ReadParticipants(config.input, input_kind=config.input_kind)
     uris = files | "InputURIs" >> beam.Map(input_uri)
     with_inlinevf = config.mode == MODE_TENSORIZE or contracts.METHOD_INLINEVF in config.methods
+    grid = model_grid(config)
+    logger.info("tensor grid: %s", f"{grid.pixel_spacing_mm} mm pixels" if grid.pixel_spacing_mm
+                else "pixels as acquired")
     participants, decode_errors = files | "DecodeParticipants" >> DecodeParticipants(
-        ed_rule=config.ed_rule, with_inlinevf=with_inlinevf)
+        ed_rule=config.ed_rule, with_inlinevf=with_inlinevf, grid_pixel_mm=grid.pixel_spacing_mm)
     error_sets = [decode_errors]
 
     if config.mode == MODE_TENSORIZE:
@@ -255,13 +308,16 @@ def build_pipeline(p: beam.Pipeline, config: RunConfig) -> None:
             handler = SavedModelHandler(config.model_seg, kind=contracts.MODEL_KIND_SEG,
                                         max_batch_size=config.batch_size, large_model=config.large_model)
             measured, errors = participants | "ML4H_seg" >> SegmentAndMeasure(
-                handler, labels_output=config.output if config.save_labels else None)
+                handler, labels_output=config.output if config.save_labels else None,
+                training_pixel_spacing_mm=grid.training_pixel_spacing_mm.get(contracts.METHOD_ML4H_SEG))
             measurement_sets.append(measured)
             error_sets.append(errors)
         if config.model_reg is not None:
             handler = SavedModelHandler(config.model_reg, kind=contracts.MODEL_KIND_REG,
                                         max_batch_size=config.batch_size, large_model=config.large_model)
-            measured, errors = participants | "ML4H_reg" >> RegressMass(handler)
+            reg_range = grid.training_pixel_spacing_mm.get(contracts.METHOD_ML4H_REG)
+            measured, errors = participants | "ML4H_reg" >> RegressMass(
+                handler, training_pixel_spacing_mm=reg_range)
             measurement_sets.append(measured)
             error_sets.append(errors)
         if contracts.METHOD_INLINEVF in config.methods:

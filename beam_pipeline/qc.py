@@ -110,6 +110,38 @@ def mass_qc_flags(mass_g: float | None) -> tuple[str, ...]:
     return ()
 
 
+def lvmi_qc_flags(lvmi_g_m2: float | None) -> tuple[str, ...]:
+    """``mass_implausible`` for a known LVMI outside ``contracts.PLAUSIBLE_LVMI_RANGE_G_M2`` (an
+    unknown LVMI, e.g. no height, is not a fault of the mass)."""
+    low, high = contracts.PLAUSIBLE_LVMI_RANGE_G_M2
+    if lvmi_g_m2 is not None and (not math.isfinite(lvmi_g_m2) or not low <= lvmi_g_m2 <= high):
+        return (contracts.QC_MASS_IMPLAUSIBLE,)
+    return ()
+
+
+def body_size_plausible(height_cm: float | None, weight_kg: float | None) -> bool:
+    """False when a known height or weight lies outside the adult ranges of ``contracts``
+    (PLAUSIBLE_HEIGHT_CM, PLAUSIBLE_WEIGHT_KG): BSA, LVMI and LVH are then not computed."""
+    for value, (low, high) in ((height_cm, contracts.PLAUSIBLE_HEIGHT_CM),
+                               (weight_kg, contracts.PLAUSIBLE_WEIGHT_KG)):
+        if value is not None and (not math.isfinite(value) or not low <= value <= high):
+            return False
+    return True
+
+
+def pixel_spacing_qc_flags(
+    acquired_pixel_spacing_mm: Sequence[float], training_range_mm: Sequence[float] | None
+) -> tuple[str, ...]:
+    """``pixel_spacing_outside_training`` when the acquisition's pixels (either direction) are outside
+    the range of pixel sizes the model was trained on (its card's ``training_pixel_spacing_mm``)."""
+    if not training_range_mm:
+        return ()
+    low, high = (float(v) for v in training_range_mm)
+    if any(not low <= float(v) <= high for v in acquired_pixel_spacing_mm):
+        return (contracts.QC_PIXEL_SPACING_OUTSIDE_TRAINING,)
+    return ()
+
+
 def inlinevf_qc_flags(study: DecodedStudy, labels: Sequence[np.ndarray]) -> tuple[str, ...]:
     """InlineVF-specific flags from the outlines and their per-slice labels (acquisition grid).
 

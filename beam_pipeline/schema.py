@@ -54,9 +54,15 @@ DISEASE_COLUMNS: tuple[str, ...] = ("hypertension", "atrial_fibrillation", "hear
 
 @dataclass(frozen=True)
 class ResultRecord:
-    """One participant x instance x method. Units are in the names; None means unknown."""
+    """One participant x instance x method. Units are in the names; None means unknown.
 
-    eid: int
+    ``participant_id`` is the UK Biobank eid as text, else the stem of the input's file or folder name;
+    ``eid`` is None outside UK Biobank. ``pixel_spacing_*_mm`` are the acquired PixelSpacing (in the
+    standard view); ``tensor_pixel_spacing_mm`` is the model grid's pixel size and ``in_plane_scale`` the
+    acquired / grid ratio along the rows (InlineVF is measured on the acquired grid)."""
+
+    participant_id: str
+    eid: int | None
     instance: int
     method: str
     lv_mass_raw_g: float | None
@@ -74,6 +80,8 @@ class ResultRecord:
     pixel_spacing_row_mm: float
     pixel_spacing_col_mm: float
     slice_spacing_mm: float
+    tensor_pixel_spacing_mm: float
+    in_plane_scale: float
     qc_flags: list[str] = field(default_factory=list)
     qc_pass: bool = True
     model_version: str | None = None
@@ -89,6 +97,7 @@ class ErrorRecord:
     """One failed input (dead letter): nothing is dropped silently."""
 
     source_uri: str
+    participant_id: str | None
     eid: int | None
     instance: int | None
     stage: str  # one of STAGES
@@ -102,7 +111,8 @@ class ErrorRecord:
 
 RESULTS_SCHEMA = pa.schema(
     [
-        pa.field("eid", pa.int64(), nullable=False),
+        pa.field("participant_id", pa.string(), nullable=False),
+        pa.field("eid", pa.int64()),
         pa.field("instance", pa.int32(), nullable=False),
         pa.field("method", pa.string(), nullable=False),
         pa.field("lv_mass_raw_g", pa.float64()),
@@ -120,6 +130,8 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("pixel_spacing_row_mm", pa.float64(), nullable=False),
         pa.field("pixel_spacing_col_mm", pa.float64(), nullable=False),
         pa.field("slice_spacing_mm", pa.float64(), nullable=False),
+        pa.field("tensor_pixel_spacing_mm", pa.float64(), nullable=False),
+        pa.field("in_plane_scale", pa.float64(), nullable=False),
         pa.field("qc_flags", pa.list_(pa.string()), nullable=False),
         pa.field("qc_pass", pa.bool_(), nullable=False),
         pa.field("model_version", pa.string()),
@@ -135,6 +147,7 @@ RESULTS_FILE_SCHEMA = pa.schema(
 ERRORS_SCHEMA = pa.schema(
     [
         pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("participant_id", pa.string()),
         pa.field("eid", pa.int64()),
         pa.field("instance", pa.int32()),
         pa.field("stage", pa.string(), nullable=False),

@@ -286,8 +286,9 @@ def _order_base_to_apex(
 ) -> tuple[list[ChosenSlice], float]:
     """The ED frame of each slice, ordered base to apex; returns (slices, direction sign).
 
-    The direction comes from the slice numbering where there is one (b1 = base), else from anatomy
-    (:func:`geometry.apex_sign`)."""
+    The direction comes from anatomy (:func:`geometry.apex_sign`) whenever the stack's normal is clearly
+    along the LV long axis, as in every short-axis stack; only for a stack too oblique to tell does the
+    slice numbering (b1 = base) decide. A stack acquired apex first therefore comes out base first."""
     chosen: list[tuple[int | None, HeaderInfo]] = []
     for number, frames in groups:
         ed = choose_ed_frame(frames, ed_rule)
@@ -300,7 +301,9 @@ def _order_base_to_apex(
 
     raw_positions = [geometry.project_position_mm(ed.position, normal) for _, ed in chosen]  # type: ignore[arg-type]
     numbers = [n for n, _ in chosen]
-    if all(n is not None for n in numbers) and len(set(numbers)) > 1:
+    if geometry.apex_direction_is_clear(normal):
+        sign = geometry.apex_sign(normal)  # anatomy: patient coordinates do not depend on the numbering
+    elif all(n is not None for n in numbers) and len(set(numbers)) > 1:
         sign = geometry.numbering_sign(numbers, raw_positions)  # type: ignore[arg-type]
     else:
         sign = geometry.apex_sign(normal)

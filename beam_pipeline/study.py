@@ -36,7 +36,9 @@ class DecodedStudy:
     the same slice and frame (bool ``(rows, cols)``) or ``None`` where InlineVF drew none.
     ``slice_positions_mm[k]`` is the slice centre projected on the stack's normal (from
     ImagePositionPatient (0020,0032) and ImageOrientationPatient (0020,0037)), increasing from base to
-    apex. ``pixel_spacing_mm`` is PixelSpacing (0028,0030): (row spacing, column spacing).
+    apex. Every slice is in the standard in-plane view (``contracts.IN_PLANE_VIEW``; ``in_plane_view``
+    says how the acquisition was turned to reach it) and ``pixel_spacing_mm`` is PixelSpacing
+    (0028,0030) of that view: (row spacing, column spacing).
     ``eid``/``instance`` are what the file name says (UK Biobank zips), else None; ``patient_id`` is the
     PatientID (0010,0020) shared by the chosen frames ("" when absent or not shared), the last resort
     for identifying a participant (``beam_pipeline.identity.participant_ids``).
@@ -55,6 +57,7 @@ class DecodedStudy:
     series_descriptions: tuple[str, ...] = ()
     qc_flags: tuple[str, ...] = field(default_factory=tuple)
     patient_id: str = ""
+    in_plane_view: str = "none"  # the geometry.ViewTransform applied to reach contracts.IN_PLANE_VIEW
 
     @property
     def n_slices(self) -> int:

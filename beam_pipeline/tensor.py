@@ -1,10 +1,16 @@
 """Build the model tensor ``(256, 256, 13, 1)`` from a decoded study; the one shared layout function.
 
 The layout is documented once in :mod:`beam_pipeline.contracts`: slices base to apex at indices
-``0..n-1``, each slice zero-padded centred (odd remainder bottom/right), centre-cropped and flagged when
-larger than 256, intensities z-scored over the acquired pixels with padding exactly 0. The pipeline
-(inference), tensorize (TFRecords) and the trainer all call these functions, so image and labels always
-share one placement.
+``0..n-1``, each slice resampled in-plane to the grid's pixel size (the model's; linear with Gaussian
+anti-aliasing for images, nearest neighbour for labels), zero-padded centred (odd remainder bottom/right),
+centre-cropped and flagged when larger than 256, intensities z-scored over the acquired pixels with
+padding exactly 0. The pipeline (inference), tensorize (TFRecords) and the trainer all call these
+functions, so image and labels always share one placement.
+
+Resampling keeps the centre of the acquired field of view at the centre of the resampled one: output
+pixel ``i`` of ``n_out`` samples the acquisition at ``(i - (n_out - 1) / 2) * grid_mm / acquired_mm +
+(n_in - 1) / 2``, with ``n_out = round(n_in * acquired_mm / grid_mm)``; :func:`unplace_label_volume`
+inverts it.
 
 More than 13 slices: 13 contiguous slices are kept. The window is the one holding the most slices with an
 InlineVF outline (ties: the most basal), else the 13 most basal; the tensor is flagged
@@ -18,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from beam_pipeline import contracts
 from beam_pipeline.study import DecodedStudy
@@ -26,8 +33,9 @@ from beam_pipeline.study import DecodedStudy
 @dataclass(frozen=True)
 class ImageTensor:
     """The model input for one participant: ``image`` float32 TENSOR_SHAPE, ``spacing_mm`` float32
-    (row_mm, col_mm, slice_mm), the number of acquired slices placed, the first acquired slice used,
-    and the flags raised while building it."""
+    (row_mm, col_mm, slice_mm) of the tensor's grid, the number of acquired slices placed, the first
+    acquired slice used, the flags raised while building it, and the acquisition's own PixelSpacing with
+    the in-plane scale applied (acquired / grid pixel size per axis; 1.0 where nothing was resampled)."""
 
     image: np.ndarray
     spacing_mm: np.ndarray
@@ -35,6 +43,67 @@ class ImageTensor:
     qc_flags: tuple[str, ...]
     slice_start: int = 0
     n_slices_acquired: int = 0
+    acquired_pixel_spacing_mm: tuple[float, float] = (0.0, 0.0)
+    in_plane_scale: tuple[float, float] = (1.0, 1.0)
+
+
+def grid_pixel_spacing_mm(
+    acquired_pixel_spacing_mm: Sequence[float], grid_pixel_mm: float | None
+) -> tuple[float, float]:
+    """(row, col) pixel size of the tensor grid: ``grid_pixel_mm`` in both directions, or the acquired
+    spacing itself when ``grid_pixel_mm`` is None (no resampling)."""
+    row_mm, col_mm = (float(v) for v in acquired_pixel_spacing_mm)
+    if not (np.isfinite(row_mm) and np.isfinite(col_mm) and row_mm > 0 and col_mm > 0):
+        raise ValueError(
+            f"PixelSpacing must be two positive numbers. Received {list(acquired_pixel_spacing_mm)}")
+    if grid_pixel_mm is None:
+        return row_mm, col_mm
+    if not (np.isfinite(grid_pixel_mm) and grid_pixel_mm > 0):
+        raise ValueError(f"grid pixel size must be a positive number of mm. Received {grid_pixel_mm!r}")
+    return float(grid_pixel_mm), float(grid_pixel_mm)
+
+
+def _resampled_size(n_in: int, acquired_mm: float, grid_mm: float) -> int:
+    return max(1, round(n_in * acquired_mm / grid_mm))
+
+
+def _is_same_grid(acquired_mm: Sequence[float], grid_mm: Sequence[float]) -> bool:
+    return all(abs(a - g) <= 1e-9 * max(a, g) for a, g in zip(acquired_mm, grid_mm, strict=True))
+
+
+def resample_slice(
+    arr: np.ndarray, acquired_pixel_spacing_mm: Sequence[float], grid_pixel_spacing_mm: Sequence[float], *,
+    labels: bool = False,
+) -> np.ndarray:
+    """One 2-D slice on the grid ``grid_pixel_spacing_mm`` (row, col), centres aligned (module docstring).
+
+    Images: linear interpolation, after a Gaussian filter along each axis shrunk by ``factor`` (> 1) of
+    sigma ``sqrt(factor**2 - 1) / 2`` input pixels, the blur that widens an input pixel's footprint to an
+    output pixel's (anti-aliasing: a pattern finer than the new grid is averaged, not folded back).
+    Enlarging (factor < 1) is not filtered. Labels
+    (``labels=True``): nearest neighbour, no filter, values kept. The same grid returns an unchanged copy.
+    """
+    src = np.asarray(arr)
+    if src.ndim != 2:
+        raise ValueError(f"slice must be 2-D (rows, cols), got shape {src.shape}")
+    acquired = tuple(float(v) for v in acquired_pixel_spacing_mm)
+    grid = tuple(float(v) for v in grid_pixel_spacing_mm)
+    if _is_same_grid(acquired, grid):
+        return src.copy()
+    factors = [g / a for a, g in zip(acquired, grid, strict=True)]  # input pixels per output pixel
+    shape = tuple(_resampled_size(n, a, g) for n, a, g in zip(src.shape, acquired, grid, strict=True))
+    offset = [(n_in - 1) / 2.0 - (n_out - 1) / 2.0 * f for n_in, n_out, f in zip(src.shape, shape, factors,
+                                                                                 strict=True)]
+    if labels:
+        return ndimage.affine_transform(src, factors, offset=offset, output_shape=shape, order=0,
+                                        mode="nearest").astype(src.dtype, copy=False)
+    values = src.astype(np.float64)
+    sigma = [float(np.sqrt(f * f - 1.0)) / 2.0 if f > 1.0 else 0.0 for f in factors]
+    if any(s > 0 for s in sigma):
+        values = ndimage.gaussian_filter(values, sigma=sigma, mode="nearest")
+    out = ndimage.affine_transform(values, factors, offset=offset, output_shape=shape, order=1,
+                                   mode="nearest")
+    return out.astype(np.float32)
 
 
 def _offsets(size: int, target: int) -> tuple[int, int, int]:
@@ -87,19 +156,28 @@ def _normalise(slices: Sequence[np.ndarray], source: str) -> list[np.ndarray]:
     return [((s.astype(np.float64) - mean) / sd).astype(np.float32) for s in slices]
 
 
-def build_image_tensor(study: DecodedStudy) -> ImageTensor:
-    """The ``(256, 256, 13, 1)`` float32 model input and its voxel spacing for one decoded study."""
+def build_image_tensor(study: DecodedStudy, *, grid_pixel_mm: float | None = None) -> ImageTensor:
+    """The ``(256, 256, 13, 1)`` float32 model input and its grid's voxel size for one decoded study.
+
+    ``grid_pixel_mm``: the in-plane pixel size of the tensor grid (the model card's); None keeps the
+    acquired pixels as they are (no resampling)."""
     if study.n_slices == 0:
         raise ValueError(f"{study.source_uri}: study has no slices")
+    acquired = (float(study.pixel_spacing_mm[0]), float(study.pixel_spacing_mm[1]))
+    try:
+        grid = grid_pixel_spacing_mm(acquired, grid_pixel_mm)
+    except ValueError as exc:
+        raise ValueError(f"{study.source_uri}: {exc}") from exc
     flags: list[str] = []
     start = slice_window_start([o is not None for o in study.outlines])
     if study.n_slices > contracts.TENSOR_SLICES:
         flags.append(contracts.QC_TOO_MANY_SLICES_TRUNCATED)
-    kept = list(study.images[start : start + contracts.TENSOR_SLICES])
+    kept = [resample_slice(np.asarray(img, dtype=np.float32), acquired, grid)
+            for img in study.images[start : start + contracts.TENSOR_SLICES]]
     placed = []
     cropped_any = False
     for img in kept:
-        out, cropped = pad_or_crop_slice(np.asarray(img, dtype=np.float32))
+        out, cropped = pad_or_crop_slice(img)
         cropped_any |= cropped
         # Normalise over the pixels that land in the tensor: crop first, then mark what was acquired.
         dr, _, nr = _offsets(img.shape[0], contracts.TENSOR_ROWS)
@@ -107,13 +185,11 @@ def build_image_tensor(study: DecodedStudy) -> ImageTensor:
         placed.append((out, (slice(dr, dr + nr), slice(dc, dc + nc))))
     if cropped_any:
         flags.append(contracts.QC_IMAGE_CROPPED)
-    acquired = _normalise([out[window] for out, window in placed], study.source_uri)
+    values = _normalise([out[window] for out, window in placed], study.source_uri)
     image = np.zeros(contracts.TENSOR_SHAPE, dtype=np.float32)
-    for k, ((_, window), values) in enumerate(zip(placed, acquired, strict=True)):
-        image[window[0], window[1], k, 0] = values
-    spacing = np.array(
-        [study.pixel_spacing_mm[0], study.pixel_spacing_mm[1], study.slice_spacing_mm], dtype=np.float32
-    )
+    for k, ((_, window), slice_values) in enumerate(zip(placed, values, strict=True)):
+        image[window[0], window[1], k, 0] = slice_values
+    spacing = np.array([grid[0], grid[1], study.slice_spacing_mm], dtype=np.float32)
     ordered = tuple(f for f in contracts.QC_FLAGS if f in flags)
     return ImageTensor(
         image=image,
@@ -122,16 +198,20 @@ def build_image_tensor(study: DecodedStudy) -> ImageTensor:
         qc_flags=ordered,
         slice_start=start,
         n_slices_acquired=study.n_slices,
+        acquired_pixel_spacing_mm=acquired,
+        in_plane_scale=(acquired[0] / grid[0], acquired[1] / grid[1]),
     )
 
 
 def build_label_volume(
-    labels_per_slice: Sequence[np.ndarray], *, slice_start: int | None = None
+    labels_per_slice: Sequence[np.ndarray], *, slice_start: int | None = None,
+    acquired_pixel_spacing_mm: Sequence[float] | None = None, grid_pixel_mm: float | None = None,
 ) -> np.ndarray:
     """uint8 LABEL_VOLUME_SHAPE labels placed exactly like :func:`build_image_tensor` places images.
 
     ``slice_start`` defaults to the window rule of the module docstring applied to non-empty label
-    slices; pass ``ImageTensor.slice_start`` to force the image's window.
+    slices; pass ``ImageTensor.slice_start`` to force the image's window. With ``grid_pixel_mm`` (and the
+    acquisition's ``acquired_pixel_spacing_mm``) each slice is resampled by nearest neighbour first.
     """
     if len(labels_per_slice) == 0:
         raise ValueError("no label slices")
@@ -144,18 +224,26 @@ def build_label_volume(
                 f"label slice {k} holds values outside the label map {contracts.LABEL_MAP}: "
                 f"{sorted(np.unique(arr).tolist())}"
             )
+    if grid_pixel_mm is not None and acquired_pixel_spacing_mm is None:
+        raise ValueError("resampling labels to a grid needs the acquired pixel spacing")
     if slice_start is None:
         slice_start = slice_window_start([bool(np.any(np.asarray(lab))) for lab in labels_per_slice])
     if not 0 <= slice_start < len(labels_per_slice):
         raise ValueError(f"slice_start {slice_start} outside 0..{len(labels_per_slice) - 1}")
     volume = np.zeros(contracts.LABEL_VOLUME_SHAPE, dtype=np.uint8)
     for k, lab in enumerate(labels_per_slice[slice_start : slice_start + contracts.TENSOR_SLICES]):
-        volume[:, :, k], _ = pad_or_crop_slice(np.asarray(lab).astype(np.uint8))
+        arr = np.asarray(lab).astype(np.uint8)
+        if grid_pixel_mm is not None:
+            assert acquired_pixel_spacing_mm is not None
+            grid = grid_pixel_spacing_mm(acquired_pixel_spacing_mm, grid_pixel_mm)
+            arr = resample_slice(arr, acquired_pixel_spacing_mm, grid, labels=True)
+        volume[:, :, k], _ = pad_or_crop_slice(arr)
     return volume
 
 
 def unplace_label_volume(
-    volume: np.ndarray, shape: tuple[int, int, int], *, slice_start: int = 0
+    volume: np.ndarray, shape: tuple[int, int, int], *, slice_start: int = 0,
+    acquired_pixel_spacing_mm: Sequence[float] | None = None, grid_pixel_mm: float | None = None,
 ) -> np.ndarray:
     """The inverse of :func:`build_label_volume`: labels back on the acquisition grid ``shape`` =
     (rows, cols, n_slices).
@@ -164,8 +252,9 @@ def unplace_label_volume(
     ``ImageTensor.slice_start`` the volume was built with); each slice is un-padded (the centred window,
     odd remainder bottom/right, as :func:`pad_or_crop_slice` placed it) or, where the acquisition was
     larger than the tensor and was centre-cropped, put back in the middle of zeros (the cropped-away
-    border is unknown and comes back as background). Acquired slices outside the window are background.
-    Returns a new uint8 array; ``volume`` is not changed.
+    border is unknown and comes back as background), then, for a resampled grid (``grid_pixel_mm`` and
+    ``acquired_pixel_spacing_mm``), resampled back by nearest neighbour. Acquired slices outside the
+    window are background. Returns a new uint8 array; ``volume`` is not changed.
     """
     arr = np.asarray(volume)
     if arr.ndim != 3:
@@ -175,10 +264,39 @@ def unplace_label_volume(
     rows, cols, n_slices = (int(s) for s in shape)
     if not 0 <= slice_start < n_slices:
         raise ValueError(f"slice_start {slice_start} outside 0..{n_slices - 1}")
+    acquired = grid = None
+    grid_rows, grid_cols = rows, cols
+    if grid_pixel_mm is not None:
+        if acquired_pixel_spacing_mm is None:
+            raise ValueError("unplacing labels from a resampled grid needs the acquired pixel spacing")
+        acquired = tuple(float(v) for v in acquired_pixel_spacing_mm)
+        grid = grid_pixel_spacing_mm(acquired, grid_pixel_mm)
+        if not _is_same_grid(acquired, grid):
+            grid_rows = _resampled_size(rows, acquired[0], grid[0])
+            grid_cols = _resampled_size(cols, acquired[1], grid[1])
+        else:
+            acquired = grid = None
     out = np.zeros((rows, cols, n_slices), dtype=np.uint8)
-    # _offsets(acquired, tensor) gives (tensor start, acquired start, length) of the placed window
-    tr, ar, nr = _offsets(rows, arr.shape[0])
-    tc, ac, nc = _offsets(cols, arr.shape[1])
+    # _offsets(grid size, tensor) gives (tensor start, grid start, length) of the placed window
+    tr, ar, nr = _offsets(grid_rows, arr.shape[0])
+    tc, ac, nc = _offsets(grid_cols, arr.shape[1])
     n = min(arr.shape[2], n_slices - slice_start)
-    out[ar : ar + nr, ac : ac + nc, slice_start : slice_start + n] = arr[tr : tr + nr, tc : tc + nc, :n]
+    for k in range(n):
+        on_grid = np.zeros((grid_rows, grid_cols), dtype=np.uint8)
+        on_grid[ar : ar + nr, ac : ac + nc] = arr[tr : tr + nr, tc : tc + nc, k]
+        if acquired is not None and grid is not None:
+            on_grid = _resample_to_shape(on_grid, grid, acquired, (rows, cols))
+        out[:, :, slice_start + k] = on_grid
     return out
+
+
+def _resample_to_shape(
+    arr: np.ndarray, from_mm: Sequence[float], to_mm: Sequence[float], shape: tuple[int, int]
+) -> np.ndarray:
+    """Nearest-neighbour labels from a grid of ``from_mm`` pixels onto ``shape`` pixels of ``to_mm``,
+    centres aligned (the inverse mapping of :func:`resample_slice`)."""
+    factors = [t / f for f, t in zip(from_mm, to_mm, strict=True)]
+    offset = [(n_in - 1) / 2.0 - (n_out - 1) / 2.0 * fac
+              for n_in, n_out, fac in zip(arr.shape, shape, factors, strict=True)]
+    return ndimage.affine_transform(arr, factors, offset=offset, output_shape=shape, order=0,
+                                    mode="constant", cval=0).astype(np.uint8)

@@ -46,6 +46,7 @@ from beam_pipeline.decode import (
     decode_participant_zip,
     folder_member_name,
 )
+from beam_pipeline.identity import check_input_name
 from beam_pipeline.mass import fit_sex_centering, sex_percentile_thresholds
 from beam_pipeline.measure import (
     CENTERED_METHODS,
@@ -65,7 +66,7 @@ from beam_pipeline.measure import (
     tfrecord_bytes,
 )
 from beam_pipeline.phenotypes import PhenotypeTable, read_phenotype_table
-from beam_pipeline.qc import qc_pass
+from beam_pipeline.qc import pixel_spacing_qc_flags, qc_pass
 from beam_pipeline.schema import (
     ERRORS_DIRNAME,
     ERRORS_SCHEMA,
@@ -76,9 +77,11 @@ from beam_pipeline.schema import (
     STAGE_INFERENCE,
     STAGE_MEASURE,
     STAGE_PHENOTYPES,
+    STAGE_READ,
     STAGE_TENSOR,
     SUMMARY_FILENAME,
 )
+from beam_pipeline.study import DecodeError
 from beam_pipeline.summary import build_summary, summary_json
 
 logger = logging.getLogger(__name__)
@@ -94,14 +97,20 @@ INPUT_KINDS = (INPUT_KIND_AUTO, INPUT_KIND_ZIP, INPUT_KIND_FOLDER)
 # --- Input/output helpers of the shell (through Beam's FileSystems) --------------------------------
 
 
-def label_volume_path(output: str, method: str, eid: int, instance: int) -> str:
-    """Where ``--save_labels`` puts a label volume: ``OUTPUT/labels/method=<m>/<eid>_<instance>.npz``."""
-    return filesystems.join(output, LABELS_DIRNAME, f"method={method}", f"{eid}_{instance}.npz")
+def label_volume_path(output: str, method: str, participant_id: str, instance: int) -> str:
+    """Where ``--save_labels`` puts a label volume:
+    ``OUTPUT/labels/method=<m>/<participant_id>_<instance>.npz`` (the eid for UK Biobank)."""
+    return filesystems.join(output, LABELS_DIRNAME, f"method={method}", f"{participant_id}_{instance}.npz")
+
+
+def lookup_phenotype(table: PhenotypeTable, eid: int | None, instance: int) -> Any:
+    """The phenotype row of a participant (None without one, or without an eid to join on)."""
+    return None if eid is None else table.lookup(eid, instance)
 
 
 def save_label_volume(output: str, method: str, participant: ParticipantTensor, labels: np.ndarray) -> str:
     """Write ``labels`` as ``measure.label_volume_npz`` encodes them; returns the path."""
-    path = label_volume_path(output, method, participant.eid, participant.instance)
+    path = label_volume_path(output, method, participant.participant_id, participant.instance)
     filesystems.write_bytes(path, label_volume_npz(participant, labels))
     return path
 
@@ -267,6 +276,11 @@ class DecodeFn(beam.DoFn):
 
     def process(self, element):
         stats = DecodeStats()
+        uri = input_uri(element)
+        try:
+            check_input_name(uri)  # an id the results cannot hold is a read failure, before any work
+        except ValueError as exc:
+            raise DecodeError(uri, STAGE_READ, str(exc)) from exc
         if isinstance(element, ParticipantFolder):
             uri, size = element.path, element.size_in_bytes
             members = {folder_member_name(uri, f): (lambda f=f: _open_seekable(f)) for f in element.files}
@@ -296,15 +310,18 @@ class DecodeParticipants(beam.PTransform):
     """``ReadableFile`` / ``ParticipantFolder`` -> ``ParticipantTensor``; returns ``(participants, errors)``.
 
     ``with_inlinevf``: decode InlineVF overlays and build their labels (``--methods`` with inlinevf,
-    and tensorize); without it neither is done."""
+    and tensorize); without it neither is done. ``grid_pixel_mm``: the tensor grid's pixel size (the
+    models' card; None keeps the acquired pixels)."""
 
-    def __init__(self, *, ed_rule: str = "first_trigger_time", with_inlinevf: bool = True):
+    def __init__(self, *, ed_rule: str = "first_trigger_time", with_inlinevf: bool = True,
+                 grid_pixel_mm: float | None = None):
         super().__init__()
         self._ed_rule = ed_rule
         self._with_inlinevf = with_inlinevf
+        self._grid_pixel_mm = grid_pixel_mm
 
     def expand(self, files):
-        with_inlinevf = self._with_inlinevf
+        with_inlinevf, grid_pixel_mm = self._with_inlinevf, self._grid_pixel_mm
         studies, bad_decode = (
             files
             | "Decode" >> beam.ParDo(DecodeFn(self._ed_rule, with_inlinevf=with_inlinevf))
@@ -312,7 +329,8 @@ class DecodeParticipants(beam.PTransform):
         )
         tensors, bad_tensor = (
             studies
-            | "BuildTensor" >> beam.Map(participant_from_study, with_inlinevf=with_inlinevf)
+            | "BuildTensor" >> beam.Map(participant_from_study, with_inlinevf=with_inlinevf,
+                                        grid_pixel_mm=grid_pixel_mm)
             .with_exception_handling()
         )
         errors = (
@@ -357,19 +375,22 @@ class SegmentAndMeasure(beam.PTransform):
 
     With ``labels_output`` the argmax label volumes are also written (``save_label_volume``)."""
 
-    def __init__(self, model_handler, *, labels_output: str | None = None):
+    def __init__(self, model_handler, *, labels_output: str | None = None,
+                 training_pixel_spacing_mm: Sequence[float] | None = None):
         super().__init__()
         self._handler = model_handler
         self._labels_output = labels_output
+        self._training_range = tuple(training_pixel_spacing_mm) if training_pixel_spacing_mm else None
 
     def expand(self, participants):
-        labels_output = self._labels_output
+        labels_output, training_range = self._labels_output, self._training_range
 
         def measure(participant: ParticipantTensor, labels: np.ndarray, model_id: str | None) -> Measurement:
             if labels_output is not None:
                 save_label_volume(labels_output, contracts.METHOD_ML4H_SEG, participant, labels)
-            return measure_labels(participant, labels, method=contracts.METHOD_ML4H_SEG,
-                                  model_version=model_id)
+            return measure_labels(
+                participant, labels, method=contracts.METHOD_ML4H_SEG, model_version=model_id,
+                extra_flags=pixel_spacing_qc_flags(participant.acquired_pixel_spacing_mm, training_range))
 
         return participants | "Segment" >> InferAndMeasure(self._handler, measure)
 
@@ -377,13 +398,18 @@ class SegmentAndMeasure(beam.PTransform):
 class RegressMass(beam.PTransform):
     """ML4H_reg: RunInference (keyed, batched) -> mass in grams, as is."""
 
-    def __init__(self, model_handler):
+    def __init__(self, model_handler, *, training_pixel_spacing_mm: Sequence[float] | None = None):
         super().__init__()
         self._handler = model_handler
+        self._training_range = tuple(training_pixel_spacing_mm) if training_pixel_spacing_mm else None
 
     def expand(self, participants):
+        training_range = self._training_range
+
         def measure(participant: ParticipantTensor, mass_g: float, model_id: str | None) -> Measurement:
-            return measure_regression(participant, mass_g, model_version=model_id)
+            return measure_regression(
+                participant, mass_g, model_version=model_id,
+                extra_flags=pixel_spacing_qc_flags(participant.acquired_pixel_spacing_mm, training_range))
 
         return participants | "Regress" >> InferAndMeasure(self._handler, measure)
 
@@ -457,7 +483,7 @@ class CalibrateAndIndex(beam.PTransform):
         phenotypes_si = beam.pvalue.AsSingleton(phenotypes)
 
         def join(measurement, table):
-            return measurement, table.lookup(measurement.eid, measurement.instance)
+            return measurement, lookup_phenotype(table, measurement.eid, measurement.instance)
 
         joined, bad_join = (
             measurements | "JoinPhenotypes" >> beam.Map(join, phenotypes_si).with_exception_handling())
@@ -564,7 +590,7 @@ class EncodeExamples(beam.PTransform):
         encoded = Metrics.counter(NAMESPACE, "examples_encoded")
 
         def encode(participant, table):
-            data = tfrecord_bytes(participant, table.lookup(participant.eid, participant.instance))
+            data = tfrecord_bytes(participant, lookup_phenotype(table, participant.eid, participant.instance))
             encoded.inc()
             return participant.source_uri, data
 

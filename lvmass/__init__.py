@@ -1,3 +1,3 @@
 """lvmass: left-ventricular mass from short-axis cine CMR at biobank scale."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -44,9 +44,12 @@ class StackGeometry:
     pixel_spacing_mm: tuple[float, float] = (1.8, 1.9)
     slice_spacing_mm: float = 10.0
     slice_thickness_mm: float = 8.0
-    angles_deg: tuple[float, float, float] = (-30.0, 40.0, 25.0)
+    # A tilted standard short-axis acquisition (contracts.IN_PLANE_VIEW): the column cosines run
+    # posterior (anterior wall at the top), the apex lies towards -normal (left, anterior, inferior), so
+    # the image is seen from the apex and the decoder keeps the pixels as written.
+    angles_deg: tuple[float, float, float] = (-15.0, -15.0, -45.0)
     centre_mm: tuple[float, float, float] = (12.0, -40.0, 55.0)
-    apex_sign: float = 1.0
+    apex_sign: float = -1.0
 
     @property
     def axes(self) -> np.ndarray:

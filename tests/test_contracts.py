@@ -33,12 +33,12 @@ class TestSchemas:
 
     def test_a_record_converts_to_a_table_with_the_schema(self):
         row = schema.ResultRecord(
-            eid=1000001, instance=2, method=contracts.METHOD_ML4H_SEG, lv_mass_raw_g=101.5,
-            lv_mass_g=90.0,
+            participant_id="1000001", eid=1000001, instance=2, method=contracts.METHOD_ML4H_SEG,
+            lv_mass_raw_g=101.5, lv_mass_g=90.0,
             calibration="sex_mean_centered", myocardium_volume_ml=96.7, lv_cavity_volume_ml=120.0, bsa_m2=1.9,
             lvmi_g_m2=47.4, lvh=False, lvh_p90=False, sex="male", age=64.0, n_slices=10,
             pixel_spacing_row_mm=1.8, pixel_spacing_col_mm=1.8, slice_spacing_mm=10.0,
-            qc_flags=["image_cropped"],
+            tensor_pixel_spacing_mm=1.86, in_plane_scale=1.8 / 1.86, qc_flags=["image_cropped"],
             qc_pass=True, model_version="1", pipeline_version="0.1.0", source_uri="x.zip",
         ).to_row()
         table = pa.Table.from_pylist([row], schema=schema.RESULTS_SCHEMA)

@@ -106,10 +106,15 @@ class TestDecodeParticipantZip:
                 np.testing.assert_array_equal(study.outlines[k], expected)
         assert study.has_inlinevf
 
-    def test_apex_towards_minus_normal_is_still_base_to_apex(self):
-        fz = fac.ukbb_participant_zip(n_slices=7, geometry=fac.StackGeometry(apex_sign=-1.0), seed=3)
+    def test_a_stack_numbered_apex_first_comes_out_base_first(self):
+        # apex_sign=+1 places b1 where anatomy (LPS) has the apex: the stack was numbered apex first. The
+        # patient coordinates decide, so the decoded order is bN..b1, and the in-plane view is unchanged.
+        fz = fac.ukbb_participant_zip(n_slices=7, geometry=fac.StackGeometry(apex_sign=1.0), seed=3)
         study = decode(fz)
-        assert_images_are(study, fz)
+        assert study.in_plane_view == "none"
+        assert study.series_descriptions == tuple(f"cine_segmented_sax_b{k}" for k in range(7, 0, -1))
+        for k, idx in enumerate(reversed(fz.base_indices)):
+            np.testing.assert_array_equal(study.images[k], fz.expected_image(idx))
         assert np.all(np.diff(study.slice_positions_mm) > 0)
 
     def test_order_follows_positions_not_numbers(self):
@@ -142,11 +147,17 @@ class TestDecodeParticipantZip:
         fz = fac.ukbb_participant_zip(n_slices=4, seed=8)
         assert contracts.QC_SLICE_COUNT_OUT_OF_RANGE in decode(fz).qc_flags
 
-    def test_spacing_between_slices_tag_used_and_inconsistency_flagged(self):
+    def test_slice_positions_win_over_a_spacing_tag_they_contradict(self):
+        # SpacingBetweenSlices says 12 mm, the slice centres are 10 mm apart: some vendors write the gap
+        # or a nominal value there, so the positions are the measurement (and are consistent: no flag).
         fz = fac.ukbb_participant_zip(n_slices=7, spacing_between_slices_mm=12.0, seed=9)
         study = decode(fz)
-        assert study.slice_spacing_mm == 12.0
-        assert contracts.QC_INCONSISTENT_SPACING in study.qc_flags
+        assert study.slice_spacing_mm == pytest.approx(10.0, abs=1e-6)
+        assert contracts.QC_INCONSISTENT_SPACING not in study.qc_flags
+
+    def test_spacing_tag_used_when_the_positions_agree(self):
+        fz = fac.ukbb_participant_zip(n_slices=7, spacing_between_slices_mm=10.2, seed=9)
+        assert decode(fz).slice_spacing_mm == 10.2  # within 10% of the measured 10 mm: the nominal value
 
     def test_without_manifest_or_inlinevf(self):
         fz = fac.ukbb_participant_zip(n_slices=7, with_manifest=False, with_inlinevf=False, seed=10)

@@ -28,7 +28,7 @@ class TestSliceNormal:
 
 class TestProjectPosition:
     def test_projects_tilted_positions_10mm_apart(self):
-        g = StackGeometry(slice_spacing_mm=10.0)
+        g = StackGeometry(slice_spacing_mm=10.0, apex_sign=1.0)  # positions increase along the normal
         n = geometry.slice_normal(g.orientation)
         p = [geometry.project_position_mm(g.position(k), n) for k in range(4)]
         np.testing.assert_allclose(np.diff(p), 10.0, atol=1e-9)

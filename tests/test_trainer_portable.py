@@ -31,7 +31,7 @@ def cohorts(tmp_path_factory):
 
 
 def test_examples_are_the_pipelines_tensors_and_inlinevf_labels(cohorts):
-    from beam_pipeline.transforms import participant_from_study
+    from beam_pipeline.measure import participant_from_study
 
     _, train, _ = cohorts
     path = sorted(train.zips_dir.glob("41000*_20209_2_0.zip"))[0]

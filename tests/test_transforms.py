@@ -100,9 +100,10 @@ def expected_mass_g(labels) -> float:
 
 def measurement(method=contracts.METHOD_ML4H_SEG, raw=150.0, eid=1, flags=()) -> Measurement:
     return Measurement(
-        source_uri=f"gs://b/{eid}_20209_2_0.zip", eid=eid, instance=2, method=method, lv_mass_raw_g=raw,
-        myocardium_volume_ml=None if raw is None else raw / 1.05, lv_cavity_volume_ml=120.0, n_slices=10,
-        spacing_mm=(1.8, 1.8, 10.0), qc_flags=tuple(flags), model_version="v1",
+        source_uri=f"gs://b/{eid}_20209_2_0.zip", participant_id=str(eid), eid=eid, instance=2, method=method,
+        lv_mass_raw_g=raw, myocardium_volume_ml=None if raw is None else raw / 1.05,
+        lv_cavity_volume_ml=120.0, n_slices=10, spacing_mm=(1.8, 1.8, 10.0), tensor_pixel_spacing_mm=1.8,
+        in_plane_scale=1.0, qc_flags=tuple(flags), model_version="v1",
     )
 
 
@@ -119,10 +120,15 @@ class TestParticipantFromStudy:
         assert participant.inlinevf_labels is None  # no outlines
         assert contracts.QC_INLINEVF_CONTOUR_MISSING in participant.inlinevf_flags
 
-    def test_missing_eid_is_an_error_naming_the_file(self):
+    def test_without_an_eid_the_participant_is_known_by_its_file_stem(self):
+        study, _ = label_study(eid=None, uri="mem://SCD0000501.zip")
+        participant = participant_from_study(study, with_inlinevf=False)
+        assert (participant.participant_id, participant.eid, participant.instance) == ("SCD0000501", None, 0)
+
+    def test_participant_ids_still_refuses_a_study_without_eid(self):
         study, _ = label_study(eid=None, uri="mem://scan.zip")
         with pytest.raises(ValueError, match=r"mem://scan.zip: no participant id"):
-            participant_from_study(study, with_inlinevf=False)
+            participant_ids(study)
 
     def test_inlinevf_without_contours_is_flagged_not_measured(self):
         study, _ = label_study()
@@ -143,13 +149,13 @@ def test_read_and_decode_composites(tmp_path):
     with BeamTestPipeline(runner="FnApiRunner") as p:
         participants, errors = (
             p | ReadParticipants(str(tmp_path / "*.zip")) | DecodeParticipants(with_inlinevf=True))
-        assert_that(participants | beam.Map(lambda t: (t.eid, t.instance, t.n_slices, t.image.shape,
-                                                       t.inlinevf_labels is not None)),
-                    equal_to([(1000001, 2, 8, contracts.TENSOR_SHAPE, True),
-                              (1000077, 0, 7, contracts.TENSOR_SHAPE, False)]))
+        assert_that(participants | beam.Map(lambda t: (t.participant_id, t.eid, t.instance, t.n_slices,
+                                                       t.image.shape, t.inlinevf_labels is not None)),
+                    equal_to([("1000001", 1000001, 2, 8, contracts.TENSOR_SHAPE, True),
+                              ("1000077", 1000077, 0, 7, contracts.TENSOR_SHAPE, False),
+                              ("scan", None, 0, 7, contracts.TENSOR_SHAPE, False)]))  # no eid: its stem
         assert_that(errors | beam.Map(lambda e: (Path(e.source_uri).name, e.eid, e.stage, e.error_type)),
-                    equal_to([("scan.zip", None, "tensor", "ValueError"),
-                              ("1000078_20209_2_0.zip", 1000078, "read", "DecodeError")]),
+                    equal_to([("1000078_20209_2_0.zip", 1000078, "read", "DecodeError")]),
                     label="Errors")
 
 
@@ -299,7 +305,8 @@ class TestDeadLetters:
         exc = DecodeError(self.URI, "series", "no short-axis series")
         record = error_record("decode", self.URI, DecodeError, repr(exc), traceback.format_exception(exc))
         assert record == ErrorRecord(
-            source_uri=self.URI, eid=1000123, instance=2, stage="decode", error_type="DecodeError",
+            source_uri=self.URI, participant_id="1000123", eid=1000123, instance=2, stage="decode",
+            error_type="DecodeError",
             message=f"{self.URI}: series: no short-axis series", pipeline_version=PIPELINE_VERSION)
         assert error_reason(record) == "DecodeError.series"
 
@@ -313,6 +320,7 @@ class TestDeadLetters:
         record = error_record("tensor", "gs://b/scan.zip", ValueError, repr(exc),
                               traceback.format_exception(exc))
         assert (record.eid, record.instance, record.message) == (None, None, "bad 'x'")
+        assert record.participant_id == "scan"  # the file stem
 
     def test_failed_batch_gives_one_row_per_participant(self):
         batch = [(f"gs://b/{eid}_20209_2_0.zip", object()) for eid in (1, 2, 3)]
@@ -327,9 +335,9 @@ class TestDeadLetters:
 class TestSummary:
     def test_counts_reconcile(self):
         errors = [
-            ErrorRecord("a.zip", None, None, "read", "DecodeError", "a.zip: read: not a zip file"),
-            ErrorRecord("b.zip", 2, 2, "decode", "DecodeError", "b.zip: series: no SAX"),
-            ErrorRecord("c.zip", 3, 2, "inference", "RuntimeError", "OOM"),  # c still has inlinevf rows
+            ErrorRecord("a.zip", "a", None, None, "read", "DecodeError", "a.zip: read: not a zip file"),
+            ErrorRecord("b.zip", "2", 2, 2, "decode", "DecodeError", "b.zip: series: no SAX"),
+            ErrorRecord("c.zip", "3", 3, 2, "inference", "RuntimeError", "OOM"),  # c still has inlinevf rows
         ]
         rows = [OutputRow("c.zip", "inlinevf", True), OutputRow("d.zip", "inlinevf", False),
                 OutputRow("d.zip", "ml4h_seg", True)]
@@ -429,7 +437,8 @@ def test_a_record_calibration_rejects_is_a_dead_letter(monkeypatch):
     at stage ``phenotypes``; the others are written and the job goes on."""
     from beam_pipeline import transforms
 
-    bad = Phenotype(eid=2, sex="female", height_cm=0.0, weight_kg=60.0)  # not through the reader
+    bad = Phenotype(eid=2, sex="intersex", height_cm=160.0, weight_kg=60.0)  # not through the reader:
+    # the LVH thresholds know female and male only, so calibrating this row raises
     table = PhenotypeTable(rows={(1, None): MALE, (2, None): bad})
     monkeypatch.setattr(transforms, "load_phenotypes", lambda path: table)
     measurements = [measurement(method=contracts.METHOD_ML4H_REG, raw=130.0, eid=1),
