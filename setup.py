@@ -28,6 +28,7 @@ TEST_REQUIRES = [
     "gcp-storage-emulator>=2024.8.3",
     "pydicom-data>=1.0",
     "python-hcl2>=8.1,<9",  # tests/test_terraform.py parses terraform/*.tf (checkov has its own virtualenv)
+    "hypothesis>=6.100",  # tests/test_fuzz.py: DICOM bytes and zip structure
 ]
 
 setup(

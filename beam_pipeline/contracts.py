@@ -122,6 +122,7 @@ QC_NO_PHENOTYPE: Final = "no_phenotype"
 QC_DUPLICATE_SLICE_ACQUISITION: Final = "duplicate_slice_acquisition"
 QC_PIXEL_SPACING_OUTSIDE_TRAINING: Final = "pixel_spacing_outside_training"
 QC_BODY_SIZE_IMPLAUSIBLE: Final = "body_size_implausible"
+QC_IMAGE_IMPLAUSIBLE: Final = "image_implausible"
 QC_FLAGS: Final = (
     QC_MISSING_SLICES,
     QC_NONCONTIGUOUS_SLICES,
@@ -138,6 +139,7 @@ QC_FLAGS: Final = (
     QC_DUPLICATE_SLICE_ACQUISITION,
     QC_PIXEL_SPACING_OUTSIDE_TRAINING,
     QC_BODY_SIZE_IMPLAUSIBLE,
+    QC_IMAGE_IMPLAUSIBLE,
 )
 # Flags that describe the data but do not fail QC on their own.
 QC_INFORMATIONAL_FLAGS: Final = frozenset({QC_NO_PHENOTYPE, QC_DUPLICATE_SLICE_ACQUISITION,
@@ -148,3 +150,8 @@ PLAUSIBLE_LVMI_RANGE_G_M2: Final = (10.0, 250.0)
 PLAUSIBLE_HEIGHT_CM: Final = (120.0, 220.0)
 PLAUSIBLE_WEIGHT_KG: Final = (30.0, 250.0)
 PLAUSIBLE_SLICE_COUNT: Final = (6, 13)
+# A short-axis cine covers the chest: a field of view under 100 mm is not a heart acquisition.
+MIN_FIELD_OF_VIEW_MM: Final = 100.0
+# Neighbouring pixels of an MR image are strongly correlated (0.9+ measured on real and synthetic cine);
+# pixel noise is not (about 0).
+MIN_NEIGHBOUR_CORRELATION: Final = 0.5

@@ -124,6 +124,17 @@ def check_input_name(uri: str) -> None:
         raise ValueError(f"{uri}: instance {parsed.instance} in the file name is outside 0..{MAX_INSTANCE}")
 
 
+def input_key(uri: str) -> tuple[str, int]:
+    """(participant_id, instance) an input's name promises: two inputs with one key are one participant
+    and visit. The eid as text where the name has one, else the name's stem; visit ANY_VENDOR_INSTANCE
+    where the name says none."""
+    parsed = parse_input_name(uri)
+    if parsed is None:
+        return name_stem(uri), ANY_VENDOR_INSTANCE
+    instance = parsed.instance if parsed.instance is not None else ANY_VENDOR_INSTANCE
+    return str(parsed.eid), instance
+
+
 @dataclass(frozen=True)
 class ParticipantIdentity:
     """Who a study is: ``participant_id`` (text, always set), the UK Biobank ``eid`` when known, and the

@@ -198,12 +198,27 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
         model: LoadedModel,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        """One signature call per batch; one ``PredictionResult`` per example, in order."""
+        """One ``PredictionResult`` per example, in order: one signature call per example.
+
+        Why not one call per batch: a participant's result must not depend on which others Beam batched
+        it with (results are bit-identical run to run), and CPU kernels pick different blockings, and so
+        round differently, for different batch shapes; one example per call also bounds the memory of a
+        segmentation call to one participant's activations. The batch still amortises Beam's overhead.
+        """
+        images, spacing = stack_batch(batch)
+        results = [self._run_one(images[i:i + 1], spacing[i:i + 1], model) for i in range(len(batch))]
+        return [
+            PredictionResult(example, prediction, model_id=model.card.version)
+            for example, prediction in zip(batch, results, strict=True)
+        ]
+
+    def _run_one(self, image: np.ndarray, spacing: np.ndarray, model: LoadedModel) -> Any:
+        """The prediction for one example (arrays with a batch axis of 1)."""
         import tensorflow as tf
 
-        images, spacing = stack_batch(batch)
+        batch = [None]  # one example
         outputs = model.serve(**{
-            contracts.SIGNATURE_INPUT_IMAGE: tf.constant(images),
+            contracts.SIGNATURE_INPUT_IMAGE: tf.constant(image),
             contracts.SIGNATURE_INPUT_SPACING: tf.constant(spacing),
         })
         if self._kind == contracts.MODEL_KIND_SEG:
@@ -227,10 +242,7 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
                     f"for a batch of {len(batch)}"
                 )
             predictions = [float(m) for m in mass]
-        return [
-            PredictionResult(example, prediction, model_id=model.card.version)
-            for example, prediction in zip(batch, predictions, strict=True)
-        ]
+        return predictions[0]
 
     def get_num_bytes(self, batch: Sequence[ModelExample]) -> int:
         return sum(int(np.asarray(e.image).nbytes) for e in batch)

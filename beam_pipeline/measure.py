@@ -36,6 +36,7 @@ from beam_pipeline.mass import (
 from beam_pipeline.overlay import inlinevf_labels
 from beam_pipeline.qc import (
     body_size_plausible,
+    image_qc_flags,
     inlinevf_qc_flags,
     label_qc_flags,
     lvmi_qc_flags,
@@ -144,7 +145,7 @@ def participant_from_study(
     identity = participant_identity(study)
     tensor = build_image_tensor(study, grid_pixel_mm=grid_pixel_mm)
     # the decoder already put the geometry flags (qc.geometry_qc_flags) into study.qc_flags
-    flags = unique_flags([*study.qc_flags, *tensor.qc_flags])
+    flags = unique_flags([*study.qc_flags, *tensor.qc_flags, *image_qc_flags(study)])
     labels = native = None
     vf_flags: tuple[str, ...] = ()
     if with_inlinevf:

@@ -171,8 +171,23 @@ def _instance(value: Any, where: str) -> int:
     return int(as_float)
 
 
-def _parse_rows(df: pd.DataFrame, *, source: str) -> tuple[list[Phenotype], bool]:
-    """Every row as a Phenotype (``instance`` set when the table has that column), and whether it has."""
+@dataclass(frozen=True)
+class RejectedRow:
+    """A phenotype row that cannot be used (a bad value, a duplicated key): a dead letter, not a crash."""
+
+    row_number: int  # 1 = the first data row
+    eid: int | None
+    instance: int | None
+    reason: str
+
+
+def _parse_rows(
+    df: pd.DataFrame, *, source: str, rejected: list[RejectedRow] | None = None
+) -> tuple[list[Phenotype], bool]:
+    """Every row as a Phenotype (``instance`` set when the table has that column), and whether it has.
+
+    A row with a bad value raises ValueError, or, when ``rejected`` is given, is appended there and left
+    out (the other rows are still read)."""
     columns = {str(c).strip(): c for c in df.columns}
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
@@ -183,26 +198,50 @@ def _parse_rows(df: pd.DataFrame, *, source: str) -> tuple[list[Phenotype], bool
     records = df.to_dict(orient="records")
     for row_no, record in enumerate(records, start=1):
         row = {str(k).strip(): v for k, v in record.items()}
-        eid = _eid(row["eid"], f"{source} row {row_no}")
-        instance = _instance(row[INSTANCE_COLUMN], f"{source} row {row_no}") if per_instance else None
-        where = f"{source} eid {eid}" + (f" instance {instance}" if per_instance else "")
-        row_implausible: list[str] = []
-        out.append(Phenotype(
-            eid=eid,
-            sex=parse_sex(row["sex"], where=where),
-            age=_float(row.get("age"), "age", where, row_implausible),
-            height_cm=_float(row.get("height_cm"), "height_cm", where, row_implausible),
-            weight_kg=_float(row.get("weight_kg"), "weight_kg", where, row_implausible),
-            manual_lv_mass_g=_float(row.get("manual_lv_mass_g"), "manual_lv_mass_g", where, row_implausible),
-            instance=instance,
-            implausible=tuple(c for c in PLAUSIBLE_RANGES if any(f": {c} " in s for s in row_implausible)),
-            **{c: _bool(row.get(c), c, where) for c in DISEASE_COLUMNS},
-        ))
+        try:
+            phenotype, row_implausible = _parse_row(row, row_no, source=source, per_instance=per_instance)
+        except ValueError as exc:
+            if rejected is None:
+                raise
+            eid = _eid_or_none(row.get("eid"))
+            instance = _eid_or_none(row.get(INSTANCE_COLUMN)) if per_instance else None
+            rejected.append(RejectedRow(row_number=row_no, eid=eid, instance=instance, reason=str(exc)))
+            continue
+        out.append(phenotype)
         implausible.extend(row_implausible)
     if implausible:
         logger.warning("%s: %d implausible value(s) recorded as unknown, e.g. %s", source, len(implausible),
                        "; ".join(implausible[:5]))
     return out, per_instance
+
+
+def _eid_or_none(value: Any) -> int | None:
+    try:
+        return _eid(value, "")
+    except ValueError:
+        return None
+
+
+def _parse_row(
+    row: Mapping[str, Any], row_no: int, *, source: str, per_instance: bool
+) -> tuple[Phenotype, list[str]]:
+    """One row as a Phenotype, and its implausible values (recorded as unknown); ValueError when bad."""
+    eid = _eid(row["eid"], f"{source} row {row_no}")
+    instance = _instance(row[INSTANCE_COLUMN], f"{source} row {row_no}") if per_instance else None
+    where = f"{source} eid {eid}" + (f" instance {instance}" if per_instance else "")
+    row_implausible: list[str] = []
+    phenotype = Phenotype(
+        eid=eid,
+        sex=parse_sex(row["sex"], where=where),
+        age=_float(row.get("age"), "age", where, row_implausible),
+        height_cm=_float(row.get("height_cm"), "height_cm", where, row_implausible),
+        weight_kg=_float(row.get("weight_kg"), "weight_kg", where, row_implausible),
+        manual_lv_mass_g=_float(row.get("manual_lv_mass_g"), "manual_lv_mass_g", where, row_implausible),
+        instance=instance,
+        implausible=tuple(c for c in PLAUSIBLE_RANGES if any(f": {c} " in s for s in row_implausible)),
+        **{c: _bool(row.get(c), c, where) for c in DISEASE_COLUMNS},
+    )
+    return phenotype, row_implausible
 
 
 def phenotypes_from_frame(df: pd.DataFrame, *, source: str) -> dict[int, Phenotype]:
@@ -229,6 +268,7 @@ class PhenotypeTable:
 
     rows: Mapping[tuple[int, int | None], Phenotype] = field(default_factory=dict)
     per_instance: bool = False
+    rejected: tuple[RejectedRow, ...] = ()  # rows left out (lenient reading only)
 
     def lookup(self, eid: int, instance: int | None) -> Phenotype | None:
         """The phenotype to attach to the scan of ``eid`` at visit ``instance`` (None: no row)."""
@@ -243,18 +283,33 @@ class PhenotypeTable:
         return len(self.rows)
 
 
-def phenotype_table_from_frame(df: pd.DataFrame, *, source: str) -> PhenotypeTable:
+def phenotype_table_from_frame(df: pd.DataFrame, *, source: str, lenient: bool = False) -> PhenotypeTable:
     """A :class:`PhenotypeTable` from a DataFrame (per visit when it has an ``instance`` column); raises
-    ValueError as :func:`phenotypes_from_frame` does, and on a duplicated eid (or eid x instance)."""
-    rows, per_instance = _parse_rows(df, source=source)
+    ValueError as :func:`phenotypes_from_frame` does, and on a duplicated eid (or eid x instance).
+
+    ``lenient`` (the pipeline): a bad row, and every row of a duplicated key (which of them is right
+    cannot be known), is left out and listed in ``rejected``; a missing required column still raises."""
+    rejected: list[RejectedRow] | None = [] if lenient else None
+    rows, per_instance = _parse_rows(df, source=source, rejected=rejected)
     keyed: dict[tuple[int, int | None], Phenotype] = {}
-    for phenotype in rows:
+    duplicated: dict[tuple[int, int | None], list[int]] = {}
+    for row_no, phenotype in enumerate(rows, start=1):
         key = (phenotype.eid, phenotype.instance)
-        if key in keyed:
-            what = f"eid {key[0]}" + (f" instance {key[1]}" if per_instance else "")
-            raise ValueError(f"{source}: {what} appears more than once")
-        keyed[key] = phenotype
-    return PhenotypeTable(rows=keyed, per_instance=per_instance)
+        what = f"eid {key[0]}" + (f" instance {key[1]}" if per_instance else "")
+        if key in keyed or key in duplicated:
+            if rejected is None:
+                raise ValueError(f"{source}: {what} appears more than once")
+            duplicated.setdefault(key, []).append(row_no)
+            keyed.pop(key, None)
+        else:
+            keyed[key] = phenotype
+    if rejected is not None:
+        for (eid, instance), _ in sorted(duplicated.items()):
+            what = f"eid {eid}" + (f" instance {instance}" if per_instance else "")
+            rejected.append(RejectedRow(row_number=0, eid=eid, instance=instance,
+                                        reason=f"{source}: {what} appears more than once; all its rows "
+                                        "are left out"))
+    return PhenotypeTable(rows=keyed, per_instance=per_instance, rejected=tuple(rejected or ()))
 
 
 def _read_frame(fileobj: BinaryIO, *, source: str) -> pd.DataFrame:
@@ -270,15 +325,23 @@ def _read_frame(fileobj: BinaryIO, *, source: str) -> pd.DataFrame:
             with pq.ParquetFile(io.BytesIO(data)) as parquet:
                 used = [n for n in parquet.schema_arrow.names if str(n).strip() in FILE_COLUMNS]
                 return parquet.read(columns=used).to_pandas()
-        return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
     except Exception as exc:
         kind = "Parquet" if is_parquet else "CSV"
         raise ValueError(f"{source}: cannot read phenotypes as {kind} ({type(exc).__name__}: {exc})") from exc
+    if len(frame.columns) == 1:
+        header = str(frame.columns[0])
+        for name, delimiter in (("semicolon", ";"), ("tab", "\t"), ("pipe", "|")):
+            if delimiter in header:
+                raise ValueError(f"{source}: the header {header[:60]!r} looks {name}-delimited; phenotype "
+                                 "CSV files must be comma-separated")
+    return frame
 
 
-def read_phenotype_table(fileobj: BinaryIO, *, source: str) -> PhenotypeTable:
-    """Read a CSV or Parquet phenotype file (as :func:`read_phenotypes`) into a :class:`PhenotypeTable`."""
-    return phenotype_table_from_frame(_read_frame(fileobj, source=source), source=source)
+def read_phenotype_table(fileobj: BinaryIO, *, source: str, lenient: bool = False) -> PhenotypeTable:
+    """Read a CSV or Parquet phenotype file (as :func:`read_phenotypes`) into a :class:`PhenotypeTable`
+    (``lenient``: bad rows are listed in ``rejected`` instead of raising)."""
+    return phenotype_table_from_frame(_read_frame(fileobj, source=source), source=source, lenient=lenient)
 
 
 def read_phenotypes(fileobj: BinaryIO, *, source: str) -> dict[int, Phenotype]:

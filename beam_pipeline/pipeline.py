@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -29,9 +33,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import contracts, filesystems
 from beam_pipeline.decode import ED_RULES
+from beam_pipeline.identity import input_key
 from beam_pipeline.inference import SavedModelHandler, bundled_model_dir, read_model_card
 from beam_pipeline.measure import DEFAULT_MIN_CALIBRATION_N
-from beam_pipeline.schema import SUMMARY_FILENAME
+from beam_pipeline.schema import ERRORS_DIRNAME, RESULTS_DIRNAME, SUCCESS_FILENAME, SUMMARY_FILENAME
 from beam_pipeline.summary import OutputRow
 from beam_pipeline.transforms import (
     INPUT_KIND_AUTO,
@@ -44,11 +49,15 @@ from beam_pipeline.transforms import (
     ReadParticipants,
     RegressMass,
     SegmentAndMeasure,
+    SelectInputs,
+    ValidateRows,
     WriteErrors,
     WriteResults,
     WriteSummary,
     WriteTFRecords,
     input_uri,
+    load_phenotypes,
+    phenotype_error_records,
 )
 from lvmass.cli_args import ArgumentParser, configure_logging, log_level_of
 
@@ -85,6 +94,9 @@ class RunConfig:
     input_kind: str = INPUT_KIND_AUTO
     min_calibration_n: int = DEFAULT_MIN_CALIBRATION_N
     pixel_spacing_mm: float | None = None  # --pixel_spacing_mm: the tensor grid when no model says it
+    overwrite: bool = False
+    skip_existing: bool = False
+    run_id: str = ""  # names this run's files (results-<run_id>-*.parquet) and its summary
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -141,6 +153,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--num_shards", type=int, default=None,
                         help="output files per method (Parquet, default 1) or in all (TFRecords, default 0); "
                              "0: the runner decides")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete what --output holds before writing (without it, or --skip_existing, a "
+                        "non-empty output is refused)")
+    parser.add_argument("--skip_existing", action="store_true",
+                        help="incremental run: keep what --output holds (a finished earlier run with the "
+                        "same --methods) and process only the participant-visits it does not hold yet")
     parser.add_argument("--save_labels", action="store_true",
                         help="also write ML4H_seg / InlineVF label volumes to OUTPUT/labels/method=<m>/ "
                              "(for QC review and Dice)")
@@ -162,6 +180,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
     methods = parse_methods(args.methods)
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1. Received: {args.batch_size}")
+    if args.overwrite and args.skip_existing:
+        raise ConfigError("--overwrite and --skip_existing contradict each other: choose one")
     if args.pixel_spacing_mm is not None and not args.pixel_spacing_mm > 0:
         raise ConfigError(f"--pixel_spacing_mm must be > 0. Received: {args.pixel_spacing_mm}")
     if args.min_calibration_n < 1:
@@ -188,6 +208,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
         calibration=args.calibration, ed_rule=args.ed_rule, batch_size=args.batch_size,
         large_model=args.large_model, save_labels=args.save_labels, input_kind=args.input_kind,
         min_calibration_n=args.min_calibration_n, pixel_spacing_mm=args.pixel_spacing_mm,
+        overwrite=args.overwrite, skip_existing=args.skip_existing,
+        run_id=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid() % 100000:05d}",
         num_shards=(args.num_shards if args.num_shards is not None
                     else 0 if args.mode == MODE_TENSORIZE else 1),
     )
@@ -285,22 +307,36 @@ def _check_inputs(config: RunConfig) -> None:
                 raise ConfigError(f"{flag} {path}: {exc}") from exc
 
 
-def build_pipeline(p: beam.Pipeline, config: RunConfig) -> None:
-    """Add the whole job to ``p`` (not run): read -> decode -> methods -> calibrate -> write."""
-    files = p | "ReadParticipants" >> ReadParticipants(config.input, input_kind=config.input_kind)
-    uris = files | "InputURIs" >> beam.Map(input_uri)
+def build_pipeline(
+    p: beam.Pipeline, config: RunConfig, *, existing_keys: frozenset[tuple[str, int]] = frozenset()
+) -> None:
+    """Add the whole job to ``p`` (not run): read -> select -> decode -> methods -> calibrate -> write,
+    then the summary and the completion marker once every file is written. ``existing_keys``: the
+    (participant_id, instance) pairs already in the output (``--skip_existing``), left out."""
+    matched = p | "ReadParticipants" >> ReadParticipants(config.input, input_kind=config.input_kind)
+    files, duplicate_errors, skipped = matched | "SelectInputs" >> SelectInputs(existing_keys)
+    uris = (
+        (files | "InputURIs" >> beam.Map(input_uri),
+         duplicate_errors | "DuplicateURIs" >> beam.Map(lambda e: e.source_uri))
+        | "AllInputURIs" >> beam.Flatten()
+    )
     with_inlinevf = config.mode == MODE_TENSORIZE or contracts.METHOD_INLINEVF in config.methods
     grid = model_grid(config)
     logger.info("tensor grid: %s", f"{grid.pixel_spacing_mm} mm pixels" if grid.pixel_spacing_mm
                 else "pixels as acquired")
     participants, decode_errors = files | "DecodeParticipants" >> DecodeParticipants(
         ed_rule=config.ed_rule, with_inlinevf=with_inlinevf, grid_pixel_mm=grid.pixel_spacing_mm)
-    error_sets = [decode_errors]
+    error_sets = [duplicate_errors, decode_errors]
+    if config.phenotypes:
+        rejected = phenotype_error_records(config.phenotypes, load_phenotypes(config.phenotypes))
+        error_sets.append(p | "PhenotypeRowErrors" >> beam.Create(rejected, reshuffle=False))
+    written_sets = []
 
     if config.mode == MODE_TENSORIZE:
         examples, encode_errors = participants | "EncodeExamples" >> EncodeExamples(config.phenotypes)
         error_sets.append(encode_errors)
-        _ = examples | "WriteTFRecords" >> WriteTFRecords(config.output, num_shards=config.num_shards)
+        written_sets.append(examples | "WriteTFRecords" >> WriteTFRecords(config.output,
+                                                                          num_shards=config.num_shards))
         rows = examples | "SummaryRows" >> beam.MapTuple(lambda uri, _: OutputRow(uri, "tfrecord", True))
     else:
         measurement_sets = []
@@ -329,18 +365,20 @@ def build_pipeline(p: beam.Pipeline, config: RunConfig) -> None:
         records, calibrate_errors = measurements | "CalibrateAndIndex" >> CalibrateAndIndex(
             config.phenotypes, fallback_centering(config), min_calibration_n=config.min_calibration_n,
             with_errors=True)
-        error_sets.append(calibrate_errors)
+        records, write_errors = records | "ValidateRows" >> ValidateRows()
+        error_sets.extend([calibrate_errors, write_errors])
         output_methods = list(config.methods)
         if contracts.METHOD_INLINEVF in config.methods:
             output_methods.append(contracts.METHOD_INLINEVF_RECALIBRATED)
-        _ = records | "WriteResults" >> WriteResults(config.output, output_methods,
-                                                     num_shards=config.num_shards)
+        written_sets.extend(records | "WriteResults" >> WriteResults(
+            config.output, output_methods, num_shards=config.num_shards, run_id=config.run_id))
         rows = records | "SummaryRows" >> beam.Map(lambda r: OutputRow(r.source_uri, r.method, r.qc_pass))
 
     errors = tuple(error_sets) | "FlattenErrors" >> beam.Flatten()
-    _ = errors | "WriteErrors" >> WriteErrors(config.output)
-    _ = (uris, rows, errors) | "WriteSummary" >> WriteSummary(
-        config.output, mode=config.mode, options=config.as_dict())
+    written_sets.append(errors | "WriteErrors" >> WriteErrors(config.output, run_id=config.run_id))
+    written = tuple(written_sets) | "FilesWritten" >> beam.Flatten()
+    _ = (uris, rows, errors, skipped, written) | "WriteSummary" >> WriteSummary(
+        config.output, mode=config.mode, options=config.as_dict(), run_id=config.run_id)
 
 
 def _log_counters(result: Any) -> dict[str, int]:
@@ -361,19 +399,135 @@ def _log_counters(result: Any) -> dict[str, int]:
     return totals
 
 
+class NoInputsError(ConfigError):
+    """``--input`` matches no participant zip or folder (exit code 3)."""
+
+
+class OutputError(ConfigError):
+    """The output folder cannot be used: not writable, or holding another run (exit code 4)."""
+
+
+EXIT_OK, EXIT_NOT_RECONCILED, EXIT_BAD_OPTIONS, EXIT_NO_INPUTS, EXIT_BAD_OUTPUT = 0, 1, 2, 3, 4
+
+
+def _check_phenotype_file(config: RunConfig) -> None:
+    """A phenotype file that cannot be read as a table at all (wrong delimiter, missing eid/sex
+    columns, not CSV or Parquet) stops the run before any work; bad rows in a good file do not."""
+    if not config.phenotypes:
+        return
+    try:
+        load_phenotypes(config.phenotypes)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"--phenotypes {config.phenotypes}: {exc}") from exc
+
+
+def _check_inputs_match(config: RunConfig) -> None:
+    """At least one input file (or folder holding files) matches ``--input``."""
+    pattern = config.input.rstrip("/\\")
+    try:
+        found = bool(filesystems.match(pattern)) or bool(filesystems.match(filesystems.join(pattern, "**")))
+    except (OSError, ValueError) as exc:
+        raise NoInputsError(f"--input {config.input!r}: cannot be listed ({exc})") from exc
+    if not found:
+        raise NoInputsError(f"--input {config.input!r} matches no participant zip or folder")
+
+
+def prepare_output(config: RunConfig) -> frozenset[tuple[str, int]]:
+    """Make the output folder ready; returns the (participant_id, instance) pairs it already holds.
+
+    A folder holding files is refused (a rerun with other ``--methods`` would leave the old method
+    partitions beside the new ones, and readers would mix runs) unless ``--overwrite`` (its files are
+    deleted first) or ``--skip_existing`` (the new run adds the participants it does not hold yet).
+    Then a probe file is written and deleted: an unwritable output fails here, not after the work."""
+    output = config.output
+    keys: frozenset[tuple[str, int]] = frozenset()
+    try:
+        holds_files = filesystems.has_files(output)
+    except (OSError, ValueError):
+        holds_files = False
+    if holds_files:
+        if config.overwrite:
+            old = filesystems.list_files(output)
+            logger.warning("--overwrite: deleting %d files under %s", len(old), output)
+            FileSystems.delete(old)
+            if filesystems.is_local(output):  # local folders stay behind empty; partitions must go too
+                for child in Path(output).iterdir():
+                    if child.is_dir():
+                        shutil.rmtree(child)
+        elif config.skip_existing:
+            keys = existing_participants(output, config)
+        else:
+            raise OutputError(f"--output {output} already holds files: pass --overwrite to replace them, "
+                              "or --skip_existing to add only the participants it does not hold yet")
+    probe = filesystems.join(output, ".lvmass-write-probe")
+    try:
+        filesystems.write_text(probe, "probe")
+        FileSystems.delete([probe])
+    except Exception as exc:  # any filesystem's refusal: permissions, a file in the way, no bucket
+        raise OutputError(f"--output {output} is not writable ({type(exc).__name__}: {exc})") from exc
+    return keys
+
+
+def existing_participants(output: str, config: RunConfig) -> frozenset[tuple[str, int]]:
+    """(participant_id, instance) of every participant an earlier run wrote rows or dead letters for.
+
+    The earlier run must have finished (``_SUCCESS``) and used the same methods, so that the output
+    keeps one set of method partitions."""
+    import pyarrow.dataset as pads
+
+    if not filesystems.exists(filesystems.join(output, SUCCESS_FILENAME)):
+        raise OutputError(f"--skip_existing: {output} holds no {SUCCESS_FILENAME}: the earlier run did "
+                          "not finish; rerun it with --overwrite")
+    keys: set[tuple[str, int]] = set()
+    methods_found: set[str] = set()
+    fs = filesystems.arrow_filesystem(output)
+    for sub in (RESULTS_DIRNAME, ERRORS_DIRNAME):
+        files = [f for f in filesystems.list_files(filesystems.join(output, sub)) if f.endswith(".parquet")]
+        if not files:
+            continue
+        dataset = pads.dataset(files, filesystem=fs, format="parquet",
+                               partitioning="hive" if sub == RESULTS_DIRNAME else None,
+                               partition_base_dir=filesystems.join(output, sub))
+        table = dataset.to_table()
+        if sub == RESULTS_DIRNAME and "method" in table.column_names:
+            methods_found.update(str(m) for m in table.column("method").unique().to_pylist())
+        ids = table.column("participant_id").to_pylist() if "participant_id" in table.column_names else []
+        eids = table.column("eid").to_pylist()
+        instances = table.column("instance").to_pylist()
+        uris = table.column("source_uri").to_pylist()
+        for k, (eid, instance, uri) in enumerate(zip(eids, instances, uris, strict=True)):
+            participant = ids[k] if ids and ids[k] is not None else (str(eid) if eid is not None else None)
+            if participant is None:
+                participant, instance = input_key(uri)
+            keys.add((participant, int(instance) if instance is not None else input_key(uri)[1]))
+    wanted = set(config.methods)
+    if contracts.METHOD_INLINEVF in wanted:
+        wanted.add(contracts.METHOD_INLINEVF_RECALIBRATED)
+    if methods_found and methods_found != wanted:
+        raise OutputError(f"--skip_existing: {output} holds methods {sorted(methods_found)}, this run asks "
+                          f"for {sorted(wanted)}; use the same --methods, or --overwrite")
+    logger.info("--skip_existing: %d participant-visits already in %s", len(keys), output)
+    return frozenset(keys)
+
+
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
     """Build and run the pipeline; return the run summary (``OUTPUT/summary.json``) once it finished.
 
-    ``test_pipeline`` lets a test inject its own pipeline (e.g. ``TestPipeline(runner="FnApiRunner")``).
+    Before any work: options, models, the phenotype file, the inputs and the output are checked
+    (``ConfigError``, ``NoInputsError``, ``OutputError``). ``test_pipeline`` lets a test inject its own
+    pipeline (e.g. ``TestPipeline(runner="FnApiRunner")``).
     """
     config, beam_args = parse_args(argv)
     options = PipelineOptions(beam_args)
     FileSystems.set_options(options)
     _check_inputs(config)
-    logger.info("lvmass %s: %s -> %s (methods %s)", config.mode, config.input, config.output,
-                ",".join(config.methods))
+    _check_phenotype_file(config)
+    _check_inputs_match(config)
+    existing = prepare_output(config)
+    logger.info("lvmass %s %s: %s -> %s (methods %s)", config.mode, config.run_id, config.input,
+                config.output, ",".join(config.methods))
     p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
-    build_pipeline(p, config)
+    build_pipeline(p, config, existing_keys=existing)
     result = p.run()
     result.wait_until_finish()
     counters = _log_counters(result)
@@ -384,16 +538,24 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry: 0 when the run's counts reconcile, 1 when they do not, 2 on bad options."""
+    """Console entry. Exit codes: 0 the run finished and its counts reconcile; 1 it finished but they do
+    not; 2 bad options (models, phenotype file); 3 no input matched; 4 the output cannot be used."""
     configure_logging(log_level_of(argv))
     try:
         summary = run(argv)
+    except NoInputsError as exc:
+        print(f"lvmass run: {exc}", file=sys.stderr)
+        return EXIT_NO_INPUTS
+    except OutputError as exc:
+        print(f"lvmass run: {exc}", file=sys.stderr)
+        return EXIT_BAD_OUTPUT
     except ConfigError as exc:
         print(f"lvmass run: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: summary[k] for k in ("inputs_matched", "participants_written", "participants_failed",
-                                              "rows_per_method", "reconciled")}, indent=2))
-    return 0 if summary["reconciled"] else 1
+        return EXIT_BAD_OPTIONS
+    shown = ("inputs_matched", "inputs_skipped_existing", "participants_written", "participants_failed",
+             "rows_per_method", "reconciled")
+    print(json.dumps({k: summary[k] for k in shown}, indent=2))
+    return EXIT_OK if summary["reconciled"] else EXIT_NOT_RECONCILED
 
 
 if __name__ == "__main__":

@@ -110,6 +110,35 @@ def mass_qc_flags(mass_g: float | None) -> tuple[str, ...]:
     return ()
 
 
+def neighbour_correlation(image: np.ndarray) -> float:
+    """Mean lag-1 autocorrelation of an image along rows and columns (0 for a constant image)."""
+    values = np.asarray(image, dtype=np.float64)
+    if values.ndim != 2 or min(values.shape) < 2:
+        return 0.0
+    centred = values - values.mean()
+    variance = float((centred * centred).mean())
+    if variance == 0.0 or not math.isfinite(variance):
+        return 0.0
+    down = float((centred[1:, :] * centred[:-1, :]).mean())
+    across = float((centred[:, 1:] * centred[:, :-1]).mean())
+    return (down + across) / (2.0 * variance)
+
+
+def image_qc_flags(study: DecodedStudy) -> tuple[str, ...]:
+    """``image_implausible`` when the images cannot be a cine short-axis heart acquisition, whatever a
+    model makes of them: a field of view under ``contracts.MIN_FIELD_OF_VIEW_MM`` (an 8 x 8 image), or
+    pixels with no spatial structure (noise: median neighbour correlation under
+    ``contracts.MIN_NEIGHBOUR_CORRELATION``). Applies to every method, the regression model included."""
+    row_mm, col_mm = study.pixel_spacing_mm
+    fovs = [min(img.shape[0] * row_mm, img.shape[1] * col_mm) for img in study.images]
+    correlations = [neighbour_correlation(img) for img in study.images]
+    if (fovs and min(fovs) < contracts.MIN_FIELD_OF_VIEW_MM) or (
+        correlations and float(np.median(correlations)) < contracts.MIN_NEIGHBOUR_CORRELATION
+    ):
+        return (contracts.QC_IMAGE_IMPLAUSIBLE,)
+    return ()
+
+
 def lvmi_qc_flags(lvmi_g_m2: float | None) -> tuple[str, ...]:
     """``mass_implausible`` for a known LVMI outside ``contracts.PLAUSIBLE_LVMI_RANGE_G_M2`` (an
     unknown LVMI, e.g. no height, is not a fault of the mass)."""

@@ -20,6 +20,7 @@ RESULTS_PARTITION_COLUMNS: tuple[str, ...] = ("method",)
 RESULTS_DIRNAME = "lvmass"
 ERRORS_DIRNAME = "errors"
 SUMMARY_FILENAME = "summary.json"
+SUCCESS_FILENAME = "_SUCCESS"  # written last, after every sink and the summary: the run is complete
 LABELS_DIRNAME = "labels"  # --save_labels: OUTPUT/labels/method=<m>/<eid>_<instance>.npz
 
 # Output vocabularies: the values of ErrorRecord.stage and ResultRecord.calibration.
@@ -28,9 +29,10 @@ STAGE_DECODE = "decode"  # DICOM headers, series, geometry or pixels could not g
 STAGE_TENSOR = "tensor"  # the stack could not be made into the model tensor or a participant id
 STAGE_INFERENCE = "inference"  # a model failed on a batch
 STAGE_MEASURE = "measure"  # labels or a prediction could not be measured
-STAGE_PHENOTYPES = "phenotypes"  # joining phenotypes or calibrating failed
+STAGE_PHENOTYPES = "phenotypes"  # a phenotype row was unusable, or joining/calibrating failed
+STAGE_WRITE = "write"  # a row the Parquet file cannot hold (checked before the writer)
 STAGES: tuple[str, ...] = (STAGE_READ, STAGE_DECODE, STAGE_TENSOR, STAGE_INFERENCE, STAGE_MEASURE,
-                           STAGE_PHENOTYPES)
+                           STAGE_PHENOTYPES, STAGE_WRITE)
 
 CALIBRATION_SEX_CENTERED = "sex_mean_centered"  # centred on the manual mean of the sex (the paper)
 CALIBRATION_LINEAR = "linear_recalibration"  # InlineVF: 0.543487 x raw + 5.808005 (the paper)
@@ -156,3 +158,27 @@ ERRORS_SCHEMA = pa.schema(
         pa.field("pipeline_version", pa.string(), nullable=False),
     ]
 )
+
+
+def check_result_row(row: dict[str, Any]) -> None:
+    """Raise (ValueError, OverflowError, pyarrow.ArrowInvalid...) when ``row`` cannot be written with
+    ``RESULTS_FILE_SCHEMA``: the check the writer would otherwise fail on, for the whole run."""
+    try:
+        pa.Table.from_pylist([row], schema=RESULTS_FILE_SCHEMA)
+    except (pa.ArrowException, OverflowError, TypeError) as exc:
+        raise ValueError(f"{row.get('source_uri', '?')}: the result row cannot be written to Parquet "
+                         f"({type(exc).__name__}: {exc})") from exc
+
+
+_INT_BOUNDS = {"eid": (-(2**63), 2**63 - 1), "instance": (-(2**31), 2**31 - 1)}
+
+
+def writable_error_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An ``ERRORS_SCHEMA`` row that the writer can always hold: ids outside their integer columns are
+    set to None (the dead letter's own message still names the input)."""
+    out = dict(row)
+    for name, (low, high) in _INT_BOUNDS.items():
+        value = out.get(name)
+        if value is not None and (not isinstance(value, int) or not low <= value <= high):
+            out[name] = None
+    return out

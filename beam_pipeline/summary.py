@@ -18,9 +18,9 @@ from importlib import metadata
 from typing import Any, NamedTuple
 
 from beam_pipeline import PIPELINE_VERSION
-from beam_pipeline.schema import ErrorRecord
+from beam_pipeline.schema import STAGE_PHENOTYPES, ErrorRecord
 
-SUMMARY_SCHEMA_VERSION = 1
+SUMMARY_SCHEMA_VERSION = 2
 _VERSIONED_PACKAGES = ("apache-beam", "tensorflow", "numpy", "pyarrow", "pydicom", "scipy")
 
 
@@ -68,11 +68,22 @@ def build_summary(
     errors: Iterable[ErrorRecord],
     mode: str,
     options: Mapping[str, Any],
+    skipped_uris: Iterable[str] = (),
+    files_written: Iterable[str] = (),
+    run_id: str = "",
 ) -> dict[str, Any]:
-    """Counts in, out, failed by stage and reason, rows and QC passes per method, versions, options."""
+    """Counts in, out, failed by stage and reason, rows and QC passes per method, versions, options.
+
+    Dead letters that are not about an input (a rejected phenotype row names the phenotype file) are
+    counted as ``phenotype_rows_rejected`` and stay out of the reconciliation; inputs left out because
+    the output already holds them (``--skip_existing``) are ``inputs_skipped_existing``."""
     inputs = sorted(set(input_uris))
     rows = list(rows)
-    errors = sorted(errors, key=lambda e: (e.source_uri, e.stage, e.error_type, e.message))
+    all_errors = list(errors)
+    input_set = set(inputs)
+    phenotype_rows = [e for e in all_errors if e.source_uri not in input_set and e.stage == STAGE_PHENOTYPES]
+    errors = sorted((e for e in all_errors if e.source_uri in input_set or e.stage != STAGE_PHENOTYPES),
+                    key=lambda e: (e.source_uri, e.stage, e.error_type, e.message))
     written = {r.source_uri for r in rows}
     errored = {e.source_uri for e in errors}
     failed = errored - written
@@ -89,8 +100,11 @@ def build_summary(
     return {
         "summary_schema_version": SUMMARY_SCHEMA_VERSION,
         "pipeline_version": PIPELINE_VERSION,
+        "run_id": run_id,
         "mode": mode,
         "inputs_matched": len(inputs),
+        "inputs_skipped_existing": len(set(skipped_uris)),
+        "phenotype_rows_rejected": len(phenotype_rows),
         "participants_written": len(written),
         "participants_failed": len(failed),
         "reconciled": len(inputs) == len(written) + len(failed) and not unaccounted and not unexpected,
@@ -102,6 +116,7 @@ def build_summary(
         "rows_per_method": dict(sorted(Counter(r.method for r in rows).items())),
         "qc_pass_per_method": dict(sorted(Counter(r.method for r in rows if r.qc_pass).items())),
         "failed_inputs": sorted(failed),
+        "files_written": sorted(set(files_written)),
         "versions": package_versions(),
         "options": {k: options[k] for k in sorted(options)},
     }

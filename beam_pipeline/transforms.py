@@ -37,7 +37,7 @@ from apache_beam.io.tfrecordio import WriteToTFRecord
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from beam_pipeline import contracts, filesystems
+from beam_pipeline import PIPELINE_VERSION, contracts, filesystems
 from beam_pipeline.dead_letters import error_record
 from beam_pipeline.decode import (
     DecodeStats,
@@ -46,7 +46,7 @@ from beam_pipeline.decode import (
     decode_participant_zip,
     folder_member_name,
 )
-from beam_pipeline.identity import check_input_name
+from beam_pipeline.identity import check_input_name, ids_from_name, input_key
 from beam_pipeline.mass import fit_sex_centering, sex_percentile_thresholds
 from beam_pipeline.measure import (
     CENTERED_METHODS,
@@ -79,7 +79,12 @@ from beam_pipeline.schema import (
     STAGE_PHENOTYPES,
     STAGE_READ,
     STAGE_TENSOR,
+    STAGE_WRITE,
+    SUCCESS_FILENAME,
     SUMMARY_FILENAME,
+    ErrorRecord,
+    check_result_row,
+    writable_error_row,
 )
 from beam_pipeline.study import DecodeError
 from beam_pipeline.summary import build_summary, summary_json
@@ -154,6 +159,57 @@ def input_uri(element: Any) -> str:
     if isinstance(element, ParticipantFolder):
         return element.path
     return element.metadata.path
+
+
+class SelectInputs(beam.PTransform):
+    """Matched inputs -> ``(inputs, errors, skipped)``: one input per participant and visit.
+
+    Inputs are keyed by what their names say (``identity.input_key``). Two inputs of one participant
+    and visit (the same zip in two folders, a zip and its unzipped folder) would write the same rows
+    twice: the first URI in sort order is kept and every other becomes a ``read``-stage dead letter
+    naming the one kept. With ``existing_keys`` (``--skip_existing``) inputs already in the output are
+    left out, and returned as ``skipped`` URIs (counted, not errors).
+    """
+
+    def __init__(self, existing_keys: frozenset[tuple[str, int]] = frozenset()):
+        super().__init__()
+        self._existing = frozenset(existing_keys)
+
+    def expand(self, inputs):
+        existing = self._existing
+        skipped_counter = Metrics.counter(NAMESPACE, "inputs_skipped_existing")
+        duplicate_counter = Metrics.counter(NAMESPACE, "inputs_duplicated")
+
+        def key(element):
+            return input_key(input_uri(element)), element
+
+        def choose(participant_key, elements):
+            ordered = sorted(elements, key=input_uri)
+            if participant_key in existing:
+                for element in ordered:
+                    skipped_counter.inc()
+                    yield beam.pvalue.TaggedOutput("skipped", input_uri(element))
+                return
+            kept, *others = ordered
+            yield kept
+            for element in others:
+                duplicate_counter.inc()
+                uri = input_uri(element)
+                participant_id, instance = participant_key
+                yield beam.pvalue.TaggedOutput("duplicates", ErrorRecord(
+                    source_uri=uri, participant_id=participant_id, eid=ids_from_name(uri)[0],
+                    instance=instance, stage=STAGE_READ, error_type="DuplicateInput",
+                    message=f"{uri}: participant {participant_id} visit {instance} is also "
+                            f"{input_uri(kept)}, which is the one processed",
+                    pipeline_version=PIPELINE_VERSION))
+
+        selected = (
+            inputs
+            | "KeyByParticipant" >> beam.Map(key)
+            | "GroupByParticipant" >> beam.GroupByKey()
+            | "Choose" >> beam.FlatMapTuple(choose).with_outputs("duplicates", "skipped", main="kept")
+        )
+        return selected.kept, selected.duplicates, selected.skipped
 
 
 def _reads_folders(pattern: str, input_kind: str) -> bool:
@@ -442,10 +498,21 @@ def load_phenotypes(path: str | None) -> Any:
     if not path:
         return PhenotypeTable()
     with filesystems.open_read(path) as stream:
-        table = read_phenotype_table(filesystems.ensure_seekable(stream), source=path)
-    logger.info("read %d phenotype rows from %s (%s)", len(table), path,
-                "per eid x instance" if table.per_instance else "per eid")
+        table = read_phenotype_table(filesystems.ensure_seekable(stream), source=path, lenient=True)
+    logger.info("read %d phenotype rows from %s (%s); %d rows left out", len(table), path,
+                "per eid x instance" if table.per_instance else "per eid", len(table.rejected))
     return table
+
+
+def phenotype_error_records(path: str, table: PhenotypeTable) -> list[ErrorRecord]:
+    """One dead letter per phenotype row the reader left out (stage ``phenotypes``; the participant's
+    scan is still measured, without phenotypes, and flagged ``no_phenotype``)."""
+    return [
+        ErrorRecord(source_uri=path, participant_id=None if row.eid is None else str(row.eid), eid=row.eid,
+                    instance=row.instance, stage=STAGE_PHENOTYPES, error_type="PhenotypeRowRejected",
+                    message=row.reason, pipeline_version=PIPELINE_VERSION)
+        for row in table.rejected
+    ]
 
 
 class CalibrateAndIndex(beam.PTransform):
@@ -604,6 +671,20 @@ class EncodeExamples(beam.PTransform):
 # --- Writers ---------------------------------------------------------------------------------------
 
 
+class ValidateRows(beam.PTransform):
+    """``ResultRecord``s -> ``(records, errors)``: each row converted to its Parquet types first, so a
+    value the file cannot hold (an int64 overflow, a wrong type) costs that row a ``write``-stage dead
+    letter instead of failing the writer, and with it the whole run."""
+
+    def expand(self, records):
+        def check(record):
+            check_result_row(results_file_row(record))
+            return record
+
+        valid, bad = records | "Check" >> beam.Map(check).with_exception_handling()
+        return valid, bad | "WriteErrors" >> ToErrorRecords(STAGE_WRITE)
+
+
 class WriteResults(beam.PTransform):
     """``ResultRecord``s -> ``OUTPUT/lvmass/method=<m>/results-*.parquet`` (snappy, explicit schema).
 
@@ -614,11 +695,12 @@ class WriteResults(beam.PTransform):
     method writes at least one (possibly empty) file, so readers never meet a missing partition.
     """
 
-    def __init__(self, output: str, methods: Sequence[str], *, num_shards: int = 1):
+    def __init__(self, output: str, methods: Sequence[str], *, num_shards: int = 1, run_id: str = ""):
         super().__init__()
         self._output = output
         self._methods = tuple(methods)
         self._num_shards = num_shards
+        self._file_prefix = f"results-{run_id}" if run_id else "results"
 
     def expand(self, records):
         methods = self._methods
@@ -626,7 +708,7 @@ class WriteResults(beam.PTransform):
             lambda record, _n: methods.index(record.method), len(methods))
         writes = []
         for method, part in zip(methods, parts, strict=True):
-            prefix = filesystems.join(self._output, RESULTS_DIRNAME, f"method={method}", "results")
+            prefix = filesystems.join(self._output, RESULTS_DIRNAME, f"method={method}", self._file_prefix)
             writes.append(
                 part
                 | f"Rows[{method}]" >> beam.Map(results_file_row)
@@ -640,15 +722,16 @@ class WriteResults(beam.PTransform):
 class WriteErrors(beam.PTransform):
     """``ErrorRecord``s -> ``OUTPUT/errors/errors-*.parquet``; an empty-but-valid file when none."""
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, *, run_id: str = ""):
         super().__init__()
         self._output = output
+        self._file_prefix = f"errors-{run_id}" if run_id else "errors"
 
     def expand(self, errors):
-        prefix = filesystems.join(self._output, ERRORS_DIRNAME, "errors")
+        prefix = filesystems.join(self._output, ERRORS_DIRNAME, self._file_prefix)
         return (
             errors
-            | "Rows" >> beam.Map(lambda e: e.to_row())
+            | "Rows" >> beam.Map(lambda e: writable_error_row(e.to_row()))
             | "Write" >> WriteToParquet(prefix, ERRORS_SCHEMA, codec="snappy", file_name_suffix=".parquet",
                                         num_shards=1, use_compliant_nested_type=True)
         )
@@ -675,23 +758,40 @@ class WriteTFRecords(beam.PTransform):
 
 
 class WriteSummary(beam.PTransform):
-    """One JSON summary (``OUTPUT/summary.json``) from the run's inputs, rows and errors (side inputs)."""
+    """The run's last step: ``OUTPUT/summary.json`` from its inputs, rows and errors, then the completion
+    marker ``OUTPUT/_SUCCESS``.
 
-    def __init__(self, output: str, *, mode: str, options: Mapping[str, Any]):
+    ``inputs`` is ``(uris, rows, errors)``, or ``(uris, rows, errors, skipped_uris, written_files)``:
+    ``written_files`` are the file names the sinks emit once they have finalised their files, taken as a
+    side input, so the summary (and the marker after it) are written only when every result and error
+    file is in place. A reader must check for ``_SUCCESS`` (``schema.SUCCESS_FILENAME``) before trusting
+    an output folder: without it the run did not finish.
+    """
+
+    def __init__(self, output: str, *, mode: str, options: Mapping[str, Any], run_id: str = ""):
         super().__init__()
         self._output = output
         self._mode = mode
         self._options = dict(options)
+        self._run_id = run_id
 
     def expand(self, inputs):
-        uris, rows, errors = inputs
+        uris, rows, errors = inputs[:3]
+        pipeline = uris.pipeline
+        skipped = inputs[3] if len(inputs) > 3 else pipeline | "NoSkipped" >> beam.Create([])
+        written = inputs[4] if len(inputs) > 4 else pipeline | "NoFiles" >> beam.Create([])
         path = filesystems.join(self._output, SUMMARY_FILENAME)
-        mode, options = self._mode, self._options
+        marker = filesystems.join(self._output, SUCCESS_FILENAME)
+        mode, options, run_id = self._mode, self._options, self._run_id
 
-        def write(_, uri_list, row_list, error_list):
+        def write(_, uri_list, row_list, error_list, skipped_list, file_list):
             summary = build_summary(input_uris=uri_list, rows=row_list, errors=error_list, mode=mode,
-                                    options=options)
+                                    options=options, skipped_uris=skipped_list, files_written=file_list,
+                                    run_id=run_id)
             filesystems.write_text(path, summary_json(summary), mime_type="application/json")
+            filesystems.write_text(marker, summary_json({"run_id": run_id, "summary": SUMMARY_FILENAME,
+                                                         "reconciled": summary["reconciled"]}),
+                                   mime_type="application/json")
             logger.info(
                 "summary: %d inputs, %d written, %d failed (reconciled=%s) -> %s",
                 summary["inputs_matched"], summary["participants_written"], summary["participants_failed"],
@@ -700,8 +800,9 @@ class WriteSummary(beam.PTransform):
             return summary
 
         return (
-            inputs[0].pipeline
+            pipeline
             | "Trigger" >> beam.Create([None])
             | "Write" >> beam.Map(write, beam.pvalue.AsList(uris), beam.pvalue.AsList(rows),
-                                  beam.pvalue.AsList(errors))
+                                  beam.pvalue.AsList(errors), beam.pvalue.AsList(skipped),
+                                  beam.pvalue.AsList(written))
         )

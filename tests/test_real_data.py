@@ -146,7 +146,8 @@ class TestPydicomDataFiles:
             ds.TriggerTime = 0.0
             buffer = io.BytesIO()
             ds.save_as(buffer)
-            members[f"slice{k}.dcm"] = (lambda data=buffer.getvalue(): io.BytesIO(data))
+            data = buffer.getvalue()
+            members[f"slice{k}.dcm"] = (lambda data=data: io.BytesIO(data))
         study = decode_dicom_members(members, "mem://mr_small_stack")
         assert study.n_slices == 5
         assert study.slice_spacing_mm == pytest.approx(8.0)
