@@ -9,11 +9,14 @@ and every exclusion is counted in ``Cohort.exclusions`` (nothing disappears with
   a table with an ``instance`` column on (eid, instance), its rows of the analysed visit; a table
   without one on eid, its manual LV mass only when the analysed visit is ``MANUAL_MASS_INSTANCE`` (2);
 * rows failing QC (``qc_pass`` false) are excluded by default (their values become missing);
+* results without an ``eid`` (inputs from outside UK Biobank, known only by ``participant_id``) cannot
+  be joined to phenotypes, which are keyed by eid: they are left out, counted (``no_eid``) and logged;
 * results for eids absent from the phenotype file cannot be adjusted for age and sex and are counted.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,6 +27,8 @@ from beam_pipeline.contracts import ALL_METHODS
 from beam_pipeline.phenotypes import INSTANCE_COLUMN, MANUAL_MASS_INSTANCE
 from beam_pipeline.schema import PHENOTYPE_COLUMNS
 from beam_pipeline.truth import TRUTH_LV_MASS_G, TRUTH_LVMI_G_M2
+
+logger = logging.getLogger(__name__)
 
 METHOD_FIELDS: tuple[str, ...] = ("lv_mass_g", "lv_mass_raw_g", "lvmi_g_m2", "lvh", "lvh_p90", "bsa_m2")
 MANUAL_MASS = "manual_lv_mass_g"
@@ -106,9 +111,12 @@ def build_cohort(
     for method in methods:
         part = results[results["method"] == method]
         at_instance = part[part["instance"] == instance]
-        no_pheno = ~at_instance["eid"].isin(pheno_eids)
-        qc_fail = ~at_instance["qc_pass"].astype(bool)
-        usable = at_instance[~no_pheno].copy()
+        no_eid = at_instance["eid"].isna().to_numpy()
+        no_pheno = ~no_eid & ~at_instance["eid"].isin(pheno_eids).to_numpy(dtype=bool, na_value=False)
+        qc_fail = ~at_instance["qc_pass"].astype(bool).to_numpy()
+        joined = ~no_eid & ~no_pheno
+        usable = at_instance[joined].copy()
+        usable["eid"] = usable["eid"].astype(np.int64)  # nullable Int64 when some rows had no eid
         for flag in ("lvh", "lvh_p90"):  # nullable bools arrive as object: make them 1.0 / 0.0 / NaN
             usable[flag] = usable[flag].astype(float)
         failing = ~usable["qc_pass"].astype(bool)
@@ -120,15 +128,24 @@ def build_cohort(
                 "method": method,
                 "rows_read": len(part),
                 "other_instance": int(len(part) - len(at_instance)),
+                "no_eid": int(no_eid.sum()),
                 "no_phenotype": int(no_pheno.sum()),
-                "qc_fail": int((qc_fail & ~no_pheno).sum()),
-                "qc_fail_excluded": int((qc_fail & ~no_pheno).sum()) if qc_pass_only else 0,
+                "qc_fail": int((qc_fail & joined).sum()),
+                "qc_fail_excluded": int((qc_fail & joined).sum()) if qc_pass_only else 0,
                 "missing_mass": int(missing_mass.sum()),
                 "analysed": int(usable["lv_mass_g"].notna().sum()),
             }
         )
         wide = usable[["eid", *METHOD_FIELDS]].rename(columns={f: mcol(method, f) for f in METHOD_FIELDS})
         kept.append(wide.set_index("eid"))
+    exclusions = pd.DataFrame(rows)
+    if len(exclusions) and exclusions["no_eid"].any():
+        logger.warning(
+            "result rows at instance %d without a UK Biobank eid (known only by participant_id; per method: "
+            "%s) cannot be joined to the phenotypes by eid and are left out of the analysis",
+            instance,
+            ", ".join(f"{m} {n}" for m, n in zip(exclusions["method"], exclusions["no_eid"], strict=True)),
+        )
     imaged = sorted(set().union(*(set(k.index) for k in kept))) if kept else []
     frame = phenotypes[list(PHENOTYPE_COLUMNS)].copy()
     frame = frame[frame["eid"].isin(imaged)].set_index("eid")
@@ -152,7 +169,7 @@ def build_cohort(
     return Cohort(
         frame=frame,
         methods=methods,
-        exclusions=pd.DataFrame(rows),
+        exclusions=exclusions,
         instance=instance,
         holdout_source=holdout_source,
     )

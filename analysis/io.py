@@ -128,8 +128,11 @@ def read_results(root: str | os.PathLike[str]) -> pd.DataFrame:
     """All result rows under ``ROOT/lvmass/method=*/*.parquet`` as one DataFrame with RESULTS_SCHEMA's
     columns (``method`` restored from the hive partition directory).
 
-    Raises :class:`InputError` when there is no Parquet file, a file is unreadable or lacks columns,
-    a partition names an unknown method, or a (eid, instance, method) row appears twice.
+    Rows are keyed by ``participant_id`` (always set); ``eid`` is None for inputs from outside UK Biobank,
+    so it is int64 when every row has one and pandas' nullable ``Int64`` when some do not (never float,
+    which would round-trip eids through doubles). Raises :class:`InputError` when there is no Parquet file,
+    a file is unreadable or lacks columns, a partition names an unknown method, or a (participant_id,
+    instance, method) row appears twice.
     """
     base, files = _results_files(str(root))
     dataset = ds.dataset(
@@ -158,12 +161,18 @@ def read_results(root: str | os.PathLike[str]) -> pd.DataFrame:
             tables.append(_checked_results(table, fragment.path, str(method)))
     if not tables:
         raise InputError(base, "the results Parquet files hold no rows")
-    results = pa.concat_tables(tables).to_pandas()
-    key = ["eid", "instance", "method"]
+    table = pa.concat_tables(tables)
+    results = table.to_pandas()
+    eid = table.column("eid")
+    if eid.null_count:
+        results["eid"] = eid.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    key = ["participant_id", "instance", "method"]
     dup = results.duplicated(key, keep=False)
     if dup.any():
         first = results.loc[dup, key].iloc[0].to_dict()
-        raise InputError(base, f"{int(dup.sum())} duplicated (eid, instance, method) rows, e.g. {first}")
+        raise InputError(
+            base, f"{int(dup.sum())} duplicated (participant_id, instance, method) rows, e.g. {first}"
+        )
     return results[RESULTS_SCHEMA.names]
 
 

@@ -361,6 +361,13 @@ def build_report(args: argparse.Namespace) -> tuple[Report, dict[str, pd.DataFra
             overview.paragraphs.append(
                 f"{missing:,} holdout eid(s) have no analysable results or phenotypes."
             )
+    no_eid = int(cohort.exclusions["no_eid"].max()) if len(cohort.exclusions) else 0
+    if no_eid:
+        overview.paragraphs.append(
+            f"{no_eid:,} participant(s) imaged at instance {args.instance} have no UK Biobank eid (inputs "
+            "known only by participant_id): they cannot be joined to the phenotypes and are left out "
+            "(column 'no eid' of the exclusions)."
+        )
     out_tables["exclusions"] = exclusions
 
     # Table 1

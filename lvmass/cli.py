@@ -2,12 +2,14 @@
 
 Each subcommand is also reachable as ``python -m <package>``:
 
-=============  ==================================
-``synth``      ``python -m lvmass.synth``
-``run``        ``python -m beam_pipeline``
-``train``      ``python -m trainer.task``
-``analyze``    ``python -m analysis``
-=============  ==================================
+==============  ==================================
+``synth``       ``python -m lvmass.synth``
+``run``         ``python -m beam_pipeline``
+``train``       ``python -m trainer.task``
+``analyze``     ``python -m analysis``
+``phenotypes``  ``lvmass phenotypes`` only (``analysis.ukbb_phenotypes.main``)
+``export``      ``lvmass export`` only (``analysis.export.main``)
+==============  ==================================
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("beam_pipeline.pipeline", "main", "run the Beam pipeline: participant zips -> LV mass Parquet"),
     "train": ("trainer.task", "main", "train ML4H_seg / ML4H_reg and export SavedModels"),
     "analyze": ("analysis.report", "main", "agreement, disease associations, tables, figures, report"),
+    "phenotypes": ("analysis.ukbb_phenotypes", "main", "phenotype table from a UK Biobank export"),
+    "export": ("analysis.export", "main", "results as one wide row per participant and visit (CSV/Parquet)"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: lvmass <command> [options]", "", "commands:"]
-    lines += [f"  {name:<9} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
     lines += ["", "Run 'lvmass <command> --help' for a command's options."]
     return "\n".join(lines)
 

@@ -457,3 +457,56 @@ def test_the_analysis_never_imports_the_generator():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+class TestResultsWithoutEid:
+    """Inputs from outside UK Biobank have a participant_id and no eid: they are read, kept out of the
+    eid-keyed analysis, counted and reported, never a crash."""
+
+    OTHER_ID = "SCD0000101"
+
+    @pytest.fixture
+    def with_other(self, study, tmp_path):
+        results = study.results
+        other = results[(results["method"] == "ml4h_seg") & (results["instance"] == 2)].head(1)
+        other = other.assign(participant_id=self.OTHER_ID, eid=None, source_uri="gs://b/SCD0000101.zip")
+        results = pd.concat([study.results.astype({"eid": object}), other], ignore_index=True)
+        return write_results(results, tmp_path / "results")
+
+    def test_read_results_keeps_the_row_with_a_nullable_eid(self, study, with_other):
+        frame = aio.read_results(with_other)
+        assert len(frame) == len(study.results) + 1 and str(frame["eid"].dtype) == "Int64"
+        row = frame[frame["participant_id"] == self.OTHER_ID]
+        assert len(row) == 1 and row["eid"].isna().all()
+        assert frame.loc[frame["eid"].notna(), "eid"].astype(np.int64).tolist() == frame.loc[
+            frame["eid"].notna(), "participant_id"].astype(np.int64).tolist()
+
+    def test_duplicates_are_keyed_by_participant_id(self, study, with_other):
+        other = aio.read_results(with_other)
+        other = other[other["participant_id"] == self.OTHER_ID].drop(columns="method")
+        again = pa.Table.from_pandas(other, schema=RESULTS_FILE_SCHEMA, preserve_index=False)
+        pq.write_table(again, with_other / "lvmass" / "method=ml4h_seg" / "again.parquet")  # the same row
+        with pytest.raises(aio.InputError, match=r"duplicated \(participant_id, instance, method\) rows"):
+            aio.read_results(with_other)
+
+    def test_the_cohort_leaves_it_out_and_counts_it(self, study, with_other, written):
+        phenotypes = aio.read_phenotypes(written["phenotypes"])
+        cohort = build_cohort(aio.read_results(with_other), phenotypes)
+        plain = build_cohort(aio.read_results(written["results"]), phenotypes)
+        ex = cohort.exclusions.set_index("method")
+        assert ex.loc["ml4h_seg", "no_eid"] == 1 and ex["no_eid"].sum() == 1
+        assert (ex["no_phenotype"] == 0).all()
+        pd.testing.assert_frame_equal(cohort.frame, plain.frame)
+        pd.testing.assert_frame_equal(cohort.exclusions.drop(columns=["rows_read", "no_eid"]),
+                                      plain.exclusions.drop(columns=["rows_read", "no_eid"]))
+        assert cohort.frame["eid"].dtype == np.int64
+
+    def test_analyze_reports_it_in_the_overview(self, with_other, written, tmp_path):
+        out = tmp_path / "report"
+        args = [f"--results={with_other}", f"--phenotypes={written['phenotypes']}", f"--out={out}",
+                "--bootstrap=20", "--log_level=ERROR"]
+        assert analyze(args) == 0
+        report = (out / "report.md").read_text()
+        assert "1 participant(s) imaged at instance 2 have no UK Biobank eid" in report
+        exclusions = pd.read_csv(out / "tables" / "exclusions.csv")
+        assert exclusions["no_eid"].tolist() == [1, 0, 0, 0]

@@ -41,6 +41,8 @@ PARSERS = {
     "lvmass run": ("beam_pipeline.pipeline", "build_parser"),
     "lvmass synth": ("lvmass.synth.cli", "build_parser"),
     "lvmass analyze": ("analysis.report", "build_parser"),
+    "lvmass phenotypes": ("analysis.ukbb_phenotypes", "build_parser"),
+    "lvmass export": ("analysis.export", "build_parser"),
     "python -m lvmass.demo": ("lvmass.demo", "build_parser"),
 }
 
@@ -94,3 +96,18 @@ class TestConventions:
         parser.add_argument("rest", nargs="*", help="positional, for this test")
         args = parser.parse_args(["--results", "r", "--phenotypes", "p", "--out", "o", "--", "--min-events"])
         assert args.rest == ["--min-events"]
+
+
+class TestNewCommands:
+    def test_phenotypes_and_export_accept_both_spellings(self):
+        phenotypes = _parser("lvmass phenotypes")
+        args = phenotypes.parse_args(["--input", "ukb.csv", "--out", "p.csv", "--manual-mass", "m.csv"])
+        assert args.manual_mass == "m.csv" and args.instances == [2, 3] and not args.overwrite
+        export = _parser("lvmass export").parse_args(["--results", "r", "--out", "w.csv",
+                                                      "--log-level", "debug"])
+        assert export.log_level == "DEBUG" and not export.overwrite
+
+    @pytest.mark.parametrize("name", ["phenotypes", "export"])
+    def test_registered_with_their_modules(self, name):
+        module, func, help_ = cli.SUBCOMMANDS[name]
+        assert module.startswith("analysis.") and func == "main" and help_
