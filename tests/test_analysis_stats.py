@@ -179,8 +179,11 @@ class TestBlandAltman:
     def test_share_inside_counts_points_outside(self):
         diffs = np.array([0.0] * 19 + [50.0])
         result = stats.bland_altman(100.0 + diffs, np.full(20, 100.0))
-        _, upper = result.limits_of_agreement()
-        assert upper < 50.0  # the outlier lies outside its own limits
+        # bias 50 / 20 = 2.5; squared deviations 19 x 2.5^2 + 47.5^2 = 118.75 + 2256.25 = 2375, / 19 = 125,
+        # so SD = sqrt(125) and the limits are 2.5 -/+ 1.96 sqrt(125) = -19.413 and 24.413: the outlier
+        # lies outside its own limits, the 19 zeros inside
+        assert result.limits_of_agreement() == pytest.approx(
+            (2.5 - 1.96 * np.sqrt(125.0), 2.5 + 1.96 * np.sqrt(125.0)))
         assert result.share_inside_loa == pytest.approx(19 / 20)
 
     def test_uses_ddof_1_not_ddof_0(self):

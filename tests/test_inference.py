@@ -64,6 +64,9 @@ class TestSegHandler:
             np.testing.assert_array_equal(example.image, original)  # input not mutated
 
     def test_probabilities_equal_the_signature_output(self, seg_dir):
+        """With ``argmax=False`` the handler returns the signature's probabilities untouched: they equal a
+        direct call and, independently, the one-hot of the numpy band labels. Bug caught: a handler that
+        reorders the batch, drops the class axis or returns another output."""
         import tensorflow as tf
 
         handler = SavedModelHandler(str(seg_dir), kind=contracts.MODEL_KIND_SEG, argmax=False)
@@ -76,6 +79,9 @@ class TestSegHandler:
         for i, result in enumerate(results):
             assert result.inference.shape == (*contracts.LABEL_VOLUME_SHAPE, contracts.NUM_CLASSES)
             np.testing.assert_array_equal(result.inference, direct[i])
+            one_hot = np.eye(contracts.NUM_CLASSES, dtype=np.float32)[
+                band_labels(batch[i].image, low=LOW, high=HIGH)]
+            np.testing.assert_array_equal(result.inference, one_hot)
 
     def test_wrong_kind_is_refused(self, seg_dir):
         handler = SavedModelHandler(str(seg_dir), kind=contracts.MODEL_KIND_REG)

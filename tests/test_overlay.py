@@ -92,8 +92,23 @@ class TestOverlayOutline:
 class TestUnitDisk:
     def test_integer_radius(self):
         disk = unit_disk(2)
-        assert disk.shape == (5, 5)
-        assert disk.sum() == 13  # x^2 + y^2 <= 4 on the integer grid
+        # x^2 + y^2 <= 4 on the integer grid -2..2: the 5 x 5 square less its 4 corners (8) and the
+        # 4 points (+/-2, +/-1), (+/-1, +/-2) beside each corner (8): 25 - 12 = 13
+        expected = np.array(
+            [[0, 0, 1, 0, 0],
+             [0, 1, 1, 1, 0],
+             [1, 1, 1, 1, 1],
+             [0, 1, 1, 1, 0],
+             [0, 0, 1, 0, 0]]
+        )
+        np.testing.assert_array_equal(disk, expected)
+        assert disk.sum() == 13
+
+    @pytest.mark.parametrize("radius", [2, 2.5, 3, 3.4, 5.7, 11.02, 23.85])
+    def test_is_ml4hs_disk(self, radius):
+        """Bug caught: a disk centred on a pixel for fractional radii (``ogrid[-ceil(r):ceil(r)+1]``), or
+        ``<`` for ``<=``, changes every InlineVF label; ml4h's own definition is the oracle."""
+        np.testing.assert_array_equal(unit_disk(radius), ml4h_unit_disk(radius))
 
     def test_fractional_radius_grid_starts_at_minus_r(self):
         # ml4h: ogrid[-2.5:3.5] = -2.5, -1.5, ..., 2.5 (six values, not centred on a pixel)
@@ -104,20 +119,23 @@ class TestUnitDisk:
             unit_disk(0)
 
 
-class TestOutlineToLabels:
-    def _expected(self, n, outer, inner):
-        y, x = np.indices((n, n))
-        c = (n - 1) / 2
-        d2 = (y - c) ** 2 + (x - c) ** 2
-        cavity = (d2 <= inner**2) & ~circle_outline(n, n, inner)
-        myocardium = (d2 <= outer**2) & ~cavity
-        return cavity, myocardium
+def expected_ring_labels(n: int, outer: float, inner: float) -> tuple[np.ndarray, np.ndarray]:
+    """The labels of a centred ``ring_outline(n, n, outer, inner)`` from its geometry: the cavity is the
+    inner disk less its drawn curve, the myocardium the rest of the outer disk (both curves)."""
+    y, x = np.indices((n, n))
+    c = (n - 1) / 2
+    d2 = (y - c) ** 2 + (x - c) ** 2
+    cavity = (d2 <= inner**2) & ~circle_outline(n, n, inner)
+    myocardium = (d2 <= outer**2) & ~cavity
+    return cavity, myocardium
 
+
+class TestOutlineToLabels:
     @pytest.mark.parametrize("n", [40, 96])  # 40: the big closing would cross the border without padding
     def test_two_concentric_circles(self, n):
         outline = ring_outline(n, n, 12, 7)
         labels = outline_to_labels(outline)
-        cavity, myocardium = self._expected(n, 12, 7)
+        cavity, myocardium = expected_ring_labels(n, 12, 7)
         assert labels.dtype == np.uint8
         np.testing.assert_array_equal(labels == contracts.LV_CAVITY, cavity)
         np.testing.assert_array_equal(labels == contracts.MYOCARDIUM, myocardium)
@@ -171,27 +189,44 @@ class TestInlinevfLabels:
         )
         labels = inlinevf_labels(study)
         assert not labels[0].any() and labels[0].shape == (40, 40)
-        np.testing.assert_array_equal(labels[1], outline_to_labels(study.outlines[1]))
+        # the ring's geometry, not outline_to_labels, is the oracle (as in TestOutlineToLabels): a slice
+        # given another slice's outline, or none, fails
+        cavity, myocardium = expected_ring_labels(40, 12, 7)
+        expected = np.zeros((40, 40), np.uint8)
+        expected[cavity], expected[myocardium] = contracts.LV_CAVITY, contracts.MYOCARDIUM
+        np.testing.assert_array_equal(labels[1], expected)
+
+
+def ml4h_unit_disk(r: float) -> np.ndarray:
+    """ml4h's ``_unit_disk`` (ml4h/tensorize/tensor_writer_ukbb.py) verbatim, ``np.int`` aside: written
+    here, not imported from ``beam_pipeline.overlay``, so the reference below shares no code with ours."""
+    y, x = np.ogrid[-r : r + 1, -r : r + 1]
+    return (x**2 + y**2 <= r**2).astype(int)
 
 
 def ml4h_reference_labels(outline: np.ndarray) -> np.ndarray:
-    """ml4h's _get_overlay_from_dicom morphology verbatim (scipy.ndimage on the full image)."""
+    """ml4h's _get_overlay_from_dicom morphology verbatim (scipy.ndimage on the full image, ml4h's own
+    disk): nothing of ``beam_pipeline.overlay`` enters it."""
     from scipy.ndimage import binary_closing, binary_erosion
 
     idx = np.where(outline == 1)
     short_side = min(idx[0].max() - idx[0].min(), idx[1].max() - idx[1].min())
     small_radius = max(2, short_side * 0.19)
     big_radius = max(3, short_side * 0.9)
-    m1 = binary_closing(outline, unit_disk(small_radius)).astype(int)
-    m2 = binary_closing(outline, unit_disk(big_radius)).astype(int)
+    m1 = binary_closing(outline, ml4h_unit_disk(small_radius)).astype(int)
+    m2 = binary_closing(outline, ml4h_unit_disk(big_radius)).astype(int)
     mask = m1 + m2
     if np.count_nonzero(mask == 1) == 0 and np.count_nonzero(mask == 2) > 20:
-        mask = mask - binary_erosion(m1, unit_disk(small_radius * 1.5)).astype(int)
+        mask = mask - binary_erosion(m1, ml4h_unit_disk(small_radius * 1.5)).astype(int)
     return mask
 
 
 class TestAgainstMl4hReference:
-    """The FFT morphology on a padded box equals ml4h's scipy morphology where ml4h's fits the image."""
+    """The FFT morphology on a padded box equals ml4h's scipy morphology where ml4h's fits the image.
+
+    The reference builds its own disks, so a wrong structuring element, an FFT offset or a wrong radius
+    factor in ``outline_to_labels`` each fail here instead of being shared by both sides.
+    """
 
     @pytest.mark.parametrize(
         ("outer", "inner", "centre"),

@@ -86,23 +86,31 @@ class TestBuildImageTensor:
         np.testing.assert_allclose(tensor.image[32:224, 24:232, 3, 0], expected_k3, rtol=1e-5, atol=1e-5)
 
     def test_crop_over_256_flagged(self):
+        """Rows 260 -> 256 (2 cropped at the top, 2 at the bottom), cols 250 -> 256 (3 zeros each side).
+        Bugs caught: the cropped-away row entering the mean and sd, an off-centre crop or pad."""
         images = [np.full((260, 250), float(k + 1), np.float32) for k in range(6)]
         images[0][0, :] = 1000.0  # the cropped-away top row must not enter the normalisation
         tensor = build_image_tensor(study_of(images))
         assert tensor.qc_flags == (contracts.QC_IMAGE_CROPPED,)
-        assert tensor.image[:, 3:253, :6, 0].min() > -2  # the row of 1000 was cropped out
-        assert np.all(tensor.image[:, :3, :, 0] == 0)
-        placed = tensor.image[:, 3:253, :6, 0]
-        assert np.unique(placed[:, :, 2]).size == 1
+        # what lands in the tensor: 256 x 250 pixels of 1, 2, ..., 6, equally many of each, so mean 3.5 and
+        # sd sqrt(mean((v - 3.5)^2)) = sqrt((6.25 + 2.25 + 0.25) x 2 / 6) = sqrt(35 / 12)
+        expected = np.zeros(contracts.TENSOR_SHAPE, np.float32)
+        for k in range(6):
+            expected[:, 3:253, k, 0] = (k + 1 - 3.5) / np.sqrt(35.0 / 12.0)
+        np.testing.assert_allclose(tensor.image, expected, rtol=0, atol=1e-6)
 
     def test_more_than_13_slices_truncated_and_flagged(self):
+        """Slices 2..14 (the outlined window) fill the 13 slots in order, z-scored over those 13 only.
+        Bugs caught: the 13 most basal kept instead, slices reversed, the dropped slices normalised."""
         images = [np.full((20, 20), float(k), np.float32) + np.eye(20, dtype=np.float32) for k in range(15)]
         outlines = [None, None] + [np.ones((20, 20), bool)] * 13
         tensor = build_image_tensor(study_of(images, outlines))
         assert tensor.qc_flags == (contracts.QC_TOO_MANY_SLICES_TRUNCATED,)
         assert tensor.n_slices_used == 13 and tensor.slice_start == 2 and tensor.n_slices_acquired == 15
-        centre = tensor.image[118:138, 118:138, :, 0]
-        assert np.all(np.diff(centre[0, 1, :]) > 0)  # slices 2..14 in order
+        kept = np.stack([images[k] for k in range(2, 15)], axis=-1).astype(np.float64)
+        expected = np.zeros(contracts.TENSOR_SHAPE, np.float32)
+        expected[118:138, 118:138, :, 0] = (kept - kept.mean()) / kept.std()  # (256 - 20) // 2 = 118
+        np.testing.assert_allclose(tensor.image, expected, rtol=0, atol=1e-6)
 
     def test_constant_image_rejected(self):
         with pytest.raises(ValueError, match=r"s.zip: all 800 acquired pixels equal 5.0; cannot normalise"):
@@ -124,8 +132,11 @@ class TestBuildLabelVolume:
         volume = build_label_volume(labels)
         tensor = build_image_tensor(study_of(images))
         assert volume.shape == contracts.LABEL_VOLUME_SHAPE and volume.dtype == np.uint8
+        # (100, 50) + ((256 - 192) // 2, (256 - 208) // 2) = (132, 74), in both
         assert volume[132, 74, 4] == 2 and volume.sum() == 2
-        assert tensor.image[132, 74, 4, 0] != 0
+        acquired = np.stack(images, axis=-1).astype(np.float64)
+        expected = (acquired[100, 50, 4] - acquired.mean()) / acquired.std()
+        assert tensor.image[132, 74, 4, 0] == pytest.approx(expected, abs=1e-6)
 
     def test_window_follows_labelled_slices(self):
         labels = [np.zeros((10, 10), np.uint8) for _ in range(15)]
