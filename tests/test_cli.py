@@ -44,6 +44,10 @@ PARSERS = {
     "lvmass phenotypes": ("analysis.ukbb_phenotypes", "build_parser"),
     "lvmass export": ("analysis.export", "build_parser"),
     "python -m lvmass.demo": ("lvmass.demo", "build_parser"),
+    "lvmass train": ("trainer.task", "build_parser"),
+    "python -m trainer.portable": ("trainer.portable", "build_parser"),
+    "python -m trainer.evaluate": ("trainer.evaluate", "build_parser"),
+    "python -m trainer.benchmark": ("trainer.benchmark", "build_parser"),
 }
 
 

@@ -8,7 +8,6 @@ pipeline runs); otherwise that of a freshly built model of the preset. Prints on
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -18,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from beam_pipeline import contracts
+from lvmass.cli_args import ArgumentParser, configure_logging
 
 
 def _time(fn, repeats: int) -> float:
@@ -28,16 +28,22 @@ def _time(fn, repeats: int) -> float:
     return (time.perf_counter() - started) / repeats
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.benchmark", description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=("seg", "reg"), default="seg")
-    p.add_argument("--preset", choices=("paper", "cpu", "compact"), default="cpu")
+def build_parser() -> ArgumentParser:
+    """The ``python -m trainer.benchmark`` options."""
+    p = ArgumentParser(prog="python -m trainer.benchmark", description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=("seg", "reg"), default="seg", help="which model (default seg)")
+    p.add_argument("--preset", choices=("paper", "cpu", "compact"), default="cpu", help="size preset")
     p.add_argument("--crop_px", type=int, default=None, help="seg training crop (as trainer.task)")
     p.add_argument("--model_dir", default=None, help="time this export's serving signature for inference")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--batch_sizes", default="1,4")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement")
+    p.add_argument("--batch_sizes", default="1,4", help="comma-separated batch sizes to time")
     p.add_argument("--record", default=None, help="also write the result, with the command and machine, here")
-    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    configure_logging(args.log_level)
 
     import keras
     import tensorflow as tf

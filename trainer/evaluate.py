@@ -11,7 +11,6 @@ model's, so "ML4H_seg beats InlineVF" can be read off one report. The per-sex me
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from beam_pipeline import contracts
+from lvmass.cli_args import ArgumentParser, configure_logging
 from trainer import metrics as m
 
 Predictor = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
@@ -142,18 +142,28 @@ def evaluate_records(
     return summarise(predict_rows(predict, files, kind=kind, split=split, spec=spec, limit=limit), kind)
 
 
+def build_parser() -> ArgumentParser:
+    """The ``python -m trainer.evaluate`` options."""
+    from trainer import data
+
+    p = ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--model_dir", required=True, help="an export of trainer.task (SavedModel + model card)")
+    p.add_argument("--data", required=True, help="TFRecord glob(s), comma-separated")
+    p.add_argument("--split", choices=(*data.SPLITS, "all"), default="all",
+                   help="which split of the eid hash to evaluate (default all)")
+    p.add_argument("--validation_fraction", type=float, default=0.1, help="as trainer.task's")
+    p.add_argument("--test_fraction", type=float, default=0.1, help="as trainer.task's")
+    p.add_argument("--limit", type=int, default=None, help="evaluate at most this many examples")
+    p.add_argument("--out", default=None, help="write the summary (and per-participant rows) as JSON")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from trainer import data
 
-    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--model_dir", required=True, help="an export of trainer.task (SavedModel + model card)")
-    p.add_argument("--data", required=True, help="TFRecord glob(s), comma-separated")
-    p.add_argument("--split", choices=(*data.SPLITS, "all"), default="all")
-    p.add_argument("--validation_fraction", type=float, default=0.1)
-    p.add_argument("--test_fraction", type=float, default=0.1)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--out", default=None, help="write the summary (and per-participant rows) as JSON")
+    p = build_parser()
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    configure_logging(args.log_level)
     try:
         predict, kind = saved_model_predictor(args.model_dir)
         files = data.list_files(args.data)

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from beam_pipeline import contracts
+from lvmass.cli_args import ArgumentParser, configure_logging
 
 LOG = logging.getLogger("trainer.portable")
 WEIGHTS_FILENAME = "weights.npz"  # model.get_weights() in layer order: any backend, no optimizer state
@@ -50,13 +51,15 @@ class Example:
 
     source: str
     eid: int
-    spacing_mm: tuple[float, float, float]
+    spacing_mm: tuple[float, float, float]  # the tensor grid's voxel (grid pixel, grid pixel, slice)
     image: np.ndarray  # (rows, cols, slices) float32, z-scored, zero padding
     labels: np.ndarray  # (rows, cols, slices) uint8, contracts.LABEL_MAP
+    acquired_pixel_spacing_mm: tuple[float, float] = (0.0, 0.0)
 
 
-def load_example(path: str) -> Example:
-    """Decode one zip the way the pipeline does and build its tensor and InlineVF label volume.
+def load_example(path: str, *, grid_pixel_mm: float | None = None) -> Example:
+    """Decode one zip the way the pipeline does and build its tensor and InlineVF label volume on the
+    grid ``grid_pixel_mm`` (None: the pixels as acquired), exactly as the pipeline will at inference.
 
     Raises ValueError naming the file when it has no InlineVF contours (nothing to learn from)."""
     from beam_pipeline.decode import decode_participant_zip
@@ -67,14 +70,16 @@ def load_example(path: str) -> Example:
         study = decode_participant_zip(handle, path)
     if not study.has_inlinevf:
         raise ValueError(f"{path}: no InlineVF contours to train ML4H_seg on")
-    tensor = build_image_tensor(study)
-    labels = build_label_volume(inlinevf_labels(study), slice_start=tensor.slice_start)
+    tensor = build_image_tensor(study, grid_pixel_mm=grid_pixel_mm)
+    labels = build_label_volume(inlinevf_labels(study), slice_start=tensor.slice_start,
+                                acquired_pixel_spacing_mm=study.pixel_spacing_mm, grid_pixel_mm=grid_pixel_mm)
     if not labels.any():
         raise ValueError(f"{path}: InlineVF contours give no labelled voxel in the tensor")
     if study.eid is None:
         raise ValueError(f"{path}: no eid in the file name or the DICOM PatientID")
-    spacing = (*study.pixel_spacing_mm, study.slice_spacing_mm)
-    return Example(path, int(study.eid), tuple(float(s) for s in spacing), tensor.image[..., 0], labels)
+    spacing = tuple(float(s) for s in (tensor.spacing_mm[0], tensor.spacing_mm[1], study.slice_spacing_mm))
+    return Example(path, int(study.eid), spacing, tensor.image[..., 0], labels,  # type: ignore[arg-type]
+                   acquired_pixel_spacing_mm=tuple(float(v) for v in study.pixel_spacing_mm))  # type: ignore[arg-type]
 
 
 # --- shared-memory arrays filled by forked workers ----------------------------------------------------
@@ -102,12 +107,13 @@ def _map_unordered(function, tasks, workers: int, chunksize: int):
 def _load_into(index_path: tuple[int, str]) -> tuple[int, dict[str, Any] | None, str | None]:
     index, path = index_path
     try:
-        example = load_example(path)
+        example = load_example(path, grid_pixel_mm=_STATE.get("grid_pixel_mm"))
     except Exception as exc:  # every failure is reported with its file and reason
         return index, None, f"{type(exc).__name__}: {exc}"
     _STATE["images"][index] = example.image.astype(np.float16)
     _STATE["labels"][index] = example.labels
-    return index, {"source": path, "eid": example.eid, "spacing_mm": list(example.spacing_mm)}, None
+    return index, {"source": path, "eid": example.eid, "spacing_mm": list(example.spacing_mm),
+                   "acquired_pixel_spacing_mm": list(example.acquired_pixel_spacing_mm)}, None
 
 
 def _augment_into(task: tuple[int, int, int]) -> None:
@@ -124,12 +130,13 @@ def _augment_into(task: tuple[int, int, int]) -> None:
 
 
 def load_examples(
-    paths: Sequence[str], workers: int
+    paths: Sequence[str], workers: int, grid_pixel_mm: float | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[dict], list[dict]]:
-    """Tensors (float16) and labels of every usable zip, with their metadata, and the skipped ones."""
+    """Tensors (float16) and labels of every usable zip on the grid ``grid_pixel_mm``, with their
+    metadata, and the skipped ones."""
     images = _shared((len(paths), ROWS, COLS, SLICES), np.float16)
     labels = _shared((len(paths), ROWS, COLS, SLICES), np.uint8)
-    _STATE.update(images=images, labels=labels)
+    _STATE.update(images=images, labels=labels, grid_pixel_mm=grid_pixel_mm)
     meta: list[dict | None] = [None] * len(paths)
     skipped = []
     for done, (index, info, error) in enumerate(_map_unordered(_load_into, enumerate(paths), workers, 4), 1):
@@ -181,39 +188,50 @@ def read_sex_and_manual_mass(paths: Sequence[str]) -> dict[int, tuple[str | None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainer.portable", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = ArgumentParser(prog="python -m trainer.portable", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, help="fit (train) or export (SavedModel)")
     fit = sub.add_parser("fit", help="train ML4H_seg from participant zips on the current Keras backend")
     fit.add_argument("--zips", required=True, help="glob of training participant zips")
     fit.add_argument("--validation_zips", help="glob of validation zips (other participants)")
     fit.add_argument("--out", required=True, help="run folder: weights, fit.json, training_log.csv")
-    fit.add_argument("--preset", default="compact")
-    fit.add_argument("--crop_px", type=int, default=128)
-    fit.add_argument("--crops_per_participant", type=int, default=8)
+    fit.add_argument("--preset", default="compact", help="size preset of trainer.models (default compact)")
+    fit.add_argument("--pixel_spacing_mm", type=float, default=contracts.DEFAULT_TENSOR_PIXEL_SPACING_MM,
+                     help="the tensor grid's pixel size (mm) every slice is resampled to, recorded in the "
+                     f"card for the pipeline (default {contracts.DEFAULT_TENSOR_PIXEL_SPACING_MM})")
+    fit.add_argument("--crop_px", type=int, default=128, help="in-plane training crop (pixels)")
+    fit.add_argument("--crops_per_participant", type=int, default=8,
+                     help="augmented crops drawn per participant and epoch pool")
     fit.add_argument("--no_augment", action="store_true", help="plain crops, no domain randomisation")
-    fit.add_argument("--batch_size", type=int, default=16)
-    fit.add_argument("--epochs", type=int, default=100)
-    fit.add_argument("--steps_per_epoch", type=int, default=200)
-    fit.add_argument("--learning_rate", type=float, default=1e-3)
-    fit.add_argument("--lr_decay_steps", type=int, default=1000)
-    fit.add_argument("--lr_decay_rate", type=float, default=0.75)
+    fit.add_argument("--batch_size", type=int, default=16, help="crops per step")
+    fit.add_argument("--epochs", type=int, default=100, help="epochs (weights saved after each)")
+    fit.add_argument("--steps_per_epoch", type=int, default=200, help="steps per epoch")
+    fit.add_argument("--learning_rate", type=float, default=1e-3, help="Adam learning rate")
+    fit.add_argument("--lr_decay_steps", type=int, default=1000, help="steps per learning-rate decay")
+    fit.add_argument("--lr_decay_rate", type=float, default=0.75, help="exponential decay per lr_decay_steps")
     fit.add_argument("--max_train_seconds", type=float, default=float("inf"),
                      help="stop fitting after this much wall time (the weights reached so far are kept)")
     fit.add_argument("--train_until", type=float, default=float("inf"),
                      help="stop fitting at this Unix time (for leases of fixed length)")
-    fit.add_argument("--seed", type=int, default=1)
+    fit.add_argument("--seed", type=int, default=1, help="seed of crops, augmentation and weights")
     fit.add_argument("--initial_weights", default=None,
                      help="start from a previous run's weights.npz (same preset) and fine-tune")
-    fit.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    fit.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                     help="processes decoding zips and drawing crops (default: all cores)")
     fit.add_argument("--data_source", default="", help="for the model card (e.g. the synth command)")
     export = sub.add_parser("export", help="(TensorFlow) write the SavedModel, model.keras and card")
-    export.add_argument("--run_dir", required=True)
-    export.add_argument("--export_dir", required=True)
+    export.add_argument("--run_dir", required=True, help="a fit's run folder (--out)")
+    export.add_argument("--export_dir", required=True, help="where the SavedModel, model.keras and card go")
     export.add_argument("--synthetic", action="store_true", help="the run trained on lvmass.synth data")
-    export.add_argument("--version", default="")
+    export.add_argument("--version", default="", help="model version for the card (default: lvmass's)")
     export.add_argument("--earlier_run_dir", action="append", default=[],
                         help="a run this one fine-tuned from (its --initial_weights), oldest first")
     return parser
+
+
+def _spacing_range(meta: Sequence[dict | None]) -> list[float] | None:
+    """[min, max] acquired pixel size (mm) over the examples used: the card's training range."""
+    values = [v for info in meta if info for v in info.get("acquired_pixel_spacing_mm", [])]
+    return [float(min(values)), float(max(values))] if values else None
 
 
 def _glob(pattern: str) -> list[str]:
@@ -231,13 +249,13 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
     os.makedirs(args.out, exist_ok=True)
     train_paths = _glob(args.zips)
     val_paths = _glob(args.validation_zips) if args.validation_zips else []
-    images, labels, meta, skipped = load_examples(train_paths, args.workers)
+    images, labels, meta, skipped = load_examples(train_paths, args.workers, args.pixel_spacing_mm)
     if not meta:
         raise ValueError(f"{args.zips}: no usable training zip ({len(skipped)} skipped)")
     if len(meta) * args.crops_per_participant < args.batch_size:
         raise ValueError(f"{args.zips}: {len(meta)} usable zips x {args.crops_per_participant} crops is less "
                          f"than one batch of {args.batch_size}")
-    val = load_examples(val_paths, args.workers) if val_paths else None
+    val = load_examples(val_paths, args.workers, args.pixel_spacing_mm) if val_paths else None
     train_eids = {m["eid"] for m in meta}
     if val is not None and train_eids & {m["eid"] for m in val[2]}:
         raise ValueError("training and validation zips share participants")
@@ -291,6 +309,8 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
             "validation_participants": 0 if val is None else len(val[2]),
             "skipped": skipped + ([] if val is None else val[3]),
             "labels": "InlineVF contours",
+            "pixel_spacing_mm": args.pixel_spacing_mm,
+            "acquired_pixel_spacing_mm_range": _spacing_range(meta),
             "split": "separate validation cohort" if val is not None else "none",
             "seed": args.seed,
         },
@@ -453,6 +473,8 @@ def export(args: argparse.Namespace) -> str:
                  **({"earlier_stages": [{"history": e["history"], "validation": e["validation"]}
                                         for e in earlier]} if earlier else {})},
         calibration=calibration,
+        pixel_spacing_mm=summary["training_data"].get("pixel_spacing_mm"),
+        training_pixel_spacing_mm=summary["training_data"].get("acquired_pixel_spacing_mm_range"),
         trained_on_synthetic_data=bool(args.synthetic),
         notes=("Trained on SYNTHETIC data (lvmass.synth), not UK Biobank; retrain on real tensors before use."
                if args.synthetic else ""),
@@ -466,8 +488,8 @@ def export(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
     try:
         if args.command == "fit":
             fit(args)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from beam_pipeline import contracts
+from beam_pipeline.model_card import LABEL_SOURCE_INLINEVF, LABEL_SOURCE_MANUAL_MASS
+from lvmass.cli_args import ArgumentParser, configure_logging
 
 KINDS = {"seg": contracts.MODEL_KIND_SEG, "reg": contracts.MODEL_KIND_REG}
 # Vertex AI worker pools -> TF_CONFIG task types (Vertex AI docs, "Distributed training").
@@ -45,36 +47,63 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers. Received: {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.task", description=__doc__.splitlines()[0])
+def _float_pair(text: str) -> list[float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected min,max in mm. Received: {text!r}") from None
+    if not 0 < low <= high:
+        raise argparse.ArgumentTypeError(f"expected 0 < min <= max. Received: {text!r}")
+    return [low, high]
+
+
+def grid_pixel_mm(files: Sequence[str]) -> float:
+    """The tensor grid's in-plane pixel size the TFRecords were written on (``--mode tensorize`` puts
+    every slice on one grid), read from the first example: the card tells the pipeline to use it."""
+    from beam_pipeline.tfrecord import parse_example, record_dataset
+
+    for serialized in record_dataset(list(files)).take(1):
+        return float(parse_example(serialized)[contracts.FEATURE_SPACING].numpy()[0])
+    raise ValueError(f"no training example in {list(files)[:3]}")
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="lvmass train",
+                       description=__doc__.splitlines()[0] + " Also `python -m trainer.task`.")
     p.add_argument("--model", choices=sorted(KINDS), required=True, help="seg (ML4H_seg) or reg (ML4H_reg)")
     p.add_argument("--train_data", required=True, help="TFRecord glob(s), comma-separated, local or gs://")
     p.add_argument("--job_dir", default=None, help="output root (model/, checkpoints/, logs/)")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=20, help="epochs (default 20; EarlyStopping may end sooner)")
     p.add_argument("--steps_per_epoch", type=int, default=None, help="default: training examples / batch")
     p.add_argument("--batch_size", type=int, default=4, help="paper: 4")
     p.add_argument("--learning_rate", type=float, default=1e-3, help="paper: Adam 1e-3")
-    p.add_argument("--lr_decay_steps", type=int, default=1000)
+    p.add_argument("--lr_decay_steps", type=int, default=1000, help="steps per learning-rate decay")
     p.add_argument("--lr_decay_rate", type=float, default=0.9, help="exponential decay per lr_decay_steps")
     p.add_argument("--patience", type=int, default=5, help="EarlyStopping on the validation loss")
     p.add_argument("--holdout", default=None, help="file of eids never trained on (= test split)")
-    p.add_argument("--validation_fraction", type=float, default=0.1)
-    p.add_argument("--test_fraction", type=float, default=0.1)
+    p.add_argument("--validation_fraction", type=float, default=0.1,
+                   help="share of eids (by hash) held out for validation")
+    p.add_argument("--test_fraction", type=float, default=0.1,
+                   help="share of eids (by hash) held out for the test split")
     p.add_argument("--preset", choices=("paper", "cpu", "compact"), default="paper", help="size preset")
-    p.add_argument("--stem_filters", type=int, default=None)
+    p.add_argument("--stem_filters", type=int, default=None, help="override the preset's stem filters")
     p.add_argument("--blocks", type=_int_list, default=None, help="filters per block, e.g. 32,32,32")
-    p.add_argument("--convs_per_block", type=int, default=None)
+    p.add_argument("--convs_per_block", type=int, default=None, help="override the preset's convs per block")
     p.add_argument("--kernel_size", type=_int_list, default=None, help="e.g. 3,3,3")
-    p.add_argument("--normalization", choices=("none", "batch", "layer"), default=None)
+    p.add_argument("--normalization", choices=("none", "batch", "layer"), default=None,
+                   help="override the preset's normalisation layers")
     p.add_argument("--crop_px", type=int, default=None, help="ML4H_seg: train on in-plane crops of this size")
     p.add_argument("--no_augment", action="store_true", help="switch off domain randomisation")
-    p.add_argument("--shuffle_buffer", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shuffle_buffer", type=int, default=64, help="tf.data shuffle buffer (examples)")
+    p.add_argument("--seed", type=int, default=0, help="seed of splits, shuffling, augmentation, weights")
     p.add_argument("--max_eval_examples", type=int, default=None, help="cap validation/test examples")
     p.add_argument("--version", default=None, help="model version for the card (default: lvmass version)")
     p.add_argument("--data_source", default="", help="where the TFRecords came from, for the model card")
     p.add_argument("--synthetic", action="store_true", help="mark the model card: trained on synthetic data")
-    p.add_argument("--verbose", type=int, default=2)
+    p.add_argument("--verbose", type=int, default=2, help="Keras verbosity: 0 silent, 1 bar, 2 line/epoch")
+    p.add_argument("--training_pixel_spacing_mm", type=_float_pair, default=None,
+                   help="min,max acquired pixel size (mm) of the training data, for the model card "
+                   "(results outside are flagged pixel_spacing_outside_training)")
     return p
 
 
@@ -333,6 +362,9 @@ def train(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any
         metrics={"history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
                  **{s: {k: v for k, v in m.items() if k != "calibration"} for s, m in split_metrics.items()}},
         calibration=calibration,
+        pixel_spacing_mm=grid_pixel_mm(files),
+        training_pixel_spacing_mm=args.training_pixel_spacing_mm,
+        label_source=LABEL_SOURCE_INLINEVF if is_seg else LABEL_SOURCE_MANUAL_MASS,
         trained_on_synthetic_data=bool(args.synthetic),
         notes=("Trained on SYNTHETIC data (lvmass.synth), not UK Biobank; retrain on real tensors before use."
                if args.synthetic else ""),
@@ -344,6 +376,7 @@ def train(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    configure_logging(args.log_level)
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             print(f"trainer: --{name} must be >= 1. Received: {getattr(args, name)}", file=sys.stderr)
