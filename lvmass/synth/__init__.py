@@ -2,11 +2,12 @@
 
 ``generate_cohort`` writes a cohort to disk; ``render_participant`` builds one participant in memory
 (zip bytes, phenotype and truth rows, truth labels) for tests of special cases; ``participant_truth``
-draws a participant's population, anatomy and disease truth without images. The names of the files and
-truth.json entries are in ``lvmass.synth.layout``.
+draws a participant's population, anatomy and disease truth without images. The names of the truth files
+and truth.json entries are the truth-file contract, ``beam_pipeline.truth``; the cohort's own folder
+names are in ``lvmass.synth.layout``.
 
-The public names are loaded on first use, so readers of a cohort can import ``lvmass.synth.layout``
-without loading the generator (numpy, scipy, pydicom).
+The public names are loaded on first use, so importing ``lvmass.synth.layout`` does not load the
+generator (numpy, scipy, pydicom).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """A cohort on disk: participant zips, phenotypes, truth tables, truth label volumes.
 
-Layout of ``out_dir`` (the names are in ``lvmass.synth.layout``)::
+Layout of ``out_dir`` (the folder names are in ``lvmass.synth.layout``, the truth files' in the truth-file
+contract ``beam_pipeline.truth``)::
 
     zips/{eid}_20209_{instance}_0.zip      participant zips (docs/ukbb_format.md)
     phenotypes.csv                          beam_pipeline.schema.PHENOTYPE_COLUMNS
@@ -345,7 +346,7 @@ def generate_population(
 
     Every participant's population, anatomy, true mass and disease status are those ``generate_cohort``
     writes for the same seed and eids (``participant_truth``); truth.csv has the columns known without
-    images and truth.json the same keys (``lvmass.synth.layout``) apart from the InlineVF summary.
+    images and truth.json the same keys (``beam_pipeline.truth``) apart from the InlineVF summary.
     About 2 ms per participant: for checking population statistics (e.g. odds ratio recovery) at scale.
     """
     _check_run(1, seed)
