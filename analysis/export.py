@@ -28,14 +28,11 @@ import pyarrow.parquet as pq
 from analysis import io as aio
 from beam_pipeline import filesystems
 from beam_pipeline.contracts import ALL_METHODS
-from beam_pipeline.schema import RESULTS_DIRNAME, RESULTS_SCHEMA
+from beam_pipeline.schema import RESULTS_DIRNAME, RESULTS_SCHEMA, SUCCESS_FILENAME
 from lvmass.cli_args import ArgumentParser, configure_logging
 
 logger = logging.getLogger(__name__)
 
-# The pipeline's completion marker in OUTPUT/ (written last when the run finishes). Its name belongs in
-# beam_pipeline.schema with the other output names; until it is there it is spelled here.
-SUCCESS_FILENAME = "_SUCCESS"
 KEY_COLUMNS: tuple[str, ...] = ("participant_id", "instance")  # one output row per key
 # Measured on the input or joined from its phenotypes: the same for every method of one participant/visit.
 SHARED_COLUMNS: tuple[str, ...] = (
