@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"--phenotypes={cohort.phenotypes_csv}",
         f"--output={results_dir}",
         f"--methods={methods}",
+        "--overwrite",  # the demo regenerates its cohort, so an earlier demo's results are replaced
         "--runner=DirectRunner",
         "--direct_running_mode=multi_processing",
         f"--direct_num_workers={args.workers}",
