@@ -52,7 +52,7 @@ def run_cohort(
     generated_s = time.monotonic() - started
     argv = [
         f"--input={cohort.zips_dir}/*_20209_*.zip", f"--phenotypes={cohort.phenotypes_csv}",
-        f"--output={root / 'results'}", "--save_labels", "--runner=DirectRunner",
+        f"--output={root / 'results'}", "--save_labels", "--overwrite", "--runner=DirectRunner",
         "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}",
         f"--methods={contracts.METHOD_ML4H_SEG},{contracts.METHOD_ML4H_REG},{contracts.METHOD_INLINEVF}",
     ]
