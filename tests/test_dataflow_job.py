@@ -296,6 +296,8 @@ def test_dockerfiles_pin_versions_and_entrypoints():
     worker = (ROOT / "docker" / "dataflow" / "Dockerfile").read_text()
     assert f"FROM apache/beam_python3.11_sdk:{apache_beam.__version__}" in worker
     assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in worker
+    # one SDK process per vCPU, one TensorFlow thread each: what benchmarks/dataflow_cost.py sizes with
+    assert "ENV TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1" in worker
     tf_version = importlib.metadata.version("tensorflow")
     for name in ("dataflow", "trainer"):
         text = (ROOT / "docker" / name / "Dockerfile").read_text()
@@ -305,3 +307,32 @@ def test_dockerfiles_pin_versions_and_entrypoints():
     assert "COPY docker/flex-template/main.py ./main.py" in launcher
     assert "ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/main.py" in launcher
     assert "-c constraints.txt" in launcher
+
+
+# --- the sizing ---------------------------------------------------------------------------------------
+
+
+def test_recorded_recipes_are_what_the_cost_script_computes():
+    """benchmarks/results/dataflow_cost.json follows from the recorded stage timings: no hand edits."""
+    cost = _load("lvmass_dataflow_cost", ROOT / "benchmarks" / "dataflow_cost.py")
+    stages = json.loads((ROOT / "benchmarks" / "results" / "stage_cpu_seconds.json").read_text())
+    recorded = json.loads((ROOT / "benchmarks" / "results" / "dataflow_cost.json").read_text())
+    assert cost.estimate(stages, [38500, 100000]) == recorded
+    assert (ROOT / "benchmarks" / "results" / "dataflow_cost.md").read_text() == cost.markdown(recorded)
+
+
+def test_break_even_is_where_cpu_and_gpu_cost_the_same():
+    cost = _load("lvmass_dataflow_cost", ROOT / "benchmarks" / "dataflow_cost.py")
+    stages = json.loads((ROOT / "benchmarks" / "results" / "stage_cpu_seconds.json").read_text())
+    result = cost.estimate(stages, [38500])
+    base = sum(result["inputs"]["cpu_s_per_participant"][s] for s in cost.CPU_STAGES)
+    rss = result["inputs"]["peak_rss_mb"]
+    at_break_even = cost.cpu_recipe("x", base + result["gpu_pays_when_ml4h_seg_cpu_s_exceeds"], rss)
+    (gpu,) = [r for r in result["recipes"] if r["gpu"]]
+    # both sides are rounded in the record (6 decimals in dollars, 2 in CPU-seconds)
+    assert at_break_even.usd_per_participant == pytest.approx(gpu["usd_per_participant"], rel=1e-2)
+    for recipe in result["recipes"]:
+        assert recipe["memory_gb_per_process"] * 1024 >= rss  # one SDK process per vCPU fits in memory
+        assert all(run["usd"] > 0 and run["wall_hours"] > 0 for run in recipe["runs"])
+    with pytest.raises(ValueError, match=r"participants must be >= 1\. Received: 0"):
+        cost.run_estimate(cost.cpu_recipe("x", 1.0, rss), 0)

@@ -1,0 +1,187 @@
+"""CPU-seconds per participant of each pipeline stage, on full-fidelity synthetic participants.
+
+The Dataflow recipe (``benchmarks/dataflow_cost.py``) is sized from these numbers: what a worker's cores
+spend per participant on decode (zip, DICOM headers, the end-diastolic frames and InlineVF overlays),
+the tensor (and InlineVF labels), ML4H_seg and ML4H_reg inference (the bundled SavedModels, through the
+pipeline's own ``SavedModelHandler``) and InlineVF measurement. CPU time is this process's, all threads
+included (TensorFlow uses every core), so it is the cost-relevant figure on a shared machine; wall time
+is recorded beside it. TensorFlow runs with ``--tf_threads`` threads (default 1: ``TF_NUM_INTRAOP_THREADS``
+and ``TF_NUM_INTEROP_THREADS``), as the Dataflow worker image sets it: Dataflow runs one SDK process per
+vCPU, so one thread per process uses every core without oversubscribing it (spinning thread pools would
+otherwise bill CPU for waiting). With ``--paper_seg`` the paper-size ML4H_seg (``--preset paper``, randomly
+initialised: its speed does not depend on its weights) is timed too: that is the model a real UK Biobank
+run serves, and the one that decides whether GPUs pay.
+
+    python benchmarks/bench_stages.py [--participants 4] [--tf_threads 1] [--paper_seg] [--out PATH]
+
+Writes ``benchmarks/results/stage_cpu_seconds.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "stage_cpu_seconds.json"
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(result, CPU seconds of this process, wall seconds)."""
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    result = fn()
+    return result, time.process_time() - cpu0, time.perf_counter() - wall0
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"mean": round(statistics.fmean(values), 4), "median": round(statistics.median(values), 4),
+            "min": round(min(values), 4), "max": round(max(values), 4), "n": len(values)}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo): inference speed depends on it above all."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure(zips: list[Path], *, paper_seg: bool) -> dict[str, Any]:
+    """Per-stage CPU and wall seconds for each zip (the first participant also warms up every stage and
+    is left out of the statistics: model loading and graph tracing happen once per worker)."""
+    import numpy as np
+
+    from beam_pipeline import contracts
+    from beam_pipeline.decode import DecodeStats, decode_participant_zip
+    from beam_pipeline.inference import SavedModelHandler, bundled_model_dir, read_model_card
+    from beam_pipeline.measure import measure_inlinevf, participant_from_study
+
+    handlers = {}
+    load_s = {}
+    for kind in (contracts.MODEL_KIND_SEG, contracts.MODEL_KIND_REG):
+        model_dir = bundled_model_dir(kind)
+        if model_dir is None:
+            raise FileNotFoundError(f"no bundled {kind} model in this installation")
+        handler = SavedModelHandler(model_dir, kind=kind, max_batch_size=1)
+        model, cpu, _ = _timed(handler.load_model)
+        handlers[kind] = (handler, model)
+        load_s[kind] = round(cpu, 3)
+    grid_mm = getattr(read_model_card(bundled_model_dir(contracts.MODEL_KIND_SEG)), "pixel_spacing_mm", None)
+
+    paper = None
+    if paper_seg:
+        import tensorflow as tf
+
+        from trainer import models
+
+        net = models.build_ml4h_seg(models.seg_config("paper"))
+        paper = tf.function(lambda x: net(x, training=False))
+        paper_params = int(net.count_params())
+
+    rows: list[dict[str, float]] = []
+    for path in zips:
+        row: dict[str, float] = {"zip_mb": path.stat().st_size / 1e6}
+        stats = DecodeStats()
+
+        def decode(path=path, stats=stats):
+            with path.open("rb") as handle:
+                return decode_participant_zip(handle, path.name, stats=stats, with_inlinevf=True)
+
+        study, row["decode_cpu_s"], row["decode_wall_s"] = _timed(decode)
+        row["bytes_read_mb"] = stats.bytes_read / 1e6
+        participant, row["tensor_cpu_s"], row["tensor_wall_s"] = _timed(
+            lambda study=study: participant_from_study(study, with_inlinevf=True, grid_pixel_mm=grid_mm))
+        _, row["inlinevf_cpu_s"], row["inlinevf_wall_s"] = _timed(
+            lambda participant=participant: measure_inlinevf(participant))
+        for kind, label in ((contracts.MODEL_KIND_SEG, "ml4h_seg"), (contracts.MODEL_KIND_REG, "ml4h_reg")):
+            handler, model = handlers[kind]
+            _, row[f"{label}_cpu_s"], row[f"{label}_wall_s"] = _timed(
+                lambda handler=handler, model=model, participant=participant:
+                list(handler.run_inference([participant], model)))
+        if paper is not None:
+            image = tf.constant(np.asarray(participant.image, dtype=np.float32)[None])
+            _, row["ml4h_seg_paper_cpu_s"], row["ml4h_seg_paper_wall_s"] = _timed(
+                lambda image=image: tf.nest.map_structure(lambda t: t.numpy(), paper({"image": image})))
+        rows.append(row)
+        print(json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
+
+    measured = rows[1:] if len(rows) > 1 else rows
+    stages = sorted({k[:-6] for k in measured[0] if k.endswith("_cpu_s")})
+    result: dict[str, Any] = {
+        "participants_timed": len(measured),
+        "warmup_participants": len(rows) - len(measured),
+        "model_load_cpu_s": load_s,
+        "tensor_grid_pixel_mm": grid_mm,
+        "zip_mb": _summary([r["zip_mb"] for r in measured]),
+        "bytes_read_mb": _summary([r["bytes_read_mb"] for r in measured]),
+        "cpu_s_per_participant": {s: _summary([r[f"{s}_cpu_s"] for r in measured]) for s in stages},
+        "wall_s_per_participant": {s: _summary([r[f"{s}_wall_s"] for r in measured]) for s in stages},
+        "per_participant": rows,
+    }
+    if paper is not None:
+        result["ml4h_seg_paper_parameters"] = paper_params
+    # what one SDK process needs: both bundled models, TensorFlow and one participant in flight
+    # (with --paper_seg, the paper-size model too: an upper bound)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench_stages.py",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--participants", type=int, default=4, help="participants to time (first is warm-up)")
+    parser.add_argument("--seed", type=int, default=11, help="synthetic cohort seed")
+    parser.add_argument("--tf_threads", type=int, default=1,
+                        help="TensorFlow intra-op and inter-op threads (default 1, as on the workers)")
+    parser.add_argument("--paper_seg", action="store_true", help="also time the paper-size ML4H_seg")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"result JSON (default {DEFAULT_OUT})")
+    args = parser.parse_args(argv)
+    if args.participants < 2:
+        parser.error(f"--participants must be >= 2 (the first is a warm-up). Received: {args.participants}")
+    if args.tf_threads < 1:
+        parser.error(f"--tf_threads must be >= 1. Received: {args.tf_threads}")
+    # read by TensorFlow when it starts (tensorflow/core/common_runtime/process_util.cc): set before import
+    os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(args.tf_threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.tf_threads)
+
+    from lvmass.synth.cohort import generate_cohort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = generate_cohort(Path(tmp) / "cohort", participants=args.participants, seed=args.seed,
+                                fidelity="full")
+        zips = sorted(paths.zips_dir.glob("*.zip"))
+        result = measure(zips, paper_seg=args.paper_seg)
+    argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+    record = {
+        "command": f"python benchmarks/bench_stages.py {argv_text}".strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "cpu_model": cpu_model(),
+                    "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
+        "fidelity": "full",
+        "tf_threads": args.tf_threads,
+        **result,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    cpu = record["cpu_s_per_participant"]
+    print(" ".join(f"{stage}={v['median']:.3f}" for stage, v in cpu.items()),
+          "CPU-s per participant (median)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
