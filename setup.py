@@ -39,7 +39,7 @@ setup(
     packages=find_packages(include=["lvmass", "lvmass.*", "beam_pipeline", "beam_pipeline.*",
                                     "trainer", "trainer.*", "analysis", "analysis.*"]),
     include_package_data=True,
-    package_data={"beam_pipeline": ["sql/*.sql", "models/*.md", "models/*/*", "models/*/*/*",
+    package_data={"beam_pipeline": ["sql/*.sql", "sql/bigquery/*", "models/*.md", "models/*/*", "models/*/*/*",
                                     "models/*/*/*/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},

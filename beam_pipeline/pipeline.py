@@ -295,7 +295,9 @@ def model_grid(config: RunConfig) -> ModelGrid:
     return ModelGrid(pixel_spacing_mm=float(grid), training_pixel_spacing_mm=ranges)
 
 
-def _check_inputs(config: RunConfig) -> None:
+def check_inputs(config: RunConfig) -> None:
+    """Fail before any work (here, or on a Flex Template's launcher): the phenotype file exists and each
+    model's card reads and matches the contracts."""
     if config.phenotypes and not filesystems.exists(config.phenotypes):
         raise ConfigError(f"--phenotypes {config.phenotypes}: file not found")
     for flag, path in (("--model_seg", config.model_seg), ("--model_reg", config.model_reg)):
@@ -520,7 +522,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     config, beam_args = parse_args(argv)
     options = PipelineOptions(beam_args)
     FileSystems.set_options(options)
-    _check_inputs(config)
+    check_inputs(config)
     _check_phenotype_file(config)
     _check_inputs_match(config)
     existing = prepare_output(config)

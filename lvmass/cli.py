@@ -5,7 +5,7 @@ Each subcommand is also reachable as ``python -m <package>``:
 ==============  ==================================
 ``synth``       ``python -m lvmass.synth``
 ``run``         ``python -m beam_pipeline``
-``train``       ``python -m trainer.task``
+``train``       ``python -m trainer.task`` (``lvmass train --vertex ...``: ``python -m trainer.vertex``)
 ``analyze``     ``python -m analysis``
 ``phenotypes``  ``lvmass phenotypes`` only (``analysis.ukbb_phenotypes.main``)
 ``export``      ``lvmass export`` only (``analysis.export.main``)
@@ -50,7 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"lvmass: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name, func_name, _ = SUBCOMMANDS[name]
+    if name == "train" and "--vertex" in rest[: rest.index("--") if "--" in rest else len(rest)]:
+        # lvmass train --vertex [Vertex options] -- [trainer.task options]: submit to Vertex AI
+        rest = [arg for arg in rest if arg != "--vertex"]
+        name, module_name, func_name = "train --vertex", "trainer.vertex", "main"
+    else:
+        module_name, func_name, _ = SUBCOMMANDS[name]
     entry: Callable[[list[str]], int | None] = getattr(importlib.import_module(module_name), func_name)
     result = entry(rest)
     return int(result or 0)

@@ -1,5 +1,6 @@
 """The ``lvmass`` console entry: every subcommand dispatches to its package's ``main``."""
 
+import json
 import subprocess
 import sys
 
@@ -115,3 +116,15 @@ class TestNewCommands:
     def test_registered_with_their_modules(self, name):
         module, func, help_ = cli.SUBCOMMANDS[name]
         assert module.startswith("analysis.") and func == "main" and help_
+
+
+def test_train_with_vertex_submits_through_trainer_vertex(capsys):
+    """``lvmass train --vertex [Vertex options] -- [trainer.task options]`` is trainer.vertex's launcher."""
+    code = cli.main(["train", "--vertex", "--project", "my-project-123", "--region", "us-central1",
+                     "--image", "us-central1-docker.pkg.dev/my-project-123/lvmass/trainer:1",
+                     "--base_output_dir", "gs://lvmass-train/jobs/seg-1",
+                     "--service_account", "train@my-project-123.iam.gserviceaccount.com", "--dry_run",
+                     "--", "--model", "seg", "--train_data", "gs://lvmass-train/t/*.tfrecord.gz"])
+    assert code == 0
+    job = json.loads(capsys.readouterr().out)
+    assert "trainer.task" in json.dumps(job) and "--train_data" in json.dumps(job)

@@ -24,9 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from beam_pipeline import contracts, filesystems
-from beam_pipeline.inference import read_model_card
-from beam_pipeline.pipeline import ConfigError, build_parser, build_pipeline, parse_args
+from beam_pipeline.pipeline import ConfigError, build_parser, build_pipeline, check_inputs, parse_args
 
 logger = logging.getLogger("lvmass.flex_template")
 TRUE_VALUES = ("true", "1", "yes")
@@ -61,19 +59,6 @@ def template_argv(argv: Sequence[str], flags: frozenset[str] | None = None) -> l
         elif value.strip().lower() not in FALSE_VALUES:
             raise ValueError(f"{name} takes true or false. Received: {value!r}")
     return out
-
-
-def check_inputs(config: Any) -> None:
-    """Fail on the launcher, before any worker starts: the phenotype file exists, the model cards read."""
-    if config.phenotypes and not filesystems.exists(config.phenotypes):
-        raise ConfigError(f"--phenotypes {config.phenotypes}: file not found")
-    for flag, path, kind in (("--model_seg", config.model_seg, contracts.MODEL_KIND_SEG),
-                             ("--model_reg", config.model_reg, contracts.MODEL_KIND_REG)):
-        if path is not None:
-            try:
-                read_model_card(path, expected_kind=kind)
-            except (FileNotFoundError, ValueError) as exc:
-                raise ConfigError(f"{flag} {path}: {exc}") from exc
 
 
 def launch(argv: Sequence[str]) -> Any:
