@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,9 +73,12 @@ class HeaderInfo:
     rows: int | None
     cols: int | None
     acquisition_key: tuple[str, str, str, str]  # (AcquisitionDate, AcquisitionTime, SeriesDate, SeriesTime)
-    has_overlay: bool
+    has_overlay: bool | None  # OverlayRows (6000,0010) present; None: not read yet (see match_inlinevf)
     patient_id: str
     number_of_frames: int
+    # Geometry tags present but unusable, each as "<name (gggg,eeee)> <why>" (e.g. not a finite number):
+    # reported instead of "lacks" when the frame is chosen.
+    geometry_problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ def is_image_series(description: str) -> bool:
 
 
 def _require_geometry(h: HeaderInfo, source_uri: str) -> None:
-    missing = [
+    labels = [
         label
         for label, value in (
             ("ImagePositionPatient (0020,0032)", h.position),
@@ -126,6 +129,12 @@ def _require_geometry(h: HeaderInfo, source_uri: str) -> None:
         )
         if value is None
     ]
+    # A tag that is present but unusable (geometry_problems) is named with its problem, not as missing.
+    problems = [p for p in h.geometry_problems if any(p.startswith(label) for label in labels)]
+    missing = [label for label in labels if not any(p.startswith(label) for p in problems)]
+    if problems:
+        reason = "; ".join(problems) + (f"; it lacks {', '.join(missing)}" if missing else "")
+        raise DecodeError(source_uri, "geometry", f"member {h.member!r}: {reason}")
     if missing:
         raise DecodeError(source_uri, "geometry", f"member {h.member!r} lacks {', '.join(missing)}")
 
@@ -141,19 +150,24 @@ def choose_ed_frame(frames: Sequence[HeaderInfo], rule: str = "first_trigger_tim
         raise ValueError(f"unknown ED rule {rule!r}; expected one of {ED_RULES}")
     if not frames:
         raise ValueError("no frames to choose an end-diastolic frame from")
-    inf = float("inf")
+    return min(frames, key=_by_trigger_time if rule == "first_trigger_time" else _by_instance_number)
 
-    def by_trigger(h: HeaderInfo):
-        tt = inf if h.trigger_time_ms is None else h.trigger_time_ms
-        num = inf if h.instance_number is None else h.instance_number
-        return (tt, num, h.member)
 
-    def by_instance(h: HeaderInfo):
-        tt = inf if h.trigger_time_ms is None else h.trigger_time_ms
-        num = inf if h.instance_number is None else h.instance_number
-        return (num, tt, h.member)
+_INF = float("inf")
 
-    return min(frames, key=by_trigger if rule == "first_trigger_time" else by_instance)
+
+def _by_trigger_time(h: HeaderInfo) -> tuple[float, float, str]:
+    """``first_trigger_time`` order: TriggerTime, then InstanceNumber, then member name (missing: last)."""
+    tt = _INF if h.trigger_time_ms is None else h.trigger_time_ms
+    num = _INF if h.instance_number is None else h.instance_number
+    return (tt, num, h.member)
+
+
+def _by_instance_number(h: HeaderInfo) -> tuple[float, float, str]:
+    """``first_instance`` order: InstanceNumber, then TriggerTime, then member name (missing: last)."""
+    tt = _INF if h.trigger_time_ms is None else h.trigger_time_ms
+    num = _INF if h.instance_number is None else h.instance_number
+    return (num, tt, h.member)
 
 
 def _latest_series(frames: Sequence[HeaderInfo]) -> tuple[list[HeaderInfo], bool]:
@@ -356,46 +370,63 @@ def select_slices(
         present = sorted(s.number for s in slices if s.number is not None)
         if present != list(range(1, len(present) + 1)):
             flags.add(contracts.QC_MISSING_SLICES)
-    if layout == LAYOUT_UKBB_INLINEVF_ONLY:
-        vf_pool = [h for h in inlinevf if not _is_mitral_valve(h)]
-    else:
-        vf_pool = [h for h in inlinevf if not _is_mitral_valve(h) and h.position and h.orientation]
     return SliceSelection(layout=layout, slices=tuple(slices), normal=normal, direction_sign=float(sign),
-                          inlinevf_pool=tuple(vf_pool), qc_flags=frozenset(flags))
+                          inlinevf_pool=tuple(inlinevf_pool(inlinevf)), qc_flags=frozenset(flags))
+
+
+def inlinevf_pool(inlinevf: Sequence[HeaderInfo]) -> list[HeaderInfo]:
+    """The InlineVF frames that may carry a slice's contour: not the mitral-valve images, with geometry."""
+    return [h for h in inlinevf if not _is_mitral_valve(h) and h.position and h.orientation]
+
+
+def inlinevf_positions(
+    vf_pool: Sequence[HeaderInfo], normal: np.ndarray, sign: float
+) -> list[tuple[float, HeaderInfo]]:
+    """(base-to-apex position, frame) of the InlineVF frames parallel to the stack (long-axis images inside
+    the InlineVF series are left out)."""
+    out = []
+    for h in vf_pool:
+        if h.orientation is None or h.position is None:
+            continue
+        if not geometry.is_parallel(geometry.slice_normal(h.orientation), normal):
+            continue
+        out.append((sign * geometry.project_position_mm(h.position, normal), h))
+    return out
 
 
 def match_inlinevf(
     slices: Sequence[ChosenSlice], vf_pool: Sequence[HeaderInfo], normal: np.ndarray, sign: float,
-    tol_mm: float,
+    tol_mm: float, *, has_overlay: Callable[[HeaderInfo], bool] | None = None,
 ) -> list[HeaderInfo | None]:
     """For each slice, the InlineVF instance at the same position (within ``tol_mm``) that carries an
     overlay plane and whose TriggerTime is nearest the slice's ED frame; None when there is none.
 
     Only frames with an overlay (OverlayRows (6000,0010) present) compete: which phases carry InlineVF
     contours is unverified (docs/ukbb_format.md), so a slice whose ED-phase instance lacks one keeps the
-    contour of the nearest phase that has one rather than losing it.
+    contour of the nearest phase that has one rather than losing it. ``has_overlay`` answers for frames
+    whose ``has_overlay`` is None (not read in the header pass); it is asked about the candidates in order
+    of preference only, until one has an overlay.
     """
-    candidates = []
-    for h in vf_pool:
-        if h.orientation is None or h.position is None:
-            continue
-        if not geometry.is_parallel(geometry.slice_normal(h.orientation), normal):
-            continue  # long-axis images inside the InlineVF series
-        candidates.append((sign * geometry.project_position_mm(h.position, normal), h))
+    candidates = inlinevf_positions(vf_pool, normal, sign)
+
+    def overlay(h: HeaderInfo) -> bool:
+        if h.has_overlay is not None:
+            return h.has_overlay
+        if has_overlay is None:
+            raise ValueError(f"frame {h.member!r}: overlay presence not read and no way to read it given")
+        return has_overlay(h)
+
     matched: list[HeaderInfo | None] = []
     for s in slices:
         near = [h for p, h in candidates if abs(p - s.position_mm) <= tol_mm]
         if near:
             near, _ = _latest_series(near)  # the latest InlineVF acquisition of this position
-            near = [h for h in near if h.has_overlay]
-        if not near:
-            matched.append(None)
-            continue
         ed_tt = s.ed.trigger_time_ms
         if ed_tt is None:
-            best = choose_ed_frame(near)
+            # choose_ed_frame's order (first_trigger_time): the first frame with an overlay in it
+            ranked = sorted(near, key=_by_trigger_time)
         else:
-            best = min(
+            ranked = sorted(
                 near,
                 key=lambda h: (
                     abs(h.trigger_time_ms - ed_tt) if h.trigger_time_ms is not None else float("inf"),
@@ -403,5 +434,5 @@ def match_inlinevf(
                     h.member,
                 ),
             )
-        matched.append(best)
+        matched.append(next((h for h in ranked if overlay(h)), None))
     return matched

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from beam_pipeline.manifest import ManifestError, is_manifest_name, parse_manifest
+from beam_pipeline.manifest import ManifestError, is_manifest_name, parse_manifest, series_descriptions
 from tests.dicom_factory import manifest_text
 
 HEADER9 = "filename,patientid,studyid,studydescription,date,seriesid,series discription,aet,host"
@@ -93,3 +93,37 @@ class TestParseManifest:
         text = HEADER9 + "\n" + ",1,1.2,CardiacMRI,Aug 30, 2015 10:12:33,1.3,CINE_segmented_SAX_b1,AET,h\n"
         with pytest.raises(ManifestError, match="manifest line 2 has an empty filename"):
             parse_manifest(text, source="z.zip")
+
+
+class TestUnusableManifests:
+    """A manifest the decoder must ignore raises ManifestError (the decoder then reads every header)."""
+
+    def test_a_long_line(self):
+        text = "filename,series discription\n" + "a.dcm," + "x" * 9000 + "\n"
+        with pytest.raises(ManifestError, match=r"z: manifest line 2 has 9006 characters, more than 8192"):
+            parse_manifest(text, source="z")
+
+    def test_csv_errors(self, monkeypatch):
+        from beam_pipeline import manifest
+
+        monkeypatch.setattr(manifest, "MAX_LINE_CHARS", 10**7)  # let the CSV reader meet the long field
+        text = "filename,series discription\n" + "a.dcm," + "x" * 200_000 + "\n"
+        with pytest.raises(ManifestError, match=r"z: manifest line 2 cannot be parsed as CSV \(field larger"):
+            parse_manifest(text, source="z")
+
+
+class TestSeriesDescriptions:
+    def test_same_rows_and_errors_as_parse_manifest(self):
+        entries = [(f"{k}.dcm", f"CINE_segmented_SAX_b{k}") for k in range(1, 4)]
+        text = manifest_text(entries)
+        assert series_descriptions(text, source="z") == {
+            r.filename: r.series_description for r in parse_manifest(text, source="z")}
+        bad = HEADER9 + "\n" + "e.dcm,1,1.2,CardiacMRI,yesterday,1.3,x,y,AET,h,extra\n"
+        with pytest.raises(ManifestError, match=r"z: manifest line 2 has 11 fields, expected 9"):
+            series_descriptions(bad, source="z")
+
+    def test_modality_column_either_way(self):
+        row = "a.dcm,1000123,1.2,CardiacMRI,Aug 30, 2015 10:12:33,1.3,CINE_segmented_SAX_b1,MR,AET,host\n"
+        assert series_descriptions(HEADER9 + "\n" + row, source="z") == {"a.dcm": "CINE_segmented_SAX_b1"}
+        row9 = "a.dcm,1000123,1.2,CardiacMRI,Aug 30, 2015 10:12:33,1.3,CINE_segmented_SAX_b2,AET,host\n"
+        assert series_descriptions(HEADER10 + "\n" + row9, source="z") == {"a.dcm": "CINE_segmented_SAX_b2"}
