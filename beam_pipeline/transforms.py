@@ -328,6 +328,7 @@ class DecodeFn(beam.DoFn):
         self._bytes_total = Metrics.counter(NAMESPACE, "input_bytes_total")
         self._pixel_decodes = Metrics.counter(NAMESPACE, "pixel_frames_decoded")
         self._overlay_decodes = Metrics.counter(NAMESPACE, "overlay_frames_decoded")
+        self._notes = Metrics.counter(NAMESPACE, "decode_notes")
         self._seen = 0  # per DoFn instance: progress lines every PROGRESS_EVERY participants
 
     def process(self, element):
@@ -354,6 +355,9 @@ class DecodeFn(beam.DoFn):
         self._bytes_total.inc(size)
         self._pixel_decodes.inc(stats.pixel_frames_decoded)
         self._overlay_decodes.inc(stats.overlay_frames_decoded)
+        for note in stats.notes:  # the decoder's decisions a user should see (an overlay left out, why)
+            self._notes.inc()
+            logger.warning("decode note for %s: %s", uri, note)
         self._decoded.inc()
         self._seen += 1
         level = logging.INFO if self._seen % PROGRESS_EVERY == 1 or PROGRESS_EVERY == 1 else logging.DEBUG
