@@ -33,6 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis.export import output_format
 from beam_pipeline import filesystems
 from beam_pipeline.phenotypes import INSTANCE_COLUMN, MANUAL_MASS_INSTANCE
 from beam_pipeline.schema import DISEASE_COLUMNS, PHENOTYPE_COLUMNS
@@ -618,16 +619,6 @@ def _merge_manual_mass(table: pd.DataFrame, manual: pd.DataFrame, source: str, p
 
 
 # --- Writing ----------------------------------------------------------------------------------------
-def output_format(path: str) -> str:
-    """'csv' or 'parquet' from the output's name; ValueError otherwise."""
-    lowered = path.lower()
-    if lowered.endswith(".csv"):
-        return "csv"
-    if lowered.endswith((".parquet", ".pq")):
-        return "parquet"
-    raise ValueError(f"{path}: the output must end in .csv or .parquet")
-
-
 def rejected_path(out: str) -> str:
     """Where the rejected table of ``out`` goes: ``pheno.parquet`` -> ``pheno.rejected.csv``."""
     head, sep, tail = out.rpartition("/")
