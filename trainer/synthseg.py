@@ -860,9 +860,15 @@ def _fit(
     total_steps = args.steps
 
     class SaveAndStop(keras.callbacks.Callback):
+        """Stop at ``total_steps`` or ``stop_at`` (steps counted here: reading the optimizer's counter
+        every batch would wait for the accelerator); save the weights after every epoch."""
+
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.done = 0
+
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            done = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-            if time.time() > stop_at or done >= total_steps:
+            self.done += 1
+            if time.time() > stop_at or self.done >= total_steps:
                 self.model.stop_training = True
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
