@@ -263,7 +263,8 @@ def recalibrated_inlinevf(measurement: Measurement) -> Measurement:
 
 
 def calibrate(
-    measurement: Measurement, phenotype: Any | None, centering: Mapping[str, Any],
+    measurement: Measurement, phenotype: Any | None, centering: Mapping[str, Any], *,
+    raw_is_estimate: frozenset[str] = frozenset(),
 ) -> ResultRecord:
     """Raw -> calibrated mass, then BSA (DuBois), LVMI and LVH; ``lvh_p90`` is set later.
 
@@ -273,6 +274,9 @@ def calibrate(
     disguise, and ``calibration`` says ``none``. ``calibration`` names the centering's source for that
     sex: ``sex_mean_centered`` when fitted on this run's manual masses, ``sex_mean_centered:<source>``
     otherwise (``calibration_file``, ``model_card``; :func:`calibration_label`).
+    ``raw_is_estimate``: methods whose model learned true anatomy (model card ``label_source``
+    ``true_anatomy``): without a centering their raw mass is taken as the calibrated one (``none``); with
+    manual masses in the run they are still centred, as the paper did.
     ``inlinevf_recalibrated`` uses the paper's linear formula; ML4H_reg is taken as is (``none``).
     Without a phenotype row the raw masses stay and the sex-dependent fields are None.
     """
@@ -293,6 +297,8 @@ def calibrate(
         mass = sex_centering.apply(raw, sex) if sex_centering is not None else None
         if mass is not None:
             calibration = calibration_label(sex_centering.source_for(sex))
+        elif measurement.method in raw_is_estimate:
+            mass = raw  # a model of true anatomy (card label_source): its raw mass is the estimate
 
     if mass is not None and mass != raw:
         flags.extend(mass_qc_flags(mass))  # a calibrated mass <= 0 or outside the bounds fails QC too

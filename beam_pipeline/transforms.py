@@ -535,10 +535,12 @@ class CalibrateAndIndex(beam.PTransform):
     """
 
     def __init__(self, phenotypes_path: str | None, fallback_centering: Mapping[str, Any] | None = None, *,
-                 min_calibration_n: int = DEFAULT_MIN_CALIBRATION_N, with_errors: bool = False):
+                 min_calibration_n: int = DEFAULT_MIN_CALIBRATION_N, with_errors: bool = False,
+                 raw_is_estimate: frozenset[str] = frozenset()):
         super().__init__()
         if min_calibration_n < 1:
             raise ValueError(f"min_calibration_n must be >= 1. Received: {min_calibration_n}")
+        self._raw_is_estimate = frozenset(raw_is_estimate)
         self._phenotypes_path = phenotypes_path
         self._fallback = dict(fallback_centering or {})
         self._min_calibration_n = min_calibration_n
@@ -584,6 +586,7 @@ class CalibrateAndIndex(beam.PTransform):
             yield method, centering
 
         fallback, min_n = dict(self._fallback), self._min_calibration_n
+        raw_is_estimate = self._raw_is_estimate
         centering = (
             joined
             | "CenteringInputs" >> beam.FlatMap(centering_input)
@@ -596,9 +599,10 @@ class CalibrateAndIndex(beam.PTransform):
 
         def calibrate_all(pair, centering_by_method):
             measurement, phenotype = pair
-            yield calibrate(measurement, phenotype, centering_by_method)
+            yield calibrate(measurement, phenotype, centering_by_method, raw_is_estimate=raw_is_estimate)
             if measurement.method == contracts.METHOD_INLINEVF:
-                yield calibrate(recalibrated_inlinevf(measurement), phenotype, centering_by_method)
+                yield calibrate(recalibrated_inlinevf(measurement), phenotype, centering_by_method,
+                                raw_is_estimate=raw_is_estimate)
 
         calibrated, bad_calibrate = (
             joined

@@ -73,3 +73,26 @@ class TestBodySize:
         assert phenotype.height_cm is None and "height_cm" in phenotype.implausible
         record = calibrate(measurement(), phenotype, {})
         assert contracts.QC_BODY_SIZE_IMPLAUSIBLE in record.qc_flags and record.lvmi_g_m2 is None
+
+
+class TestTrueAnatomyModels:
+    """A model of true anatomy (card label_source) gives a raw mass that needs no centering: without
+    manual masses its calibrated mass is the raw one; the paper's InlineVF-label model stays uncalibrated."""
+
+    def test_raw_mass_is_the_estimate_without_a_centering(self):
+        phenotype = Phenotype(eid=1, sex="male", height_cm=180.0, weight_kg=80.0)
+        seg = measurement(raw=130.0, method=contracts.METHOD_ML4H_SEG)
+        anatomy = calibrate(seg, phenotype, {}, raw_is_estimate=frozenset({contracts.METHOD_ML4H_SEG}))
+        assert anatomy.lv_mass_g == 130.0 and anatomy.calibration == "none" and anatomy.lvmi_g_m2 is not None
+        inlinevf_recipe = calibrate(seg, phenotype, {})
+        assert inlinevf_recipe.lv_mass_g is None
+
+    def test_still_centred_when_the_run_has_manual_masses(self):
+        from beam_pipeline.mass import SexCentering
+
+        centering = SexCentering(offsets_g={"male": -10.0, "female": -5.0}, source="run")
+        phenotype = Phenotype(eid=1, sex="male", height_cm=180.0, weight_kg=80.0)
+        record = calibrate(measurement(raw=130.0, method=contracts.METHOD_ML4H_SEG), phenotype,
+                           {contracts.METHOD_ML4H_SEG: centering},
+                           raw_is_estimate=frozenset({contracts.METHOD_ML4H_SEG}))
+        assert record.lv_mass_g == 120.0 and record.calibration == "sex_mean_centered"
