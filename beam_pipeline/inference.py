@@ -14,21 +14,56 @@ Examples are any objects with ``image`` (float32 ``contracts.TENSOR_SHAPE``) and
   default: taken inside TensorFlow so only 1/12 of the bytes leave the model), or the raw class
   probabilities float32 ``(256, 256, 13, 3)`` with ``argmax=False``;
 * ``ml4h_reg``: the LV mass in grams (a Python float).
+
+**Heart-centred crop (ML4H_seg).** The tensor is 256 x 256 pixels of 1.86 mm, a 476 mm field of view; the
+heart fills a 40-50 pixel square of it. When the model's card has ``crop_inference`` (a ``serving_crop``
+signature with open rows and columns, ``trainer/export.py``), the handler segments a ``crop_px`` square
+(128, the bundled model's training crop) instead of the whole tensor, a quarter of the convolutions:
+
+1. first pass: the crop at the centre of the grid (the acquisition is centred there, and so, in practice,
+   is the heart);
+2. the LV is the largest connected component of cavity and myocardium in the crop. If it lies at least
+   ``crop_margin_px`` (32 px, 60 mm) from every crop edge that is not the grid's own edge, the crop's labels
+   are kept, minus that border band, and everything outside is background;
+3. otherwise a second crop is centred on that LV (larger, in steps of ``align_px``, if the LV needs it) and
+   checked the same way; if that fails too, or no LV of at least ``MIN_LV_ML`` is found, or ``argmax=False``,
+   the whole field of view is segmented with ``serving_default``, as without a crop.
+
+Why the labels are the same: a U-Net is fully convolutional; crop origins and sizes are multiples of the
+pooling factor (``align_px``, 8) so every pooling window falls where it does on the full tensor, and an
+output voxel depends only on the pixels within ``receptive_field_px`` (52) of it. Measured on synthetic
+cohorts and the real study (``benchmarks/bench_inference.py speed``, ``tests/test_inference_crop.py``):
+inside the kept window the labels equal the full field of view's, except, rarely, a voxel whose two most
+likely classes are within 0.01 of each other (a coin toss either way; 0.036 g); what the crop drops are
+labels 60 mm or more from the LV, never part of it (on the real study, 39 voxels of false-positive
+"myocardium" 190 mm away). ``crop_px=None`` turns the crop off.
+
+**oneDNN.** TensorFlow turns its oneDNN kernels on by default only on CPUs with AVX-512 VNNI and the like
+(Intel Cascade Lake and later); elsewhere (AMD EPYC, as on n2d machines) its convolutions run on Eigen at
+about half the speed. Importing this module sets ``TF_ENABLE_ONEDNN_OPTS=1`` unless the environment says
+otherwise; it must be set before TensorFlow is imported. The labels were the same with and without it on
+every participant we measured.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from beam_pipeline import contracts, filesystems
 from beam_pipeline.model_card import ModelCard
+
+# read by TensorFlow when it is imported (tensorflow/core/util/util.cc): set before any import of it
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +73,16 @@ MODEL_KINDS = (contracts.MODEL_KIND_SEG, contracts.MODEL_KIND_REG)
 # workers, so the marker travels in the pipeline and each machine resolves it in its own installation.
 BUNDLED_PREFIX = "bundled:"
 MODELS_PACKAGE_DIR = "models"
+
+# ML4H_seg crop policy (module docstring). 128 px: the bundled model's training crop (its card's
+# hyperparameters.crop_px). 32 px: no labels within 60 mm of a crop edge; crops with at least this margin
+# gave the full field of view's labels on every participant measured, 20-30 px did not always.
+CROP_PX = 128
+CROP_MARGIN_PX = 32
+MIN_LV_ML = 20.0  # smaller "LV" (cavity + myocardium) in a crop: no heart found there
+# Per-process memory budget the default --batch_size is sized for (batch_size_for_memory): one Dataflow
+# SDK process per vCPU of an n2-standard machine has 4 GB; 2.5 GB leaves room for the harness and Beam.
+PROCESS_MEMORY_BUDGET_MB = 2500.0
 
 
 class ModelExample(Protocol):
@@ -60,11 +105,83 @@ class ModelInput:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A loaded SavedModel: the serving function, its card, and the object that keeps it alive."""
+    """A loaded SavedModel: the serving function, its card, the object that keeps it alive, and the
+    crop signature (ML4H_seg with ``crop_inference`` on its card; else None)."""
 
     serve: Any
     card: ModelCard
     module: Any
+    serve_crop: Any = None
+
+
+@dataclass(frozen=True)
+class Window:
+    """An in-plane window of the tensor grid: rows ``row0:row0 + rows``, columns ``col0:col0 + cols``."""
+
+    row0: int
+    col0: int
+    rows: int
+    cols: int
+
+    @property
+    def index(self) -> tuple[slice, slice]:
+        return slice(self.row0, self.row0 + self.rows), slice(self.col0, self.col0 + self.cols)
+
+    def inner(self, margin_px: int, grid: tuple[int, int]) -> Window:
+        """This window less ``margin_px`` on each side that is not the grid's own edge."""
+        top = margin_px if self.row0 > 0 else 0
+        left = margin_px if self.col0 > 0 else 0
+        bottom = margin_px if self.row0 + self.rows < grid[0] else 0
+        right = margin_px if self.col0 + self.cols < grid[1] else 0
+        return Window(self.row0 + top, self.col0 + left, self.rows - top - bottom, self.cols - left - right)
+
+    def holds(self, box: tuple[int, int, int, int]) -> bool:
+        """Whether the inclusive box ``(row_min, row_max, col_min, col_max)`` lies inside this window."""
+        return (self.row0 <= box[0] and box[1] < self.row0 + self.rows
+                and self.col0 <= box[2] and box[3] < self.col0 + self.cols)
+
+
+def _aligned_span(centre: float, size: int, extent: int, align: int) -> int:
+    """Origin of a ``size``-wide span centred near ``centre``, a multiple of ``align``, inside ``extent``."""
+    origin = round((centre - size / 2) / align) * align
+    return int(min(max(origin, 0), extent - size))
+
+
+def crop_window(centre: tuple[float, float], size: tuple[int, int], grid: tuple[int, int],
+                align: int) -> Window:
+    """A window of ``size`` (multiples of ``align``) centred near ``centre``, with aligned origins."""
+    return Window(_aligned_span(centre[0], size[0], grid[0], align),
+                  _aligned_span(centre[1], size[1], grid[1], align), size[0], size[1])
+
+
+def window_around(box: tuple[int, int, int, int], *, crop_px: int, margin_px: int, grid: tuple[int, int],
+                  align: int) -> Window | None:
+    """The crop centred on the inclusive ``box`` that keeps ``margin_px`` around it: ``crop_px`` square,
+    or larger in steps of ``align`` where the box needs it; None when that is the whole grid."""
+    sizes = []
+    for extent, low, high in ((grid[0], box[0], box[1]), (grid[1], box[2], box[3])):
+        need = high - low + 1 + 2 * margin_px
+        sizes.append(max(crop_px, math.ceil(need / align) * align))
+        if sizes[-1] >= extent:
+            return None
+    centre = ((box[0] + box[1] + 1) / 2, (box[2] + box[3] + 1) / 2)
+    return crop_window(centre, (sizes[0], sizes[1]), grid, align)
+
+
+def lv_box(labels: np.ndarray, *, min_voxels: int) -> tuple[int, int, int, int] | None:
+    """Inclusive in-plane box (row_min, row_max, col_min, col_max) of the largest connected component of
+    cavity and myocardium in a ``(rows, cols, slices)`` label volume; None below ``min_voxels``."""
+    from scipy import ndimage
+
+    components, count = ndimage.label(labels != contracts.LABEL_MAP["background"])
+    if count == 0:
+        return None
+    sizes = np.bincount(components.ravel())[1:]
+    largest = int(np.argmax(sizes)) + 1
+    if sizes[largest - 1] < min_voxels:
+        return None
+    rows, cols, _ = np.nonzero(components == largest)
+    return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
 
 
 def bundled_models_root() -> Path:
@@ -144,8 +261,11 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
         is loaded (the worker), not where the pipeline is built.
       kind: ``contracts.MODEL_KIND_SEG`` or ``contracts.MODEL_KIND_REG``; must match the card.
       argmax: for segmentation, return the argmax labels (uint8) rather than probabilities.
-      min_batch_size, max_batch_size: Beam's batching bounds (a participant tensor is 3.4 MB).
+      min_batch_size, max_batch_size: Beam's batching bounds (a participant tensor is 3.4 MB;
+        :func:`batch_size_for_memory` sizes it from the card).
       large_model: share one model per worker machine across processes (Beam multi-process shared).
+      crop_px, crop_margin_px: ML4H_seg's heart-centred crop (module docstring), used when the card has
+        ``crop_inference``; ``crop_px=None``: always the whole field of view.
     """
 
     def __init__(
@@ -157,9 +277,13 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
         min_batch_size: int = 1,
         max_batch_size: int = 8,
         large_model: bool = False,
+        crop_px: int | None = CROP_PX,
+        crop_margin_px: int = CROP_MARGIN_PX,
     ):
         if kind not in MODEL_KINDS:
             raise ValueError(f"kind must be one of {MODEL_KINDS}. Received: {kind!r}")
+        if crop_px is not None and not 0 <= 2 * crop_margin_px < crop_px:
+            raise ValueError(f"need 0 <= 2 * crop_margin_px < crop_px. Received: {crop_margin_px}, {crop_px}")
         if not 1 <= min_batch_size <= max_batch_size:
             raise ValueError(
                 f"need 1 <= min_batch_size <= max_batch_size. Received: {min_batch_size}, {max_batch_size}"
@@ -169,6 +293,11 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
         self._model_dir = model_dir
         self._kind = kind
         self._argmax = argmax
+        self._crop_px = crop_px
+        self._crop_margin_px = crop_margin_px
+        namespace = self.get_metrics_namespace()
+        self._crop_counters = {path: Metrics.counter(namespace, f"segmented_{path}")
+                               for path in ("crop_first_pass", "crop_second_pass", "full_field_of_view")}
 
     @property
     def model_dir(self) -> str:
@@ -189,8 +318,20 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
                 f"{self._model_dir}: SavedModel has no {contracts.SERVING_SIGNATURE!r} signature "
                 f"(has {sorted(module.signatures)})"
             )
-        logger.info("loaded %s model %s version %s", self._kind, self._model_dir, card.version)
-        return LoadedModel(serve=module.signatures[contracts.SERVING_SIGNATURE], card=card, module=module)
+        serve_crop = None
+        if self._kind == contracts.MODEL_KIND_SEG and card.crop_inference:
+            name = card.crop_inference["signature"]
+            if name not in module.signatures:
+                raise ValueError(f"{self._model_dir}: the card's crop_inference names signature {name!r}, "
+                                 f"which the SavedModel lacks (has {sorted(module.signatures)})")
+            serve_crop = module.signatures[name]
+            if self._crop_px is not None and self._crop_px % int(card.crop_inference["align_px"]):
+                raise ValueError(f"crop_px must be a multiple of the model's align_px "
+                                 f"{card.crop_inference['align_px']}. Received: {self._crop_px}")
+        logger.info("loaded %s model %s version %s%s", self._kind, self._model_dir, card.version,
+                    " (heart-centred crop)" if serve_crop is not None and self._crop_px else "")
+        return LoadedModel(serve=module.signatures[contracts.SERVING_SIGNATURE], card=card, module=module,
+                           serve_crop=serve_crop)
 
     def run_inference(
         self,
@@ -214,6 +355,54 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
 
     def _run_one(self, image: np.ndarray, spacing: np.ndarray, model: LoadedModel) -> Any:
         """The prediction for one example (arrays with a batch axis of 1)."""
+        if (self._kind == contracts.MODEL_KIND_SEG and self._argmax and self._crop_px is not None
+                and model.serve_crop is not None):
+            return self._segment_cropped(image, spacing, model)
+        return self._run_full(image, spacing, model)
+
+    def _segment_cropped(self, image: np.ndarray, spacing: np.ndarray, model: LoadedModel) -> np.ndarray:
+        """ML4H_seg labels from heart-centred crops, else the whole field of view (module docstring)."""
+        import tensorflow as tf
+
+        grid = contracts.LABEL_VOLUME_SHAPE[:2]
+        align = int(model.card.crop_inference["align_px"])
+        margin = self._crop_margin_px
+        voxel_ml = float(np.prod(spacing[0], dtype=np.float64)) / 1000.0
+        min_voxels = max(1, math.ceil(MIN_LV_ML / voxel_ml)) if voxel_ml > 0 else 1
+        window: Window | None = crop_window((grid[0] / 2, grid[1] / 2), (self._crop_px, self._crop_px), grid,
+                                            align)
+        for path in ("crop_first_pass", "crop_second_pass"):
+            rows, cols = window.index
+            outputs = model.serve_crop(**{
+                contracts.SIGNATURE_INPUT_IMAGE: tf.constant(np.ascontiguousarray(image[:, rows, cols])),
+                contracts.SIGNATURE_INPUT_SPACING: tf.constant(spacing),
+            })
+            probabilities = outputs[contracts.SIGNATURE_OUTPUT_PROBABILITIES]
+            expected = (1, window.rows, window.cols, contracts.TENSOR_SLICES, contracts.NUM_CLASSES)
+            if tuple(probabilities.shape) != expected:
+                raise ValueError(f"{self._model_dir}: crop {contracts.SIGNATURE_OUTPUT_PROBABILITIES!r} has "
+                                 f"shape {tuple(probabilities.shape)}, expected {expected}")
+            labels = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8).numpy()[0]
+            box = lv_box(labels, min_voxels=min_voxels)
+            if box is None:
+                break
+            box = (box[0] + window.row0, box[1] + window.row0, box[2] + window.col0, box[3] + window.col0)
+            inner = window.inner(margin, grid)
+            if inner.holds(box):
+                self._crop_counters[path].inc()
+                full = np.zeros(contracts.LABEL_VOLUME_SHAPE, dtype=np.uint8)
+                keep_rows = slice(inner.row0 - window.row0, inner.row0 - window.row0 + inner.rows)
+                keep_cols = slice(inner.col0 - window.col0, inner.col0 - window.col0 + inner.cols)
+                full[inner.index] = labels[keep_rows, keep_cols]
+                return full
+            window = window_around(box, crop_px=self._crop_px, margin_px=margin, grid=grid, align=align)
+            if window is None:
+                break
+        self._crop_counters["full_field_of_view"].inc()
+        return self._run_full(image, spacing, model)
+
+    def _run_full(self, image: np.ndarray, spacing: np.ndarray, model: LoadedModel) -> Any:
+        """The prediction for one example from ``serving_default`` (the whole field of view)."""
         import tensorflow as tf
 
         batch = [None]  # one example
@@ -249,3 +438,22 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
 
     def get_metrics_namespace(self) -> str:
         return f"lvmass_{self._kind}"
+
+
+def batch_size_for_memory(cards: Iterable[ModelCard], *,
+                          budget_mb: float = PROCESS_MEMORY_BUDGET_MB) -> int | None:
+    """The largest inference batch whose memory fits ``budget_mb`` per process, by the cards' measured
+    ``inference_memory``: ``max(1, floor((budget_mb - max(peak_mb)) / sum(per_example_mb)))``; None when
+    no card carries a measurement.
+
+    ``peak_mb`` is a whole process (TensorFlow, the model, one participant's activations); the models of a
+    run share one SDK process, so TensorFlow is counted once (the largest peak), while each model's
+    ``RunInference`` holds its own batch, so the per-participant figures add up. ``per_example_mb`` is what
+    each further participant of a batch adds: the handler calls a model one participant at a time, so
+    activations do not grow with the batch, only the batch's tensors do.
+    """
+    measured = [card.inference_memory for card in cards if card.inference_memory]
+    if not measured:
+        return None
+    spare_mb = budget_mb - max(float(m["peak_mb"]) for m in measured)
+    return max(1, math.floor(spare_mb / sum(float(m["per_example_mb"]) for m in measured)))

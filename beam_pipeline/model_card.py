@@ -80,6 +80,16 @@ class ModelCard:
     # then centre on manual masses), "true_anatomy" (a raw mass that needs no centering) or
     # "manual_mass" (ML4H_reg).
     label_source: str = "inlinevf_outline"
+    # ML4H_seg only, None when the SavedModel has no crop signature: {"signature": "serving_crop",
+    # "align_px": crop sides and origins must be multiples of it (the in-plane pooling factor),
+    # "receptive_field_px": in-plane radius of an output voxel's receptive field}. The handler then segments
+    # a heart-centred crop (beam_pipeline.inference); trainer/export.py writes it.
+    crop_inference: dict[str, Any] | None = None
+    # Measured memory of one process serving this model (benchmarks/bench_inference.py memory):
+    # {"peak_mb": peak RSS after loading it and segmenting / regressing one participant,
+    #  "per_example_mb": RSS added by each further participant of a batch, "command": ..., "machine": ...}.
+    # The pipeline's default --batch_size comes from it (inference.batch_size_for_memory).
+    inference_memory: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in (contracts.MODEL_KIND_SEG, contracts.MODEL_KIND_REG):
@@ -97,6 +107,18 @@ class ModelCard:
         ):
             raise ValueError("model card training_pixel_spacing_mm must be [min, max] with 0 < min <= max. "
                              f"Received: {self.training_pixel_spacing_mm!r}")
+        if self.crop_inference is not None:
+            align = self.crop_inference.get("align_px")
+            if self.kind != contracts.MODEL_KIND_SEG or not self.crop_inference.get("signature") or not (
+                    isinstance(align, int) and align >= 1):
+                raise ValueError("model card crop_inference must be an ML4H_seg card's {signature, "
+                                 "align_px >= 1, receptive_field_px}. "
+                                 f"Received: {self.crop_inference!r} on {self.kind!r}")
+        if self.inference_memory is not None and not (
+                float(self.inference_memory.get("peak_mb", 0)) > 0
+                and float(self.inference_memory.get("per_example_mb", 0)) > 0):
+            raise ValueError("model card inference_memory needs peak_mb > 0 and per_example_mb > 0. "
+                             f"Received: {self.inference_memory!r}")
         if self.label_source not in LABEL_SOURCES:
             raise ValueError(f"model card label_source must be one of {LABEL_SOURCES}. "
                              f"Received: {self.label_source!r}")

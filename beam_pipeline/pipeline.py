@@ -34,7 +34,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_pipeline import contracts, filesystems
 from beam_pipeline.decode import ED_RULES
 from beam_pipeline.identity import input_key
-from beam_pipeline.inference import SavedModelHandler, bundled_model_dir, read_model_card
+from beam_pipeline.inference import (
+    PROCESS_MEMORY_BUDGET_MB,
+    SavedModelHandler,
+    batch_size_for_memory,
+    bundled_model_dir,
+    read_model_card,
+)
 from beam_pipeline.measure import DEFAULT_MIN_CALIBRATION_N
 from beam_pipeline.schema import ERRORS_DIRNAME, RESULTS_DIRNAME, SUCCESS_FILENAME, SUMMARY_FILENAME
 from beam_pipeline.summary import OutputRow
@@ -147,7 +153,9 @@ def build_parser() -> ArgumentParser:
                         "Default: the models' own (model card pixel_spacing_mm); without a model "
                         f"(inlinevf only, --mode tensorize) {contracts.DEFAULT_TENSOR_PIXEL_SPACING_MM} mm, "
                         "UK Biobank's nominal size. A value that contradicts a model's card is refused")
-    parser.add_argument("--batch_size", type=int, default=8, help="max participants per inference batch")
+    # default None: the most that fit PROCESS_MEMORY_BUDGET_MB per process by the model cards' measured
+    # inference_memory (parse_args), 1 when no card has it
+    parser.add_argument("--batch_size", type=int, default=None, help="max participants per inference batch")
     parser.add_argument("--large_model", action="store_true",
                         help="share one model copy across a worker's processes")
     parser.add_argument("--num_shards", type=int, default=None,
@@ -178,7 +186,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
     """Split our flags from Beam's; resolve default models; fail fast on what cannot work."""
     args, beam_args = build_parser().parse_known_args(argv)
     methods = parse_methods(args.methods)
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1. Received: {args.batch_size}")
     if args.overwrite and args.skip_existing:
         raise ConfigError("--overwrite and --skip_existing contradict each other: choose one")
@@ -201,11 +209,19 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
                     f"method {method} needs a SavedModel: pass --model_{flag} DIR (no bundled model under "
                     f"beam_pipeline/models/{kind}/), or drop {method} from --methods")
     model_seg, model_reg = models["seg"], models["reg"]
+    batch_size = args.batch_size
+    if batch_size is None:  # the model cards' measured memory, for the models this run loads
+        in_use = [m for m, method in ((model_seg, contracts.METHOD_ML4H_SEG),
+                                      (model_reg, contracts.METHOD_ML4H_REG))
+                  if m and method in methods and args.mode == MODE_INFER]
+        batch_size = batch_size_for_memory(read_model_card(m) for m in in_use) or 1
+        logger.info("inference batch size %d (model cards' inference_memory, %.0f MB per process)",
+                    batch_size, PROCESS_MEMORY_BUDGET_MB)
     config = RunConfig(
         input=args.input, output=args.output.rstrip("/"), phenotypes=args.phenotypes, methods=methods,
         mode=args.mode, model_seg=model_seg if contracts.METHOD_ML4H_SEG in methods else None,
         model_reg=model_reg if contracts.METHOD_ML4H_REG in methods else None,
-        calibration=args.calibration, ed_rule=args.ed_rule, batch_size=args.batch_size,
+        calibration=args.calibration, ed_rule=args.ed_rule, batch_size=batch_size,
         large_model=args.large_model, save_labels=args.save_labels, input_kind=args.input_kind,
         min_calibration_n=args.min_calibration_n, pixel_spacing_mm=args.pixel_spacing_mm,
         overwrite=args.overwrite, skip_existing=args.skip_existing,

@@ -184,3 +184,61 @@ class TestBundledModel:
         assert resolve_model_dir("gs://b/seg") == "gs://b/seg"
         with pytest.raises(ValueError, match="unknown bundled model 'bundled:unet'"):
             resolve_model_dir("bundled:unet")
+
+
+class TestBatchSizeFromTheCards:
+    """The default --batch_size comes from the cards' measured inference_memory, not a constant."""
+
+    @staticmethod
+    def _card(kind, peak_mb, per_example_mb):
+        from beam_pipeline.model_card import ModelCard
+
+        return ModelCard(kind=kind, version="m", inference_memory={"peak_mb": peak_mb,
+                                                                  "per_example_mb": per_example_mb})
+
+    def test_largest_batch_within_the_budget_smallest_over_the_models(self):
+        from beam_pipeline.inference import batch_size_for_memory
+
+        seg = self._card(contracts.MODEL_KIND_SEG, 1500.0, 10.0)  # (2500 - 1500) / 10 = 100
+        reg = self._card(contracts.MODEL_KIND_REG, 900.0, 40.0)
+        assert batch_size_for_memory([seg]) == 100
+        assert batch_size_for_memory([reg]) == 40  # (2500 - 900) / 40
+        # one process: TensorFlow once (the larger peak), a batch per model: (2500 - 1500) / (10 + 40)
+        assert batch_size_for_memory([seg, reg]) == 20
+        assert batch_size_for_memory([seg], budget_mb=1505.0) == 1  # never below one
+        assert batch_size_for_memory([]) is None
+
+    def test_card_fields_are_checked(self):
+        from beam_pipeline.model_card import ModelCard
+
+        with pytest.raises(ValueError, match="inference_memory needs peak_mb > 0 and per_example_mb > 0"):
+            self._card(contracts.MODEL_KIND_SEG, 1500.0, 0.0)
+        with pytest.raises(ValueError, match="crop_inference must be an ML4H_seg card's"):
+            ModelCard(kind=contracts.MODEL_KIND_REG, version="r",
+                      crop_inference={"signature": "serving_crop", "align_px": 8})
+        old = json.loads(ModelCard(kind=contracts.MODEL_KIND_SEG, version="s").to_json())
+        del old["crop_inference"], old["inference_memory"]  # a card written before these fields
+        card = ModelCard.from_json(json.dumps(old))
+        assert card.crop_inference is None and card.inference_memory is None
+
+    def test_pipeline_default_comes_from_the_bundled_cards(self, tmp_path):
+        from beam_pipeline.inference import batch_size_for_memory, bundled_model_dir
+        from beam_pipeline.pipeline import parse_args
+
+        cards = [read_model_card(bundled_model_dir(k)) for k in (contracts.MODEL_KIND_SEG,
+                                                                 contracts.MODEL_KIND_REG)]
+        assert all(card.inference_memory for card in cards), "run benchmarks/bench_inference.py memory"
+        memory = [c.inference_memory for c in cards]
+        expected = max(1, int((2500.0 - max(m["peak_mb"] for m in memory))
+                              // sum(m["per_example_mb"] for m in memory)))
+        argv = [f"--input={tmp_path}/*.zip", f"--output={tmp_path}/out"]
+        config, _ = parse_args(argv)
+        assert config.batch_size == expected == batch_size_for_memory(cards)
+        assert parse_args([*argv, "--batch_size=3"])[0].batch_size == 3
+
+    def test_a_card_without_an_estimate_gives_batches_of_one(self, seg_dir, tmp_path):
+        from beam_pipeline.pipeline import parse_args
+
+        config, _ = parse_args([f"--input={tmp_path}/*.zip", f"--output={tmp_path}/out",
+                                "--methods=ml4h_seg", f"--model_seg={seg_dir}"])
+        assert config.batch_size == 1

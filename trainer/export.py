@@ -5,24 +5,46 @@ Layout of an export directory (the pipeline loads the directory itself with ``tf
     saved_model.pb, variables/   serving_default: image (B,256,256,13,1) f32, spacing_mm (B,3) f32
                                  -> probabilities (B,256,256,13,3) f32   [ml4h_seg]
                                  -> lv_mass_g (B,) f32                   [ml4h_reg]
+                                 serving_crop [ml4h_seg]: the same network and weights on an in-plane
+                                 crop, image (B,rows,cols,13,1) -> probabilities (B,rows,cols,13,3)
     model.keras                  the Keras model (custom layers registered in trainer.models / metrics)
     model_card.json              beam_pipeline.model_card.ModelCard
 
 Names and shapes come from ``beam_pipeline.contracts``. ML4H_seg ignores ``spacing_mm`` (its mass comes
 from voxel counts), but the signature takes it so that one handler serves both kinds.
+
+A U-Net is fully convolutional, so ML4H_seg also gets ``serving_crop``: rows and columns left open, for
+crops whose sides are multiples of the model's in-plane pooling factor (:func:`in_plane_alignment_px`; 8
+for three (2, 2, 1) poolings). The card's ``crop_inference`` records the signature, that alignment and the
+receptive field (:func:`receptive_field_px`); the pipeline's handler uses it to segment a heart-centred crop
+(``beam_pipeline.inference``). Both signatures call one set of variables. An ML4H_seg export made before
+``serving_crop`` existed gets it, without touching its weights or ``serving_default``, with::
+
+    python -m trainer.export add_crop_signature --model_dir beam_pipeline/models/ml4h_seg
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from beam_pipeline import contracts
 from beam_pipeline.model_card import ModelCard
 
 KERAS_FILENAME = "model.keras"
+CROP_SIGNATURE = "serving_crop"
+# what a SavedModel folder holds besides model.keras and the card (replaced by add_crop_signature)
+SAVED_MODEL_ENTRIES = ("saved_model.pb", "variables", "fingerprint.pb", "assets")
 
 
 def serving_input_signature() -> list[tf.TensorSpec]:
@@ -35,11 +57,115 @@ def serving_input_signature() -> list[tf.TensorSpec]:
     ]
 
 
+def crop_input_signature() -> list[tf.TensorSpec]:
+    """The inputs of ``serving_crop``: ``image`` with open rows and columns, ``spacing_mm`` as usual."""
+    return [
+        tf.TensorSpec([None, None, None, *contracts.TENSOR_SHAPE[2:]], tf.float32,
+                      name=contracts.SIGNATURE_INPUT_IMAGE),
+        tf.TensorSpec(
+            [None, len(contracts.SPACING_FIELDS)], tf.float32, name=contracts.SIGNATURE_INPUT_SPACING
+        ),
+    ]
+
+
+def size_agnostic_twin(model: keras.Model) -> keras.Model:
+    """The same functional network with rows and columns of its ``image`` input left open, holding a copy
+    of ``model``'s weights (a U-Net is fully convolutional: only the declared input shape fixes 256)."""
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "InputLayer" and layer["config"]["name"] == contracts.SIGNATURE_INPUT_IMAGE:
+            shape = layer["config"]["batch_shape"]
+            layer["config"]["batch_shape"] = [shape[0], None, None, *shape[3:]]
+    twin = keras.Model.from_config(config)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def in_plane_alignment_px(model: keras.Model) -> int:
+    """Crop rows and columns (and crop origins) must be multiples of this: the product of the in-plane
+    pooling factors, so that a crop's pooling windows fall where the full tensor's do.
+
+    Raises ``ValueError`` when a pooling layer pools rows and columns differently.
+    """
+    align = 1
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.MaxPooling3D | keras.layers.AveragePooling3D):
+            rows, cols = layer.pool_size[:2]
+            strides = tuple(layer.strides[:2]) if layer.strides is not None else (rows, cols)
+            if rows != cols or strides != (rows, cols):
+                raise ValueError(f"layer {layer.name}: in-plane pooling must be square and non-overlapping. "
+                                 f"Received: pool_size={layer.pool_size}, strides={layer.strides}")
+            align *= rows
+    return align
+
+
+def receptive_field_px(model: keras.Model) -> int:
+    """The in-plane receptive-field radius of ``model``'s output, in input pixels (rounded up).
+
+    Walks the functional graph: a k-wide convolution adds ``(k - 1) / 2`` pixels at the current stride, a
+    pooling of p adds ``(p - 1) / 2`` and multiplies the stride by p, an upsampling of p adds
+    ``(p - 1) / 2`` at the finer stride and divides it by p; a merge takes the largest of its inputs. An
+    output voxel further than this from a crop's edge sees only pixels inside the crop.
+    """
+    radius: dict[str, tuple[float, float]] = {}  # layer name -> (radius px, stride px)
+    for layer in model.layers:
+        inbound = [radius[t._keras_history.operation.name] for t in _input_tensors(layer)]
+        r, stride = max(inbound) if inbound else (0.0, 1.0)
+        if isinstance(layer, keras.layers.Conv3D):
+            r += (layer.kernel_size[0] - 1) / 2 * layer.dilation_rate[0] * stride
+            stride *= layer.strides[0]
+        elif isinstance(layer, keras.layers.MaxPooling3D | keras.layers.AveragePooling3D):
+            r += (layer.pool_size[0] - 1) / 2 * stride
+            stride *= layer.pool_size[0]
+        elif isinstance(layer, keras.layers.UpSampling3D):
+            stride /= layer.size[0]
+            r += (layer.size[0] - 1) / 2 * stride
+        radius[layer.name] = (r, stride)
+    return math.ceil(max(r for r, _ in (radius[t._keras_history.operation.name]
+                                         for t in keras.tree.flatten(model.outputs))))
+
+
+def _input_tensors(layer: keras.layers.Layer) -> list[Any]:
+    if isinstance(layer, keras.layers.InputLayer):
+        return []
+    return [t for node in layer._inbound_nodes for t in keras.tree.flatten(node.input_tensors)]
+
+
+def crop_inference_card(model: keras.Model) -> dict[str, Any]:
+    """What the card records about ``serving_crop`` (``ModelCard.crop_inference``)."""
+    return {"signature": CROP_SIGNATURE, "align_px": in_plane_alignment_px(model),
+            "receptive_field_px": receptive_field_px(model)}
+
+
+def _write_archive(model: keras.Model, export_dir: str, *, is_seg: bool) -> None:
+    """The SavedModel: ``serving_default`` and, for ML4H_seg, ``serving_crop`` on the same variables."""
+    network = size_agnostic_twin(model) if is_seg else model
+
+    def serve(image: tf.Tensor, spacing_mm: tf.Tensor) -> dict[str, tf.Tensor]:
+        if is_seg:
+            probabilities = network({contracts.SIGNATURE_INPUT_IMAGE: image}, training=False)
+            return {contracts.SIGNATURE_OUTPUT_PROBABILITIES: tf.cast(probabilities, tf.float32)}
+        inputs = {contracts.SIGNATURE_INPUT_IMAGE: image, contracts.SIGNATURE_INPUT_SPACING: spacing_mm}
+        mass_g = tf.reshape(network(inputs, training=False), [-1])
+        return {contracts.SIGNATURE_OUTPUT_MASS: tf.cast(mass_g, tf.float32)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(network)
+    archive.add_endpoint(
+        name=contracts.SERVING_SIGNATURE, fn=serve, input_signature=serving_input_signature()
+    )
+    if is_seg:
+        archive.add_endpoint(name=CROP_SIGNATURE, fn=serve, input_signature=crop_input_signature())
+    tf.io.gfile.makedirs(export_dir)
+    archive.write_out(export_dir, verbose=False)
+
+
 def export_model(model: keras.Model, *, kind: str, export_dir: str, card: ModelCard) -> str:
     """Write the SavedModel, ``model.keras`` and ``model_card.json`` into ``export_dir``; return it.
 
     ``model`` takes the input dict of :mod:`trainer.models` (``image`` [+ ``spacing_mm``]). The card's
-    kind must match ``kind``. Works for local paths and ``gs://``.
+    kind must match ``kind``; an ML4H_seg card gets ``crop_inference`` (``serving_crop``). Works for local
+    paths and ``gs://``.
     """
     if kind not in (contracts.MODEL_KIND_SEG, contracts.MODEL_KIND_REG):
         raise ValueError(
@@ -54,21 +180,9 @@ def export_model(model: keras.Model, *, kind: str, export_dir: str, card: ModelC
     if input_names != wanted:
         raise ValueError(f"a {kind} model must take inputs {sorted(wanted)}. Received: {sorted(input_names)}")
 
-    def serve(image: tf.Tensor, spacing_mm: tf.Tensor) -> dict[str, tf.Tensor]:
-        if is_seg:
-            probabilities = model({contracts.SIGNATURE_INPUT_IMAGE: image}, training=False)
-            return {contracts.SIGNATURE_OUTPUT_PROBABILITIES: tf.cast(probabilities, tf.float32)}
-        inputs = {contracts.SIGNATURE_INPUT_IMAGE: image, contracts.SIGNATURE_INPUT_SPACING: spacing_mm}
-        mass_g = tf.reshape(model(inputs, training=False), [-1])
-        return {contracts.SIGNATURE_OUTPUT_MASS: tf.cast(mass_g, tf.float32)}
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        name=contracts.SERVING_SIGNATURE, fn=serve, input_signature=serving_input_signature()
-    )
-    tf.io.gfile.makedirs(export_dir)
-    archive.write_out(export_dir, verbose=False)
+    if is_seg:
+        card = dataclasses.replace(card, crop_inference=crop_inference_card(model))
+    _write_archive(model, export_dir, is_seg=is_seg)
     keras_path = os.path.join(export_dir, KERAS_FILENAME)
     if export_dir.startswith("gs://"):  # Keras writes local files only
         local = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lvmass_{os.getpid()}_{KERAS_FILENAME}")
@@ -90,3 +204,85 @@ def load_serving(export_dir: str):
 def load_card(export_dir: str) -> ModelCard:
     with tf.io.gfile.GFile(os.path.join(export_dir, contracts.MODEL_CARD_FILENAME)) as handle:
         return ModelCard.from_json(handle.read())
+
+
+def _variable_values(saved: Any) -> list[np.ndarray]:
+    return sorted((v.numpy() for v in saved.variables), key=lambda a: (a.shape, a.tobytes()))
+
+
+def add_crop_signature(model_dir: str, *, probe_seed: int = 0) -> dict[str, Any]:
+    """Give an existing local ML4H_seg export ``serving_crop``, keeping its weights and ``serving_default``.
+
+    Rebuilds the SavedModel from the folder's ``model.keras`` into a temporary folder and checks, before
+    replacing anything, that the new one holds exactly the old variables (bit for bit) and that its
+    ``serving_default`` returns bit-identical probabilities on a random probe tensor. Then swaps the
+    SavedModel files and adds ``crop_inference`` to the card (``model.keras`` and every other card field
+    are left as they were). Returns what was checked.
+    """
+    card = load_card(model_dir)
+    if card.kind != contracts.MODEL_KIND_SEG:
+        raise ValueError(f"{model_dir}: serving_crop is for {contracts.MODEL_KIND_SEG}. "
+                         f"Received: {card.kind!r}")
+    # the custom objects model.keras may name are registered when these are imported
+    import trainer.metrics
+    import trainer.models  # noqa: F401
+
+    model = keras.models.load_model(os.path.join(model_dir, KERAS_FILENAME), compile=False)
+    old = tf.saved_model.load(model_dir)
+    probe = np.random.default_rng(probe_seed).standard_normal((1, *contracts.TENSOR_SHAPE)).astype(np.float32)
+    spacing = np.float32([[1.8, 1.8, 10.0]])
+    inputs = {contracts.SIGNATURE_INPUT_IMAGE: tf.constant(probe),
+              contracts.SIGNATURE_INPUT_SPACING: tf.constant(spacing)}
+    before = old.signatures[contracts.SERVING_SIGNATURE](**inputs)[contracts.SIGNATURE_OUTPUT_PROBABILITIES]
+    staging = tempfile.mkdtemp(prefix="lvmass_crop_export_")
+    try:
+        _write_archive(model, staging, is_seg=True)
+        new = tf.saved_model.load(staging)
+        after = new.signatures[contracts.SERVING_SIGNATURE](**inputs)[
+            contracts.SIGNATURE_OUTPUT_PROBABILITIES]
+        old_values, new_values = _variable_values(old), _variable_values(new)
+        same_weights = len(old_values) == len(new_values) and all(
+            a.shape == b.shape and np.array_equal(a, b) for a, b in zip(old_values, new_values, strict=True))
+        if not same_weights:
+            raise ValueError(f"{model_dir}: the rebuilt SavedModel's variables differ from the old ones")
+        if not np.array_equal(before.numpy(), after.numpy()):
+            raise ValueError(f"{model_dir}: the rebuilt serving_default differs from the old one on the "
+                             "probe")
+        for entry in SAVED_MODEL_ENTRIES:
+            target = os.path.join(model_dir, entry)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.exists(target):
+                os.remove(target)
+            source = os.path.join(staging, entry)
+            if os.path.isfile(source) or (os.path.isdir(source) and os.listdir(source)):
+                shutil.move(source, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    crop = crop_inference_card(model)
+    with tf.io.gfile.GFile(os.path.join(model_dir, contracts.MODEL_CARD_FILENAME), "w") as handle:
+        handle.write(dataclasses.replace(card, crop_inference=crop).to_json())
+    return {"model_dir": model_dir, "variables": len(new_values), "variables_identical": True,
+            "serving_default_identical_on_probe": True, "crop_inference": crop}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m trainer.export add_crop_signature --model_dir DIR``."""
+    import json
+
+    from lvmass.cli_args import ArgumentParser, configure_logging
+
+    parser = ArgumentParser(prog="python -m trainer.export",
+                            description="Maintain an exported model folder (see the module docstring).")
+    sub = parser.add_subparsers(dest="command", required=True, help="what to do")
+    add = sub.add_parser("add_crop_signature",
+                         help="give an ML4H_seg export serving_crop (weights and serving_default unchanged)")
+    add.add_argument("--model_dir", required=True, help="a local ML4H_seg export folder")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    configure_logging(getattr(args, "log_level", "INFO"))
+    print(json.dumps(add_crop_signature(args.model_dir), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
