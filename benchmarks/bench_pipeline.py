@@ -20,6 +20,15 @@ differs from it).
     tracing, pipeline construction), the slope the cost per participant. The log of each run is checked for
     how many times each model was loaded (once per worker process: RunInference keeps it across bundles).
 
+    The same job as before this change, for the ratio (``pipeline_scaling_before.json``: the ML4H_seg
+    SavedModel without ``serving_crop``, so the whole field of view, and TensorFlow's default Eigen
+    convolutions on this CPU; the decoder is today's in both)::
+
+        mkdir -p /tmp/before && git archive 3d033f6 beam_pipeline/models/ml4h_seg | tar -x -C /tmp/before
+        python benchmarks/bench_pipeline.py scaling --sizes 3 12 --repeats 1 --onednn 0 \
+            --job_arg=--model_seg=/tmp/before/beam_pipeline/models/ml4h_seg --job_arg=--batch_size=8 \
+            --out benchmarks/results/pipeline_scaling_before.json
+
 ``memory`` -> ``benchmarks/results/inference_pipeline_memory.json``::
 
     python benchmarks/bench_pipeline.py memory --participants 12 --batch_sizes 1 8 default
@@ -95,9 +104,12 @@ def decoder_measured() -> dict[str, Any]:
             "working_tree_differs": bool(git("status", "--porcelain", "--", decode))}
 
 
-def job_env() -> dict[str, str]:
-    return dict(os.environ, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS="1",
-                TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+def job_env(onednn: str | None = None) -> dict[str, str]:
+    env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS="1",
+               TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    if onednn is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = onednn
+    return env
 
 
 def make_cohort(cohort: Path, participants: int, seed: int, fidelity: str) -> list[Path]:
@@ -117,12 +129,13 @@ def link_subset(zips: list[Path], folder: Path) -> str:
     return str(folder / "*_20209_*.zip")
 
 
-def run_job(argv: list[str], log: Path, *, child_rss: bool = False) -> dict[str, Any]:
+def run_job(argv: list[str], log: Path, *, child_rss: bool = False,
+            onednn: str | None = None) -> dict[str, Any]:
     """One ``python -m beam_pipeline`` job in a fresh process: CPU (process + children), wall, peak RSS."""
     job = [sys.executable, "-c", JOB_WITH_CHILD_RSS] if child_rss else [sys.executable, "-m", "beam_pipeline"]
     wall = time.perf_counter()
     with log.open("w") as handle:
-        done = subprocess.run([sys.executable, "-c", WRAPPER, *job, *argv], env=job_env(),
+        done = subprocess.run([sys.executable, "-c", WRAPPER, *job, *argv], env=job_env(onednn),
                               stdout=subprocess.PIPE, stderr=handle, text=True, check=False)
     wall_s = time.perf_counter() - wall
     lines = done.stdout.strip().splitlines()
@@ -168,7 +181,8 @@ def scaling(args: argparse.Namespace, argv: list[str]) -> int:
             for n in args.sizes:
                 output = work / f"out_{n}_{repeat}"
                 result = run_job(job_argv(patterns[n], cohort / "phenotypes.csv", output,
-                                          ["--runner=FnApiRunner"]), work / f"log_{n}_{repeat}.txt")
+                                          ["--runner=FnApiRunner", *args.job_arg]),
+                                 work / f"log_{n}_{repeat}.txt", onednn=args.onednn)
                 summary = json.loads((output / "summary.json").read_text())
                 result.update({"participants": n, "repeat": repeat,
                                "written": summary.get("participants_written"),
@@ -183,7 +197,8 @@ def scaling(args: argparse.Namespace, argv: list[str]) -> int:
     body = {
         "runner": "FnApiRunner", "methods": "ml4h_seg,ml4h_reg,inlinevf (all)", "models": "bundled",
         "fidelity": args.fidelity, "seed": args.seed, "sizes": args.sizes, "repeats": args.repeats,
-        "tf_threads": 1, "decoder": decoder_measured(),
+        "tf_threads": 1, "decoder": decoder_measured(), "job_args": args.job_arg,
+        "tf_enable_onednn_opts": args.onednn or "1 (set by beam_pipeline.inference)",
         "cpu_fit_all_runs": fit([(r["participants"], r["cpu_s"]) for r in runs]),
         "cpu_fit_medians": fit([(n, m["cpu_s"]) for n, m in medians.items()]),
         "wall_fit_all_runs": fit([(r["participants"], r["wall_s"]) for r in runs]),
@@ -254,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     scaling_parser.add_argument("--sizes", type=int, nargs="+", default=[3, 12, 48],
                                 help="participants per run")
     scaling_parser.add_argument("--repeats", type=int, default=3, help="runs per size (interleaved)")
+    scaling_parser.add_argument("--job_arg", action="append", default=[],
+                                help="extra option for every job (repeatable): --job_arg=--model_seg=DIR")
+    scaling_parser.add_argument("--onednn", choices=("0", "1"), default=None,
+                                help="TF_ENABLE_ONEDNN_OPTS for the jobs (default: the pipeline's, 1)")
     memory_parser = sub.choices["memory"]
     memory_parser.add_argument("--participants", type=int, default=12)
     memory_parser.add_argument("--batch_sizes", nargs="+", default=["1", "8", "default"],

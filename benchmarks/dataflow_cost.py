@@ -14,7 +14,15 @@ and ML4H_reg, and the peak memory of one process. Everything else is an assumpti
 * The GPU pays when ML4H_seg costs more CPU-seconds per participant than the break-even printed here.
 
     python benchmarks/dataflow_cost.py [--stages PATH] [--participants 38500 100000] [--out_json P]
-        [--out_md P]
+        [--out_md P] [--scaling PATH] [--inference PATH] [--pipeline_memory PATH]
+
+**Measured end to end** (a second table, when ``benchmarks/results/pipeline_scaling.json`` exists): the
+same recipes sized from the whole job's measured CPU-seconds per participant, the slope of
+``benchmarks/bench_pipeline.py scaling`` (every stage, Beam's own work and ML4H_seg's heart-centred crop
+included, so no overhead fraction is added), with its intercept as the start-up each SDK process pays once
+(added to every worker's wall time), the SDK process's measured peak memory
+(``inference_pipeline_memory.json``) and, for the GPU recipe, the CPU side as that slope less ML4H_seg's
+measured CPU time (``inference_speed.json``, ``onednn_crop``).
 
 Writes ``benchmarks/results/dataflow_cost.json`` and ``dataflow_cost.md``.
 """
@@ -31,6 +39,9 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_STAGES = RESULTS / "stage_cpu_seconds.json"
+DEFAULT_SCALING = RESULTS / "pipeline_scaling.json"
+DEFAULT_INFERENCE = RESULTS / "inference_speed.json"
+DEFAULT_PIPELINE_MEMORY = RESULTS / "inference_pipeline_memory.json"
 
 # List prices in USD, Dataflow batch workers in us-central1, as published on the Dataflow and Compute Engine
 # pricing pages when this was written (2026-11). ASSUMPTIONS: not fetched by this script, no discounts
@@ -98,14 +109,15 @@ def worker_usd_per_hour(vcpus: int, memory_gb: float, gpu: str | None) -> float:
     return price
 
 
-def cpu_recipe(name: str, cpu_s: float, peak_rss_mb: float) -> Recipe:
-    """All stages on the CPUs: one single-threaded SDK process per vCPU."""
+def cpu_recipe(name: str, cpu_s: float, peak_rss_mb: float, *, overhead: float | None = None) -> Recipe:
+    """All stages on the CPUs: one single-threaded SDK process per vCPU. ``overhead``: the fraction added
+    for what the stage timings leave out (default the assumption; 0 for a whole job's measured time)."""
     need_gb = peak_rss_mb / 1024 * ASSUMPTIONS["memory_headroom"]
     fitting = [shape for shape in CPU_MACHINES if shape[2] / shape[1] >= need_gb]
     if not fitting:
         raise ValueError(f"no n2 shape gives {need_gb:.1f} GB per process (peak RSS {peak_rss_mb} MB)")
     machine, vcpus, memory_gb = fitting[0]
-    cpu_s = cpu_s * (1 + ASSUMPTIONS["runner_overhead_fraction"])
+    cpu_s = cpu_s * (1 + (ASSUMPTIONS["runner_overhead_fraction"] if overhead is None else overhead))
     rate = vcpus / cpu_s
     usd_h = worker_usd_per_hour(vcpus, memory_gb, None)
     return Recipe(name=name, machine_type=machine, vcpus=vcpus, memory_gb=memory_gb, gpu=None,
@@ -117,13 +129,14 @@ def cpu_recipe(name: str, cpu_s: float, peak_rss_mb: float) -> Recipe:
                         "--experiments=use_runner_v2")
 
 
-def gpu_recipe(name: str, cpu_side_s: float, peak_rss_mb: float) -> Recipe:
+def gpu_recipe(name: str, cpu_side_s: float, peak_rss_mb: float, *, overhead: float | None = None) -> Recipe:
     """Decode on the CPUs, ML4H_seg on one L4 shared by the worker's processes (--large_model)."""
     machine, vcpus, memory_gb, gpu = GPU_MACHINE
     need_gb = peak_rss_mb / 1024 * ASSUMPTIONS["memory_headroom"]
     if memory_gb / vcpus < need_gb:
         raise ValueError(f"{machine} gives {memory_gb / vcpus:.1f} GB per process; {need_gb:.1f} GB needed")
-    cpu_side_s = cpu_side_s * (1 + ASSUMPTIONS["runner_overhead_fraction"])
+    overhead = ASSUMPTIONS["runner_overhead_fraction"] if overhead is None else overhead
+    cpu_side_s = cpu_side_s * (1 + overhead)
     rate = min(vcpus / cpu_side_s, 1 / ASSUMPTIONS["gpu_seg_s_per_participant"])
     usd_h = worker_usd_per_hour(vcpus, memory_gb, gpu)
     option = f"worker_accelerator=type:{gpu};count:1;install-nvidia-driver"
@@ -136,14 +149,15 @@ def gpu_recipe(name: str, cpu_side_s: float, peak_rss_mb: float) -> Recipe:
                         f"--experiments=use_runner_v2 --dataflow_service_options='{option}' --large_model")
 
 
-def run_estimate(recipe: Recipe, participants: int) -> dict[str, float]:
-    """Wall time and cost of one run of ``participants`` on ``recipe.max_num_workers`` workers."""
+def run_estimate(recipe: Recipe, participants: int, *, process_startup_s: float = 0.0) -> dict[str, float]:
+    """Wall time and cost of one run of ``participants`` on ``recipe.max_num_workers`` workers
+    (``process_startup_s``: CPU-seconds each SDK process spends once before its first participant)."""
     if participants < 1:
         raise ValueError(f"participants must be >= 1. Received: {participants}")
     workers = recipe.max_num_workers
     rate = workers * recipe.participants_per_worker_s * ASSUMPTIONS["utilisation"]
     compute_h = participants / rate / 3600
-    wall_h = compute_h + ASSUMPTIONS["worker_startup_hours"]
+    wall_h = compute_h + ASSUMPTIONS["worker_startup_hours"] + process_startup_s / 3600
     worker_cost = workers * wall_h * recipe.worker_usd_per_hour
     shuffle_cost = participants * ASSUMPTIONS["shuffle_kb_per_participant"] / 1e6 * PRICES_USD["shuffle_gb"]
     return {"participants": participants, "workers": workers, "wall_hours": round(wall_h, 2),
@@ -182,6 +196,31 @@ def estimate(stages: Mapping[str, Any], participants: Sequence[int]) -> dict[str
                      "runs": [run_estimate(r, n) for n in participants]} for r in recipes],
         "gpu_pays_when_ml4h_seg_cpu_s_exceeds": round(break_even, 2),
         "cheapest_cpu_recipe": cpu_cheapest.name,
+    }
+
+
+def measured_end_to_end(scaling: Mapping[str, Any], inference: Mapping[str, Any] | None,
+                        memory: Mapping[str, Any] | None, stages: Mapping[str, Any],
+                        participants: Sequence[int]) -> dict[str, Any]:
+    """CPU and GPU recipes for the bundled models from the whole job's measured slope (module docstring)."""
+    fit = scaling["cpu_fit_medians"]
+    slope, startup_s = float(fit["slope_s_per_participant"]), max(0.0, float(fit["intercept_s"]))
+    rss = float(memory["max_sdk_process_peak_rss_mb"]) if memory else float(stages["peak_rss_mb"])
+    recipes = [cpu_recipe("cpu_bundled_seg_measured", slope, rss, overhead=0.0)]
+    seg = None
+    if inference is not None:
+        seg = float(inference["modes"]["onednn_crop"]["cpu_s_per_participant"]["median"])
+        recipes.append(gpu_recipe("gpu_l4_bundled_seg_measured", max(slope - seg, 0.0), rss, overhead=0.0))
+    return {
+        "inputs": {"scaling_command": scaling.get("command"), "scaling_date": scaling.get("date"),
+                   "machine_measured_on": scaling.get("machine"), "decoder": scaling.get("decoder"),
+                   "slope_cpu_s_per_participant": slope, "process_startup_cpu_s": startup_s,
+                   "sdk_process_peak_rss_mb": rss, "ml4h_seg_cpu_s_per_participant": seg,
+                   "inference_command": inference.get("command") if inference else None,
+                   "memory_command": memory.get("command") if memory else None},
+        "recipes": [{**asdict(r), "usd_per_participant": round(r.usd_per_participant, 6),
+                     "runs": [run_estimate(r, n, process_startup_s=startup_s) for n in participants]}
+                    for r in recipes],
     }
 
 
@@ -226,6 +265,37 @@ def markdown(result: Mapping[str, Any]) -> str:
         "Assumptions: " + ", ".join(f"{k} = {v}" for k, v in result["assumptions"].items()) + ".",
         "",
     ]
+    measured = result.get("measured_end_to_end")
+    if measured:
+        m = measured["inputs"]
+        decoder = m["decoder"]["last_commit"] if m["decoder"] else "?"
+        lines += [
+            "## Measured end to end",
+            "",
+            f"From `{m['scaling_command']}` ({m['scaling_date']}; decoder: {decoder}): the whole job costs "
+            f"**{m['slope_cpu_s_per_participant']:.3f} CPU-s per participant** (slope; no overhead fraction "
+            f"added) and **{m['process_startup_cpu_s']:.1f} CPU-s once per SDK process** "
+            f"(intercept); SDK process peak memory {m['sdk_process_peak_rss_mb']:.0f} MB"
+            + (f" (`{m['memory_command']}`)" if m["memory_command"] else "")
+            + (f"; ML4H_seg {m['ml4h_seg_cpu_s_per_participant']:.3f} CPU-s per participant "
+               f"(`{m['inference_command']}`), on the GPU in the GPU recipe"
+               if m["ml4h_seg_cpu_s_per_participant"] is not None else "") + ".",
+            "",
+            "| recipe | machine | SDK processes x GB each | CPU-s per participant "
+            "| participants/s per worker | $ per 1000 | 38,500: workers, hours, $ "
+            "| 100,000: workers, hours, $ |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in measured["recipes"]:
+            runs = {run["participants"]: run for run in r["runs"]}
+            cells = [f"{runs[n]['workers']}, {runs[n]['wall_hours']} h, ${runs[n]['usd']:.0f}"
+                     if n in runs else "-" for n in (38500, 100000)]
+            machine = r["machine_type"] + (f" + 1 {r['gpu']}" if r["gpu"] else "")
+            lines.append(f"| {r['name']} | {machine} | {r['sdk_processes_per_worker']} x "
+                         f"{r['memory_gb_per_process']} | {r['cpu_s_per_participant']} "
+                         f"| {r['participants_per_worker_s']} | {r['usd_per_participant'] * 1000:.3f} "
+                         f"| {cells[0]} | {cells[1]} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -237,8 +307,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="cohort sizes to price (default 38500 100000)")
     parser.add_argument("--out_json", type=Path, default=RESULTS / "dataflow_cost.json")
     parser.add_argument("--out_md", type=Path, default=RESULTS / "dataflow_cost.md")
+    parser.add_argument("--scaling", type=Path, default=DEFAULT_SCALING,
+                        help="bench_pipeline.py scaling result JSON (used when it exists)")
+    parser.add_argument("--inference", type=Path, default=DEFAULT_INFERENCE,
+                        help="bench_inference.py speed result JSON (used when it exists)")
+    parser.add_argument("--pipeline_memory", type=Path, default=DEFAULT_PIPELINE_MEMORY,
+                        help="bench_pipeline.py memory result JSON (used when it exists)")
     args = parser.parse_args(argv)
-    result = estimate(json.loads(args.stages.read_text()), args.participants)
+    stages = json.loads(args.stages.read_text())
+    result = estimate(stages, args.participants)
+    if args.scaling.exists():
+        def optional(path: Path) -> dict[str, Any] | None:
+            return json.loads(path.read_text()) if path.exists() else None
+
+        result["measured_end_to_end"] = measured_end_to_end(
+            json.loads(args.scaling.read_text()), optional(args.inference), optional(args.pipeline_memory),
+            stages, args.participants)
     args.out_json.write_text(json.dumps(result, indent=2) + "\n")
     args.out_md.write_text(markdown(result))
     print(markdown(result))
