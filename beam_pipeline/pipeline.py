@@ -42,6 +42,7 @@ from beam_pipeline.inference import (
     read_model_card,
 )
 from beam_pipeline.measure import DEFAULT_MIN_CALIBRATION_N
+from beam_pipeline.model_card import LABEL_SOURCE_TRUE_ANATOMY
 from beam_pipeline.schema import ERRORS_DIRNAME, RESULTS_DIRNAME, SUCCESS_FILENAME, SUMMARY_FILENAME
 from beam_pipeline.summary import OutputRow
 from beam_pipeline.transforms import (
@@ -311,6 +312,16 @@ def model_grid(config: RunConfig) -> ModelGrid:
     return ModelGrid(pixel_spacing_mm=float(grid), training_pixel_spacing_mm=ranges)
 
 
+def true_anatomy_methods(config: RunConfig) -> frozenset[str]:
+    """The segmentation methods whose model learned true anatomy (card ``label_source``): their raw mass
+    is an estimate that needs no centering (they are still centred where the run has manual masses)."""
+    if config.model_seg is None:
+        return frozenset()
+    card = read_model_card(config.model_seg, expected_kind=contracts.MODEL_KIND_SEG)
+    return frozenset({contracts.METHOD_ML4H_SEG}) if card.label_source == LABEL_SOURCE_TRUE_ANATOMY \
+        else frozenset()
+
+
 def check_inputs(config: RunConfig) -> None:
     """Fail before any work (here, or on a Flex Template's launcher): the phenotype file exists and each
     model's card reads and matches the contracts."""
@@ -382,7 +393,7 @@ def build_pipeline(
         measurements = measurement_sets | "FlattenMeasurements" >> beam.Flatten()
         records, calibrate_errors = measurements | "CalibrateAndIndex" >> CalibrateAndIndex(
             config.phenotypes, fallback_centering(config), min_calibration_n=config.min_calibration_n,
-            with_errors=True)
+            with_errors=True, raw_is_estimate=true_anatomy_methods(config))
         records, write_errors = records | "ValidateRows" >> ValidateRows()
         error_sets.extend([calibrate_errors, write_errors])
         output_methods = list(config.methods)

@@ -244,7 +244,8 @@ def test_inputs_and_outputs_that_cannot_work_get_one_line_and_their_own_exit_cod
     """Defect 9: a glob matching nothing exited 0; a path without a wildcard failed with
     'ValueError: ALLOW_IF_WILDCARD'; an unwritable output was a traceback."""
     out = tmp_path / "out"
-    assert main([f"--input={inputs}/*.zip", f"--output={out}", "--methods=inlinevf", RUNNER]) == EXIT_NO_INPUTS
+    code = main([f"--input={inputs}/*.zip", f"--output={out}", "--methods=inlinevf", RUNNER])
+    assert code == EXIT_NO_INPUTS
     assert "matches no participant zip or folder" in capsys.readouterr().err
     zip_path = write_zip(inputs, 1000070)
     assert main([f"--input={zip_path}", f"--output={out}", "--methods=inlinevf", RUNNER]) == EXIT_OK
