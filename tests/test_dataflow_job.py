@@ -317,7 +317,17 @@ def test_recorded_recipes_are_what_the_cost_script_computes():
     cost = _load("lvmass_dataflow_cost", ROOT / "benchmarks" / "dataflow_cost.py")
     stages = json.loads((ROOT / "benchmarks" / "results" / "stage_cpu_seconds.json").read_text())
     recorded = json.loads((ROOT / "benchmarks" / "results" / "dataflow_cost.json").read_text())
-    assert cost.estimate(stages, [38500, 100000]) == recorded
+    expected = cost.estimate(stages, [38500, 100000])
+    results = ROOT / "benchmarks" / "results"
+    if (results / "pipeline_scaling.json").exists():  # the end-to-end measurements, as main() adds them
+        def optional(name):
+            path = results / name
+            return json.loads(path.read_text()) if path.exists() else None
+
+        expected["measured_end_to_end"] = cost.measured_end_to_end(
+            optional("pipeline_scaling.json"), optional(cost.DEFAULT_INFERENCE.name),
+            optional(cost.DEFAULT_PIPELINE_MEMORY.name), stages, [38500, 100000])
+    assert expected == recorded
     assert (ROOT / "benchmarks" / "results" / "dataflow_cost.md").read_text() == cost.markdown(recorded)
 
 
