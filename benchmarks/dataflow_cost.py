@@ -224,6 +224,25 @@ def measured_end_to_end(scaling: Mapping[str, Any], inference: Mapping[str, Any]
     }
 
 
+def _recipe_table(recipes: list[dict[str, Any]], cpu_column: str) -> list[str]:
+    """Markdown rows of a recipe table: machine, processes, cost and wall time at 38,500 and 100,000."""
+    lines = [
+        f"| recipe | machine | SDK processes x GB each | {cpu_column} "
+        "| participants/s per worker | $ per 1000 | 38,500: workers, hours, $ | 100,000: workers, hours, $ |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in recipes:
+        runs = {run["participants"]: run for run in r["runs"]}
+        cells = [f"{runs[n]['workers']}, {runs[n]['wall_hours']} h, ${runs[n]['usd']:.0f}"
+                 if n in runs else "-" for n in (38500, 100000)]
+        machine = r["machine_type"] + (f" + 1 {r['gpu']}" if r["gpu"] else "")
+        lines.append(f"| {r['name']} | {machine} | {r['sdk_processes_per_worker']} x "
+                     f"{r['memory_gb_per_process']} | {r['cpu_s_per_participant']} "
+                     f"| {r['participants_per_worker_s']} | {r['usd_per_participant'] * 1000:.3f} "
+                     f"| {cells[0]} | {cells[1]} |")
+    return lines
+
+
 def markdown(result: Mapping[str, Any]) -> str:
     inputs = result["inputs"]
     lines = [
@@ -238,19 +257,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         + ", ".join(f"{k} {v:.2f}" for k, v in inputs["cpu_s_per_participant"].items())
         + f"; peak memory of one process {inputs['peak_rss_mb']:.0f} MB.",
         "",
-        "| recipe | machine | SDK processes x GB each | CPU-s per participant (+overhead) "
-        "| participants/s per worker | $ per 1000 | 38,500: workers, hours, $ | 100,000: workers, hours, $ |",
-        "|---|---|---|---|---|---|---|---|",
+        *_recipe_table(result["recipes"], "CPU-s per participant (+overhead)"),
     ]
-    for r in result["recipes"]:
-        runs = {run["participants"]: run for run in r["runs"]}
-        cells = [f"{runs[n]['workers']}, {runs[n]['wall_hours']} h, ${runs[n]['usd']:.0f}"
-                 if n in runs else "-" for n in (38500, 100000)]
-        machine = r["machine_type"] + (f" + 1 {r['gpu']}" if r["gpu"] else "")
-        lines.append(f"| {r['name']} | {machine} | {r['sdk_processes_per_worker']} x "
-                     f"{r['memory_gb_per_process']} | {r['cpu_s_per_participant']} "
-                     f"| {r['participants_per_worker_s']} | {r['usd_per_participant'] * 1000:.3f} "
-                     f"| {cells[0]} | {cells[1]} |")
     lines += [
         "",
         f"A GPU worker pays once ML4H_seg takes more than "
@@ -281,21 +289,9 @@ def markdown(result: Mapping[str, Any]) -> str:
                f"(`{m['inference_command']}`), on the GPU in the GPU recipe"
                if m["ml4h_seg_cpu_s_per_participant"] is not None else "") + ".",
             "",
-            "| recipe | machine | SDK processes x GB each | CPU-s per participant "
-            "| participants/s per worker | $ per 1000 | 38,500: workers, hours, $ "
-            "| 100,000: workers, hours, $ |",
-            "|---|---|---|---|---|---|---|---|",
+            *_recipe_table(measured["recipes"], "CPU-s per participant"),
+            "",
         ]
-        for r in measured["recipes"]:
-            runs = {run["participants"]: run for run in r["runs"]}
-            cells = [f"{runs[n]['workers']}, {runs[n]['wall_hours']} h, ${runs[n]['usd']:.0f}"
-                     if n in runs else "-" for n in (38500, 100000)]
-            machine = r["machine_type"] + (f" + 1 {r['gpu']}" if r["gpu"] else "")
-            lines.append(f"| {r['name']} | {machine} | {r['sdk_processes_per_worker']} x "
-                         f"{r['memory_gb_per_process']} | {r['cpu_s_per_participant']} "
-                         f"| {r['participants_per_worker_s']} | {r['usd_per_participant'] * 1000:.3f} "
-                         f"| {cells[0]} | {cells[1]} |")
-        lines.append("")
     return "\n".join(lines)
 
 

@@ -23,21 +23,8 @@ TRAIN_SEED=${TRAIN_SEED:-1001}
 FIRST_EID=${FIRST_EID:-5000001}
 LEARNING_RATE=${LEARNING_RATE:-1e-3}
 INITIAL_WEIGHTS=${INITIAL_WEIGHTS:-}
-CPUS=$(nproc)
-if [ -d .whl ] && [ "${INSTALL_WHEELS:-1}" = 1 ]; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-if [ -n "${KERAS_BACKEND:-}" ]; then
-  :  # the caller chose
-elif "$PYTHON" -c "import jax; assert jax.devices()[0].platform == 'gpu'" 2>/dev/null; then
-  export KERAS_BACKEND=jax
-else
-  export KERAS_BACKEND=torch
-fi
+. "$(dirname "$0")/gpu_env.sh"
 echo "backend $KERAS_BACKEND, $CPUS CPUs"
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 mkdir -p "$OUT" "$WORK"
 TRAIN_SYNTH="lvmass synth --participants $N_TRAIN --seed $TRAIN_SEED --manual_fraction 1.0 --first_eid $FIRST_EID"
 "$PYTHON" -m lvmass.cli synth --participants "$N_TRAIN" --out "$WORK/train" --seed "$TRAIN_SEED" \

@@ -24,22 +24,9 @@ OUT=${1:?usage: $0 OUT_DIR [BUDGET_SECONDS]}
 BUDGET=${2:-600}
 START=$(date +%s)
 PYTHON=${PYTHON:-python3}
-CPUS=$(nproc)
+. "$(dirname "$0")/gpu_env.sh"
 WORKERS=${WORKERS:-$(( CPUS > 1 ? CPUS - 1 : 1 ))}
-if [ -d .whl ] && [ "${INSTALL_WHEELS:-1}" = 1 ]; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-if [ -n "${KERAS_BACKEND:-}" ]; then
-  :  # the caller chose
-elif "$PYTHON" -c "import jax; assert jax.devices()[0].platform == 'gpu'" 2>/dev/null; then
-  export KERAS_BACKEND=jax
-else
-  export KERAS_BACKEND=torch
-fi
 echo "backend $KERAS_BACKEND, $CPUS CPUs, $WORKERS sample workers"
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 mkdir -p "$OUT"
 "$PYTHON" -m trainer.synthseg fit --out "$OUT" --steps "${STEPS:-1000000}" --preset "${PRESET:-compact}" \
   --batch_size "${BATCH:-16}" --crop_px "${CROP:-128}" --max_uses "${MAX_USES:-4}" --workers "$WORKERS" \

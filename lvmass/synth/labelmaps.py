@@ -49,6 +49,8 @@ from lvmass.synth.anatomy import (
     radii_mm,
 )
 from lvmass.synth.render import Body, draw_body
+from lvmass.synth.vectors import rotate as _rotate
+from lvmass.synth.vectors import unit as _unit
 
 # --- The labels of a scene ------------------------------------------------------------------------
 AIR = 0
@@ -283,19 +285,6 @@ class LabelStack:
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v)
-
-
-def _rotate(vec: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
-    """Rodrigues' rotation of ``vec`` about the unit ``axis``."""
-    return (
-        vec * math.cos(angle)
-        + np.cross(axis, vec) * math.sin(angle)
-        + axis * float(np.dot(axis, vec)) * (1.0 - math.cos(angle))
-    )
 
 
 def draw_orientation(

@@ -51,6 +51,8 @@ from lvmass.synth.render import (
     rician,
     smooth_texture,
 )
+from lvmass.synth.vectors import rotate as _rotate
+from lvmass.synth.vectors import unit as _unit
 
 SAX_PREFIX = "CINE_segmented_SAX_b"
 INLINEVF_DESCRIPTION = "CINE_segmented_SAX_InlineVF"
@@ -94,19 +96,6 @@ def participant_rngs(seed: int, eid: int, n: int = 9) -> list[np.random.Generato
     if seed < 0 or eid < 0:
         raise ValueError(f"seed and eid must be non-negative. Received seed={seed}, eid={eid}")
     return [np.random.default_rng(s) for s in np.random.SeedSequence([seed, eid]).spawn(n)]
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v)
-
-
-def _rotate(vec: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
-    """Rodrigues' rotation of vec about a unit axis."""
-    return (
-        vec * math.cos(angle)
-        + np.cross(axis, vec) * math.sin(angle)
-        + axis * float(np.dot(axis, vec)) * (1.0 - math.cos(angle))
-    )
 
 
 @dataclass(frozen=True)
