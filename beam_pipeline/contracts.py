@@ -90,6 +90,12 @@ SIGNATURE_OUTPUT_MASS: Final = "lv_mass_g"  # ML4H_reg: float32 (B,)
 MODEL_CARD_FILENAME: Final = "model_card.json"
 MODEL_KIND_SEG: Final = "ml4h_seg"
 MODEL_KIND_REG: Final = "ml4h_reg"
+# ML4H_seg's crop signatures (trainer/export.py; the policy in beam_pipeline.inference): serving_crop takes an
+# in-plane crop and returns its probabilities; serving_window takes the same crop and returns those of its
+# inner window only, SEG_WINDOW_MARGIN_PX less on each in-plane side, computing the decoder only there.
+SEG_CROP_SIGNATURE: Final = "serving_crop"
+SEG_WINDOW_SIGNATURE: Final = "serving_window"
+SEG_WINDOW_MARGIN_PX: Final = 32
 
 # --- TFRecord feature keys (the spec itself lives in beam_pipeline.tfrecord, which imports TF) -----
 FEATURE_EID: Final = "eid"

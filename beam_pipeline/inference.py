@@ -78,7 +78,7 @@ MODELS_PACKAGE_DIR = "models"
 # hyperparameters.crop_px). 32 px: no labels within 60 mm of a crop edge; crops with at least this margin
 # gave the full field of view's labels on every participant measured, 20-30 px did not always.
 CROP_PX = 128
-CROP_MARGIN_PX = 32
+CROP_MARGIN_PX = contracts.SEG_WINDOW_MARGIN_PX
 MIN_LV_ML = 20.0  # smaller "LV" (cavity + myocardium) in a crop: no heart found there
 # Per-process memory budget the default --batch_size is sized for (batch_size_for_memory): one Dataflow
 # SDK process per vCPU of an n2-standard machine has 4 GB; 2.5 GB leaves room for the harness and Beam.
@@ -106,12 +106,13 @@ class ModelInput:
 @dataclass(frozen=True)
 class LoadedModel:
     """A loaded SavedModel: the serving function, its card, the object that keeps it alive, and the
-    crop signature (ML4H_seg with ``crop_inference`` on its card; else None)."""
+    crop signatures (ML4H_seg with ``crop_inference`` on its card; else None)."""
 
     serve: Any
     card: ModelCard
     module: Any
     serve_crop: Any = None
+    serve_window: Any = None  # serving_window: the crop's inner window only (trainer/windowed.py)
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,39 @@ class Window:
         bottom = margin_px if self.row0 + self.rows < grid[0] else 0
         right = margin_px if self.col0 + self.cols < grid[1] else 0
         return Window(self.row0 + top, self.col0 + left, self.rows - top - bottom, self.cols - left - right)
+
+    def clear_of_edges(self, box: tuple[int, int, int, int], grid: tuple[int, int]) -> bool:
+        """Whether the inclusive box lies inside this window without touching an edge of it that is not
+        the grid's own edge: a labelled component that touches such an edge may go on beyond it."""
+        return (self.holds(box)
+                and (box[0] > self.row0 or self.row0 == 0)
+                and (box[1] < self.row0 + self.rows - 1 or self.row0 + self.rows == grid[0])
+                and (box[2] > self.col0 or self.col0 == 0)
+                and (box[3] < self.col0 + self.cols - 1 or self.col0 + self.cols == grid[1]))
+
+    def extend_clipped(self, box: tuple[int, int, int, int],
+                       grid: tuple[int, int]) -> tuple[int, int, int, int]:
+        """Where a box cut by this window's edges (not the grid's) probably ends, to place the next crop
+        (whatever that crop finds is checked again): in short axis an LV is about as long as it is wide,
+        so an axis cut on one side is taken to be as long as the other axis, and at least 16 px longer
+        than what was seen; an axis cut on both sides grows 16 px each way."""
+        low_cut = (box[0] == self.row0 and self.row0 > 0, box[2] == self.col0 and self.col0 > 0)
+        high_cut = (box[1] == self.row0 + self.rows - 1 and self.row0 + self.rows < grid[0],
+                    box[3] == self.col0 + self.cols - 1 and self.col0 + self.cols < grid[1])
+        extent = (box[1] - box[0] + 1, box[3] - box[2] + 1)
+        grown = list(box)
+        for axis in (0, 1):
+            other = 1 - axis
+            clean_other = not (low_cut[other] or high_cut[other])
+            span = max(extent[axis] + 16, extent[other] if clean_other else 0)
+            if low_cut[axis] and high_cut[axis]:
+                grown[2 * axis] -= 16
+                grown[2 * axis + 1] += 16
+            elif low_cut[axis]:
+                grown[2 * axis] = grown[2 * axis + 1] - span + 1
+            elif high_cut[axis]:
+                grown[2 * axis + 1] = grown[2 * axis] + span - 1
+        return (max(0, grown[0]), min(grid[0] - 1, grown[1]), max(0, grown[2]), min(grid[1] - 1, grown[3]))
 
     def holds(self, box: tuple[int, int, int, int]) -> bool:
         """Whether the inclusive box ``(row_min, row_max, col_min, col_max)`` lies inside this window."""
@@ -182,6 +216,23 @@ def lv_box(labels: np.ndarray, *, min_voxels: int) -> tuple[int, int, int, int] 
         return None
     rows, cols, _ = np.nonzero(components == largest)
     return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+
+
+def lv_hint_box(example: Any) -> tuple[int, int, int, int] | None:
+    """Where the example's InlineVF outlines put the LV on the tensor grid (the in-plane box of its
+    labels), if it carries them (``inlinevf_labels``, as the pipeline's participants do); else None.
+
+    Only where ML4H_seg's first crop goes: the labels it keeps are checked the same way wherever the crop
+    is, so the hint saves a second crop, never changes a label.
+    """
+    labels = getattr(example, "inlinevf_labels", None)
+    if labels is None or np.shape(labels)[:2] != contracts.LABEL_VOLUME_SHAPE[:2]:
+        return None
+    rows = np.flatnonzero(np.any(labels, axis=(1, 2)))
+    cols = np.flatnonzero(np.any(labels, axis=(0, 2)))
+    if rows.size == 0 or cols.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
 
 
 def bundled_models_root() -> Path:
@@ -318,20 +369,32 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
                 f"{self._model_dir}: SavedModel has no {contracts.SERVING_SIGNATURE!r} signature "
                 f"(has {sorted(module.signatures)})"
             )
-        serve_crop = None
+        serve_crop = serve_window = None
         if self._kind == contracts.MODEL_KIND_SEG and card.crop_inference:
-            name = card.crop_inference["signature"]
-            if name not in module.signatures:
-                raise ValueError(f"{self._model_dir}: the card's crop_inference names signature {name!r}, "
-                                 f"which the SavedModel lacks (has {sorted(module.signatures)})")
-            serve_crop = module.signatures[name]
+            names = [card.crop_inference["signature"]]
+            window_name = card.crop_inference.get("window_signature")
+            window_margin = card.crop_inference.get("window_margin_px")
+            if window_name is not None:
+                names.append(window_name)
+            for name in names:
+                if name not in module.signatures:
+                    raise ValueError(f"{self._model_dir}: the card's crop_inference names signature "
+                                     f"{name!r}, which the SavedModel lacks "
+                                     f"(has {sorted(module.signatures)})")
+            serve_crop = module.signatures[names[0]]
+            # the window signature leaves a fixed margin off the crop: usable when it is this handler's
+            if window_name is not None and window_margin == self._crop_margin_px:
+                serve_window = module.signatures[window_name]
             if self._crop_px is not None and self._crop_px % int(card.crop_inference["align_px"]):
                 raise ValueError(f"crop_px must be a multiple of the model's align_px "
                                  f"{card.crop_inference['align_px']}. Received: {self._crop_px}")
-        logger.info("loaded %s model %s version %s%s", self._kind, self._model_dir, card.version,
-                    " (heart-centred crop)" if serve_crop is not None and self._crop_px else "")
+        crop = ""
+        if serve_crop is not None and self._crop_px:
+            crop = " (heart-centred crop, decoder on its kept window)" if serve_window is not None else (
+                " (heart-centred crop)")
+        logger.info("loaded %s model %s version %s%s", self._kind, self._model_dir, card.version, crop)
         return LoadedModel(serve=module.signatures[contracts.SERVING_SIGNATURE], card=card, module=module,
-                           serve_crop=serve_crop)
+                           serve_crop=serve_crop, serve_window=serve_window)
 
     def run_inference(
         self,
@@ -347,59 +410,84 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
         segmentation call to one participant's activations. The batch still amortises Beam's overhead.
         """
         images, spacing = stack_batch(batch)
-        results = [self._run_one(images[i:i + 1], spacing[i:i + 1], model) for i in range(len(batch))]
+        results = [self._run_one(images[i:i + 1], spacing[i:i + 1], model, lv_hint_box(batch[i]))
+                   for i in range(len(batch))]
         return [
             PredictionResult(example, prediction, model_id=model.card.version)
             for example, prediction in zip(batch, results, strict=True)
         ]
 
-    def _run_one(self, image: np.ndarray, spacing: np.ndarray, model: LoadedModel) -> Any:
+    def _run_one(self, image: np.ndarray, spacing: np.ndarray, model: LoadedModel,
+                 hint_box: tuple[int, int, int, int] | None = None) -> Any:
         """The prediction for one example (arrays with a batch axis of 1)."""
         if (self._kind == contracts.MODEL_KIND_SEG and self._argmax and self._crop_px is not None
                 and model.serve_crop is not None):
-            return self._segment_cropped(image, spacing, model)
+            return self._segment_cropped(image, spacing, model, hint_box)
         return self._run_full(image, spacing, model)
 
-    def _segment_cropped(self, image: np.ndarray, spacing: np.ndarray, model: LoadedModel) -> np.ndarray:
+    def _segment_cropped(self, image: np.ndarray, spacing: np.ndarray, model: LoadedModel,
+                         hint_box: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """ML4H_seg labels from heart-centred crops, else the whole field of view (module docstring)."""
-        import tensorflow as tf
-
         grid = contracts.LABEL_VOLUME_SHAPE[:2]
         align = int(model.card.crop_inference["align_px"])
-        margin = self._crop_margin_px
         voxel_ml = float(np.prod(spacing[0], dtype=np.float64)) / 1000.0
         min_voxels = max(1, math.ceil(MIN_LV_ML / voxel_ml)) if voxel_ml > 0 else 1
-        window: Window | None = crop_window((grid[0] / 2, grid[1] / 2), (self._crop_px, self._crop_px), grid,
-                                            align)
+        centred = crop_window((grid[0] / 2, grid[1] / 2), (self._crop_px, self._crop_px), grid, align)
+        hinted = None if hint_box is None else window_around(
+            hint_box, crop_px=self._crop_px, margin_px=self._crop_margin_px, grid=grid, align=align)
+        window: Window | None = hinted or centred
         for path in ("crop_first_pass", "crop_second_pass"):
-            rows, cols = window.index
-            outputs = model.serve_crop(**{
-                contracts.SIGNATURE_INPUT_IMAGE: tf.constant(np.ascontiguousarray(image[:, rows, cols])),
-                contracts.SIGNATURE_INPUT_SPACING: tf.constant(spacing),
-            })
-            probabilities = outputs[contracts.SIGNATURE_OUTPUT_PROBABILITIES]
-            expected = (1, window.rows, window.cols, contracts.TENSOR_SLICES, contracts.NUM_CLASSES)
-            if tuple(probabilities.shape) != expected:
-                raise ValueError(f"{self._model_dir}: crop {contracts.SIGNATURE_OUTPUT_PROBABILITIES!r} has "
-                                 f"shape {tuple(probabilities.shape)}, expected {expected}")
-            labels = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8).numpy()[0]
+            kept, labels = self._kept_labels(image, spacing, window, model)
             box = lv_box(labels, min_voxels=min_voxels)
             if box is None:
+                if window == hinted and hinted != centred:  # a wrong hint: look where there is none
+                    window = centred
+                    continue
                 break
-            box = (box[0] + window.row0, box[1] + window.row0, box[2] + window.col0, box[3] + window.col0)
-            inner = window.inner(margin, grid)
-            if inner.holds(box):
+            box = (box[0] + kept.row0, box[1] + kept.row0, box[2] + kept.col0, box[3] + kept.col0)
+            if kept.clear_of_edges(box, grid):
                 self._crop_counters[path].inc()
                 full = np.zeros(contracts.LABEL_VOLUME_SHAPE, dtype=np.uint8)
-                keep_rows = slice(inner.row0 - window.row0, inner.row0 - window.row0 + inner.rows)
-                keep_cols = slice(inner.col0 - window.col0, inner.col0 - window.col0 + inner.cols)
-                full[inner.index] = labels[keep_rows, keep_cols]
+                full[kept.index] = labels
                 return full
-            window = window_around(box, crop_px=self._crop_px, margin_px=margin, grid=grid, align=align)
+            window = window_around(kept.extend_clipped(box, grid), crop_px=self._crop_px,
+                                   margin_px=self._crop_margin_px, grid=grid, align=align)
             if window is None:
                 break
         self._crop_counters["full_field_of_view"].inc()
         return self._run_full(image, spacing, model)
+
+    def _kept_labels(self, image: np.ndarray, spacing: np.ndarray, window: Window,
+                     model: LoadedModel) -> tuple[Window, np.ndarray]:
+        """The kept window of a crop (the crop less the margin; on ``serving_crop``, not at the grid's
+        own edges) and its argmax labels: from ``serving_window`` when the model has it, which computes
+        only that window, else from ``serving_crop`` on the whole crop."""
+        import tensorflow as tf
+
+        grid = contracts.LABEL_VOLUME_SHAPE[:2]
+        margin = self._crop_margin_px
+        rows, cols = window.index
+        inputs = {contracts.SIGNATURE_INPUT_IMAGE: tf.constant(np.ascontiguousarray(image[:, rows, cols])),
+                  contracts.SIGNATURE_INPUT_SPACING: tf.constant(spacing)}
+        if model.serve_window is not None:
+            kept = Window(window.row0 + margin, window.col0 + margin, window.rows - 2 * margin,
+                          window.cols - 2 * margin)
+            offset = (margin, margin)
+            probabilities = model.serve_window(**inputs)[contracts.SIGNATURE_OUTPUT_PROBABILITIES]
+            computed = (kept.rows, kept.cols)
+        else:
+            kept = window.inner(margin, grid)
+            offset = (kept.row0 - window.row0, kept.col0 - window.col0)
+            probabilities = model.serve_crop(**inputs)[contracts.SIGNATURE_OUTPUT_PROBABILITIES]
+            computed = (window.rows, window.cols)
+        expected = (1, *computed, contracts.TENSOR_SLICES, contracts.NUM_CLASSES)
+        if tuple(probabilities.shape) != expected:
+            raise ValueError(f"{self._model_dir}: crop {contracts.SIGNATURE_OUTPUT_PROBABILITIES!r} has "
+                             f"shape {tuple(probabilities.shape)}, expected {expected}")
+        labels = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8).numpy()[0]
+        if model.serve_window is None:
+            labels = labels[offset[0]:offset[0] + kept.rows, offset[1]:offset[1] + kept.cols]
+        return kept, labels
 
     def _run_full(self, image: np.ndarray, spacing: np.ndarray, model: LoadedModel) -> Any:
         """The prediction for one example from ``serving_default`` (the whole field of view)."""

@@ -175,7 +175,9 @@ class TestCropPolicy:
         image = _heart((128, 128), radius=100)
         labels, calls = _segment(band_dir, image)
         assert [name for name, _ in calls] == ["crop", "crop", "full"]
-        assert calls[1][1] == (192, 192)  # the second crop grew to hold what it saw, then gave up
+        # the kept window (64 px) saw LV from edge to edge: the second crop grew 16 px each way beyond it
+        # (96 + 2 x 32 margin = 160), still saw LV at its edges, and gave up
+        assert calls[1][1] == (160, 160)
         np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
 
     def test_labels_near_the_crop_edge_or_outside_it_are_dropped(self, band_dir):
@@ -362,7 +364,8 @@ def test_export_has_a_crop_signature_equal_to_keras(tiny_seg, tmp_path):
     export_model(tiny_seg, kind=contracts.MODEL_KIND_SEG, export_dir=str(tmp_path / "m"),
                  card=ModelCard(kind=contracts.MODEL_KIND_SEG, version="t-1"))
     assert load_card(str(tmp_path / "m")).crop_inference == {
-        "signature": "serving_crop", "align_px": 4, "receptive_field_px": receptive_field_px(tiny_seg)}
+        "signature": "serving_crop", "align_px": 4, "receptive_field_px": receptive_field_px(tiny_seg),
+        "window_signature": "serving_window", "window_margin_px": contracts.SEG_WINDOW_MARGIN_PX}
     module = tf.saved_model.load(str(tmp_path / "m"))
     image = np.random.default_rng(1).standard_normal((1, *contracts.TENSOR_SHAPE)).astype(np.float32)
     spacing = np.float32([[1.8, 1.8, 10.0]])
@@ -372,6 +375,12 @@ def test_export_has_a_crop_signature_equal_to_keras(tiny_seg, tmp_path):
     np.testing.assert_allclose(whole, tiny_seg.predict({"image": image}, verbose=0), rtol=1e-5, atol=1e-6)
     crop = module.signatures["serving_crop"](image=image[:, 64:128, 32:112], spacing_mm=spacing)
     assert crop["probabilities"].shape == (1, 64, 80, 13, 3)
+    # serving_window: the same crop, its inner window only (32 px less on each side), the same values
+    window = module.signatures["serving_window"](image=image[:, 40:152, 32:144], spacing_mm=spacing)
+    inner = module.signatures["serving_crop"](image=image[:, 40:152, 32:144], spacing_mm=spacing)
+    assert window["probabilities"].shape == (1, 48, 48, 13, 3)
+    np.testing.assert_allclose(window["probabilities"].numpy(),
+                               inner["probabilities"].numpy()[:, 32:-32, 32:-32], rtol=0, atol=1e-6)
 
 
 def test_add_crop_signature_keeps_weights_and_serving_default(tiny_seg, tmp_path):

@@ -7,6 +7,8 @@ Layout of an export directory (the pipeline loads the directory itself with ``tf
                                  -> lv_mass_g (B,) f32                   [ml4h_reg]
                                  serving_crop [ml4h_seg]: the same network and weights on an in-plane
                                  crop, image (B,rows,cols,13,1) -> probabilities (B,rows,cols,13,3)
+                                 serving_window [ml4h_seg]: the same crop -> probabilities of its inner
+                                 window only, (B,rows-2m,cols-2m,13,3), m = SEG_WINDOW_MARGIN_PX (32)
     model.keras                  the Keras model (custom layers registered in trainer.models / metrics)
     model_card.json              beam_pipeline.model_card.ModelCard
 
@@ -17,8 +19,11 @@ A U-Net is fully convolutional, so ML4H_seg also gets ``serving_crop``: rows and
 crops whose sides are multiples of the model's in-plane pooling factor (:func:`in_plane_alignment_px`; 8
 for three (2, 2, 1) poolings). The card's ``crop_inference`` records the signature, that alignment and the
 receptive field (:func:`receptive_field_px`); the pipeline's handler uses it to segment a heart-centred crop
-(``beam_pipeline.inference``). Both signatures call one set of variables. An ML4H_seg export made before
-``serving_crop`` existed gets it, without touching its weights or ``serving_default``, with::
+(``beam_pipeline.inference``). The handler keeps only the crop's inner window, so ``serving_window``
+(:mod:`trainer.windowed`) computes each layer only where that window needs it: the same values, half the
+operations; the card records its signature and margin. All signatures call one set of variables. An
+ML4H_seg export made before these signatures existed gets them, without touching its weights or
+``serving_default``, with::
 
     python -m trainer.export add_crop_signature --model_dir beam_pipeline/models/ml4h_seg
 """
@@ -26,6 +31,7 @@ receptive field (:func:`receptive_field_px`); the pipeline's handler uses it to 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import shutil
@@ -40,9 +46,13 @@ import tensorflow as tf
 
 from beam_pipeline import contracts
 from beam_pipeline.model_card import ModelCard
+from trainer.windowed import window_demands, windowed_forward
+
+logger = logging.getLogger(__name__)
 
 KERAS_FILENAME = "model.keras"
-CROP_SIGNATURE = "serving_crop"
+CROP_SIGNATURE = contracts.SEG_CROP_SIGNATURE
+WINDOW_SIGNATURE = contracts.SEG_WINDOW_SIGNATURE
 # what a SavedModel folder holds besides model.keras and the card (replaced by add_crop_signature)
 SAVED_MODEL_ENTRIES = ("saved_model.pb", "variables", "fingerprint.pb", "assets")
 
@@ -131,10 +141,23 @@ def _input_tensors(layer: keras.layers.Layer) -> list[Any]:
     return [t for node in layer._inbound_nodes for t in keras.tree.flatten(node.input_tensors)]
 
 
+def windowable(model: keras.Model) -> bool:
+    """Whether :mod:`trainer.windowed` can run ``model`` (a U-Net of the layers it knows)."""
+    try:
+        window_demands(model, contracts.SEG_WINDOW_MARGIN_PX)
+    except ValueError as exc:
+        logger.warning("no %s signature: %s", WINDOW_SIGNATURE, exc)
+        return False
+    return True
+
+
 def crop_inference_card(model: keras.Model) -> dict[str, Any]:
-    """What the card records about ``serving_crop`` (``ModelCard.crop_inference``)."""
-    return {"signature": CROP_SIGNATURE, "align_px": in_plane_alignment_px(model),
-            "receptive_field_px": receptive_field_px(model)}
+    """What the card records about ``serving_crop`` and ``serving_window`` (``ModelCard.crop_inference``)."""
+    card: dict[str, Any] = {"signature": CROP_SIGNATURE, "align_px": in_plane_alignment_px(model),
+                            "receptive_field_px": receptive_field_px(model)}
+    if windowable(model):
+        card.update(window_signature=WINDOW_SIGNATURE, window_margin_px=contracts.SEG_WINDOW_MARGIN_PX)
+    return card
 
 
 def _write_archive(model: keras.Model, export_dir: str, *, is_seg: bool) -> None:
@@ -149,6 +172,10 @@ def _write_archive(model: keras.Model, export_dir: str, *, is_seg: bool) -> None
         mass_g = tf.reshape(network(inputs, training=False), [-1])
         return {contracts.SIGNATURE_OUTPUT_MASS: tf.cast(mass_g, tf.float32)}
 
+    def serve_window(image: tf.Tensor, spacing_mm: tf.Tensor) -> dict[str, tf.Tensor]:
+        probabilities = windowed_forward(network, image, contracts.SEG_WINDOW_MARGIN_PX)
+        return {contracts.SIGNATURE_OUTPUT_PROBABILITIES: tf.cast(probabilities, tf.float32)}
+
     archive = keras.export.ExportArchive()
     archive.track(network)
     archive.add_endpoint(
@@ -156,6 +183,9 @@ def _write_archive(model: keras.Model, export_dir: str, *, is_seg: bool) -> None
     )
     if is_seg:
         archive.add_endpoint(name=CROP_SIGNATURE, fn=serve, input_signature=crop_input_signature())
+        if windowable(network):
+            archive.add_endpoint(name=WINDOW_SIGNATURE, fn=serve_window,
+                                 input_signature=crop_input_signature())
     tf.io.gfile.makedirs(export_dir)
     archive.write_out(export_dir, verbose=False)
 
@@ -211,11 +241,13 @@ def _variable_values(saved: Any) -> list[np.ndarray]:
 
 
 def add_crop_signature(model_dir: str, *, probe_seed: int = 0) -> dict[str, Any]:
-    """Give an existing local ML4H_seg export ``serving_crop``, keeping its weights and ``serving_default``.
+    """Give an existing local ML4H_seg export ``serving_crop`` and ``serving_window``, keeping its weights
+    and ``serving_default``.
 
     Rebuilds the SavedModel from the folder's ``model.keras`` into a temporary folder and checks, before
-    replacing anything, that the new one holds exactly the old variables (bit for bit) and that its
-    ``serving_default`` returns bit-identical probabilities on a random probe tensor. Then swaps the
+    replacing anything, that the new one holds exactly the old variables (bit for bit), that its
+    ``serving_default`` returns bit-identical probabilities on a random probe tensor and that its
+    ``serving_window`` equals ``serving_crop``'s inner window on a crop of it. Then swaps the
     SavedModel files and adds ``crop_inference`` to the card (``model.keras`` and every other card field
     are left as they were). Returns what was checked.
     """
@@ -248,6 +280,7 @@ def add_crop_signature(model_dir: str, *, probe_seed: int = 0) -> dict[str, Any]
         if not np.array_equal(before.numpy(), after.numpy()):
             raise ValueError(f"{model_dir}: the rebuilt serving_default differs from the old one on the "
                              "probe")
+        window_gap = window_difference(new, probe, spacing)
         for entry in SAVED_MODEL_ENTRIES:
             target = os.path.join(model_dir, entry)
             if os.path.isdir(target):
@@ -263,7 +296,32 @@ def add_crop_signature(model_dir: str, *, probe_seed: int = 0) -> dict[str, Any]
     with tf.io.gfile.GFile(os.path.join(model_dir, contracts.MODEL_CARD_FILENAME), "w") as handle:
         handle.write(dataclasses.replace(card, crop_inference=crop).to_json())
     return {"model_dir": model_dir, "variables": len(new_values), "variables_identical": True,
-            "serving_default_identical_on_probe": True, "crop_inference": crop}
+            "serving_default_identical_on_probe": True,
+            "serving_window_max_abs_difference_from_serving_crop": window_gap, "crop_inference": crop}
+
+
+def window_difference(saved: Any, image: np.ndarray, spacing: np.ndarray, *, crop_px: int = 128,
+                      tolerance: float = 1e-5) -> float | None:
+    """The largest difference between ``serving_window`` and the inner window of ``serving_crop`` on a
+    centred ``crop_px`` crop of ``image``; None when ``saved`` has no ``serving_window``. Raises
+    ``ValueError`` above ``tolerance`` (the two compute the same sums; only rounding may differ)."""
+    if WINDOW_SIGNATURE not in saved.signatures:
+        return None
+    start = [(n - crop_px) // 2 for n in image.shape[1:3]]
+    crop = image[:, start[0]:start[0] + crop_px, start[1]:start[1] + crop_px]
+    inputs = {contracts.SIGNATURE_INPUT_IMAGE: tf.constant(crop),
+              contracts.SIGNATURE_INPUT_SPACING: tf.constant(spacing)}
+    margin = contracts.SEG_WINDOW_MARGIN_PX
+    whole = saved.signatures[CROP_SIGNATURE](**inputs)[contracts.SIGNATURE_OUTPUT_PROBABILITIES].numpy()
+    window = saved.signatures[WINDOW_SIGNATURE](**inputs)[contracts.SIGNATURE_OUTPUT_PROBABILITIES].numpy()
+    inner = whole[:, margin:-margin, margin:-margin]
+    if window.shape != inner.shape:
+        raise ValueError(f"serving_window gave shape {window.shape}, expected {inner.shape}")
+    gap = float(np.abs(window - inner).max())
+    if gap > tolerance:
+        raise ValueError(f"serving_window differs from serving_crop's inner window by {gap:.3g} "
+                         f"(tolerance {tolerance})")
+    return gap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             description="Maintain an exported model folder (see the module docstring).")
     sub = parser.add_subparsers(dest="command", required=True, help="what to do")
     add = sub.add_parser("add_crop_signature",
-                         help="give an ML4H_seg export serving_crop (weights and serving_default unchanged)")
+                         help="give an ML4H_seg export serving_crop and serving_window (weights and "
+                              "serving_default unchanged)")
     add.add_argument("--model_dir", required=True, help="a local ML4H_seg export folder")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     configure_logging(getattr(args, "log_level", "INFO"))

@@ -1,0 +1,306 @@
+"""ML4H_seg's ``serving_window`` (trainer/windowed.py) and the handler's use of it (beam_pipeline.inference).
+
+Oracles that are not the code under test:
+
+* the network: ``serving_window`` against ``serving_crop``'s inner window, on the bundled ML4H_seg with the
+  real study and a synthetic participant, and on random networks;
+* the policy: a band segmenter (labels are a pure function of each voxel's intensity) with a window
+  signature that returns the inner window only, so any kept window must hold exactly the band labels;
+  which signature calls are made, and where;
+* the InlineVF hint: the first crop goes where the outlines put the LV, and the labels do not depend on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from beam_pipeline import contracts
+from beam_pipeline.inference import (
+    CROP_PX,
+    LoadedModel,
+    ModelInput,
+    SavedModelHandler,
+    Window,
+    lv_hint_box,
+)
+from beam_pipeline.model_card import ModelCard
+from tests.savedmodel_factory import band_labels
+
+GRID = contracts.LABEL_VOLUME_SHAPE[:2]
+LOW, HIGH = 0.5, 1.5
+MARGIN = contracts.SEG_WINDOW_MARGIN_PX
+REAL_STUDY = Path(__file__).parent / "data" / "real_cmr" / "SCD0000501.zip"
+
+
+# --- pure helpers ---------------------------------------------------------------------------------------
+
+
+class TestWindowEdges:
+    def test_clear_of_edges_allows_only_the_grid_edge(self):
+        kept = Window(96, 96, 64, 64)
+        assert kept.clear_of_edges((97, 158, 97, 158), GRID)
+        assert not kept.clear_of_edges((96, 150, 100, 150), GRID)  # touches the top
+        assert not kept.clear_of_edges((100, 159, 100, 150), GRID)  # touches the bottom
+        at_grid = Window(0, 96, 64, 64)
+        assert at_grid.clear_of_edges((0, 40, 100, 150), GRID)  # the top is the grid's own edge
+
+    def test_extend_clipped_takes_the_lv_as_round(self):
+        kept = Window(96, 96, 64, 64)
+        # cut at the top, 40 columns wide, 30 rows seen: max(40, 30 + 16) = 46 rows, ending where seen
+        assert kept.extend_clipped((96, 125, 100, 139), GRID) == (80, 125, 100, 139)
+        # 50 columns wide: 50 rows
+        assert kept.extend_clipped((96, 125, 100, 149), GRID) == (76, 125, 100, 149)
+        # cut at the right, 20 rows tall: at least 16 px more than the 24 columns seen
+        assert kept.extend_clipped((110, 129, 136, 159), GRID) == (110, 129, 136, 175)
+        # cut top and bottom: 16 px each way
+        assert kept.extend_clipped((96, 159, 110, 140), GRID) == (80, 175, 110, 140)
+        # nothing cut: unchanged
+        assert kept.extend_clipped((100, 140, 100, 140), GRID) == (100, 140, 100, 140)
+
+    def test_lv_hint_box_is_the_inlinevf_labels_box(self):
+        labels = np.zeros(contracts.LABEL_VOLUME_SHAPE, np.uint8)
+        labels[90:131, 120:161, 2:9] = 2
+        example = dataclasses.make_dataclass("E", ["image", "spacing_mm", "inlinevf_labels"])(
+            None, None, labels)
+        assert lv_hint_box(example) == (90, 130, 120, 160)
+        example.inlinevf_labels = np.zeros_like(labels)
+        assert lv_hint_box(example) is None
+        assert lv_hint_box(ModelInput(np.zeros(contracts.TENSOR_SHAPE, np.float32), np.ones(3))) is None
+
+
+# --- the policy, on a band segmenter with crop and window signatures -----------------------------------
+
+
+def _save_band_segmenter_with_window(model_dir: Path) -> Path:
+    import tensorflow as tf
+
+    full = tf.TensorSpec([None, *contracts.TENSOR_SHAPE], tf.float32, name=contracts.SIGNATURE_INPUT_IMAGE)
+    open_rows = tf.TensorSpec([None, None, None, *contracts.TENSOR_SHAPE[2:]], tf.float32,
+                              name=contracts.SIGNATURE_INPUT_IMAGE)
+    spacing = tf.TensorSpec([None, 3], tf.float32, name=contracts.SIGNATURE_INPUT_SPACING)
+
+    def probabilities(image):
+        values = image[..., 0]
+        labels = tf.cast(values >= LOW, tf.int32) + tf.cast(values >= HIGH, tf.int32)
+        return tf.one_hot(labels, contracts.NUM_CLASSES)
+
+    class Band(tf.Module):
+        @tf.function(input_signature=[full, spacing])
+        def serve(self, image, spacing_mm):
+            return {contracts.SIGNATURE_OUTPUT_PROBABILITIES: probabilities(image)}
+
+        @tf.function(input_signature=[open_rows, spacing])
+        def serve_crop(self, image, spacing_mm):
+            return {contracts.SIGNATURE_OUTPUT_PROBABILITIES: probabilities(image)}
+
+        @tf.function(input_signature=[open_rows, spacing])
+        def serve_window(self, image, spacing_mm):
+            inner = image[:, MARGIN:-MARGIN, MARGIN:-MARGIN]
+            return {contracts.SIGNATURE_OUTPUT_PROBABILITIES: probabilities(inner)}
+
+    module = Band()
+    tf.saved_model.save(module, str(model_dir), signatures={
+        contracts.SERVING_SIGNATURE: module.serve, contracts.SEG_CROP_SIGNATURE: module.serve_crop,
+        contracts.SEG_WINDOW_SIGNATURE: module.serve_window})
+    card = ModelCard(kind=contracts.MODEL_KIND_SEG, version="band-window-1", crop_inference={
+        "signature": contracts.SEG_CROP_SIGNATURE, "align_px": 8, "receptive_field_px": 0,
+        "window_signature": contracts.SEG_WINDOW_SIGNATURE, "window_margin_px": MARGIN})
+    (model_dir / contracts.MODEL_CARD_FILENAME).write_text(card.to_json())
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def band_dir(tmp_path_factory):
+    return _save_band_segmenter_with_window(tmp_path_factory.mktemp("band_window") / "model")
+
+
+def _heart(centre: tuple[int, int], *, radius: int = 20) -> np.ndarray:
+    """A ring of 'myocardium' (2.0) around 'cavity' (1.0) in slices 1-9, on background 0."""
+    image = np.zeros(contracts.TENSOR_SHAPE, np.float32)
+    rows, cols = np.ogrid[:256, :256]
+    distance = np.hypot(rows - centre[0], cols - centre[1])
+    image[distance <= radius, 1:10, 0] = 2.0
+    image[distance <= radius - 6, 1:10, 0] = 1.0
+    return image
+
+
+def _counted(model: LoadedModel) -> tuple[LoadedModel, list[tuple[str, tuple[int, int, int, int]]]]:
+    """The model with each signature call recorded as (name, (row0, col0, rows, cols) of its input)."""
+    calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def counted(name, fn):
+        def call(**inputs):
+            calls.append((name, tuple(inputs[contracts.SIGNATURE_INPUT_IMAGE].shape[1:3])))
+            return fn(**inputs)
+        return call
+
+    return dataclasses.replace(model, serve=counted("full", model.serve),
+                               serve_crop=counted("crop", model.serve_crop),
+                               serve_window=None if model.serve_window is None else counted(
+                                   "window", model.serve_window)), calls
+
+
+def _segment(band_dir, image, *, inlinevf_labels=None, **handler_args):
+    handler = SavedModelHandler(str(band_dir), kind=contracts.MODEL_KIND_SEG, **handler_args)
+    model, calls = _counted(handler.load_model())
+    example = ModelInput(image, np.float32([1.86, 1.86, 10.0]))
+    if inlinevf_labels is not None:
+        example = dataclasses.make_dataclass("P", ["image", "spacing_mm", "inlinevf_labels"])(
+            image, np.float32([1.86, 1.86, 10.0]), inlinevf_labels)
+    [result] = handler.run_inference([example], model)
+    return result.inference, calls
+
+
+class TestWindowPolicy:
+    def test_the_window_signature_is_used_when_its_margin_is_the_handlers(self, band_dir):
+        image = _heart((128, 128))
+        labels, calls = _segment(band_dir, image)
+        assert calls == [("window", (CROP_PX, CROP_PX))]
+        np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
+        # another margin: the window signature does not fit, serving_crop is used
+        labels, calls = _segment(band_dir, image, crop_margin_px=24)
+        assert calls == [("crop", (CROP_PX, CROP_PX))]
+        np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
+
+    def test_an_off_centre_heart_is_found_from_what_the_window_saw(self, band_dir):
+        # the LV crosses the kept window's top-right corner: the second crop is placed from the part seen
+        image = _heart((92, 168))
+        labels, calls = _segment(band_dir, image)
+        assert calls == [("window", (128, 128)), ("window", (128, 128))]
+        np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
+
+    def test_the_inlinevf_hint_places_the_first_crop(self, band_dir):
+        image = _heart((92, 168))
+        outline = band_labels(image, low=LOW, high=HIGH)
+        labels, calls = _segment(band_dir, image, inlinevf_labels=outline)
+        assert calls == [("window", (128, 128))]
+        np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
+        # a wrong hint costs crops, never a label: no LV there, so the centred crop next, which sees the LV
+        # at its edge, so the whole field of view
+        wrong = np.zeros_like(outline)
+        wrong[180:200, 60:80, 3:6] = 2
+        labels, calls = _segment(band_dir, image, inlinevf_labels=wrong)
+        assert calls == [("window", (128, 128)), ("window", (128, 128)), ("full", GRID)]
+        np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
+        # a wrong hint for a centred heart: the centred crop finds it
+        labels, calls = _segment(band_dir, _heart((128, 128)), inlinevf_labels=wrong)
+        assert calls == [("window", (128, 128)), ("window", (128, 128))]
+
+    def test_labels_outside_the_kept_window_are_dropped_even_at_the_grid_edge(self, band_dir):
+        image = _heart((128, 128))
+        image[70:74, 70:74, 4, 0] = 2.0  # inside the crop, within its margin
+        labels, calls = _segment(band_dir, image)
+        assert calls == [("window", (128, 128))]
+        expected = band_labels(image, low=LOW, high=HIGH)
+        kept = Window(64 + MARGIN, 64 + MARGIN, 128 - 2 * MARGIN, 128 - 2 * MARGIN)
+        mask = np.zeros(GRID, bool)
+        mask[kept.index] = True
+        np.testing.assert_array_equal(labels[mask], expected[mask])
+        assert not labels[~mask].any()
+
+
+# --- the network: serving_window against serving_crop --------------------------------------------------
+
+
+def _tensor(path: Path):
+    from beam_pipeline.decode import decode_participant_zip
+    from beam_pipeline.inference import bundled_model_dir, read_model_card
+    from beam_pipeline.measure import participant_from_study
+
+    grid_mm = read_model_card(bundled_model_dir(contracts.MODEL_KIND_SEG)).pixel_spacing_mm
+    with path.open("rb") as handle:
+        study = decode_participant_zip(handle, path.name, with_inlinevf=True)
+    return participant_from_study(study, with_inlinevf=True, grid_pixel_mm=grid_mm)
+
+
+@pytest.fixture(scope="module")
+def bundled_module():
+    import tensorflow as tf
+
+    from beam_pipeline.inference import bundled_model_dir, resolve_model_dir
+
+    return tf.saved_model.load(resolve_model_dir(bundled_model_dir(contracts.MODEL_KIND_SEG)))
+
+
+def _window_against_crop(module, image: np.ndarray, row0: int, col0: int) -> tuple[float, int]:
+    crop = np.ascontiguousarray(image[None, row0:row0 + 128, col0:col0 + 128])
+    spacing = np.float32([[1.86, 1.86, 10.0]])
+    whole = module.signatures["serving_crop"](image=crop, spacing_mm=spacing)["probabilities"].numpy()
+    window = module.signatures["serving_window"](image=crop, spacing_mm=spacing)["probabilities"].numpy()
+    inner = whole[:, MARGIN:-MARGIN, MARGIN:-MARGIN]
+    assert window.shape == inner.shape == (1, 64, 64, 13, 3)
+    return float(np.abs(window - inner).max()), int((window.argmax(-1) != inner.argmax(-1)).sum())
+
+
+def test_bundled_window_equals_the_crop_on_the_real_study(bundled_module):
+    participant = _tensor(REAL_STUDY)
+    for row0, col0 in ((64, 64), (48, 72)):
+        gap, labels_differing = _window_against_crop(bundled_module, participant.image, row0, col0)
+        assert gap <= 1e-5 and labels_differing == 0
+
+
+def test_bundled_handler_takes_one_window_on_synthetic_participants(tmp_path):
+    """With the InlineVF hint every participant takes one window, and its labels are those of the whole
+    field of view inside the kept window (bar coin tosses)."""
+    from beam_pipeline.inference import bundled_model_dir
+    from lvmass.synth.cohort import generate_cohort
+
+    cohort = generate_cohort(tmp_path / "cohort", participants=2, seed=4244, fidelity="lite")
+    handler = SavedModelHandler(bundled_model_dir(contracts.MODEL_KIND_SEG), kind=contracts.MODEL_KIND_SEG)
+    model, calls = _counted(handler.load_model())
+    assert model.serve_window is not None
+    for path in sorted(cohort.zips_dir.glob("*.zip")):
+        participant = _tensor(path)
+        assert lv_hint_box(participant) is not None
+        calls.clear()
+        [result] = handler.run_inference([participant], model)
+        assert [name for name, _ in calls] == ["window"]
+        whole = model.serve(image=participant.image[None], spacing_mm=np.float32([participant.spacing_mm]))
+        whole_labels = np.argmax(whole["probabilities"].numpy()[0], axis=-1)
+        kept = result.inference.any(axis=2)
+        assert kept.any()
+        rows, cols = np.nonzero(kept)
+        window = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+        assert int((result.inference[window] != whole_labels[window]).sum()) <= 3
+
+
+# --- trainer.windowed on random networks ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("levels", [(2, 4), (2, 4, 4)])
+def test_windowed_forward_equals_the_crop_on_random_unets(levels):
+    import keras
+
+    from trainer import models
+    from trainer.export import size_agnostic_twin
+    from trainer.windowed import windowed_forward
+
+    keras.utils.set_random_seed(len(levels))
+    network = size_agnostic_twin(models.build_ml4h_seg(models.seg_config(
+        "cpu", stem_filters=2, dense_blocks=levels, convs_per_block=1)))
+    image = np.random.default_rng(5).standard_normal((1, 96, 112, 13, 1)).astype(np.float32)
+    whole = network({"image": image}, training=False).numpy()
+    for margin in (0, 5, 32):
+        window = np.asarray(windowed_forward(network, image, margin))
+        inner = whole[:, margin:whole.shape[1] - margin, margin:whole.shape[2] - margin]
+        assert window.shape == inner.shape
+        np.testing.assert_allclose(window, inner, rtol=0, atol=1e-6)
+
+
+def test_windowed_refuses_what_it_cannot_window():
+    import keras
+
+    from trainer.windowed import window_demands
+
+    image = keras.Input((None, None, 13, 1), name="image")
+    strided = keras.layers.Conv3D(2, 3, strides=(2, 2, 1), padding="same", name="strided")(image)
+    with pytest.raises(ValueError, match="strided: windowed inference needs stride-1 'same' convolutions"):
+        window_demands(keras.Model({"image": image}, strided), 8)
+    pointwise = keras.layers.Conv3D(2, 1, name="pointwise")(image)
+    pooled = keras.layers.GlobalAveragePooling3D(name="pooled")(pointwise)
+    with pytest.raises(ValueError, match=r"pooled \(GlobalAveragePooling3D\) is not supported"):
+        window_demands(keras.Model({"image": image}, pooled), 8)
