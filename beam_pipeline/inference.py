@@ -18,16 +18,25 @@ Examples are any objects with ``image`` (float32 ``contracts.TENSOR_SHAPE``) and
 **Heart-centred crop (ML4H_seg).** The tensor is 256 x 256 pixels of 1.86 mm, a 476 mm field of view; the
 heart fills a 40-50 pixel square of it. When the model's card has ``crop_inference`` (a ``serving_crop``
 signature with open rows and columns, ``trainer/export.py``), the handler segments a ``crop_px`` square
-(128, the bundled model's training crop) instead of the whole tensor, a quarter of the convolutions:
+(128, the bundled model's training crop) instead of the whole tensor, and keeps only its inner window, the
+crop less ``crop_margin_px`` (32 px, 60 mm) on each side:
 
-1. first pass: the crop at the centre of the grid (the acquisition is centred there, and so, in practice,
-   is the heart);
-2. the LV is the largest connected component of cavity and myocardium in the crop. If it lies at least
-   ``crop_margin_px`` (32 px, 60 mm) from every crop edge that is not the grid's own edge, the crop's labels
-   are kept, minus that border band, and everything outside is background;
-3. otherwise a second crop is centred on that LV (larger, in steps of ``align_px``, if the LV needs it) and
-   checked the same way; if that fails too, or no LV of at least ``MIN_LV_ML`` is found, or ``argmax=False``,
-   the whole field of view is segmented with ``serving_default``, as without a crop.
+1. first pass: the crop around the LV of the participant's InlineVF outlines when it carries them (the
+   pipeline decodes them for the InlineVF method anyway; :func:`lv_hint_box`), else at the centre of the
+   grid. The hint only places the crop; where it finds no LV, the centred crop is tried next;
+2. the LV is the largest connected component of cavity and myocardium in the kept window. If it does not
+   touch the window's edges (other than the grid's own), its labels are kept and everything outside the
+   window is background;
+3. otherwise a second crop is centred on that LV (its cut-off side extended, :meth:`Window.extend_clipped`;
+   larger, in steps of ``align_px``, if the LV needs it) and checked the same way; if that fails too, or no
+   LV of at least ``MIN_LV_ML`` is found, or ``argmax=False``, the whole field of view is segmented with
+   ``serving_default``, as without a crop.
+
+When the card also names a ``serving_window`` signature with this handler's margin (``window_signature``,
+``window_margin_px``), that signature is called instead of ``serving_crop``: it takes the same crop and
+returns only the kept window, computing each decoder layer only where the window needs it
+(``trainer/windowed.py``): the same probabilities (measured: within 2e-12), 31 instead of 53 GFLOP for a
+128 px crop.
 
 Why the labels are the same: a U-Net is fully convolutional; crop origins and sizes are multiples of the
 pooling factor (``align_px``, 8) so every pooling window falls where it does on the full tensor, and an
@@ -78,6 +87,8 @@ MODELS_PACKAGE_DIR = "models"
 # hyperparameters.crop_px). 32 px: no labels within 60 mm of a crop edge; crops with at least this margin
 # gave the full field of view's labels on every participant measured, 20-30 px did not always.
 CROP_PX = 128
+# --seg_field_of_view: the heart-centred crop (default) or the whole tensor, as the paper segmented it
+SEG_FIELDS_OF_VIEW = ("crop", "whole")
 CROP_MARGIN_PX = contracts.SEG_WINDOW_MARGIN_PX
 MIN_LV_ML = 20.0  # smaller "LV" (cavity + myocardium) in a crop: no heart found there
 # Per-process memory budget the default --batch_size is sized for (batch_size_for_memory): one Dataflow

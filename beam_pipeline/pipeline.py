@@ -35,7 +35,9 @@ from beam_pipeline import contracts, filesystems
 from beam_pipeline.decode import ED_RULES
 from beam_pipeline.identity import input_key
 from beam_pipeline.inference import (
+    CROP_PX,
     PROCESS_MEMORY_BUDGET_MB,
+    SEG_FIELDS_OF_VIEW,
     SavedModelHandler,
     batch_size_for_memory,
     bundled_model_dir,
@@ -97,6 +99,7 @@ class RunConfig:
     batch_size: int
     large_model: bool
     num_shards: int
+    seg_field_of_view: str = SEG_FIELDS_OF_VIEW[0]  # ML4H_seg on a heart-centred crop, or the whole tensor
     save_labels: bool = False
     input_kind: str = INPUT_KIND_AUTO
     min_calibration_n: int = DEFAULT_MIN_CALIBRATION_N
@@ -159,6 +162,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=None, help="max participants per inference batch")
     parser.add_argument("--large_model", action="store_true",
                         help="share one model copy across a worker's processes")
+    parser.add_argument("--seg_field_of_view", choices=SEG_FIELDS_OF_VIEW, default=SEG_FIELDS_OF_VIEW[0],
+                        help="ML4H_seg on a 128 px heart-centred crop (crop, default: the whole field of "
+                        "view's labels within 60 mm of the LV, an eighth of the CPU) or on the whole "
+                        "256 px field of view, as the paper ran it (whole)")
     parser.add_argument("--num_shards", type=int, default=None,
                         help="output files per method (Parquet, default 1) or in all (TFRecords, default 0); "
                              "0: the runner decides")
@@ -223,7 +230,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
         mode=args.mode, model_seg=model_seg if contracts.METHOD_ML4H_SEG in methods else None,
         model_reg=model_reg if contracts.METHOD_ML4H_REG in methods else None,
         calibration=args.calibration, ed_rule=args.ed_rule, batch_size=batch_size,
-        large_model=args.large_model, save_labels=args.save_labels, input_kind=args.input_kind,
+        large_model=args.large_model, seg_field_of_view=args.seg_field_of_view,
+        save_labels=args.save_labels, input_kind=args.input_kind,
         min_calibration_n=args.min_calibration_n, pixel_spacing_mm=args.pixel_spacing_mm,
         overwrite=args.overwrite, skip_existing=args.skip_existing,
         run_id=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid() % 100000:05d}",
@@ -371,7 +379,9 @@ def build_pipeline(
         measurement_sets = []
         if config.model_seg is not None:
             handler = SavedModelHandler(config.model_seg, kind=contracts.MODEL_KIND_SEG,
-                                        max_batch_size=config.batch_size, large_model=config.large_model)
+                                        max_batch_size=config.batch_size, large_model=config.large_model,
+                                        crop_px=CROP_PX if config.seg_field_of_view == SEG_FIELDS_OF_VIEW[0]
+                                        else None)
             measured, errors = participants | "ML4H_seg" >> SegmentAndMeasure(
                 handler, labels_output=config.output if config.save_labels else None,
                 training_pixel_spacing_mm=grid.training_pixel_spacing_mm.get(contracts.METHOD_ML4H_SEG))
@@ -411,16 +421,22 @@ def build_pipeline(
 
 
 def _log_counters(result: Any) -> dict[str, int]:
-    """The run's Beam counters (namespace ``lvmass``), logged and returned."""
+    """The run's Beam counters, logged and returned: ours (namespace ``lvmass``) and the model handlers'
+    own (``lvmass_<kind>``: ML4H_seg's ``segmented_*`` paths, as ``ml4h_seg_segmented_*``), not Beam's
+    RunInference timings."""
     from apache_beam.metrics.metric import MetricsFilter
 
     try:
-        counters = result.metrics().query(MetricsFilter().with_namespace("lvmass"))["counters"]
+        counters = result.metrics().query(MetricsFilter())["counters"]
     except (AttributeError, NotImplementedError, KeyError):  # some runners report no metrics
         return {}
     totals: dict[str, int] = {}
     for counter in counters:
-        name = counter.key.metric.name
+        namespace, name = counter.key.metric.namespace, counter.key.metric.name
+        if namespace.startswith("lvmass_") and name.startswith("segmented_"):
+            name = f"{namespace[len('lvmass_'):]}_{name}"
+        elif namespace != "lvmass":
+            continue
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[name] = totals.get(name, 0) + int(value or 0)
     for name in sorted(totals):

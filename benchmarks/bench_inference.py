@@ -12,15 +12,20 @@ Three figures, one command each; every result file records its command, the mach
     threaded TensorFlow (as the Dataflow workers run it), in three configurations, each in its own process
     (``TF_ENABLE_ONEDNN_OPTS`` is read when TensorFlow is imported):
 
-    ``before``       Eigen convolutions (TensorFlow's default on this CPU), whole field of view;
-    ``onednn``       oneDNN convolutions, whole field of view;
-    ``onednn_crop``  oneDNN and the heart-centred crop: what the pipeline runs now.
+    ``before``         Eigen convolutions (TensorFlow's default on this CPU), whole field of view;
+    ``onednn``         oneDNN convolutions, whole field of view;
+    ``onednn_crop``    oneDNN and the heart-centred crop (``serving_crop``), first crop at the grid centre;
+    ``onednn_window``  oneDNN, ``serving_window`` (the decoder only on the crop's kept window,
+                       ``trainer/windowed.py``) and the first crop placed by the InlineVF outlines where
+                       the zip has them: what the pipeline runs now.
 
     Each participant is timed ``--repeats`` times after a warm-up; the figure is the median over
     participants of each participant's median CPU-seconds (``time.process_time``). GFLOP per participant
     are the convolutions' multiply-adds x 2 over the pixels each call covered (the model's layers, counted
     from ``model.keras``); the fraction of peak divides GFLOP per CPU-second by a single-threaded float32
-    matmul's (2048 x 2048, median of 5), measured in the same process. Labels: every configuration's label
+    matmul's (2048 x 2048, median of 5), measured in the same process; a ``serving_window`` call counts only
+    what it computes (each layer's output less its inset, ``trainer.windowed.window_demands``). Labels:
+    every configuration's label
     volumes are compared with ``before``'s, voxel by voxel, with the LV mass of each (``mass.py``); voxels
     that differ are classed by ``before``'s margin between its two most likely classes.
 
@@ -59,6 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +77,21 @@ from bench_stages import cpu_model
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 REAL_STUDY = REPO / "tests" / "data" / "real_cmr" / "SCD0000501.zip"
-MODES = {"before": {"onednn": "0", "crop": False}, "onednn": {"onednn": "1", "crop": False},
-         "onednn_crop": {"onednn": "1", "crop": True}}
+MODES = {"before": {"onednn": "0", "crop": False, "window": False},
+         "onednn": {"onednn": "1", "crop": False, "window": False},
+         "onednn_crop": {"onednn": "1", "crop": True, "window": False},
+         "onednn_window": {"onednn": "1", "crop": True, "window": True}}
 NEAR_TIE = 0.01  # margin between the two most likely classes below which a voxel's label is a coin toss
+
+
+@dataclass(frozen=True)
+class HintedInput:
+    """A tensor with its InlineVF labels, as the pipeline's participants carry them (the first crop's
+    hint)."""
+
+    image: np.ndarray
+    spacing_mm: np.ndarray
+    inlinevf_labels: np.ndarray
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -131,9 +149,10 @@ def write_tensors(cohort: Path, participants: int, seed: int, out: Path) -> list
     rows = []
     for path in zips:
         with path.open("rb") as handle:
-            study = decode_participant_zip(handle, path.name, with_inlinevf=False)
-        tensor = participant_from_study(study, with_inlinevf=False, grid_pixel_mm=grid_mm)
-        np.savez(out / f"{path.stem}.npz", image=tensor.image, spacing_mm=tensor.spacing_mm)
+            study = decode_participant_zip(handle, path.name, with_inlinevf=True)
+        tensor = participant_from_study(study, with_inlinevf=True, grid_pixel_mm=grid_mm)
+        outlines = {} if tensor.inlinevf_labels is None else {"inlinevf_labels": tensor.inlinevf_labels}
+        np.savez(out / f"{path.stem}.npz", image=tensor.image, spacing_mm=tensor.spacing_mm, **outlines)
         rows.append({"name": path.stem, "real": path == REAL_STUDY, "n_slices_used": tensor.n_slices_used})
     return rows
 
@@ -156,6 +175,36 @@ def conv_gflop(model_keras: Path) -> float:
             out = layer.output.shape
             taps = int(np.prod(layer.kernel_size)) * layer.input.shape[-1] * out[-1]
             total += 2 * int(np.prod(out[1:4])) * taps
+    return total / 1e9
+
+
+def conv_gflop_window(model_keras: Path, rows: int, cols: int, margin_px: int) -> float:
+    """GFLOP of the convolutions ``serving_window`` computes on a ``rows`` x ``cols`` crop: each layer's
+    output less its inset (``trainer.windowed.window_demands``), at that layer's resolution."""
+    import keras
+
+    import trainer.metrics
+    import trainer.models  # noqa: F401
+    from trainer.export import size_agnostic_twin
+    from trainer.windowed import _producers, window_demands
+
+    model = size_agnostic_twin(keras.models.load_model(model_keras, compile=False))
+    _, computed = window_demands(model, margin_px)
+    stride: dict[str, float] = {}
+    total = 0
+    for layer in model.layers:
+        producers = _producers(layer)
+        s = stride[producers[0]] if producers else 1.0
+        if isinstance(layer, keras.layers.MaxPooling3D | keras.layers.AveragePooling3D):
+            s *= layer.pool_size[0]
+        elif isinstance(layer, keras.layers.UpSampling3D):
+            s /= layer.size[0]
+        stride[layer.name] = s
+        if isinstance(layer, keras.layers.Conv3D) and layer.name in computed:
+            inset = computed[layer.name]
+            pixels = (rows / s - 2 * inset) * (cols / s - 2 * inset) * layer.output.shape[3]
+            taps = int(np.prod(layer.kernel_size)) * layer.input.shape[-1] * layer.output.shape[-1]
+            total += 2 * pixels * taps
     return total / 1e9
 
 
@@ -186,25 +235,35 @@ def child_speed(mode: str, tensors: Path, labels_out: Path, repeats: int) -> dic
     handler = SavedModelHandler(model_dir, kind=contracts.MODEL_KIND_SEG,
                                 **({} if crop else {"crop_px": None}))
     model = handler.load_model()
-    calls: list[tuple[int, int]] = []
+    window = MODES[mode]["window"]
+    if window and model.serve_window is None:
+        raise RuntimeError(f"{model_dir}: no serving_window; add it: python -m trainer.export "
+                           "add_crop_signature")
+    calls: list[tuple[int, int, bool]] = []
 
-    def counted(fn):
+    def counted(fn, windowed=False):
         def call(**inputs):
             shape = inputs[contracts.SIGNATURE_INPUT_IMAGE].shape
-            calls.append((int(shape[1]), int(shape[2])))
+            calls.append((int(shape[1]), int(shape[2]), windowed))
             return fn(**inputs)
         return call
 
     model = dataclasses.replace(model, serve=counted(model.serve),
-                                serve_crop=counted(model.serve_crop) if model.serve_crop else None)
+                                serve_crop=counted(model.serve_crop) if model.serve_crop else None,
+                                serve_window=counted(model.serve_window, True) if window else None)
     prob_handler = SavedModelHandler(model_dir, kind=contracts.MODEL_KIND_SEG, argmax=False)
     files = sorted(tensors.glob("*.npz"))
     warm = np.load(files[0])
     list(handler.run_inference([ModelInput(warm["image"], warm["spacing_mm"])], model))
+    keras_file = Path(resolve_model_dir(model_dir)) / "model.keras"
+    gflop_full = conv_gflop(keras_file)
+    window_gflop: dict[tuple[int, int], float] = {}
     rows = []
     for path in files:
         data = np.load(path)
-        example = ModelInput(data["image"], data["spacing_mm"])
+        example: Any = ModelInput(data["image"], data["spacing_mm"])
+        if window and "inlinevf_labels" in data:  # the pipeline's participants carry their outlines
+            example = HintedInput(data["image"], data["spacing_mm"], data["inlinevf_labels"])
         cpu_s, wall_s = [], []
         for _ in range(repeats):
             calls.clear()
@@ -213,7 +272,16 @@ def child_speed(mode: str, tensors: Path, labels_out: Path, repeats: int) -> dic
             cpu_s.append(time.process_time() - cpu)
             wall_s.append(time.perf_counter() - wall)
         used = list(calls)
-        pixels = sum(r * c for r, c in used)
+        pixels = sum(r * c for r, c, _ in used)
+        gflop = 0.0
+        for r, c, windowed in used:
+            if windowed:
+                if (r, c) not in window_gflop:
+                    window_gflop[(r, c)] = conv_gflop_window(keras_file, r, c, model.card.crop_inference[
+                        "window_margin_px"])
+                gflop += window_gflop[(r, c)]
+            else:
+                gflop += gflop_full * r * c / (contracts.TENSOR_ROWS * contracts.TENSOR_COLS)
         extra = {}
         if mode == "before":  # the margin of the two most likely classes, for the label comparison
             [probs] = prob_handler.run_inference([example], model)
@@ -224,11 +292,12 @@ def child_speed(mode: str, tensors: Path, labels_out: Path, repeats: int) -> dic
         rows.append({"name": path.stem, "cpu_s": statistics.median(cpu_s),
                      "wall_s": statistics.median(wall_s),
                      "cpu_s_repeats": [round(v, 4) for v in cpu_s], "calls": [list(c) for c in used],
-                     "pixels_fraction_of_full": pixels / (contracts.TENSOR_ROWS * contracts.TENSOR_COLS)})
+                     "pixels_fraction_of_full": pixels / (contracts.TENSOR_ROWS * contracts.TENSOR_COLS),
+                     "gflop": round(gflop, 3)})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "cpu_s_repeats"}), file=sys.stderr,
               flush=True)
     return {"mode": mode, "rows": rows, "matmul_peak_gflop_per_cpu_s": matmul_peak_gflop_per_cpu_s(),
-            "conv_gflop_full": conv_gflop(Path(resolve_model_dir(model_dir)) / "model.keras"),
+            "conv_gflop_full": gflop_full,
             "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
@@ -283,16 +352,17 @@ def speed(args: argparse.Namespace, argv: list[str]) -> int:
     modes = {}
     for mode, res in results.items():
         synthetic = [r for r, m in zip(res["rows"], meta, strict=True) if not m["real"]]
-        gflop = [gflop_full * r["pixels_fraction_of_full"] for r in synthetic]
+        gflop = [r["gflop"] for r in synthetic]
         rate = [g / r["cpu_s"] for g, r in zip(gflop, synthetic, strict=True)]
         paths: dict[str, int] = {}
         for r in res["rows"]:
-            key = ("full field of view" if r["calls"][-1] == [256, 256] and len(r["calls"]) == 1 else
-                   f"{len(r['calls'])} crop call(s)" if all(c != [256, 256] for c in r["calls"]) else
-                   "crops, then full field of view")
+            full = [c[:2] == [256, 256] for c in r["calls"]]
+            key = ("full field of view" if full == [True] else
+                   f"{len(r['calls'])} crop call(s)" if not any(full) else "crops, then full field of view")
             paths[key] = paths.get(key, 0) + 1
         modes[mode] = {
             "tf_enable_onednn_opts": res["tf_enable_onednn_opts"], "crop": MODES[mode]["crop"],
+            "window": MODES[mode]["window"],
             "cpu_s_per_participant": summary([r["cpu_s"] for r in synthetic]),
             "wall_s_per_participant": summary([r["wall_s"] for r in synthetic]),
             "gflop_per_participant": summary(gflop),

@@ -22,7 +22,8 @@ same recipes sized from the whole job's measured CPU-seconds per participant, th
 included, so no overhead fraction is added), with its intercept as the start-up each SDK process pays once
 (added to every worker's wall time), the SDK process's measured peak memory
 (``inference_pipeline_memory.json``) and, for the GPU recipe, the CPU side as that slope less ML4H_seg's
-measured CPU time (``inference_speed.json``, ``onednn_crop``).
+measured CPU time (``inference_speed.json``: ``onednn_window``, what the pipeline runs, or ``onednn_crop`` in a
+file recorded before ``serving_window``).
 
 Writes ``benchmarks/results/dataflow_cost.json`` and ``dataflow_cost.md``.
 """
@@ -209,7 +210,8 @@ def measured_end_to_end(scaling: Mapping[str, Any], inference: Mapping[str, Any]
     recipes = [cpu_recipe("cpu_bundled_seg_measured", slope, rss, overhead=0.0)]
     seg = None
     if inference is not None:
-        seg = float(inference["modes"]["onednn_crop"]["cpu_s_per_participant"]["median"])
+        mode = "onednn_window" if "onednn_window" in inference["modes"] else "onednn_crop"
+        seg = float(inference["modes"][mode]["cpu_s_per_participant"]["median"])
         recipes.append(gpu_recipe("gpu_l4_bundled_seg_measured", max(slope - seg, 0.0), rss, overhead=0.0))
     return {
         "inputs": {"scaling_command": scaling.get("command"), "scaling_date": scaling.get("date"),

@@ -304,3 +304,31 @@ def test_windowed_refuses_what_it_cannot_window():
     pooled = keras.layers.GlobalAveragePooling3D(name="pooled")(pointwise)
     with pytest.raises(ValueError, match=r"pooled \(GlobalAveragePooling3D\) is not supported"):
         window_demands(keras.Model({"image": image}, pooled), 8)
+
+
+# --- the pipeline: --seg_field_of_view -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_pipeline_crop_and_whole_field_of_view_give_the_same_masses(tmp_path):
+    """The default crop and ``--seg_field_of_view=whole`` (the paper's way) write the same ML4H_seg
+    masses; the summary's counters say which path each participant took."""
+    import pyarrow.parquet as pq
+
+    from beam_pipeline.pipeline import run
+    from lvmass.synth.cohort import generate_cohort
+
+    cohort = generate_cohort(tmp_path / "cohort", participants=2, seed=4245, fidelity="lite")
+    masses, counters = {}, {}
+    for view in ("crop", "whole"):
+        out = tmp_path / view
+        summary = run([f"--input={cohort.zips_dir}/*.zip", f"--phenotypes={cohort.phenotypes_csv}",
+                       f"--output={out}", "--methods=ml4h_seg,inlinevf", f"--seg_field_of_view={view}",
+                       "--runner=FnApiRunner"])
+        table = pq.read_table(next((out / "lvmass" / "method=ml4h_seg").glob("*.parquet"))).to_pydict()
+        masses[view] = dict(zip(table["participant_id"], table["lv_mass_raw_g"], strict=True))
+        counters[view] = {k: v for k, v in summary["counters"].items() if k.startswith("ml4h_seg_")}
+    assert len(masses["crop"]) == 2
+    assert masses["crop"] == pytest.approx(masses["whole"], abs=0.05)  # at most one coin-toss voxel
+    assert counters["crop"] == {"ml4h_seg_segmented_crop_first_pass": 2}
+    assert counters["whole"] == {}
