@@ -22,8 +22,8 @@ same recipes sized from the whole job's measured CPU-seconds per participant, th
 included, so no overhead fraction is added), with its intercept as the start-up each SDK process pays once
 (added to every worker's wall time), the SDK process's measured peak memory
 (``inference_pipeline_memory.json``) and, for the GPU recipe, the CPU side as that slope less ML4H_seg's
-measured CPU time (``inference_speed.json``: ``onednn_window``, what the pipeline runs, or ``onednn_crop`` in a
-file recorded before ``serving_window``).
+measured CPU time (``inference_speed.json``: ``onednn_window``, what the pipeline runs, or ``onednn_crop``
+in a file recorded before ``serving_window``).
 
 Writes ``benchmarks/results/dataflow_cost.json`` and ``dataflow_cost.md``.
 """
@@ -170,9 +170,11 @@ def estimate(stages: Mapping[str, Any], participants: Sequence[int]) -> dict[str
     base = sum(_median(stages, s) for s in CPU_STAGES)
     seg = {"bundled": _median(stages, "ml4h_seg"), "paper": _median(stages, "ml4h_seg_paper")}
     rss = float(stages["peak_rss_mb"])
+    # the paper-size model on the CPU holds its whole-field activations; on the GPU it does not
+    rss_paper = float(stages.get("peak_rss_mb_with_paper_seg", rss))
     recipes = [
         cpu_recipe("cpu_bundled_seg", base + seg["bundled"], rss),
-        cpu_recipe("cpu_paper_seg", base + seg["paper"], rss),
+        cpu_recipe("cpu_paper_seg", base + seg["paper"], rss_paper),
         gpu_recipe("gpu_l4_paper_seg", base, rss),
     ]
     cpu_cheapest = min((r for r in recipes if r.gpu is None), key=lambda r: r.usd_per_participant)
@@ -189,7 +191,7 @@ def estimate(stages: Mapping[str, Any], participants: Sequence[int]) -> dict[str
             "machine_measured_on": stages.get("machine"),
             "cpu_s_per_participant": {**{s: _median(stages, s) for s in CPU_STAGES},
                                       "ml4h_seg_bundled": seg["bundled"], "ml4h_seg_paper": seg["paper"]},
-            "peak_rss_mb": rss,
+            "peak_rss_mb": rss, "peak_rss_mb_with_paper_seg": rss_paper,
         },
         "prices_usd": PRICES_USD,
         "assumptions": ASSUMPTIONS,

@@ -298,6 +298,7 @@ def test_dockerfiles_pin_versions_and_entrypoints():
     assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in worker
     # one SDK process per vCPU, one TensorFlow thread each: what benchmarks/dataflow_cost.py sizes with
     assert "ENV TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1" in worker
+    assert "TF_ENABLE_ONEDNN_OPTS=1" in worker  # as benchmarks/bench_inference.py measured inference
     tf_version = importlib.metadata.version("tensorflow")
     for name in ("dataflow", "trainer"):
         text = (ROOT / "docker" / name / "Dockerfile").read_text()
