@@ -299,6 +299,19 @@ class PrefixStream(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes, never allocating more than what is there: ``io.RawIOBase.read`` would
+        first allocate ``size`` bytes, and a damaged DICOM element length asks for gigabytes."""
+        if size is None or size < 0:
+            return self.readall()
+        end = self._pos + size
+        data = self._prefix.data
+        if end > len(data) and not self._prefix.complete:
+            data = self._prefix.need(max(end, 2 * len(data), _FIRST_READ_BYTES))
+        chunk = bytes(data[self._pos:end])
+        self._pos += len(chunk)
+        return chunk
+
     def readinto(self, buffer) -> int:
         end = self._pos + len(buffer)
         data = self._prefix.data

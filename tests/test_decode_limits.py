@@ -91,6 +91,35 @@ class TestSizeLimits:
         assert message.startswith(f"{ZIP_URI}: read: member 's3.dcm' declares 3221225472 bytes uncompressed")
         assert "above the 64.0 MiB limit" in message
 
+    def test_an_element_declaring_gigabytes_is_not_allocated(self, strategy):
+        """A damaged 4-byte element length before the pixels (found by the fuzz test: pydicom asked the
+        member stream for 1.1 GB, which io.RawIOBase.read allocated before reading): the read stops at
+        the header limit, and the error names the zip."""
+        import tracemalloc
+
+        from pydicom.uid import ImplicitVRLittleEndian
+
+        members = stack_members()
+        ds = pydicom.dcmread(io.BytesIO(members["s3.dcm"]))
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian  # every element length is 4 bytes
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        raw = bytearray(buffer.getvalue())
+        at = raw.find(b"\x08\x00\x3e\x10")  # SeriesDescription, which the decoder reads
+        assert at > 0
+        struct.pack_into("<I", raw, at + 4, 0x7FFFFFF0)
+        members["s3.dcm"] = bytes(raw)
+        tracemalloc.start()
+        try:
+            try:
+                decode(with_manifest(members), strategy=strategy)
+            except DecodeError as exc:
+                assert str(exc).startswith(ZIP_URI) and "s3.dcm" in str(exc)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 64 * 1024 * 1024, f"peak {peak / 1e6:.0f} MB"
+
     def test_a_member_that_inflates_past_its_declared_size_is_refused(self, strategy):
         members = stack_members()
         data = patch_member(with_manifest(members), "s2.dcm", declared_size=len(members["s2.dcm"]) - 100)

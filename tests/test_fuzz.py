@@ -24,8 +24,20 @@ MEMORY_LIMIT_BYTES = 256 * 1024 * 1024  # a participant is a few MB; a blow-up w
 
 @pytest.fixture(scope="module")
 def members() -> dict[str, bytes]:
-    fz = ukbb_participant_zip(1000001, n_slices=6, n_phases=2, seed=11,
-                              geometry=StackGeometry(rows=64, cols=64))
+    """The participant's members, the same bytes on every run: its UIDs are drawn from a counter, not
+    at random, so that the derandomised examples mutate the same bytes every time."""
+    from itertools import count
+
+    from pydicom.uid import generate_uid
+
+    import tests.dicom_factory as factory
+
+    drawn = count()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(factory, "generate_uid",
+                      lambda prefix=None: generate_uid(prefix=prefix, entropy_srcs=[str(next(drawn))]))
+        fz = ukbb_participant_zip(1000001, n_slices=6, n_phases=2, seed=11,
+                                  geometry=StackGeometry(rows=64, cols=64))
     with zipfile.ZipFile(io.BytesIO(fz.data)) as archive:
         return {info.filename: archive.read(info) for info in archive.infolist()}
 
@@ -34,7 +46,9 @@ def _zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> 
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression) as archive:
         for name, data in members.items():
-            archive.writestr(name, data)
+            # a fixed timestamp: the same bytes on every run
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2015, 8, 30, 10, 12, 32)), data,
+                             compress_type=compression)
     return out.getvalue()
 
 
