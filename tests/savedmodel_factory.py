@@ -79,6 +79,54 @@ def save_band_segmenter(
     return model_dir
 
 
+def save_band_segmenter_with_crops(
+    model_dir: Path, *, low: float, high: float, window_margin_px: int | None = None,
+    version: str = "band-crop-1",
+) -> Path:
+    """The band segmenter with ML4H_seg's crop signatures (``beam_pipeline.contracts``): ``serving_crop``
+    (any in-plane crop) and, with ``window_margin_px``, ``serving_window`` (the crop's inner window only),
+    named in its card's ``crop_inference`` as ``trainer/export.py`` names them. Labels are a pure function
+    of each voxel, so any crop must give exactly the whole field of view's labels."""
+    import tensorflow as tf
+
+    image_spec, spacing_spec = _signature_specs()
+    open_rows = tf.TensorSpec([None, None, None, *contracts.TENSOR_SHAPE[2:]], tf.float32,
+                              name=contracts.SIGNATURE_INPUT_IMAGE)
+
+    def probabilities(image):
+        values = image[..., 0]
+        labels = tf.cast(values >= low, tf.int32) + tf.cast(values >= high, tf.int32)
+        return {contracts.SIGNATURE_OUTPUT_PROBABILITIES: tf.one_hot(labels, contracts.NUM_CLASSES)}
+
+    class Band(tf.Module):
+        @tf.function(input_signature=[image_spec, spacing_spec])
+        def serve(self, image, spacing_mm):
+            return probabilities(image)
+
+        @tf.function(input_signature=[open_rows, spacing_spec])
+        def serve_crop(self, image, spacing_mm):
+            return probabilities(image)
+
+        @tf.function(input_signature=[open_rows, spacing_spec])
+        def serve_window(self, image, spacing_mm):
+            margin = window_margin_px or 0
+            return probabilities(image[:, margin:tf.shape(image)[1] - margin,
+                                       margin:tf.shape(image)[2] - margin])
+
+    module = Band()
+    signatures = {contracts.SERVING_SIGNATURE: module.serve, contracts.SEG_CROP_SIGNATURE: module.serve_crop}
+    crop_inference: dict = {"signature": contracts.SEG_CROP_SIGNATURE, "align_px": 8, "receptive_field_px": 0}
+    if window_margin_px is not None:
+        signatures[contracts.SEG_WINDOW_SIGNATURE] = module.serve_window
+        crop_inference.update(window_signature=contracts.SEG_WINDOW_SIGNATURE,
+                              window_margin_px=window_margin_px)
+    model_dir = Path(model_dir)
+    tf.saved_model.save(module, str(model_dir), signatures=signatures)
+    card = ModelCard(kind=contracts.MODEL_KIND_SEG, version=version, crop_inference=crop_inference)
+    (model_dir / contracts.MODEL_CARD_FILENAME).write_text(card.to_json())
+    return model_dir
+
+
 def save_band_regressor(
     model_dir: Path, *, high: float, version: str = "band-reg-1", calibration: dict | None = None,
 ) -> Path:

@@ -24,8 +24,6 @@ from beam_pipeline import contracts
 from beam_pipeline.inference import (
     CROP_MARGIN_PX,
     CROP_PX,
-    LoadedModel,
-    ModelInput,
     SavedModelHandler,
     Window,
     crop_window,
@@ -33,11 +31,9 @@ from beam_pipeline.inference import (
     window_around,
 )
 from beam_pipeline.model_card import ModelCard
-from tests.savedmodel_factory import band_labels
+from tests.crop_policy import GRID, HIGH, LOW, REAL_STUDY, heart_image, participant_tensor, segment
+from tests.savedmodel_factory import band_labels, save_band_segmenter_with_crops
 
-GRID = contracts.LABEL_VOLUME_SHAPE[:2]
-LOW, HIGH = 0.5, 1.5
-REAL_STUDY = Path(__file__).parent / "data" / "real_cmr" / "SCD0000501.zip"
 # ML4H_seg on the real study before this change (the SavedModel without serving_crop, Eigen convolutions,
 # the whole field of view; /tmp/inf/L_eigen_real in the work that made it): voxels of each label.
 REAL_BEFORE_VOXELS = {"myocardium": 7464, "lv_cavity": 5087}
@@ -84,96 +80,33 @@ class TestWindows:
 # --- the policy, on a band segmenter with a crop signature ----------------------------------------------
 
 
-def _save_band_segmenter_with_crop(model_dir: Path) -> Path:
-    import tensorflow as tf
-
-    full = tf.TensorSpec([None, *contracts.TENSOR_SHAPE], tf.float32, name=contracts.SIGNATURE_INPUT_IMAGE)
-    open_rows = tf.TensorSpec([None, None, None, *contracts.TENSOR_SHAPE[2:]], tf.float32,
-                              name=contracts.SIGNATURE_INPUT_IMAGE)
-    spacing = tf.TensorSpec([None, 3], tf.float32, name=contracts.SIGNATURE_INPUT_SPACING)
-
-    def probabilities(image):
-        values = image[..., 0]
-        labels = tf.cast(values >= LOW, tf.int32) + tf.cast(values >= HIGH, tf.int32)
-        return {contracts.SIGNATURE_OUTPUT_PROBABILITIES: tf.one_hot(labels, contracts.NUM_CLASSES)}
-
-    class Band(tf.Module):
-        @tf.function(input_signature=[full, spacing])
-        def serve(self, image, spacing_mm):
-            return probabilities(image)
-
-        @tf.function(input_signature=[open_rows, spacing])
-        def serve_crop(self, image, spacing_mm):
-            return probabilities(image)
-
-    module = Band()
-    tf.saved_model.save(module, str(model_dir), signatures={contracts.SERVING_SIGNATURE: module.serve,
-                                                            "serving_crop": module.serve_crop})
-    card = ModelCard(kind=contracts.MODEL_KIND_SEG, version="band-crop-1",
-                     crop_inference={"signature": "serving_crop", "align_px": 8, "receptive_field_px": 0})
-    (model_dir / contracts.MODEL_CARD_FILENAME).write_text(card.to_json())
-    return model_dir
-
-
 @pytest.fixture(scope="module")
 def band_dir(tmp_path_factory):
-    return _save_band_segmenter_with_crop(tmp_path_factory.mktemp("band") / "model")
-
-
-def _heart(centre: tuple[int, int], *, radius: int = 20, image: np.ndarray | None = None) -> np.ndarray:
-    """A ring of 'myocardium' (2.0) around 'cavity' (1.0) in slices 1-9, on background 0."""
-    image = np.zeros(contracts.TENSOR_SHAPE, np.float32) if image is None else image
-    rows, cols = np.ogrid[:256, :256]
-    distance = np.hypot(rows - centre[0], cols - centre[1])
-    image[distance <= radius, 1:10, 0] = 2.0
-    image[distance <= radius - 6, 1:10, 0] = 1.0
-    return image
-
-
-def _calls(model: LoadedModel) -> tuple[LoadedModel, list[tuple[str, tuple[int, int]]]]:
-    import dataclasses
-
-    calls: list[tuple[str, tuple[int, int]]] = []
-
-    def counted(name, fn):
-        def call(**inputs):
-            calls.append((name, tuple(inputs[contracts.SIGNATURE_INPUT_IMAGE].shape[1:3])))
-            return fn(**inputs)
-        return call
-
-    return dataclasses.replace(model, serve=counted("full", model.serve),
-                               serve_crop=counted("crop", model.serve_crop)), calls
-
-
-def _segment(band_dir, image, **handler_args):
-    handler = SavedModelHandler(str(band_dir), kind=contracts.MODEL_KIND_SEG, **handler_args)
-    model, calls = _calls(handler.load_model())
-    [result] = handler.run_inference([ModelInput(image, np.float32([1.86, 1.86, 10.0]))], model)
-    return result.inference, calls
+    return save_band_segmenter_with_crops(tmp_path_factory.mktemp("band") / "model", low=LOW, high=HIGH)
 
 
 class TestCropPolicy:
     def test_a_centred_heart_takes_one_crop(self, band_dir):
-        image = _heart((130, 126))
-        labels, calls = _segment(band_dir, image)
+        image = heart_image((130, 126))
+        labels, calls = segment(band_dir, image)
         assert calls == [("crop", (CROP_PX, CROP_PX))]
         np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
 
     def test_an_off_centre_heart_is_recentred(self, band_dir):
-        image = _heart((90, 170))  # in the first crop, but too near its edges
-        labels, calls = _segment(band_dir, image)
+        image = heart_image((90, 170))  # in the first crop, but too near its edges
+        labels, calls = segment(band_dir, image)
         assert calls == [("crop", (128, 128)), ("crop", (128, 128))]
         np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
 
     def test_no_heart_in_the_centre_falls_back_to_the_whole_field_of_view(self, band_dir):
-        image = _heart((30, 30))
-        labels, calls = _segment(band_dir, image)
+        image = heart_image((30, 30))
+        labels, calls = segment(band_dir, image)
         assert calls == [("crop", (128, 128)), ("full", GRID)]
         np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
 
     def test_a_heart_too_large_for_a_crop_falls_back(self, band_dir):
-        image = _heart((128, 128), radius=100)
-        labels, calls = _segment(band_dir, image)
+        image = heart_image((128, 128), radius=100)
+        labels, calls = segment(band_dir, image)
         assert [name for name, _ in calls] == ["crop", "crop", "full"]
         # the kept window (64 px) saw LV from edge to edge: the second crop grew 16 px each way beyond it
         # (96 + 2 x 32 margin = 160), still saw LV at its edges, and gave up
@@ -181,10 +114,10 @@ class TestCropPolicy:
         np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
 
     def test_labels_near_the_crop_edge_or_outside_it_are_dropped(self, band_dir):
-        image = _heart((128, 128))
+        image = heart_image((128, 128))
         image[70:74, 70:74, 4, 0] = 2.0  # inside the crop but within the margin of its edge
         image[220:224, 220:224, 4, 0] = 2.0  # outside the crop
-        labels, calls = _segment(band_dir, image)
+        labels, calls = segment(band_dir, image)
         assert calls == [("crop", (128, 128))]
         expected = band_labels(image, low=LOW, high=HIGH)
         kept = Window(64, 64, 128, 128).inner(CROP_MARGIN_PX, GRID)
@@ -195,10 +128,10 @@ class TestCropPolicy:
         assert expected[~mask].sum() == 2 * 16 * 2  # the two specks, which the crop does not count
 
     def test_probabilities_and_no_crop_use_the_whole_field_of_view(self, band_dir):
-        image = _heart((128, 128))
-        _, calls = _segment(band_dir, image, argmax=False)
+        image = heart_image((128, 128))
+        _, calls = segment(band_dir, image, argmax=False)
         assert calls == [("full", GRID)]
-        labels, calls = _segment(band_dir, image, crop_px=None)
+        labels, calls = segment(band_dir, image, crop_px=None)
         assert calls == [("full", GRID)]
         np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
 
@@ -229,17 +162,6 @@ def bundled():
     crop = SavedModelHandler(model_dir, kind=contracts.MODEL_KIND_SEG)
     whole = SavedModelHandler(model_dir, kind=contracts.MODEL_KIND_SEG, argmax=False)
     return crop, crop.load_model(), whole, whole.load_model()
-
-
-def _tensor(path: Path):
-    from beam_pipeline.decode import decode_participant_zip
-    from beam_pipeline.inference import bundled_model_dir, read_model_card
-    from beam_pipeline.measure import participant_from_study
-
-    grid_mm = read_model_card(bundled_model_dir(contracts.MODEL_KIND_SEG)).pixel_spacing_mm
-    with path.open("rb") as handle:
-        study = decode_participant_zip(handle, path.name, with_inlinevf=False)
-    return participant_from_study(study, with_inlinevf=False, grid_pixel_mm=grid_mm)
 
 
 def _compare(bundled, participant):
@@ -273,7 +195,7 @@ def _check_crop_equals_whole(cropped, whole, gap, *, spacing_mm):
 
 
 def test_real_study_crop_keeps_the_lv_and_the_before_counts(bundled):
-    participant = _tensor(REAL_STUDY)
+    participant = participant_tensor(REAL_STUDY, with_inlinevf=False)
     cropped, whole, gap = _compare(bundled, participant)
     # serving_default after the re-export, with oneDNN, gives the counts of the model before it
     assert int((whole == 2).sum()) == REAL_BEFORE_VOXELS["myocardium"]
@@ -294,7 +216,7 @@ def test_synthetic_participants_crop_equals_the_whole_field(bundled, tmp_path):
     zips = sorted(cohort.zips_dir.glob("*.zip"))
     assert len(zips) == 3
     for path in zips:
-        participant = _tensor(path)
+        participant = participant_tensor(path, with_inlinevf=False)
         cropped, whole, gap = _compare(bundled, participant)
         assert _check_crop_equals_whole(cropped, whole, gap, spacing_mm=participant.spacing_mm) == 0.0
         assert abs(int((cropped == 2).sum()) - int((whole == 2).sum())) <= 3

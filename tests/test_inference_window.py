@@ -13,7 +13,6 @@ Oracles that are not the code under test:
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,19 +20,24 @@ import pytest
 from beam_pipeline import contracts
 from beam_pipeline.inference import (
     CROP_PX,
-    LoadedModel,
     ModelInput,
     SavedModelHandler,
     Window,
     lv_hint_box,
 )
-from beam_pipeline.model_card import ModelCard
-from tests.savedmodel_factory import band_labels
+from tests.crop_policy import (
+    GRID,
+    HIGH,
+    LOW,
+    REAL_STUDY,
+    count_calls,
+    heart_image,
+    participant_tensor,
+    segment,
+)
+from tests.savedmodel_factory import band_labels, save_band_segmenter_with_crops
 
-GRID = contracts.LABEL_VOLUME_SHAPE[:2]
-LOW, HIGH = 0.5, 1.5
 MARGIN = contracts.SEG_WINDOW_MARGIN_PX
-REAL_STUDY = Path(__file__).parent / "data" / "real_cmr" / "SCD0000501.zip"
 
 
 # --- pure helpers ---------------------------------------------------------------------------------------
@@ -75,125 +79,51 @@ class TestWindowEdges:
 # --- the policy, on a band segmenter with crop and window signatures -----------------------------------
 
 
-def _save_band_segmenter_with_window(model_dir: Path) -> Path:
-    import tensorflow as tf
-
-    full = tf.TensorSpec([None, *contracts.TENSOR_SHAPE], tf.float32, name=contracts.SIGNATURE_INPUT_IMAGE)
-    open_rows = tf.TensorSpec([None, None, None, *contracts.TENSOR_SHAPE[2:]], tf.float32,
-                              name=contracts.SIGNATURE_INPUT_IMAGE)
-    spacing = tf.TensorSpec([None, 3], tf.float32, name=contracts.SIGNATURE_INPUT_SPACING)
-
-    def probabilities(image):
-        values = image[..., 0]
-        labels = tf.cast(values >= LOW, tf.int32) + tf.cast(values >= HIGH, tf.int32)
-        return tf.one_hot(labels, contracts.NUM_CLASSES)
-
-    class Band(tf.Module):
-        @tf.function(input_signature=[full, spacing])
-        def serve(self, image, spacing_mm):
-            return {contracts.SIGNATURE_OUTPUT_PROBABILITIES: probabilities(image)}
-
-        @tf.function(input_signature=[open_rows, spacing])
-        def serve_crop(self, image, spacing_mm):
-            return {contracts.SIGNATURE_OUTPUT_PROBABILITIES: probabilities(image)}
-
-        @tf.function(input_signature=[open_rows, spacing])
-        def serve_window(self, image, spacing_mm):
-            inner = image[:, MARGIN:-MARGIN, MARGIN:-MARGIN]
-            return {contracts.SIGNATURE_OUTPUT_PROBABILITIES: probabilities(inner)}
-
-    module = Band()
-    tf.saved_model.save(module, str(model_dir), signatures={
-        contracts.SERVING_SIGNATURE: module.serve, contracts.SEG_CROP_SIGNATURE: module.serve_crop,
-        contracts.SEG_WINDOW_SIGNATURE: module.serve_window})
-    card = ModelCard(kind=contracts.MODEL_KIND_SEG, version="band-window-1", crop_inference={
-        "signature": contracts.SEG_CROP_SIGNATURE, "align_px": 8, "receptive_field_px": 0,
-        "window_signature": contracts.SEG_WINDOW_SIGNATURE, "window_margin_px": MARGIN})
-    (model_dir / contracts.MODEL_CARD_FILENAME).write_text(card.to_json())
-    return model_dir
-
-
 @pytest.fixture(scope="module")
 def band_dir(tmp_path_factory):
-    return _save_band_segmenter_with_window(tmp_path_factory.mktemp("band_window") / "model")
-
-
-def _heart(centre: tuple[int, int], *, radius: int = 20) -> np.ndarray:
-    """A ring of 'myocardium' (2.0) around 'cavity' (1.0) in slices 1-9, on background 0."""
-    image = np.zeros(contracts.TENSOR_SHAPE, np.float32)
-    rows, cols = np.ogrid[:256, :256]
-    distance = np.hypot(rows - centre[0], cols - centre[1])
-    image[distance <= radius, 1:10, 0] = 2.0
-    image[distance <= radius - 6, 1:10, 0] = 1.0
-    return image
-
-
-def _counted(model: LoadedModel) -> tuple[LoadedModel, list[tuple[str, tuple[int, int, int, int]]]]:
-    """The model with each signature call recorded as (name, (row0, col0, rows, cols) of its input)."""
-    calls: list[tuple[str, tuple[int, ...]]] = []
-
-    def counted(name, fn):
-        def call(**inputs):
-            calls.append((name, tuple(inputs[contracts.SIGNATURE_INPUT_IMAGE].shape[1:3])))
-            return fn(**inputs)
-        return call
-
-    return dataclasses.replace(model, serve=counted("full", model.serve),
-                               serve_crop=counted("crop", model.serve_crop),
-                               serve_window=None if model.serve_window is None else counted(
-                                   "window", model.serve_window)), calls
-
-
-def _segment(band_dir, image, *, inlinevf_labels=None, **handler_args):
-    handler = SavedModelHandler(str(band_dir), kind=contracts.MODEL_KIND_SEG, **handler_args)
-    model, calls = _counted(handler.load_model())
-    example = ModelInput(image, np.float32([1.86, 1.86, 10.0]))
-    if inlinevf_labels is not None:
-        example = dataclasses.make_dataclass("P", ["image", "spacing_mm", "inlinevf_labels"])(
-            image, np.float32([1.86, 1.86, 10.0]), inlinevf_labels)
-    [result] = handler.run_inference([example], model)
-    return result.inference, calls
+    return save_band_segmenter_with_crops(tmp_path_factory.mktemp("band_window") / "model", low=LOW,
+                                          high=HIGH, window_margin_px=MARGIN, version="band-window-1")
 
 
 class TestWindowPolicy:
     def test_the_window_signature_is_used_when_its_margin_is_the_handlers(self, band_dir):
-        image = _heart((128, 128))
-        labels, calls = _segment(band_dir, image)
+        image = heart_image((128, 128))
+        labels, calls = segment(band_dir, image)
         assert calls == [("window", (CROP_PX, CROP_PX))]
         np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
         # another margin: the window signature does not fit, serving_crop is used
-        labels, calls = _segment(band_dir, image, crop_margin_px=24)
+        labels, calls = segment(band_dir, image, crop_margin_px=24)
         assert calls == [("crop", (CROP_PX, CROP_PX))]
         np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
 
     def test_an_off_centre_heart_is_found_from_what_the_window_saw(self, band_dir):
         # the LV crosses the kept window's top-right corner: the second crop is placed from the part seen
-        image = _heart((92, 168))
-        labels, calls = _segment(band_dir, image)
+        image = heart_image((92, 168))
+        labels, calls = segment(band_dir, image)
         assert calls == [("window", (128, 128)), ("window", (128, 128))]
         np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
 
     def test_the_inlinevf_hint_places_the_first_crop(self, band_dir):
-        image = _heart((92, 168))
+        image = heart_image((92, 168))
         outline = band_labels(image, low=LOW, high=HIGH)
-        labels, calls = _segment(band_dir, image, inlinevf_labels=outline)
+        labels, calls = segment(band_dir, image, inlinevf_labels=outline)
         assert calls == [("window", (128, 128))]
         np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
         # a wrong hint costs crops, never a label: no LV there, so the centred crop next, which sees the LV
         # at its edge, so the whole field of view
         wrong = np.zeros_like(outline)
         wrong[180:200, 60:80, 3:6] = 2
-        labels, calls = _segment(band_dir, image, inlinevf_labels=wrong)
+        labels, calls = segment(band_dir, image, inlinevf_labels=wrong)
         assert calls == [("window", (128, 128)), ("window", (128, 128)), ("full", GRID)]
         np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
         # a wrong hint for a centred heart: the centred crop finds it
-        labels, calls = _segment(band_dir, _heart((128, 128)), inlinevf_labels=wrong)
+        labels, calls = segment(band_dir, heart_image((128, 128)), inlinevf_labels=wrong)
         assert calls == [("window", (128, 128)), ("window", (128, 128))]
 
     def test_labels_outside_the_kept_window_are_dropped_even_at_the_grid_edge(self, band_dir):
-        image = _heart((128, 128))
+        image = heart_image((128, 128))
         image[70:74, 70:74, 4, 0] = 2.0  # inside the crop, within its margin
-        labels, calls = _segment(band_dir, image)
+        labels, calls = segment(band_dir, image)
         assert calls == [("window", (128, 128))]
         expected = band_labels(image, low=LOW, high=HIGH)
         kept = Window(64 + MARGIN, 64 + MARGIN, 128 - 2 * MARGIN, 128 - 2 * MARGIN)
@@ -204,17 +134,6 @@ class TestWindowPolicy:
 
 
 # --- the network: serving_window against serving_crop --------------------------------------------------
-
-
-def _tensor(path: Path):
-    from beam_pipeline.decode import decode_participant_zip
-    from beam_pipeline.inference import bundled_model_dir, read_model_card
-    from beam_pipeline.measure import participant_from_study
-
-    grid_mm = read_model_card(bundled_model_dir(contracts.MODEL_KIND_SEG)).pixel_spacing_mm
-    with path.open("rb") as handle:
-        study = decode_participant_zip(handle, path.name, with_inlinevf=True)
-    return participant_from_study(study, with_inlinevf=True, grid_pixel_mm=grid_mm)
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +156,7 @@ def _window_against_crop(module, image: np.ndarray, row0: int, col0: int) -> tup
 
 
 def test_bundled_window_equals_the_crop_on_the_real_study(bundled_module):
-    participant = _tensor(REAL_STUDY)
+    participant = participant_tensor(REAL_STUDY, with_inlinevf=True)
     for row0, col0 in ((64, 64), (48, 72)):
         gap, labels_differing = _window_against_crop(bundled_module, participant.image, row0, col0)
         assert gap <= 1e-5 and labels_differing == 0
@@ -251,10 +170,10 @@ def test_bundled_handler_takes_one_window_on_synthetic_participants(tmp_path):
 
     cohort = generate_cohort(tmp_path / "cohort", participants=2, seed=4244, fidelity="lite")
     handler = SavedModelHandler(bundled_model_dir(contracts.MODEL_KIND_SEG), kind=contracts.MODEL_KIND_SEG)
-    model, calls = _counted(handler.load_model())
+    model, calls = count_calls(handler.load_model())
     assert model.serve_window is not None
     for path in sorted(cohort.zips_dir.glob("*.zip")):
-        participant = _tensor(path)
+        participant = participant_tensor(path, with_inlinevf=True)
         assert lv_hint_box(participant) is not None
         calls.clear()
         [result] = handler.run_inference([participant], model)
