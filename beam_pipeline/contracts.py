@@ -29,6 +29,12 @@ A participant's short-axis stack at end-diastole is a float32 array of shape
 
 Label volumes (InlineVF-derived training labels, model argmax) use the same layout without the
 channel axis, dtype uint8, values from :data:`LABEL_MAP`; labels are resampled with nearest neighbour.
+
+Two slice layouts. The paper's 3-D models take :data:`TENSOR_SLICES` (13) slots: a longer stack keeps 13
+contiguous slices and is flagged ``too_many_slices_truncated``. A per-slice model (its card's
+``tensor.input_shape`` has ``null`` slices, :data:`PER_SLICE_SLICES`) takes every acquired slice, ``(256,
+256, n_slices, 1)`` with no padding slot, so no slice is dropped; stacks longer than
+:data:`MAX_PER_SLICE_SLICES` are not short-axis cines and keep that many, flagged.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ TENSOR_SLICES: Final = 13
 TENSOR_CHANNELS: Final = 1
 TENSOR_SHAPE: Final = (TENSOR_ROWS, TENSOR_COLS, TENSOR_SLICES, TENSOR_CHANNELS)
 LABEL_VOLUME_SHAPE: Final = (TENSOR_ROWS, TENSOR_COLS, TENSOR_SLICES)
+# A per-slice model's slice axis: every acquired slice (a card's input_shape has null there).
+PER_SLICE_SLICES: Final = None
+MAX_PER_SLICE_SLICES: Final = 32
 TENSOR_DTYPE: Final = "float32"
 SLICE_ORDER: Final = "base_to_apex"
 PADDING: Final = "zero_centred"
@@ -155,7 +164,8 @@ PLAUSIBLE_LVMI_RANGE_G_M2: Final = (10.0, 250.0)
 # Adults at an imaging visit; outside, BSA-based indexing is not meaningful (the row is flagged).
 PLAUSIBLE_HEIGHT_CM: Final = (120.0, 220.0)
 PLAUSIBLE_WEIGHT_KG: Final = (30.0, 250.0)
-PLAUSIBLE_SLICE_COUNT: Final = (6, 13)
+# Short-axis cine stacks cover the LV in 6-24 slices of 5-10 mm (UK Biobank 9-14 at 10 mm).
+PLAUSIBLE_SLICE_COUNT: Final = (6, 24)
 # A short-axis cine covers the chest: a field of view under 100 mm is not a heart acquisition.
 MIN_FIELD_OF_VIEW_MM: Final = 100.0
 # Neighbouring pixels of an MR image are strongly correlated (0.9+ measured on real and synthetic cine);

@@ -296,22 +296,40 @@ def read_model_card(model_dir: str, *, expected_kind: str | None = None) -> Mode
     return card
 
 
-def stack_batch(batch: Sequence[ModelExample]) -> tuple[np.ndarray, np.ndarray]:
-    """Stack examples into the signature's ``image`` (B, 256, 256, 13, 1) and ``spacing_mm`` (B, 3).
+def check_example(example: ModelExample, index: int, slices: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """One example's ``image`` (1, 256, 256, S, 1) and ``spacing_mm`` (1, 3) for a signature call; ``slices``
+    the model's slots (13) or None (a per-slice model: any number of slices).
 
-    Raises ``ValueError`` naming the offending example index when a shape differs from the contract.
-    """
-    if not batch:
-        raise ValueError("cannot run inference on an empty batch")
-    for i, example in enumerate(batch):
-        shape = np.shape(example.image)
-        if shape != contracts.TENSOR_SHAPE:
-            raise ValueError(f"example {i}: image shape {shape}, expected {contracts.TENSOR_SHAPE}")
-        if np.shape(example.spacing_mm) != (len(contracts.SPACING_FIELDS),):
-            raise ValueError(f"example {i}: spacing_mm shape {np.shape(example.spacing_mm)}, expected (3,)")
-    images = np.stack([np.asarray(e.image, dtype=np.float32) for e in batch])
-    spacing = np.stack([np.asarray(e.spacing_mm, dtype=np.float32) for e in batch])
-    return images, spacing
+    Raises ``ValueError`` naming the example's index when a shape differs from the contract."""
+    shape = np.shape(example.image)
+    grid = (contracts.TENSOR_ROWS, contracts.TENSOR_COLS)
+    if (len(shape) != 4 or shape[:2] != grid or shape[3] != contracts.TENSOR_CHANNELS
+            or (slices is not None and shape[2] != slices)
+            or not 1 <= shape[2] <= max(contracts.MAX_PER_SLICE_SLICES, contracts.TENSOR_SLICES)):
+        expected = (*grid, "any" if slices is None else slices, contracts.TENSOR_CHANNELS)
+        raise ValueError(f"example {index}: image shape {shape}, expected {expected}")
+    if np.shape(example.spacing_mm) != (len(contracts.SPACING_FIELDS),):
+        raise ValueError(f"example {index}: spacing_mm shape {np.shape(example.spacing_mm)}, expected (3,)")
+    return (np.asarray(example.image, dtype=np.float32)[None],
+            np.asarray(example.spacing_mm, dtype=np.float32)[None])
+
+
+def largest_lv_component(labels: np.ndarray) -> np.ndarray:
+    """``labels`` (rows, cols, slices) with only the largest 3-D connected component of LV (cavity and
+    myocardium together) kept; a new array. What a per-slice model finds elsewhere (a vessel, the stomach,
+    a bright blob on a slice above the base) is not the LV that the other slices outline."""
+    from scipy import ndimage
+
+    arr = np.asarray(labels)
+    components, count = ndimage.label(arr != contracts.BACKGROUND)
+    if count <= 1:
+        return arr.copy()
+    sizes = np.bincount(components.ravel())[1:]
+    keep = int(np.argmax(sizes)) + 1
+    return np.where(components == keep, arr, contracts.BACKGROUND).astype(arr.dtype)
+
+
+POSTPROCESSING = {"largest_component": largest_lv_component}
 
 
 class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
@@ -420,9 +438,16 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
         round differently, for different batch shapes; one example per call also bounds the memory of a
         segmentation call to one participant's activations. The batch still amortises Beam's overhead.
         """
-        images, spacing = stack_batch(batch)
-        results = [self._run_one(images[i:i + 1], spacing[i:i + 1], model, lv_hint_box(batch[i]))
-                   for i in range(len(batch))]
+        if not batch:
+            raise ValueError("cannot run inference on an empty batch")
+        slices = model.card.tensor_slices
+        results = []
+        for i, example in enumerate(batch):
+            image, spacing = check_example(example, i, slices)
+            prediction = self._run_one(image, spacing, model, lv_hint_box(example))
+            if self._kind == contracts.MODEL_KIND_SEG and self._argmax and model.card.postprocess:
+                prediction = POSTPROCESSING[model.card.postprocess](prediction)
+            results.append(prediction)
         return [
             PredictionResult(example, prediction, model_id=model.card.version)
             for example, prediction in zip(batch, results, strict=True)
@@ -440,12 +465,14 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
                          hint_box: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """ML4H_seg labels from heart-centred crops, else the whole field of view (module docstring)."""
         grid = contracts.LABEL_VOLUME_SHAPE[:2]
+        labels_shape = (*grid, image.shape[3])
         align = int(model.card.crop_inference["align_px"])
         voxel_ml = float(np.prod(spacing[0], dtype=np.float64)) / 1000.0
         min_voxels = max(1, math.ceil(MIN_LV_ML / voxel_ml)) if voxel_ml > 0 else 1
-        centred = crop_window((grid[0] / 2, grid[1] / 2), (self._crop_px, self._crop_px), grid, align)
+        crop_px = self._card_crop_px(model)
+        centred = crop_window((grid[0] / 2, grid[1] / 2), (crop_px, crop_px), grid, align)
         hinted = None if hint_box is None else window_around(
-            hint_box, crop_px=self._crop_px, margin_px=self._crop_margin_px, grid=grid, align=align)
+            hint_box, crop_px=crop_px, margin_px=self._crop_margin_px, grid=grid, align=align)
         window: Window | None = hinted or centred
         for path in ("crop_first_pass", "crop_second_pass"):
             kept, labels = self._kept_labels(image, spacing, window, model)
@@ -458,15 +485,22 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
             box = (box[0] + kept.row0, box[1] + kept.row0, box[2] + kept.col0, box[3] + kept.col0)
             if kept.clear_of_edges(box, grid):
                 self._crop_counters[path].inc()
-                full = np.zeros(contracts.LABEL_VOLUME_SHAPE, dtype=np.uint8)
+                full = np.zeros(labels_shape, dtype=np.uint8)
                 full[kept.index] = labels
                 return full
-            window = window_around(kept.extend_clipped(box, grid), crop_px=self._crop_px,
+            window = window_around(kept.extend_clipped(box, grid), crop_px=crop_px,
                                    margin_px=self._crop_margin_px, grid=grid, align=align)
             if window is None:
                 break
         self._crop_counters["full_field_of_view"].inc()
         return self._run_full(image, spacing, model)
+
+    def _card_crop_px(self, model: LoadedModel) -> int:
+        """The first crop's size: the card's ``crop_inference.crop_px`` when the handler was left at its
+        default, else the handler's."""
+        assert self._crop_px is not None
+        card_px = (model.card.crop_inference or {}).get("crop_px")
+        return int(card_px) if card_px and self._crop_px == CROP_PX else self._crop_px
 
     def _kept_labels(self, image: np.ndarray, spacing: np.ndarray, window: Window,
                      model: LoadedModel) -> tuple[Window, np.ndarray]:
@@ -491,7 +525,7 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
             offset = (kept.row0 - window.row0, kept.col0 - window.col0)
             probabilities = model.serve_crop(**inputs)[contracts.SIGNATURE_OUTPUT_PROBABILITIES]
             computed = (window.rows, window.cols)
-        expected = (1, *computed, contracts.TENSOR_SLICES, contracts.NUM_CLASSES)
+        expected = (1, *computed, image.shape[3], contracts.NUM_CLASSES)
         if tuple(probabilities.shape) != expected:
             raise ValueError(f"{self._model_dir}: crop {contracts.SIGNATURE_OUTPUT_PROBABILITIES!r} has "
                              f"shape {tuple(probabilities.shape)}, expected {expected}")
@@ -511,7 +545,7 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
         })
         if self._kind == contracts.MODEL_KIND_SEG:
             probabilities = outputs[contracts.SIGNATURE_OUTPUT_PROBABILITIES]
-            expected = (len(batch), *contracts.LABEL_VOLUME_SHAPE, contracts.NUM_CLASSES)
+            expected = (len(batch), *image.shape[1:4], contracts.NUM_CLASSES)
             if tuple(probabilities.shape) != expected:
                 raise ValueError(
                     f"{self._model_dir}: {contracts.SIGNATURE_OUTPUT_PROBABILITIES!r} has shape "

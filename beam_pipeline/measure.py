@@ -84,7 +84,7 @@ class ParticipantTensor:
     spacing_mm: np.ndarray
     acquired_pixel_spacing_mm: tuple[float, float]
     n_slices: int  # acquired slices (the Parquet's n_slices)
-    n_slices_used: int  # slices placed in the 13-slot tensor (the TFRecord's n_slices)
+    n_slices_used: int  # slices placed in the tensor (the TFRecord's n_slices)
     qc_flags: tuple[str, ...]
     inlinevf_labels: np.ndarray | None = None
     inlinevf_native_labels: np.ndarray | None = None
@@ -138,12 +138,14 @@ def unique_flags(flags: Iterable[str]) -> tuple[str, ...]:
 
 
 def participant_from_study(
-    study: DecodedStudy, *, with_inlinevf: bool, grid_pixel_mm: float | None = None
+    study: DecodedStudy, *, with_inlinevf: bool, grid_pixel_mm: float | None = None,
+    n_slots: int | None = contracts.TENSOR_SLICES,
 ) -> ParticipantTensor:
     """Build the model tensor on the grid ``grid_pixel_mm`` (the one shared ``build_image_tensor``;
-    None: the acquired pixels) and, optionally, InlineVF labels on both grids."""
+    None: the acquired pixels) with ``n_slots`` slices (13, or None: every slice for per-slice models)
+    and, optionally, InlineVF labels on both grids."""
     identity = participant_identity(study)
-    tensor = build_image_tensor(study, grid_pixel_mm=grid_pixel_mm)
+    tensor = build_image_tensor(study, grid_pixel_mm=grid_pixel_mm, n_slots=n_slots)
     # the decoder already put the geometry flags (qc.geometry_qc_flags) into study.qc_flags
     flags = unique_flags([*study.qc_flags, *tensor.qc_flags, *image_qc_flags(study)])
     labels = native = None
@@ -154,8 +156,8 @@ def participant_from_study(
         if study.has_inlinevf:
             labels = build_label_volume(per_slice, slice_start=tensor.slice_start,
                                         acquired_pixel_spacing_mm=tensor.acquired_pixel_spacing_mm,
-                                        grid_pixel_mm=grid_pixel_mm)
-            window = per_slice[tensor.slice_start : tensor.slice_start + contracts.TENSOR_SLICES]
+                                        grid_pixel_mm=grid_pixel_mm, n_slots=n_slots)
+            window = per_slice[tensor.slice_start : tensor.slice_start + tensor.image.shape[2]]
             native = np.stack([np.asarray(s, dtype=np.uint8) for s in window], axis=-1)
     return ParticipantTensor(
         source_uri=study.source_uri,

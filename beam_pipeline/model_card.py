@@ -19,10 +19,11 @@ LABEL_SOURCE_MANUAL_MASS = "manual_mass"  # ML4H_reg: regressed on readers' manu
 LABEL_SOURCES = (LABEL_SOURCE_INLINEVF, LABEL_SOURCE_TRUE_ANATOMY, LABEL_SOURCE_MANUAL_MASS)
 
 
-def tensor_contract() -> dict[str, Any]:
-    """The tensor layout a model was trained on, as recorded in its card."""
+def tensor_contract(slices: int | None = contracts.TENSOR_SLICES) -> dict[str, Any]:
+    """The tensor layout a model was trained on, as recorded in its card: ``slices`` slots (the paper's
+    13) or ``None`` for a per-slice model, which takes every acquired slice (``contracts``)."""
     return {
-        "input_shape": list(contracts.TENSOR_SHAPE),
+        "input_shape": [contracts.TENSOR_ROWS, contracts.TENSOR_COLS, slices, contracts.TENSOR_CHANNELS],
         "dtype": contracts.TENSOR_DTYPE,
         "slice_order": contracts.SLICE_ORDER,
         "padding": contracts.PADDING,
@@ -33,11 +34,11 @@ def tensor_contract() -> dict[str, Any]:
     }
 
 
-def signature_contract(kind: str) -> dict[str, Any]:
+def signature_contract(kind: str, slices: int | None = contracts.TENSOR_SLICES) -> dict[str, Any]:
     outputs = (
         {
             contracts.SIGNATURE_OUTPUT_PROBABILITIES: [
-                None, *contracts.LABEL_VOLUME_SHAPE, contracts.NUM_CLASSES,
+                None, contracts.TENSOR_ROWS, contracts.TENSOR_COLS, slices, contracts.NUM_CLASSES,
             ]
         }
         if kind == contracts.MODEL_KIND_SEG
@@ -46,7 +47,8 @@ def signature_contract(kind: str) -> dict[str, Any]:
     return {
         "name": contracts.SERVING_SIGNATURE,
         "inputs": {
-            contracts.SIGNATURE_INPUT_IMAGE: [None, *contracts.TENSOR_SHAPE],
+            contracts.SIGNATURE_INPUT_IMAGE: [None, contracts.TENSOR_ROWS, contracts.TENSOR_COLS, slices,
+                                              contracts.TENSOR_CHANNELS],
             contracts.SIGNATURE_INPUT_SPACING: [None, len(contracts.SPACING_FIELDS)],
         },
         "outputs": outputs,
@@ -82,7 +84,8 @@ class ModelCard:
     label_source: str = "inlinevf_outline"
     # ML4H_seg only, None when the SavedModel has no crop signature: {"signature": "serving_crop",
     # "align_px": crop sides and origins must be multiples of it (the in-plane pooling factor),
-    # "receptive_field_px": in-plane radius of an output voxel's receptive field}. The handler then segments
+    # "receptive_field_px": in-plane radius of an output voxel's receptive field, optionally "crop_px": the
+    # first crop's side (else the handler's 128)}. The handler then segments
     # a heart-centred crop (beam_pipeline.inference); trainer/export.py writes it.
     crop_inference: dict[str, Any] | None = None
     # Measured memory of one process serving this model (benchmarks/bench_inference.py memory):
@@ -90,6 +93,9 @@ class ModelCard:
     #  "per_example_mb": RSS added by each further participant of a batch, "command": ..., "machine": ...}.
     # The pipeline's default --batch_size comes from it (inference.batch_size_for_memory).
     inference_memory: dict[str, Any] | None = None
+    # Label post-processing the handler applies to this model's argmax: "largest_component" keeps only the
+    # largest 3-D connected LV (cavity and myocardium) and clears the rest (beam_pipeline.inference).
+    postprocess: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in (contracts.MODEL_KIND_SEG, contracts.MODEL_KIND_REG):
@@ -98,7 +104,7 @@ class ModelCard:
                 f"Received: {self.kind!r}"
             )
         if not self.signature:
-            object.__setattr__(self, "signature", signature_contract(self.kind))
+            object.__setattr__(self, "signature", signature_contract(self.kind, self.tensor_slices))
         if self.pixel_spacing_mm is not None and not float(self.pixel_spacing_mm) > 0:
             raise ValueError(f"model card pixel_spacing_mm must be > 0. Received: {self.pixel_spacing_mm!r}")
         if self.training_pixel_spacing_mm is not None and (
@@ -132,9 +138,23 @@ class ModelCard:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    @property
+    def tensor_slices(self) -> int | None:
+        """The slice slots the model takes: 13 (the paper's 3-D models) or None (per slice: every slice)."""
+        shape = self.tensor.get("input_shape") or list(contracts.TENSOR_SHAPE)
+        return None if shape[2] is None else int(shape[2])
+
+    @property
+    def per_slice(self) -> bool:
+        return self.tensor_slices is None
+
     def check_compatible(self) -> None:
-        """Raise ValueError when the card's tensor contract is not the one this code builds."""
-        expected = tensor_contract()
+        """Raise ValueError when the card's tensor contract is not one this code builds (13 slots, or every
+        slice for a per-slice model)."""
+        if self.tensor_slices not in (contracts.TENSOR_SLICES, contracts.PER_SLICE_SLICES):
+            raise ValueError(f"model expects {self.tensor_slices} slices; lvmass builds "
+                             f"{contracts.TENSOR_SLICES} slots or every slice (null)")
+        expected = tensor_contract(self.tensor_slices)
         for key, value in expected.items():
             if self.tensor.get(key) != value:
                 raise ValueError(

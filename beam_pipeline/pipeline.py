@@ -285,6 +285,8 @@ class ModelGrid:
 
     pixel_spacing_mm: float | None
     training_pixel_spacing_mm: dict[str, list[float] | None]
+    # the tensor's slices: 13 slots (the paper's models), or None: every slice (all models per-slice)
+    n_slots: int | None = contracts.TENSOR_SLICES
 
 
 def model_grid(config: RunConfig) -> ModelGrid:
@@ -299,6 +301,13 @@ def model_grid(config: RunConfig) -> ModelGrid:
         if path is not None:
             cards[method] = read_model_card(path, expected_kind=kind)
     ranges = {method: card.training_pixel_spacing_mm for method, card in cards.items()}
+    slots = {method: card.tensor_slices for method, card in cards.items()}
+    if len(set(slots.values())) > 1:
+        raise ConfigError(f"the models take different slice layouts {slots} (model card tensor.input_shape: "
+                          "13 slots or every slice): run them in separate runs")
+    # tensorize writes the paper's 13-slot TFRecords whatever models are named
+    n_slots = (next(iter(slots.values())) if slots and config.mode != MODE_TENSORIZE
+               else contracts.TENSOR_SLICES)
     if not cards:
         grid = config.pixel_spacing_mm or contracts.DEFAULT_TENSOR_PIXEL_SPACING_MM
         return ModelGrid(pixel_spacing_mm=float(grid), training_pixel_spacing_mm=ranges)
@@ -313,11 +322,11 @@ def model_grid(config: RunConfig) -> ModelGrid:
             raise ConfigError(f"--pixel_spacing_mm {config.pixel_spacing_mm}: the model cards record no "
                               "pixel_spacing_mm, so the models take the pixels as acquired")
         logger.warning("model cards record no pixel_spacing_mm: the models see the pixels as acquired")
-        return ModelGrid(pixel_spacing_mm=None, training_pixel_spacing_mm=ranges)
+        return ModelGrid(pixel_spacing_mm=None, training_pixel_spacing_mm=ranges, n_slots=n_slots)
     if config.pixel_spacing_mm is not None and abs(config.pixel_spacing_mm - grid) > 1e-9:
         raise ConfigError(f"--pixel_spacing_mm {config.pixel_spacing_mm} contradicts the models' grid of "
                           f"{grid} mm (model card pixel_spacing_mm)")
-    return ModelGrid(pixel_spacing_mm=float(grid), training_pixel_spacing_mm=ranges)
+    return ModelGrid(pixel_spacing_mm=float(grid), training_pixel_spacing_mm=ranges, n_slots=n_slots)
 
 
 def true_anatomy_methods(config: RunConfig) -> frozenset[str]:
@@ -362,7 +371,8 @@ def build_pipeline(
     logger.info("tensor grid: %s", f"{grid.pixel_spacing_mm} mm pixels" if grid.pixel_spacing_mm
                 else "pixels as acquired")
     participants, decode_errors = files | "DecodeParticipants" >> DecodeParticipants(
-        ed_rule=config.ed_rule, with_inlinevf=with_inlinevf, grid_pixel_mm=grid.pixel_spacing_mm)
+        ed_rule=config.ed_rule, with_inlinevf=with_inlinevf, grid_pixel_mm=grid.pixel_spacing_mm,
+        n_slots=grid.n_slots)
     error_sets = [duplicate_errors, decode_errors]
     if config.phenotypes:
         rejected = phenotype_error_records(config.phenotypes, load_phenotypes(config.phenotypes))

@@ -12,10 +12,12 @@ pixel ``i`` of ``n_out`` samples the acquisition at ``(i - (n_out - 1) / 2) * gr
 (n_in - 1) / 2``, with ``n_out = round(n_in * acquired_mm / grid_mm)``; :func:`unplace_label_volume`
 inverts it.
 
-More than 13 slices: 13 contiguous slices are kept. The window is the one holding the most slices with an
-InlineVF outline (ties: the most basal), else the 13 most basal; the tensor is flagged
-``too_many_slices_truncated``. :func:`build_label_volume` applies the same rule to the label slices
-(non-empty labels mark the outlined slices), so both stay aligned.
+Slots. The paper's 3-D models take 13 slots (``n_slots=contracts.TENSOR_SLICES``, the default): past 13
+slices, 13 contiguous slices are kept. The window is the one holding the most slices with an InlineVF
+outline (ties: the most basal), else the 13 most basal; the tensor is flagged ``too_many_slices_truncated``.
+:func:`build_label_volume` applies the same rule to the label slices (non-empty labels mark the outlined
+slices), so both stay aligned. A per-slice model (``n_slots=None``) gets every acquired slice and no
+padding slot: ``(256, 256, n_slices, 1)`` (at most ``contracts.MAX_PER_SLICE_SLICES``, flagged beyond).
 """
 
 from __future__ import annotations
@@ -156,11 +158,23 @@ def _normalise(slices: Sequence[np.ndarray], source: str) -> list[np.ndarray]:
     return [((s.astype(np.float64) - mean) / sd).astype(np.float32) for s in slices]
 
 
-def build_image_tensor(study: DecodedStudy, *, grid_pixel_mm: float | None = None) -> ImageTensor:
-    """The ``(256, 256, 13, 1)`` float32 model input and its grid's voxel size for one decoded study.
+def slots_for(n_slices: int, n_slots: int | None) -> int:
+    """The tensor's slice axis: ``n_slots`` (13 for the paper's models), or every slice for a per-slice
+    model (``None``), capped at ``contracts.MAX_PER_SLICE_SLICES``."""
+    if n_slots is None:
+        return max(1, min(int(n_slices), contracts.MAX_PER_SLICE_SLICES))
+    if n_slots < 1:
+        raise ValueError(f"n_slots must be >= 1 or None. Received: {n_slots!r}")
+    return int(n_slots)
+
+
+def build_image_tensor(study: DecodedStudy, *, grid_pixel_mm: float | None = None,
+                       n_slots: int | None = contracts.TENSOR_SLICES) -> ImageTensor:
+    """The ``(256, 256, slots, 1)`` float32 model input and its grid's voxel size for one decoded study.
 
     ``grid_pixel_mm``: the in-plane pixel size of the tensor grid (the model card's); None keeps the
-    acquired pixels as they are (no resampling)."""
+    acquired pixels as they are (no resampling). ``n_slots``: 13 slots (the paper's models) or None (every
+    slice, a per-slice model)."""
     if study.n_slices == 0:
         raise ValueError(f"{study.source_uri}: study has no slices")
     acquired = (float(study.pixel_spacing_mm[0]), float(study.pixel_spacing_mm[1]))
@@ -169,11 +183,12 @@ def build_image_tensor(study: DecodedStudy, *, grid_pixel_mm: float | None = Non
     except ValueError as exc:
         raise ValueError(f"{study.source_uri}: {exc}") from exc
     flags: list[str] = []
-    start = slice_window_start([o is not None for o in study.outlines])
-    if study.n_slices > contracts.TENSOR_SLICES:
+    slots = slots_for(study.n_slices, n_slots)
+    start = slice_window_start([o is not None for o in study.outlines], slots)
+    if study.n_slices > slots:
         flags.append(contracts.QC_TOO_MANY_SLICES_TRUNCATED)
     kept = [resample_slice(np.asarray(img, dtype=np.float32), acquired, grid)
-            for img in study.images[start : start + contracts.TENSOR_SLICES]]
+            for img in study.images[start : start + slots]]
     placed = []
     cropped_any = False
     for img in kept:
@@ -186,7 +201,8 @@ def build_image_tensor(study: DecodedStudy, *, grid_pixel_mm: float | None = Non
     if cropped_any:
         flags.append(contracts.QC_IMAGE_CROPPED)
     values = _normalise([out[window] for out, window in placed], study.source_uri)
-    image = np.zeros(contracts.TENSOR_SHAPE, dtype=np.float32)
+    image = np.zeros((contracts.TENSOR_ROWS, contracts.TENSOR_COLS, slots, contracts.TENSOR_CHANNELS),
+                     dtype=np.float32)
     for k, ((_, window), slice_values) in enumerate(zip(placed, values, strict=True)):
         image[window[0], window[1], k, 0] = slice_values
     spacing = np.array([grid[0], grid[1], study.slice_spacing_mm], dtype=np.float32)
@@ -206,8 +222,9 @@ def build_image_tensor(study: DecodedStudy, *, grid_pixel_mm: float | None = Non
 def build_label_volume(
     labels_per_slice: Sequence[np.ndarray], *, slice_start: int | None = None,
     acquired_pixel_spacing_mm: Sequence[float] | None = None, grid_pixel_mm: float | None = None,
+    n_slots: int | None = contracts.TENSOR_SLICES,
 ) -> np.ndarray:
-    """uint8 LABEL_VOLUME_SHAPE labels placed exactly like :func:`build_image_tensor` places images.
+    """uint8 ``(256, 256, slots)`` labels placed exactly like :func:`build_image_tensor` places images.
 
     ``slice_start`` defaults to the window rule of the module docstring applied to non-empty label
     slices; pass ``ImageTensor.slice_start`` to force the image's window. With ``grid_pixel_mm`` (and the
@@ -226,12 +243,13 @@ def build_label_volume(
             )
     if grid_pixel_mm is not None and acquired_pixel_spacing_mm is None:
         raise ValueError("resampling labels to a grid needs the acquired pixel spacing")
+    slots = slots_for(len(labels_per_slice), n_slots)
     if slice_start is None:
-        slice_start = slice_window_start([bool(np.any(np.asarray(lab))) for lab in labels_per_slice])
+        slice_start = slice_window_start([bool(np.any(np.asarray(lab))) for lab in labels_per_slice], slots)
     if not 0 <= slice_start < len(labels_per_slice):
         raise ValueError(f"slice_start {slice_start} outside 0..{len(labels_per_slice) - 1}")
-    volume = np.zeros(contracts.LABEL_VOLUME_SHAPE, dtype=np.uint8)
-    for k, lab in enumerate(labels_per_slice[slice_start : slice_start + contracts.TENSOR_SLICES]):
+    volume = np.zeros((contracts.TENSOR_ROWS, contracts.TENSOR_COLS, slots), dtype=np.uint8)
+    for k, lab in enumerate(labels_per_slice[slice_start : slice_start + slots]):
         arr = np.asarray(lab).astype(np.uint8)
         if grid_pixel_mm is not None:
             assert acquired_pixel_spacing_mm is not None

@@ -371,14 +371,16 @@ class DecodeParticipants(beam.PTransform):
 
     ``with_inlinevf``: decode InlineVF overlays and build their labels (``--methods`` with inlinevf,
     and tensorize); without it neither is done. ``grid_pixel_mm``: the tensor grid's pixel size (the
-    models' card; None keeps the acquired pixels)."""
+    models' card; None keeps the acquired pixels). ``n_slots``: the tensor's slices (13 for the paper's
+    models; None: every slice, for per-slice models)."""
 
     def __init__(self, *, ed_rule: str = "first_trigger_time", with_inlinevf: bool = True,
-                 grid_pixel_mm: float | None = None):
+                 grid_pixel_mm: float | None = None, n_slots: int | None = contracts.TENSOR_SLICES):
         super().__init__()
         self._ed_rule = ed_rule
         self._with_inlinevf = with_inlinevf
         self._grid_pixel_mm = grid_pixel_mm
+        self._n_slots = n_slots
 
     def expand(self, files):
         with_inlinevf, grid_pixel_mm = self._with_inlinevf, self._grid_pixel_mm
@@ -390,7 +392,7 @@ class DecodeParticipants(beam.PTransform):
         tensors, bad_tensor = (
             studies
             | "BuildTensor" >> beam.Map(participant_from_study, with_inlinevf=with_inlinevf,
-                                        grid_pixel_mm=grid_pixel_mm)
+                                        grid_pixel_mm=grid_pixel_mm, n_slots=self._n_slots)
             .with_exception_handling()
         )
         errors = (

@@ -19,7 +19,6 @@ from beam_pipeline.inference import (
     SavedModelHandler,
     read_model_card,
     resolve_model_dir,
-    stack_batch,
 )
 from tests.savedmodel_factory import band_labels, band_mass_g, save_band_regressor, save_band_segmenter
 
@@ -73,7 +72,8 @@ class TestSegHandler:
         model = handler.load_model()
         batch = _examples(2, seed=1)
         results = list(handler.run_inference(batch, model))
-        images, spacing = stack_batch(batch)
+        images = np.stack([e.image for e in batch])
+        spacing = np.stack([e.spacing_mm for e in batch])
         direct = tf.saved_model.load(str(seg_dir)).signatures["serving_default"](
             image=tf.constant(images), spacing_mm=tf.constant(spacing))["probabilities"].numpy()
         for i, result in enumerate(results):
@@ -92,7 +92,8 @@ class TestSegHandler:
         handler = SavedModelHandler(str(seg_dir), kind=contracts.MODEL_KIND_SEG)
         model = handler.load_model()
         bad = [*_examples(1), ModelInput(np.zeros((256, 256, 12, 1), np.float32), np.ones(3, np.float32))]
-        with pytest.raises(ValueError, match=r"example 1: image shape \(256, 256, 12, 1\)"):
+        with pytest.raises(ValueError, match=r"example 1: image shape \(256, 256, 12, 1\), expected "
+                                             r"\(256, 256, 13, 1\)"):
             list(handler.run_inference(bad, model))
 
     def test_large_model_shares_across_processes(self, seg_dir):
@@ -115,7 +116,8 @@ class TestRegHandler:
         model = handler.load_model()
         batch = _examples(4, seed=2)
         results = list(handler.run_inference(batch, model))
-        images, spacing = stack_batch(batch)
+        images = np.stack([e.image for e in batch])
+        spacing = np.stack([e.spacing_mm for e in batch])
         expected = band_mass_g(images, spacing, high=HIGH)
         got = np.array([r.inference for r in results])
         # the model returns float32 grams: 7 significant digits

@@ -58,9 +58,12 @@ class TestGeometryQcFlags:
         assert geometry_qc_flags([0.0, 10.0, 20.0], 10.0) == (contracts.QC_SLICE_COUNT_OUT_OF_RANGE,)
         assert geometry_qc_flags([0, 10, 20, 40, 50, 60], 10.0) == (contracts.QC_NONCONTIGUOUS_SLICES,)
         assert geometry_qc_flags([0, 10, 20, 27, 37, 47], 10.0) == (contracts.QC_INCONSISTENT_SPACING,)
-        assert geometry_qc_flags([10.0 * k for k in range(14)], 10.0) == (
-            contracts.QC_SLICE_COUNT_OUT_OF_RANGE,
-        )
+        # real stacks run to 20 slices of 5-8 mm (a per-slice model measures them all): 14 is plausible, 25
+        # is not a short-axis cine of the LV
+        assert geometry_qc_flags([10.0 * k for k in range(14)], 10.0) == ()
+        assert geometry_qc_flags([8.0 * k for k in range(24)], 8.0) == ()
+        too_many = geometry_qc_flags([8.0 * k for k in range(25)], 8.0)
+        assert too_many == (contracts.QC_SLICE_COUNT_OUT_OF_RANGE,)
 
 
 class TestStudyQcFlags:

@@ -6,9 +6,7 @@ Kept small on purpose (2 CPU cores): coarse acquisitions, few slices, a tiny net
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +25,6 @@ FAST = ss.SampleConfig(
     supersample=1,
     subplanes=1,
 )
-
-
-def _load_evaluate_real():
-    spec = importlib.util.spec_from_file_location(
-        "lvmass_evaluate_real", ROOT / "benchmarks" / "evaluate_real.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
 
 
 def cavity_volume_ml(anatomy) -> float:
@@ -320,41 +307,3 @@ class TestTinyFit:
         assert result.inference.shape == contracts.LABEL_VOLUME_SHAPE and result.inference.dtype == np.uint8
 
 
-class TestRealStudyScoring:
-    @pytest.fixture(scope="class")
-    def er(self):
-        return _load_evaluate_real()
-
-    def test_dice_of_constructed_masks(self, er):
-        a = np.zeros((10, 10), dtype=bool)
-        b = np.zeros((10, 10), dtype=bool)
-        a[0:4, 0:5] = True  # 20 pixels
-        b[2:6, 0:5] = True  # 20 pixels, 10 shared
-        assert er.dice(a, b) == pytest.approx(2 * 10 / 40)
-        assert er.dice(a, a) == 1.0 and er.dice(a, ~a) == 0.0
-        assert er.dice(np.zeros_like(a), np.zeros_like(a)) == 1.0
-
-    def test_contours_are_rasterised_at_pixel_centres(self, er):
-        square = np.array([[1.5, 2.5], [5.5, 2.5], [5.5, 4.5], [1.5, 4.5]])  # x = columns 2..5, y = rows 3..4
-        mask = er.rasterise_contour(square, (8, 8))
-        assert mask.sum() == 8 and mask[3:5, 2:6].all()
-
-    def test_ring(self, er):
-        yy, xx = np.mgrid[0:40, 0:40]
-        r = np.hypot(yy - 20, xx - 20)
-        ring = np.where(r < 8, contracts.LV_CAVITY, np.where(r < 12, contracts.MYOCARDIUM, 0)).astype(
-            np.uint8
-        )
-        assert er.is_ring(ring)
-        open_ring = ring.copy()
-        open_ring[(ring == contracts.MYOCARDIUM) & (xx > 20) & (abs(yy - 20) < 4)] = 0  # a gap in the wall
-        open_ring[(r < 12) & (xx > 26)] = 0
-        assert not er.is_ring(open_ring)
-        assert not er.is_ring(np.where(ring == contracts.MYOCARDIUM, 0, ring).astype(np.uint8))
-
-    def test_expert_end_diastole_is_the_larger_cavity(self, er):
-        contours = er.read_contours()
-        ed = er.end_diastolic_contours(contours)
-        assert len(contours) == 22 and sorted(ed) == list(range(11))
-        assert all((c.image_number - 1) % er.PHASES_PER_SLICE == 18 for c in ed.values())  # phase 19 of 20
-        assert er.view_transform("transpose+flip_cols") == er.ViewTransform(True, False, True)

@@ -57,20 +57,22 @@ WINDOW_SIGNATURE = contracts.SEG_WINDOW_SIGNATURE
 SAVED_MODEL_ENTRIES = ("saved_model.pb", "variables", "fingerprint.pb", "assets")
 
 
-def serving_input_signature() -> list[tf.TensorSpec]:
-    """The two inputs of ``serving_default``, as in ``beam_pipeline.model_card.signature_contract``."""
+def serving_input_signature(slices: int | None = contracts.TENSOR_SLICES) -> list[tf.TensorSpec]:
+    """The two inputs of ``serving_default``, as in ``beam_pipeline.model_card.signature_contract``:
+    ``slices`` slots (13) or any number (None, a per-slice model)."""
     return [
-        tf.TensorSpec([None, *contracts.TENSOR_SHAPE], tf.float32, name=contracts.SIGNATURE_INPUT_IMAGE),
+        tf.TensorSpec([None, contracts.TENSOR_ROWS, contracts.TENSOR_COLS, slices, contracts.TENSOR_CHANNELS],
+                      tf.float32, name=contracts.SIGNATURE_INPUT_IMAGE),
         tf.TensorSpec(
             [None, len(contracts.SPACING_FIELDS)], tf.float32, name=contracts.SIGNATURE_INPUT_SPACING
         ),
     ]
 
 
-def crop_input_signature() -> list[tf.TensorSpec]:
+def crop_input_signature(slices: int | None = contracts.TENSOR_SLICES) -> list[tf.TensorSpec]:
     """The inputs of ``serving_crop``: ``image`` with open rows and columns, ``spacing_mm`` as usual."""
     return [
-        tf.TensorSpec([None, None, None, *contracts.TENSOR_SHAPE[2:]], tf.float32,
+        tf.TensorSpec([None, None, None, slices, contracts.TENSOR_CHANNELS], tf.float32,
                       name=contracts.SIGNATURE_INPUT_IMAGE),
         tf.TensorSpec(
             [None, len(contracts.SPACING_FIELDS)], tf.float32, name=contracts.SIGNATURE_INPUT_SPACING
@@ -160,7 +162,8 @@ def crop_inference_card(model: keras.Model) -> dict[str, Any]:
     return card
 
 
-def _write_archive(model: keras.Model, export_dir: str, *, is_seg: bool) -> None:
+def _write_archive(model: keras.Model, export_dir: str, *, is_seg: bool,
+                   slices: int | None = contracts.TENSOR_SLICES) -> None:
     """The SavedModel: ``serving_default`` and, for ML4H_seg, ``serving_crop`` on the same variables."""
     network = size_agnostic_twin(model) if is_seg else model
 
@@ -179,13 +182,13 @@ def _write_archive(model: keras.Model, export_dir: str, *, is_seg: bool) -> None
     archive = keras.export.ExportArchive()
     archive.track(network)
     archive.add_endpoint(
-        name=contracts.SERVING_SIGNATURE, fn=serve, input_signature=serving_input_signature()
+        name=contracts.SERVING_SIGNATURE, fn=serve, input_signature=serving_input_signature(slices)
     )
     if is_seg:
-        archive.add_endpoint(name=CROP_SIGNATURE, fn=serve, input_signature=crop_input_signature())
+        archive.add_endpoint(name=CROP_SIGNATURE, fn=serve, input_signature=crop_input_signature(slices))
         if windowable(network):
             archive.add_endpoint(name=WINDOW_SIGNATURE, fn=serve_window,
-                                 input_signature=crop_input_signature())
+                                 input_signature=crop_input_signature(slices))
     tf.io.gfile.makedirs(export_dir)
     archive.write_out(export_dir, verbose=False)
 
@@ -211,8 +214,11 @@ def export_model(model: keras.Model, *, kind: str, export_dir: str, card: ModelC
         raise ValueError(f"a {kind} model must take inputs {sorted(wanted)}. Received: {sorted(input_names)}")
 
     if is_seg:
-        card = dataclasses.replace(card, crop_inference=crop_inference_card(model))
-    _write_archive(model, export_dir, is_seg=is_seg)
+        crop = crop_inference_card(model)
+        if card.crop_inference and card.crop_inference.get("crop_px"):  # the trainer's preferred first crop
+            crop["crop_px"] = int(card.crop_inference["crop_px"])
+        card = dataclasses.replace(card, crop_inference=crop)
+    _write_archive(model, export_dir, is_seg=is_seg, slices=card.tensor_slices)
     keras_path = os.path.join(export_dir, KERAS_FILENAME)
     if export_dir.startswith("gs://"):  # Keras writes local files only
         local = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lvmass_{os.getpid()}_{KERAS_FILENAME}")

@@ -21,14 +21,20 @@ def myocardium_mass_g(labels: np.ndarray, spacing_mm: Sequence[float]) -> float:
     return measure_label_volume(labels, spacing_mm).lv_mass_raw_g
 
 
-def dice(a: np.ndarray, b: np.ndarray, label: int = contracts.MYOCARDIUM) -> float:
-    """Dice overlap of ``label`` between two label volumes; NaN when both are empty."""
-    in_a = np.asarray(a) == label
-    in_b = np.asarray(b) == label
+def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap 2|A and B| / (|A| + |B|) of two masks; NaN when both are empty (nothing to overlap:
+    averages skip it rather than count a perfect score)."""
+    in_a = np.asarray(a, dtype=bool)
+    in_b = np.asarray(b, dtype=bool)
     total = int(in_a.sum() + in_b.sum())
     if total == 0:
         return math.nan
     return 2.0 * int(np.logical_and(in_a, in_b).sum()) / total
+
+
+def dice(a: np.ndarray, b: np.ndarray, label: int = contracts.MYOCARDIUM) -> float:
+    """Dice overlap of ``label`` between two label volumes; NaN when both are empty."""
+    return mask_dice(np.asarray(a) == label, np.asarray(b) == label)
 
 
 def agreement(predicted: Sequence[float], reference: Sequence[float]) -> dict[str, float]:

@@ -1,0 +1,159 @@
+"""The synthetic short-axis slices of the default models (lvmass.synth.slice_scene, slice_image).
+
+The oracle is geometry: a heart drawn without harmonics is two circles, so its myocardial area is
+pi (r_epi^2 - r_endo^2) averaged over the slab's planes, computed here from the scene's own radii; the
+targets the renderer carries to the model's grid must hold that area, and the labels must sit where the
+renderer says the LV is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from beam_pipeline import contracts
+from lvmass.synth import slice_image as si
+from lvmass.synth import slice_scene as ss
+
+GRID_MM = 1.5
+
+
+def _plain_scene(seed: int = 3, z_fraction: float = 0.45) -> ss.SliceScene:
+    """A scene whose LV is two concentric circles: no harmonics, ellipticity, regional change, papillary
+    muscles or trabeculae, no deformation, no RV reaching it."""
+    scene = ss.draw_scene(np.random.default_rng(seed), z_fraction=z_fraction)
+    heart = dataclasses.replace(
+        scene.heart,
+        ellipticity=0.0,
+        endo_harmonics=ss.Harmonics(),
+        wall_harmonics=ss.Harmonics(),
+        thickening=None,
+        infarct=None,
+        papillaries=(),
+        trabeculae=(),
+        trabecular_band_mm=0.0,
+        rv_end_z_mm=0.0,
+        coronaries=(),
+    )
+    still = ss.Deformation((0.0, 0.0), 50.0, np.zeros((2, 2)), np.zeros((2, 2)))
+    return dataclasses.replace(scene, heart=heart, deformation=still, rotation=0.0, mirrored=False)
+
+
+def _slab_area_mm2(scene: ss.SliceScene, planes: int) -> float:
+    heart = scene.heart
+    offsets = [((p + 0.5) / planes - 0.5) * scene.slab_mm for p in range(planes)]
+    return float(
+        np.mean(
+            [
+                math.pi
+                * (
+                    heart.epicardial_radius_at(scene.z_mm + o) ** 2
+                    - heart.cavity_radius_at(scene.z_mm + o) ** 2
+                )
+                for o in offsets
+            ]
+        )
+    )
+
+
+def _render(scene: ss.SliceScene, pixel_mm: float, seed: int = 0):
+    ranges = si.AppearanceRanges()
+    app = si.draw_appearance(np.random.default_rng(seed), ranges)
+    app = dataclasses.replace(
+        app,
+        pixel_mm=pixel_mm,
+        fov_px=(int(300 / pixel_mm), int(340 / pixel_mm)),
+        lv_px=(140 / pixel_mm, 180 / pixel_mm),
+        wrap=None,
+    )
+    stored, fractions, origin = si.render(scene, app, np.random.default_rng(seed + 1))
+    return app, stored, fractions, origin
+
+
+class TestScene:
+    def test_same_seed_same_scene_and_labels(self):
+        a = ss.draw_scene(np.random.default_rng(7))
+        b = ss.draw_scene(np.random.default_rng(7))
+        yy, xx = np.mgrid[-60:60:1.0, -60:60:1.0]
+        la, _ = ss.scene_labels(a, xx, yy)
+        lb, _ = ss.scene_labels(b, xx, yy)
+        np.testing.assert_array_equal(la[0], lb[0])
+        assert la[0].max() < ss.NUM_LABELS
+
+    def test_target_of_every_label(self):
+        assert ss.TARGET_OF_LABEL[ss.LV_BLOOD] == contracts.LV_CAVITY
+        assert ss.TARGET_OF_LABEL[ss.LV_TRABECULAE] == contracts.LV_CAVITY  # muscle in the cavity is cavity
+        assert ss.TARGET_OF_LABEL[ss.LV_MYOCARDIUM] == contracts.MYOCARDIUM
+        others = [k for k in range(ss.NUM_LABELS) if k not in ss.LV_LABELS]
+        assert not ss.TARGET_OF_LABEL[others].any()
+
+    def test_no_lv_above_the_base_and_beyond_the_apex(self):
+        scene = _plain_scene()
+        yy, xx = np.mgrid[-80:80:1.0, -80:80:1.0]
+        for z in (-10.0, scene.heart.epi_apex_z_mm + 1.0):
+            [labels], _ = ss.scene_labels(dataclasses.replace(scene, z_mm=z), xx, yy)
+            assert not np.isin(labels, ss.LV_LABELS).any()
+
+    def test_trabecular_band_is_cavity_against_the_wall(self):
+        scene = ss.draw_scene(np.random.default_rng(11), z_fraction=0.5)
+        heart = dataclasses.replace(
+            scene.heart, trabecular_band_mm=6.0, trabecular_fill=0.5, papillaries=(), trabeculae=()
+        )
+        scene = dataclasses.replace(scene, heart=heart)
+        yy, xx = np.mgrid[-70:70:0.5, -70:70:0.5]
+        [labels], _ = ss.scene_labels(scene, xx, yy)
+        assert (labels == ss.LV_TRABECULAE).sum() > 50
+        # every trabecula touches blood or wall: none floats outside the cavity
+        from scipy import ndimage
+
+        trabeculae = labels == ss.LV_TRABECULAE
+        neighbours = ndimage.binary_dilation(trabeculae) & ~trabeculae
+        assert np.isin(labels[neighbours], (ss.LV_BLOOD, ss.LV_MYOCARDIUM, ss.LV_TRABECULAE)).all()
+
+    def test_bad_ranges_are_refused(self):
+        with pytest.raises(ValueError, match="cavity_radius_mm must be"):
+            ss.SceneRanges(cavity_radius_mm=(30.0, 20.0))
+        with pytest.raises(ValueError, match="no_heart_prob must be in"):
+            ss.SceneRanges(no_heart_prob=1.5)
+
+
+class TestTargets:
+    @pytest.mark.parametrize("pixel_mm", [1.3, 1.8, 2.2])
+    def test_myocardium_fraction_holds_the_true_area(self, pixel_mm):
+        """The fractions carried to the model's grid sum to the slab-averaged annulus area (2%: pixel
+        fractions of a 2x supersampled circle, three planes across the slab, as rendered)."""
+        scene = _plain_scene()
+        app, stored, fractions, origin = _render(scene, pixel_mm)
+        _, labels, myo, centre = si.grid_sample(stored, fractions, origin, app, GRID_MM, 2)
+        truth = _slab_area_mm2(scene, 3)
+        assert myo.sum() * GRID_MM**2 == pytest.approx(truth, rel=0.02)
+        # the argmax labels hold the same area to a few percent (a ring 3-10 px wide, its edge pixels split)
+        assert (labels == contracts.MYOCARDIUM).sum() * GRID_MM**2 == pytest.approx(truth, rel=0.06)
+        rows, cols = np.nonzero(labels != contracts.BACKGROUND)
+        assert rows.mean() == pytest.approx(centre[0], abs=1.0)
+        assert cols.mean() == pytest.approx(centre[1], abs=1.0)
+
+    def test_image_is_normalised_like_the_pipeline(self):
+        sample = si.draw_sample((5, 0, 1), grid_mm=GRID_MM)
+        acquired = sample.image[sample.image != 0]
+        assert sample.image.shape == (256, 256)
+        assert abs(float(acquired.mean())) < 0.05
+        assert float(acquired.std()) == pytest.approx(1.0, abs=0.05)
+        assert sample.labels.dtype == np.uint8 and sample.labels.max() <= contracts.MYOCARDIUM
+
+    def test_same_seed_same_sample(self):
+        a = si.draw_sample((2, 0, 9), grid_mm=GRID_MM)
+        b = si.draw_sample((2, 0, 9), grid_mm=GRID_MM)
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.labels, b.labels)
+
+    def test_pixel_size_changes_the_image_not_the_anatomy(self):
+        """One scene at 1.3, 1.8 and 2.2 mm: the true area is the scene's, whatever the acquisition."""
+        areas = [
+            si.draw_sample((4, 0, 3), grid_mm=GRID_MM, pixel_mm=p, z_fraction=0.4).myocardium_area_mm2
+            for p in (1.3, 1.8, 2.2)
+        ]
+        assert max(areas) / min(areas) < 1.03

@@ -1,0 +1,528 @@
+"""Train the default ML4H_seg and ML4H_reg on synthetic slices, on a CPU, resumably; export them.
+
+The recipe (``docs/training.md``, "The default models"): per-slice 2-D networks (:mod:`trainer.slice_models`)
+learn from an endless stream of random short-axis slices (:mod:`trainer.slice_stream`, drawn by
+:mod:`lvmass.synth.slice_scene` and :mod:`lvmass.synth.slice_image`), never from a real image. ``seg`` learns
+the true anatomy (soft Dice plus cross-entropy); ``reg`` learns each crop's true myocardial area
+(a counting network; no labels).
+
+**Resumable.** A run folder holds ``checkpoint.npz``: the weights, the optimizer's state, the step, the
+run's configuration and its history, written atomically every ``--checkpoint_every`` steps. ``fit`` on a
+folder that has one goes on from it with the same batches it would have seen (the stream is a function of
+the step), until ``--steps``; ``--max_train_seconds`` ends an invocation early, cleanly, so a run can be
+cut into pieces that fit a session. ``--init_from`` starts a new run from the weights of another
+checkpoint or of an export (``slice_model.keras``).
+
+    python -m trainer.synthslice fit --run_dir runs/seg --task seg --steps 20000 --workers 1
+    python -m trainer.synthslice export --run_dir runs/seg --export_dir my_ml4h_seg
+    python -m trainer.synthslice report --run_dir runs/seg --name default_ml4h_seg --record
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lvmass.synth import slice_image as si
+from lvmass.synth import slice_scene as ss
+from trainer.slice_stream import ExampleStream, StreamConfig, validation_examples
+
+LOG = logging.getLogger("trainer.synthslice")
+CHECKPOINT = "checkpoint.npz"
+LOG_FILE = "training_log.csv"
+TASKS = ("seg", "reg")
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything that defines a run (stored in its checkpoint; a resumed run keeps it)."""
+
+    task: str = "seg"
+    base_filters: int = 16
+    levels: int = 4
+    steps: int = 20000
+    learning_rate: float = 1e-3
+    final_learning_rate: float = 2e-5
+    warmup_steps: int = 300
+    dice_weight: float = 1.0
+    stream: StreamConfig = field(default_factory=StreamConfig)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}. Received: {self.task!r}")
+
+    def learning_rate_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to ``final_learning_rate`` at ``steps``."""
+        if step < self.warmup_steps:
+            return self.learning_rate * (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
+        return self.final_learning_rate + 0.5 * (self.learning_rate - self.final_learning_rate) * (
+            1.0 + math.cos(math.pi * progress)
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FitConfig:
+        data = json.loads(text)
+        stream = dict(data.pop("stream"))
+        scene = ss.SceneRanges(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in stream.pop("scene").items()}
+        )
+        appearance = si.AppearanceRanges(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in stream.pop("appearance").items()}
+        )
+        return cls(**data, stream=StreamConfig(**stream, scene=scene, appearance=appearance))
+
+
+def build_model(config: FitConfig) -> Any:
+    from trainer.slice_models import CounterConfig, UNetConfig, build_area_counter, build_slice_unet
+
+    if config.task == "seg":
+        return build_slice_unet(UNetConfig(config.base_filters, config.levels))
+    return build_area_counter(CounterConfig(config.base_filters, config.levels))
+
+
+# --- Checkpoints ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunState:
+    """What a checkpoint holds besides the weights: the step, training seconds so far, history rows."""
+
+    step: int = 0
+    train_seconds: float = 0.0
+    samples_drawn: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    invocations: list[dict[str, Any]] = field(default_factory=list)
+
+
+def save_checkpoint(path: Path, config: FitConfig, model: Any, optimizer: Any, state: RunState) -> None:
+    """Write the run's weights, optimizer state, configuration and state to ``path`` atomically."""
+    arrays: dict[str, np.ndarray] = {f"w{i}": np.asarray(v) for i, v in enumerate(model.get_weights())}
+    for i, v in enumerate(optimizer.variables):
+        arrays[f"o{i}"] = np.asarray(v.numpy())
+    arrays["config_json"] = np.array(config.to_json())
+    arrays["state_json"] = np.array(json.dumps(dataclasses.asdict(state)))
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path) -> tuple[FitConfig, RunState, list[np.ndarray], list[np.ndarray]]:
+    """(config, state, weights, optimizer variables) of a checkpoint file."""
+    with np.load(path) as data:
+        config = FitConfig.from_json(str(data["config_json"]))
+        state = RunState(**json.loads(str(data["state_json"])))
+        weights = [data[f"w{i}"] for i in range(sum(1 for k in data.files if k.startswith("w")))]
+        opt = [data[f"o{i}"] for i in range(sum(1 for k in data.files if k.startswith("o")))]
+    return config, state, weights, opt
+
+
+def load_model_weights(model: Any, source: str) -> None:
+    """Weights from a checkpoint (``.npz``), a run folder or an export folder (``slice_model.keras``)."""
+    import keras
+
+    path = Path(source)
+    if path.is_dir() and (path / CHECKPOINT).exists():
+        path = path / CHECKPOINT
+    elif path.is_dir():
+        path = path / "slice_model.keras"
+    if path.suffix == ".npz":
+        _, _, weights, _ = read_checkpoint(path)
+        model.set_weights(weights)
+    else:
+        model.set_weights(keras.models.load_model(path, compile=False).get_weights())
+
+
+# --- Training ----------------------------------------------------------------------------------------
+
+
+def _losses(config: FitConfig) -> Any:
+    import tensorflow as tf
+
+    grid_area = config.stream.grid_mm**2
+
+    def seg_loss(labels: Any, probabilities: Any) -> Any:
+        onehot = tf.one_hot(tf.cast(labels, tf.int32), 3)
+        ce = -tf.reduce_mean(tf.reduce_sum(onehot * tf.math.log(probabilities + 1e-7), axis=-1))
+        inter = tf.reduce_sum(onehot * probabilities, axis=(0, 1, 2))
+        total = tf.reduce_sum(onehot + probabilities, axis=(0, 1, 2))
+        dice = (2.0 * inter[1:] + 1.0) / (total[1:] + 1.0)
+        return ce + config.dice_weight * (1.0 - tf.reduce_mean(dice))
+
+    def reg_loss(areas_mm2: Any, density: Any) -> Any:
+        predicted = tf.reduce_sum(density, axis=(1, 2, 3)) * grid_area
+        return tf.reduce_mean(
+            tf.keras.losses.huber(areas_mm2[:, None] / 1000.0, predicted[:, None] / 1000.0, delta=0.5)
+        )
+
+    return seg_loss if config.task == "seg" else reg_loss
+
+
+def validate(model: Any, examples: Sequence[Any], config: FitConfig) -> dict[str, float]:
+    """Synthetic validation: cavity and myocardium Dice over all examples (seg), area MAE (both)."""
+    images = np.stack([e.image for e in examples])[..., None]
+    out = model.predict(images, batch_size=16, verbose=0)
+    areas = np.array([e.area_mm2 for e in examples])
+    grid_area = config.stream.grid_mm**2
+    if config.task == "reg":
+        predicted = out.sum(axis=(1, 2, 3)) * grid_area
+        return {"val_area_mae_mm2": float(np.mean(np.abs(predicted - areas)))}
+    labels = np.stack([e.labels for e in examples])
+    predicted_labels = np.argmax(out, axis=-1)
+    scores = {}
+    for name, k in (("cavity", 1), ("myocardium", 2)):
+        a, b = predicted_labels == k, labels == k
+        scores[f"val_{name}_dice"] = float(2.0 * (a & b).sum() / max(1, a.sum() + b.sum()))
+    scores["val_area_mae_mm2"] = float(
+        np.mean(np.abs((predicted_labels == 2).sum(axis=(1, 2)) * grid_area - areas))
+    )
+    return scores
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+
+
+def fit(
+    run_dir: Path,
+    config: FitConfig | None = None,
+    *,
+    workers: int = 1,
+    max_train_seconds: float | None = None,
+    checkpoint_every: int = 200,
+    validate_every: int = 1000,
+    validation_samples: int = 64,
+    init_from: str | None = None,
+    threads: int = 1,
+    command: str = "",
+    stop_at_step: int | None = None,
+) -> RunState:
+    """Train (or go on training) the run in ``run_dir`` up to ``config.steps`` (this invocation stops at
+    ``stop_at_step`` or after ``max_train_seconds`` if sooner); returns its state."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / CHECKPOINT
+    optimizer_values: list[np.ndarray] = []
+    if path.exists():
+        stored, state, weights, optimizer_values = read_checkpoint(path)
+        if config is not None and config.steps != stored.steps:
+            stored = dataclasses.replace(stored, steps=config.steps)  # extending a run is allowed
+        config = stored
+        model = build_model(config)
+        model.set_weights(weights)
+        LOG.info("resuming %s at step %d of %d", run_dir, state.step, config.steps)
+    else:
+        config = config or FitConfig()
+        state = RunState()
+        keras.utils.set_random_seed(config.stream.seed)  # the initial weights are the seed's too
+        model = build_model(config)
+        if init_from:
+            load_model_weights(model, init_from)
+            LOG.info("starting from the weights of %s", init_from)
+    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate_at(state.step))
+    optimizer.build(model.trainable_variables)
+    if optimizer_values:
+        for variable, value in zip(optimizer.variables, optimizer_values, strict=True):
+            variable.assign(value)
+    loss_fn = _losses(config)
+    target_index = 1 if config.task == "seg" else 2
+
+    @tf.function(reduce_retracing=True)
+    def train_step(images: Any, target: Any) -> Any:
+        with tf.GradientTape() as tape:
+            out = model(images, training=True)
+            loss = loss_fn(target, out)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    validation = validation_examples(config.stream, validation_samples)
+    invocation = {
+        "command": command,
+        "start_step": state.step,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine(),
+        "workers": workers,
+        "threads": threads,
+        "init_from": init_from,
+    }
+    began = time.perf_counter()
+    losses: list[float] = []
+    with ExampleStream(config.stream, start_step=state.step, workers=workers) as stream:
+        while state.step < min(config.steps, stop_at_step or config.steps):
+            if max_train_seconds is not None and time.perf_counter() - began >= max_train_seconds:
+                break
+            batch = stream.next_batch()
+            optimizer.learning_rate.assign(config.learning_rate_at(state.step))
+            losses.append(float(train_step(tf.constant(batch[0]), tf.constant(batch[target_index]))))
+            state.step += 1
+            last = state.step == config.steps
+            if state.step % checkpoint_every == 0 or last:
+                elapsed = time.perf_counter() - began
+                row: dict[str, Any] = {
+                    "step": state.step,
+                    "train_seconds": round(state.train_seconds + elapsed, 1),
+                    "learning_rate": float(config.learning_rate_at(state.step - 1)),
+                    "loss": float(np.mean(losses)),
+                    "samples_drawn": state.samples_drawn + stream.samples_drawn,
+                    "wait_seconds": round(stream.wait_seconds, 1),
+                }
+                losses = []
+                if state.step % validate_every == 0 or last:
+                    row.update(validate(model, validation, config))
+                state.history.append(row)
+                _save(run_dir, config, model, optimizer, state, began, stream, invocation)
+                LOG.info("step %d: %s", state.step, {k: v for k, v in row.items() if k != "step"})
+        if not state.history or state.history[-1]["step"] != state.step:  # where this invocation stopped
+            state.history.append(
+                {
+                    "step": state.step,
+                    "train_seconds": round(state.train_seconds + time.perf_counter() - began, 1),
+                    "learning_rate": float(config.learning_rate_at(max(state.step - 1, 0))),
+                    "loss": float(np.mean(losses)) if losses else float("nan"),
+                    "samples_drawn": state.samples_drawn + stream.samples_drawn,
+                    "wait_seconds": round(stream.wait_seconds, 1),
+                }
+            )
+        _save(run_dir, config, model, optimizer, state, began, stream, invocation, final=True)
+    return state
+
+
+def _save(
+    run_dir: Path,
+    config: FitConfig,
+    model: Any,
+    optimizer: Any,
+    state: RunState,
+    began: float,
+    stream: ExampleStream,
+    invocation: dict[str, Any],
+    *,
+    final: bool = False,
+) -> None:
+    elapsed = time.perf_counter() - began
+    saved = dataclasses.replace(
+        state,
+        train_seconds=state.train_seconds + elapsed,
+        samples_drawn=state.samples_drawn + stream.samples_drawn,
+        invocations=[
+            *state.invocations,
+            {**invocation, "end_step": state.step, "seconds": round(elapsed, 1)},
+        ],
+    )
+    save_checkpoint(run_dir / CHECKPOINT, config, model, optimizer, saved)
+    if final:
+        state.train_seconds, state.samples_drawn, state.invocations = (
+            saved.train_seconds,
+            saved.samples_drawn,
+            saved.invocations,
+        )
+    with open(run_dir / LOG_FILE, "w", newline="") as handle:
+        keys = sorted({k for row in state.history for k in row}, key=lambda k: (k != "step", k))
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(state.history)
+
+
+# --- Export ------------------------------------------------------------------------------------------
+
+SLICE_MODEL_FILENAME = "slice_model.keras"
+DEFAULT_CROP_PX = 160  # the first crop of the pipeline's handler: a dilated heart and its margin fit
+
+
+def model_card(config: FitConfig, state: RunState, *, version: str) -> Any:
+    """The card of an exported default model (``beam_pipeline.model_card.ModelCard``)."""
+    from beam_pipeline import contracts
+    from beam_pipeline.model_card import LABEL_SOURCE_TRUE_ANATOMY, ModelCard, tensor_contract
+
+    seg = config.task == "seg"
+    last_validation = next(
+        (row for row in reversed(state.history) if any(k.startswith("val_") for k in row)), {}
+    )
+    stream = dataclasses.asdict(config.stream)
+    return ModelCard(
+        kind=contracts.MODEL_KIND_SEG if seg else contracts.MODEL_KIND_REG,
+        version=version,
+        tensor=tensor_contract(contracts.PER_SLICE_SLICES),
+        training_data={
+            "source": "synthetic short-axis slices drawn on the fly (lvmass.synth.slice_scene, "
+            "lvmass.synth.slice_image); never a real image",
+            "seed": config.stream.seed,
+            "samples_drawn": state.samples_drawn,
+            "scene_ranges": stream["scene"],
+            "appearance_ranges": stream["appearance"],
+            "labels": "true anatomy (papillary muscles and trabeculae as cavity)"
+            if seg
+            else "true myocardial area of each crop (no labels)",
+        },
+        hyperparameters={
+            "trainer": "trainer.synthslice",
+            "task": config.task,
+            "architecture": {
+                "kind": "2-D U-Net per slice" if seg else "2-D counting network per slice",
+                "base_filters": config.base_filters,
+                "levels": config.levels,
+            },
+            "steps": state.step,
+            "batch_size": config.stream.batch_size,
+            "crop_px": config.stream.crop_px,
+            "uses_per_sample": config.stream.uses,
+            "learning_rate": config.learning_rate,
+            "final_learning_rate": config.final_learning_rate,
+            "warmup_steps": config.warmup_steps,
+            "train_seconds": round(state.train_seconds, 1),
+            "invocations": state.invocations,
+        },
+        metrics={"synthetic_validation": last_validation},
+        trained_on_synthetic_data=True,
+        notes=(
+            "Trained on SYNTHETIC slices only (SynthSeg-style: label maps of the heart and chest, every "
+            "appearance drawn at random); validated on real studies it never saw "
+            "(benchmarks/results/real_study_evaluation.md). Segments every acquired slice."
+        ),
+        pixel_spacing_mm=config.stream.grid_mm,
+        training_pixel_spacing_mm=[float(v) for v in config.stream.appearance.pixel_mm],
+        label_source=LABEL_SOURCE_TRUE_ANATOMY,
+        crop_inference={"signature": contracts.SEG_CROP_SIGNATURE, "align_px": 1, "crop_px": DEFAULT_CROP_PX}
+        if seg
+        else None,
+        postprocess="largest_component" if seg else None,
+    )
+
+
+def export(run_dir: Path, export_dir: Path, *, version: str = "1.0.0") -> Path:
+    """The run's network as the pipeline's SavedModel (``trainer.export``: per-slice contract, crop and
+    window signatures for ML4H_seg), its 2-D Keras model (``slice_model.keras``) and card."""
+    from beam_pipeline import contracts
+    from trainer.export import export_model
+    from trainer.slice_models import mass_model, model_levels, volume_twin
+
+    path = run_dir / CHECKPOINT if run_dir.is_dir() else run_dir
+    config, state, weights, _ = read_checkpoint(path)
+    model = build_model(config)
+    model.set_weights(weights)
+    twin = volume_twin(model, levels=model_levels(model))
+    seg = config.task == "seg"
+    network = twin if seg else mass_model(twin)
+    kind = contracts.MODEL_KIND_SEG if seg else contracts.MODEL_KIND_REG
+    export_dir.mkdir(parents=True, exist_ok=True)
+    export_model(
+        network, kind=kind, export_dir=str(export_dir), card=model_card(config, state, version=version)
+    )
+    model.save(export_dir / SLICE_MODEL_FILENAME)
+    return export_dir
+
+
+# --- Command line ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lvmass.cli_args import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m trainer.synthslice", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, help="what to do")
+    p = sub.add_parser("fit", help="train (or go on training) a run")
+    p.add_argument("--run_dir", required=True, help="the run's folder (checkpoint.npz, training_log.csv)")
+    p.add_argument("--task", choices=TASKS, default="seg", help="seg: ML4H_seg; reg: ML4H_reg (area counter)")
+    p.add_argument("--steps", type=int, default=20000, help="train up to this many steps in all")
+    p.add_argument("--base_filters", type=int, default=16, help="filters at full resolution")
+    p.add_argument("--levels", type=int, default=4, help="resolutions of the U-Net")
+    p.add_argument("--batch_size", type=int, default=16, help="slices per step")
+    p.add_argument("--crop_px", type=int, default=128, help="training crop on the grid")
+    p.add_argument("--grid_mm", type=float, default=1.5, help="the model's pixel size (mm)")
+    p.add_argument("--uses", type=int, default=2, help="crops per drawn slice")
+    p.add_argument("--learning_rate", type=float, default=1e-3, help="peak learning rate (Adam)")
+    p.add_argument("--seed", type=int, default=1, help="the run's seed: its samples and batches")
+    p.add_argument("--workers", type=int, default=1, help="processes drawing samples (0: this one)")
+    p.add_argument("--threads", type=int, default=1, help="TensorFlow threads")
+    p.add_argument(
+        "--max_train_seconds", type=float, default=None, help="stop this invocation after this long"
+    )
+    p.add_argument("--stop_at_step", type=int, default=None, help="stop this invocation at this step")
+    p.add_argument("--checkpoint_every", type=int, default=200, help="steps between checkpoints")
+    p.add_argument("--validate_every", type=int, default=1000, help="steps between synthetic validations")
+    p.add_argument("--validation_samples", type=int, default=64, help="held-out synthetic slices")
+    p.add_argument(
+        "--init_from", default=None, help="start a new run from these weights (checkpoint or export)"
+    )
+    e = sub.add_parser("export", help="write a run as the pipeline's SavedModel with its card")
+    e.add_argument("--run_dir", required=True, help="the run's folder (or a checkpoint file)")
+    e.add_argument("--export_dir", required=True, help="the SavedModel folder to write")
+    e.add_argument("--version", default="1.0.0", help="the model's version (model card)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lvmass.cli_args import configure_logging
+
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    configure_logging(getattr(args, "log_level", "INFO"))
+    command = "python -m trainer.synthslice " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.command == "fit":
+        config = FitConfig(
+            task=args.task,
+            base_filters=args.base_filters,
+            levels=args.levels,
+            steps=args.steps,
+            learning_rate=args.learning_rate,
+            stream=StreamConfig(
+                seed=args.seed,
+                grid_mm=args.grid_mm,
+                crop_px=args.crop_px,
+                batch_size=args.batch_size,
+                uses=args.uses,
+            ),
+        )
+        state = fit(
+            Path(args.run_dir),
+            config,
+            workers=args.workers,
+            max_train_seconds=args.max_train_seconds,
+            checkpoint_every=args.checkpoint_every,
+            validate_every=args.validate_every,
+            validation_samples=args.validation_samples,
+            init_from=args.init_from,
+            threads=args.threads,
+            command=command,
+            stop_at_step=args.stop_at_step,
+        )
+        print(
+            json.dumps(
+                {
+                    "step": state.step,
+                    "train_seconds": round(state.train_seconds, 1),
+                    "last": state.history[-1] if state.history else None,
+                },
+                indent=2,
+            )
+        )
+    elif args.command == "export":
+        print(export(Path(args.run_dir), Path(args.export_dir), version=args.version))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
