@@ -22,8 +22,8 @@ Per study:
   voxel x 1.05 g/mL, as the pipeline measures it) against the experts' reference mass on the same slices,
   and its error in percent;
 * a myocardial ring on every slice with both contours (``beam_pipeline.qc.RING_ENCLOSED_CAVITY_MIN`` of
-  the cavity enclosed), and the pipeline's QC flags of the whole prediction (``beam_pipeline.measure.measure_labels``
-  with the card's pixel-spacing range): ``qc_pass``.
+  the cavity enclosed), and the pipeline's QC flags of the whole prediction
+  (``beam_pipeline.measure.measure_labels`` with the card's pixel-spacing range): ``qc_pass``.
 
 Targets (issue 24): mean myocardium Dice >= 0.75 and mean cavity Dice >= 0.90 over the studies, mass within
 15% on every study, a ring on every contoured slice, QC passes.
@@ -229,8 +229,10 @@ def handler_predictor(model_dir: str) -> tuple[Predictor, Any]:
 
 
 def checkpoint_predictor(run_dir: str) -> tuple[Predictor, float]:
-    """A training run's per-slice network on every slice's whole field of view (no export needed); the
-    run's grid."""
+    """A training run's per-slice network on every slice's whole field of view (no export needed), then the
+    post-processing its export's card names (the largest connected LV); the run's grid."""
+    from beam_pipeline.inference import largest_lv_component
+
     from trainer.synthslice import CHECKPOINT, build_model, read_checkpoint
 
     path = Path(run_dir)

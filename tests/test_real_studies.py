@@ -62,7 +62,9 @@ class TestReading:
         """The data's README gives 133.1 g (raster masks on the 10 contoured slices); this convention gives
         132.5 g: within 0.6% (the published masks counted boundary pixels slightly differently)."""
         assert len(expert.slices) == 11 and len(expert.myocardium_slices) == 10
-        assert expert.reference_mass_g() == pytest.approx(rs.PUBLISHED_REFERENCE_MASS_G["SCD0000501"], rel=0.01)
+        assert expert.reference_mass_g() == pytest.approx(
+            rs.PUBLISHED_REFERENCE_MASS_G["SCD0000501"], rel=0.01
+        )
 
 
 class TestScoring:
@@ -78,7 +80,9 @@ class TestScoring:
     def test_ring(self, er):
         yy, xx = np.mgrid[0:40, 0:40]
         r = np.hypot(yy - 20, xx - 20)
-        ring = np.where(r < 8, contracts.LV_CAVITY, np.where(r < 12, contracts.MYOCARDIUM, 0)).astype(np.uint8)
+        ring = np.where(r < 8, contracts.LV_CAVITY, np.where(r < 12, contracts.MYOCARDIUM, 0)).astype(
+            np.uint8
+        )
         assert er.is_ring(ring)
         open_ring = ring.copy()
         open_ring[(r < 12) & (xx > 26)] = 0
@@ -95,13 +99,19 @@ class TestScoring:
 
         study = expert.study
         rows, cols = study.images[0].shape
-        per_slice = [expert.slices[k].label_map() if k in expert.slices else np.zeros((rows, cols), np.uint8)
-                     for k in range(study.n_slices)]
+        per_slice = [
+            expert.slices[k].label_map() if k in expert.slices else np.zeros((rows, cols), np.uint8)
+            for k in range(study.n_slices)
+        ]
 
         def oracle(participant):
-            return build_label_volume(per_slice, slice_start=participant.slice_start,
-                                      acquired_pixel_spacing_mm=study.pixel_spacing_mm, grid_pixel_mm=grid_mm,
-                                      n_slots=participant.image.shape[2])
+            return build_label_volume(
+                per_slice,
+                slice_start=participant.slice_start,
+                acquired_pixel_spacing_mm=study.pixel_spacing_mm,
+                grid_pixel_mm=grid_mm,
+                n_slots=participant.image.shape[2],
+            )
 
         scored = er.evaluate_frame(study, expert.slices, expert.reference_mass_g(), oracle, grid_mm, None)
         floor = 0.92 if grid_mm > 1.8 else 0.95
