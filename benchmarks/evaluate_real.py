@@ -231,7 +231,6 @@ def handler_predictor(model_dir: str) -> tuple[Predictor, Any]:
 def checkpoint_predictor(run_dir: str) -> tuple[Predictor, float]:
     """A training run's per-slice network on every slice's whole field of view (no export needed), then the
     post-processing its export's card names (the largest connected LV); the run's grid."""
-    from beam_pipeline.inference import largest_lv_component
 
     from trainer.synthslice import CHECKPOINT, build_model, read_checkpoint
 
