@@ -250,6 +250,88 @@ def checkpoint_predictor(run_dir: str) -> tuple[Predictor, float]:
     return predict, config.stream.grid_mm
 
 
+MassPredictor = Callable[[Any], float]
+
+
+def evaluate_regression(
+    real: rs.RealStudy, predict_mass: MassPredictor, grid_mm: float | None
+) -> dict[str, Any]:
+    """ML4H_reg on one study's expert frame: its mass of the slices with both contours (a per-slice model
+    takes any slices, so it is given just those) against the reference, and of the whole stack."""
+    from beam_pipeline.inference import ModelInput
+    from beam_pipeline.measure import participant_from_study
+
+    expert = rs.load_expert_study(real)
+    participant = participant_from_study(
+        expert.study, with_inlinevf=False, grid_pixel_mm=grid_mm, n_slots=None
+    )
+    slots = [k - participant.slice_start for k in expert.myocardium_slices]
+    spacing = np.asarray(participant.spacing_mm, dtype=np.float32)
+    contoured = ModelInput(image=np.ascontiguousarray(participant.image[:, :, slots]), spacing_mm=spacing)
+    whole = ModelInput(image=participant.image, spacing_mm=spacing)
+    mass = float(predict_mass(contoured))
+    reference = expert.reference_mass_g()
+    return {
+        "study": real.study_id,
+        "mass_on_contoured_slices_g": mass,
+        "reference_mass_g": reference,
+        "mass_error_g": mass - reference,
+        "mass_error_percent": 100.0 * (mass - reference) / reference,
+        "mass_whole_stack_g": float(predict_mass(whole)),
+    }
+
+
+def reg_handler_predictor(model_dir: str) -> tuple[MassPredictor, Any]:
+    """The pipeline's handler for an ML4H_reg export; its card."""
+    from beam_pipeline.inference import SavedModelHandler
+
+    handler = SavedModelHandler(model_dir, kind=contracts.MODEL_KIND_REG)
+    loaded = handler.load_model()
+
+    slots = loaded.card.tensor_slices
+
+    def predict(example: Any) -> float:
+        image = np.asarray(example.image)
+        if slots is not None and image.shape[2] != slots:  # a 13-slot model: the rest is padding, as built
+            padded = np.zeros((*image.shape[:2], slots, image.shape[3]), dtype=np.float32)
+            padded[:, :, : min(slots, image.shape[2])] = image[:, :, :slots]
+            example = type(example)(image=padded, spacing_mm=example.spacing_mm)
+        [result] = handler.run_inference([example], loaded)
+        return float(result.inference)
+
+    return predict, loaded.card
+
+
+def reg_checkpoint_predictor(run_dir: str) -> tuple[MassPredictor, float]:
+    """A ``reg`` training run's counting network summed over each given slice's whole field of view."""
+    from trainer.synthslice import CHECKPOINT, build_model, read_checkpoint
+
+    path = Path(run_dir)
+    path = path / CHECKPOINT if path.is_dir() else path
+    config, _, weights, _ = read_checkpoint(path)
+    model = build_model(config)
+    model.set_weights(weights)
+
+    def predict(example: Any) -> float:
+        image = np.moveaxis(np.asarray(example.image)[..., 0], 2, 0)[..., None]
+        density = model.predict(image, batch_size=4, verbose=0)
+        row_mm, col_mm, slice_mm = (float(v) for v in example.spacing_mm)
+        voxel_ml = row_mm * col_mm * slice_mm / 1000.0
+        return float(density.sum()) * voxel_ml * contracts.MYOCARDIAL_DENSITY_G_PER_ML
+
+    return predict, config.stream.grid_mm
+
+
+def summarise_regression(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    errors = np.array([r["mass_error_g"] for r in rows])
+    return {
+        "n_studies": len(rows),
+        "mae_g": float(np.mean(np.abs(errors))),
+        "mean_error_g": float(errors.mean()),
+        "within_15_percent": int(sum(abs(r["mass_error_percent"]) <= 15.0 for r in rows)),
+    }
+
+
 def evaluate(
     predict: Predictor,
     grid_mm: float | None,
@@ -335,6 +417,26 @@ def markdown(results: Mapping[str, Any]) -> str:
     ]
     for name, entry in sorted(results["models"].items()):
         s = entry["summary"]
+        if entry.get("kind") == contracts.MODEL_KIND_REG:
+            lines += [
+                f"## {name} (ML4H_reg)",
+                "",
+                f"- model: `{entry['model']}`, grid {entry['grid_pixel_mm']} mm",
+                f"- command: `{entry['command']}`",
+                f"- machine: {entry['machine']}; date: {entry['date']}",
+                f"- MAE **{s['mae_g']:.1f} g**, mean error {s['mean_error_g']:+.1f} g, within 15% on "
+                f"{s['within_15_percent']} / {s['n_studies']}",
+                "",
+                "| study | mass on contoured slices (g) | reference (g) | error | whole stack (g) |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {r['study']} | {r['mass_on_contoured_slices_g']:.1f} | {r['reference_mass_g']:.1f} | "
+                f"{r['mass_error_percent']:+.1f}% | {r['mass_whole_stack_g']:.1f} |"
+                for r in entry["studies"]
+            ]
+            lines.append("")
+            continue
         lines += [
             f"## {name}",
             "",
@@ -389,8 +491,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--figure", default=None, help="draw the experts' and the model's contours into this PNG"
     )
+    parser.add_argument("--model_reg", default=None, help="score this ML4H_reg export instead of a segmenter")
+    parser.add_argument("--reg_checkpoint", default=None, help="score this reg training run instead")
     args = parser.parse_args(argv)
     began = time.perf_counter()
+    if args.model_reg or args.reg_checkpoint:
+        return _main_regression(args, argv, began)
     if args.checkpoint:
         predict, grid = checkpoint_predictor(args.checkpoint)
         meta: dict[str, Any] = {"model": args.checkpoint, "grid_pixel_mm": grid}
@@ -447,6 +553,50 @@ def main(argv: Sequence[str] | None = None) -> int:
                     }
                     for st in entry["studies"]
                 },
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _main_regression(args: argparse.Namespace, argv: Sequence[str] | None, began: float) -> int:
+    if args.reg_checkpoint:
+        predict_mass, grid = reg_checkpoint_predictor(args.reg_checkpoint)
+        meta: dict[str, Any] = {"model": args.reg_checkpoint, "grid_pixel_mm": grid}
+    else:
+        predict_mass, card = reg_handler_predictor(args.model_reg)
+        grid = card.pixel_spacing_mm
+        meta = {
+            "model": args.model_reg,
+            "model_version": card.version,
+            "label_source": card.label_source,
+            "grid_pixel_mm": grid,
+        }
+    rows = [
+        evaluate_regression(real, predict_mass, grid)
+        for real in rs.find_studies(Path(args.data_dir) if args.data_dir else None)
+    ]
+    entry = {
+        **meta,
+        "kind": contracts.MODEL_KIND_REG,
+        "studies": rows,
+        "summary": summarise_regression(rows),
+        "command": " ".join(
+            ["python benchmarks/evaluate_real.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "machine": f"{platform.machine()}, {platform.platform()}, Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+    if args.record:
+        record(args.name or Path(str(entry["model"]).rstrip("/")).name, entry)
+    print(
+        json.dumps(
+            {
+                "model": entry["model"],
+                "summary": entry["summary"],
+                "per_study": {r["study"]: round(r["mass_error_g"], 1) for r in rows},
             },
             indent=2,
         )
