@@ -82,7 +82,7 @@ CINE_INTENSITY: dict[int, tuple[float, float]] = {
     ss.RV_WALL: (0.08, 0.42),
     ss.ATRIAL_BLOOD: (0.45, 1.0),
     ss.VESSEL_BLOOD: (0.4, 1.05),
-    ss.LUNG: (0.0, 0.12),
+    ss.LUNG: (0.0, 0.2),
     ss.LIVER: (0.15, 0.55),
     ss.ABDOMEN: (0.1, 1.0),
     ss.MUSCLE: (0.08, 0.4),

@@ -324,7 +324,8 @@ class Chest:
     rib_size_mm: tuple[float, float]
     spine_mm: tuple[float, float, float]  # x, y, radius of the vertebral body
     aorta_mm: tuple[float, float, float]
-    mediastinum_axes_mm: tuple[float, float]  # soft tissue and fat around the heart towards the spine
+    mediastinum_axes_mm: tuple[float, float]  # soft tissue from the heart towards the spine
+    fat_pad: tuple[float, float, float, float] | None  # (x, y, a, b) in LV radii: fat in front of the heart
     diaphragm: tuple[float, float, float] | None  # (y at the heart's axis mm, slope, curvature /mm)
     liver_side: float  # x (mm) left of which the region below the diaphragm is liver
     blobs: tuple[Blob, ...]  # clutter, breast, oesophagus, organs in the abdomen, great vessels
@@ -400,17 +401,18 @@ def _draw_heart(rng: np.random.Generator, ranges: SceneRanges) -> Heart:
     endo_apex = equator + half_length
     papillaries = []
     for base_angle in (-0.8, 1.9):  # anterolateral (upper right), posteromedial (lower, towards the septum)
-        if rng.random() < 0.93:
+        if rng.random() > 0.93:
+            continue
+        group_angle = float(base_angle + rng.normal(0.0, 0.3))
+        z_range = (float(rng.uniform(0.0, 0.45) * endo_apex), float(rng.uniform(0.65, 0.95) * endo_apex))
+        for _ in range(int(rng.integers(1, 4))):  # a muscle splits into heads
             papillaries.append(
                 Papillary(
-                    angle=float(base_angle + rng.normal(0.0, 0.3)),
-                    depth=float(rng.uniform(0.1, 0.35)),
-                    a_mm=float(rng.uniform(4.0, 10.0)),
-                    b_mm=float(rng.uniform(2.5, 6.5)),
-                    z_range=(
-                        float(rng.uniform(0.0, 0.45) * endo_apex),
-                        float(rng.uniform(0.65, 0.95) * endo_apex),
-                    ),
+                    angle=float(group_angle + rng.normal(0.0, 0.15)),
+                    depth=float(rng.uniform(0.05, 0.3)),
+                    a_mm=float(rng.uniform(3.0, 9.0)),
+                    b_mm=float(rng.uniform(2.0, 6.0)),
+                    z_range=z_range,
                 )
             )
     n_trab = int(rng.integers(0, 24))
@@ -475,7 +477,8 @@ def _draw_heart(rng: np.random.Generator, ranges: SceneRanges) -> Heart:
         rv_wall_mm=float(rng.uniform(1.0, 3.5)),
         rv_end_z_mm=endo_apex * float(rng.uniform(0.6, 0.97)),
         rv_trabeculae=rv_trab,
-        fat_mm=float(rng.uniform(*ranges.epicardial_fat_mm)),
+        # many hearts have almost no epicardial fat outside the grooves
+        fat_mm=float(rng.uniform(*ranges.epicardial_fat_mm)) * (1.0 if rng.random() < 0.55 else 0.2),
         fat_harmonics=_harmonics(rng, 0.8, (1, 2, 3, 4)),
         groove_fat_mm=float(rng.uniform(*ranges.groove_fat_mm)),
         pericardium=pericardium,
@@ -617,6 +620,8 @@ def _draw_chest(rng: np.random.Generator, ranges: SceneRanges, heart: Heart | No
         spine_mm=spine,
         aorta_mm=aorta,
         mediastinum_axes_mm=(float(rng.uniform(0.9, 1.4)), float(rng.uniform(1.0, 1.6))),
+        fat_pad=(float(rng.uniform(-1.4, -0.2)), float(rng.uniform(-1.4, -0.6)), float(rng.uniform(0.4, 1.1)),
+                 float(rng.uniform(0.3, 0.8))) if rng.random() < 0.6 else None,
         diaphragm=diaphragm,
         liver_side=float(rng.uniform(-80.0, 40.0)),
         blobs=tuple(blobs),
@@ -889,12 +894,15 @@ def chest_labels(x: np.ndarray, y: np.ndarray, chest: Chest, heart: Heart | None
         reach = max(heart.cavity_radius_mm + heart.wall_mm, 20.0)
         ma, mb = chest.mediastinum_axes_mm
         mid_y = 0.5 * sy
-        medi = ((x - 0.3 * sx) / (reach * ma * 1.3)) ** 2 + (
+        # behind and medial to the heart, towards the spine: the LV's lateral wall is left to the lung
+        medi = ((x - 0.6 * sx - 0.2 * reach) / (reach * ma * 0.75)) ** 2 + (
             (y - mid_y) / (max(sy, reach) * 0.55 * mb + reach * 0.3)
         ) ** 2 < 1.0
         labels[medi & cavity] = SOFT_TISSUE
-        medi_fat = ((x / (reach * ma * 1.45)) ** 2 + (y / (reach * mb * 1.2)) ** 2 < 1.0) & cavity
-        labels[medi_fat & (labels == LUNG)] = EPICARDIAL_FAT
+        if chest.fat_pad is not None:  # a fat pad in front of the heart, over the RV
+            fx, fy, fa, fb = (v * reach for v in chest.fat_pad)
+            pad = (((x - fx) / fa) ** 2 + ((y - fy) / fb) ** 2 < 1.0) & cavity
+            labels[pad & (labels == LUNG)] = EPICARDIAL_FAT
     # below the diaphragm: liver on the patient's right, abdomen on the left
     if chest.diaphragm is not None:
         y0, slope, curve = chest.diaphragm
