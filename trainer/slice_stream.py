@@ -144,10 +144,11 @@ def _worker(
     import os
 
     os.nice(5)  # training (the consumer) goes first
+    parent = os.getppid()
     index = first + ((worker - first) % workers)
-    while not stop.is_set():
+    while not stop.is_set() and os.getppid() == parent:  # a killed trainer leaves no orphan drawing on
         item = (index, examples_of(config, PURPOSE_TRAIN, index))
-        while not stop.is_set():
+        while not stop.is_set() and os.getppid() == parent:
             try:
                 out.put(item, timeout=0.5)
                 break

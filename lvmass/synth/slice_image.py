@@ -20,6 +20,7 @@ independent streams.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -412,6 +413,17 @@ def grid_sample(
     return image, labels, myo.astype(np.float32), centre  # type: ignore[return-value]
 
 
+def with_pixel_size(app: Appearance, pixel_mm: float) -> Appearance:
+    """The same acquisition at another pixel size: the same field of view in mm, the LV at the same place."""
+    ratio = app.pixel_mm / float(pixel_mm)
+    fov = (max(64, round(app.fov_px[0] * ratio)), max(64, round(app.fov_px[1] * ratio)))
+    lv = (
+        (app.lv_px[0] - (app.fov_px[0] - 1) / 2.0) * ratio + (fov[0] - 1) / 2.0,
+        (app.lv_px[1] - (app.fov_px[1] - 1) / 2.0) * ratio + (fov[1] - 1) / 2.0,
+    )
+    return dataclasses.replace(app, pixel_mm=float(pixel_mm), fov_px=fov, lv_px=lv)
+
+
 def sample_rngs(seed: Sequence[int]) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
     """(scene, appearance, noise) generators of one sample: independent streams from its seed."""
     children = np.random.SeedSequence([int(s) for s in seed]).spawn(3)
@@ -434,14 +446,7 @@ def draw_sample(
     scene = ss.draw_scene(scene_rng, scene_ranges, z_fraction=z_fraction)
     app = draw_appearance(app_rng, ranges)
     if pixel_mm is not None:
-        # the same field of view in mm, the LV at the same place in it
-        ratio = app.pixel_mm / float(pixel_mm)
-        fov = tuple(max(64, round(n * ratio)) for n in app.fov_px)
-        lv = tuple(
-            (p - (n - 1) / 2.0) * ratio + (m - 1) / 2.0
-            for p, n, m in zip(app.lv_px, app.fov_px, fov, strict=True)
-        )
-        app = Appearance(**{**app.__dict__, "pixel_mm": float(pixel_mm), "fov_px": fov, "lv_px": lv})
+        app = with_pixel_size(app, pixel_mm)
     stored, fractions, origin = render(
         scene, app, noise_rng, supersample=ranges.supersample, subplanes=ranges.subplanes
     )
