@@ -82,6 +82,10 @@ MODEL_KINDS = (contracts.MODEL_KIND_SEG, contracts.MODEL_KIND_REG)
 # workers, so the marker travels in the pipeline and each machine resolves it in its own installation.
 BUNDLED_PREFIX = "bundled:"
 MODELS_PACKAGE_DIR = "models"
+# The package ships two sets: the default models (any scanner; trainer.synthslice) and the paper's recipe
+# (3-D, InlineVF outlines then centring; trainer.portable / trainer.task), the latter as ``<kind>_paper``.
+BUNDLED_DEFAULT = "default"
+BUNDLED_VARIANTS = ("default", "paper")
 
 # ML4H_seg crop policy (module docstring). 128 px: the bundled model's training crop (its card's
 # hyperparameters.crop_px). 32 px: no labels within 60 mm of a crop edge; crops with at least this margin
@@ -254,27 +258,40 @@ def bundled_models_root() -> Path:
     return Path(str(resources.files("beam_pipeline").joinpath(MODELS_PACKAGE_DIR)))
 
 
-def bundled_model_dir(kind: str) -> str | None:
-    """``"bundled:<kind>"`` when this installation ships a SavedModel for ``kind``, else None.
+def bundled_model_name(kind: str, variant: str = BUNDLED_DEFAULT) -> str:
+    """The bundled model folder of ``kind`` and ``variant``: ``ml4h_seg`` (the default models, trained on
+    synthetic anatomy for any scanner) or ``ml4h_seg_paper`` (the paper's recipe on InlineVF outlines)."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {MODEL_KINDS}. Received: {kind!r}")
+    if variant not in BUNDLED_VARIANTS:
+        raise ValueError(f"variant must be one of {BUNDLED_VARIANTS}. Received: {variant!r}")
+    return kind if variant == BUNDLED_DEFAULT else f"{kind}_{variant}"
+
+
+BUNDLED_MODELS = tuple(bundled_model_name(k, v) for v in ("default", "paper") for k in MODEL_KINDS)
+
+
+def bundled_model_dir(kind: str, variant: str = BUNDLED_DEFAULT) -> str | None:
+    """``"bundled:<name>"`` (:func:`bundled_model_name`) when this installation ships that SavedModel, else
+    None.
 
     The marker, not a path, goes into the pipeline; :func:`resolve_model_dir` turns it into a folder
     on whichever machine loads the model.
     """
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"kind must be one of {MODEL_KINDS}. Received: {kind!r}")
-    return f"{BUNDLED_PREFIX}{kind}" if (bundled_models_root() / kind / "saved_model.pb").exists() else None
+    name = bundled_model_name(kind, variant)
+    return f"{BUNDLED_PREFIX}{name}" if (bundled_models_root() / name / "saved_model.pb").exists() else None
 
 
 def resolve_model_dir(model_dir: str) -> str:
-    """A model folder TensorFlow and Beam's FileSystems can open: ``bundled:<kind>`` resolved in this
+    """A model folder TensorFlow and Beam's FileSystems can open: ``bundled:<name>`` resolved in this
     installation's package, any other path (local, ``gs://``) unchanged."""
     if not model_dir.startswith(BUNDLED_PREFIX):
         return model_dir
-    kind = model_dir[len(BUNDLED_PREFIX):]
-    if kind not in MODEL_KINDS:
+    name = model_dir[len(BUNDLED_PREFIX):]
+    if name not in BUNDLED_MODELS:
         raise ValueError(f"unknown bundled model {model_dir!r}; expected one of "
-                         f"{[BUNDLED_PREFIX + k for k in MODEL_KINDS]}")
-    return str(bundled_models_root() / kind)
+                         f"{[BUNDLED_PREFIX + k for k in BUNDLED_MODELS]}")
+    return str(bundled_models_root() / name)
 
 
 def read_model_card(model_dir: str, *, expected_kind: str | None = None) -> ModelCard:

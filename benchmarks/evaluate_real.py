@@ -232,13 +232,9 @@ def checkpoint_predictor(run_dir: str) -> tuple[Predictor, float]:
     """A training run's per-slice network on every slice's whole field of view (no export needed), then the
     post-processing its export's card names (the largest connected LV); the run's grid."""
 
-    from trainer.synthslice import CHECKPOINT, build_model, read_checkpoint
+    from trainer.synthslice import SEG, trained_model
 
-    path = Path(run_dir)
-    path = path / CHECKPOINT if path.is_dir() else path
-    config, _, weights, _ = read_checkpoint(path)
-    model = build_model(config)
-    model.set_weights(weights)
+    model, config = trained_model(run_dir, SEG)
 
     def predict(participant: Any) -> np.ndarray:
         image = np.moveaxis(np.asarray(participant.image)[..., 0], 2, 0)[..., None]
@@ -304,13 +300,9 @@ def reg_handler_predictor(model_dir: str) -> tuple[MassPredictor, Any]:
 
 def reg_checkpoint_predictor(run_dir: str) -> tuple[MassPredictor, float]:
     """A ``reg`` training run's counting network summed over each given slice's whole field of view."""
-    from trainer.synthslice import CHECKPOINT, build_model, read_checkpoint
+    from trainer.synthslice import REG, trained_model
 
-    path = Path(run_dir)
-    path = path / CHECKPOINT if path.is_dir() else path
-    config, _, weights, _ = read_checkpoint(path)
-    model = build_model(config)
-    model.set_weights(weights)
+    model, config = trained_model(run_dir, REG)
 
     def predict(example: Any) -> float:
         image = np.moveaxis(np.asarray(example.image)[..., 0], 2, 0)[..., None]

@@ -52,13 +52,22 @@ class TestStream:
 def tiny_config():
     from trainer.synthslice import FitConfig
 
-    return FitConfig(task="seg", base_filters=4, levels=2, steps=6, warmup_steps=2, stream=TINY_STREAM)
+    return FitConfig(
+        task="both",
+        base_filters=4,
+        levels=2,
+        reg_base_filters=4,
+        reg_levels=2,
+        steps=6,
+        warmup_steps=2,
+        stream=TINY_STREAM,
+    )
 
 
 class TestCheckpoints:
     def test_interrupted_run_equals_an_uninterrupted_one(self, tmp_path, tiny_config):
-        """4 steps, stop, 2 more from the checkpoint: the same weights and optimizer state as 6 steps in one
-        go (the same batches, the same Adam moments; one CPU thread is deterministic)."""
+        """4 steps, stop, 2 more from the checkpoint: the same weights and optimizer states of both models as
+        6 steps in one go (the same batches, the same Adam moments; one CPU thread is deterministic)."""
         from trainer.synthslice import fit, read_checkpoint
 
         fit(tmp_path / "whole", tiny_config, workers=0, checkpoint_every=2, validation_samples=2)
@@ -67,31 +76,33 @@ class TestCheckpoints:
         )
         state = fit(tmp_path / "cut", tiny_config, workers=0, checkpoint_every=2, validation_samples=2)
         assert state.step == 6
-        _, whole_state, whole_w, whole_o = read_checkpoint(tmp_path / "whole" / "checkpoint.npz")
-        _, cut_state, cut_w, cut_o = read_checkpoint(tmp_path / "cut" / "checkpoint.npz")
-        assert whole_state.step == cut_state.step == 6
-        assert len(cut_state.invocations) == 2
-        for a, b in zip(whole_w + whole_o, cut_w + cut_o, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-        assert [row["step"] for row in cut_state.history] == [2, 4, 6]
+        whole = read_checkpoint(tmp_path / "whole" / "checkpoint.npz")
+        cut = read_checkpoint(tmp_path / "cut" / "checkpoint.npz")
+        assert whole.state.step == cut.state.step == 6
+        assert len(cut.state.invocations) == 2
+        for name in ("seg", "reg"):
+            for a, b in zip(
+                whole.weights[name] + whole.optimizer[name],
+                cut.weights[name] + cut.optimizer[name],
+                strict=True,
+            ):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert [row["step"] for row in cut.state.history] == [2, 4, 6]
 
     def test_init_from_another_run(self, tmp_path, tiny_config):
-        from trainer.synthslice import build_model, fit, read_checkpoint
+        """A new run started from another's weights holds exactly them, for both models."""
+        from trainer.synthslice import fit, read_checkpoint
 
-        fit(
-            tmp_path / "first",
-            dataclasses.replace(tiny_config, steps=2),
-            workers=0,
-            checkpoint_every=2,
-            validation_samples=2,
-        )
-        _, _, first, _ = read_checkpoint(tmp_path / "first" / "checkpoint.npz")
-        model = build_model(tiny_config)
-        from trainer.synthslice import load_model_weights
-
-        load_model_weights(model, str(tmp_path / "first"))
-        for a, b in zip(model.get_weights(), first, strict=True):
-            np.testing.assert_array_equal(a, b)
+        short = dataclasses.replace(tiny_config, steps=2)
+        fit(tmp_path / "first", short, workers=0, checkpoint_every=2, validation_samples=2)
+        first = read_checkpoint(tmp_path / "first" / "checkpoint.npz")
+        state = fit(tmp_path / "second", short, workers=0, checkpoint_every=2, validation_samples=2,
+                    init_from=str(tmp_path / "first"), stop_at_step=0)
+        second = read_checkpoint(tmp_path / "second" / "checkpoint.npz")
+        assert state.step == 0
+        for name in ("seg", "reg"):
+            for a, b in zip(first.weights[name], second.weights[name], strict=True):
+                np.testing.assert_array_equal(a, b)
 
 
 class TestVolumeTwin:

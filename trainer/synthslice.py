@@ -2,20 +2,21 @@
 
 The recipe (``docs/training.md``, "The default models"): per-slice 2-D networks (:mod:`trainer.slice_models`)
 learn from an endless stream of random short-axis slices (:mod:`trainer.slice_stream`, drawn by
-:mod:`lvmass.synth.slice_scene` and :mod:`lvmass.synth.slice_image`), never from a real image. ``seg`` learns
-the true anatomy (soft Dice plus cross-entropy); ``reg`` learns each crop's true myocardial area
-(a counting network; no labels).
+:mod:`lvmass.synth.slice_scene` and :mod:`lvmass.synth.slice_image`), never from a real image. ``seg``
+learns the true anatomy (soft Dice plus cross-entropy); ``reg`` learns each crop's true myocardial area (a
+counting network; no labels). ``--task both`` trains the two on the very same batches, so the stream,
+the expensive part, is drawn once.
 
-**Resumable.** A run folder holds ``checkpoint.npz``: the weights, the optimizer's state, the step, the
-run's configuration and its history, written atomically every ``--checkpoint_every`` steps. ``fit`` on a
-folder that has one goes on from it with the same batches it would have seen (the stream is a function of
-the step), until ``--steps``; ``--max_train_seconds`` ends an invocation early, cleanly, so a run can be
-cut into pieces that fit a session. ``--init_from`` starts a new run from the weights of another
-checkpoint or of an export (``slice_model.keras``).
+**Resumable.** A run folder holds ``checkpoint.npz``: every model's weights and optimizer state, the step,
+the run's configuration and its history, written atomically every ``--checkpoint_every`` steps. ``fit`` on
+a folder that has one goes on from it with the same batches it would have seen (the stream is a function of
+the step), until ``--steps``; ``--max_train_seconds`` or ``--stop_at_step`` end an invocation early, cleanly,
+so a run can be cut into pieces that fit a session. ``--init_from`` starts a new run from the weights of
+another checkpoint or of an export (``slice_model.keras``).
 
-    python -m trainer.synthslice fit --run_dir runs/seg --task seg --steps 20000 --workers 1
-    python -m trainer.synthslice export --run_dir runs/seg --export_dir my_ml4h_seg
-    python -m trainer.synthslice report --run_dir runs/seg --name default_ml4h_seg --record
+    python -m trainer.synthslice fit --run_dir runs/default --task both --steps 16000 --workers 1
+    python -m trainer.synthslice export --run_dir runs/default --task seg --export_dir my_ml4h_seg
+    python -m trainer.synthslice export --run_dir runs/default --task reg --export_dir my_ml4h_reg
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from trainer.slice_stream import ExampleStream, StreamConfig, validation_example
 LOG = logging.getLogger("trainer.synthslice")
 CHECKPOINT = "checkpoint.npz"
 LOG_FILE = "training_log.csv"
-TASKS = ("seg", "reg")
+SEG, REG = "seg", "reg"
+TASKS = (SEG, REG, "both")
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
@@ -52,9 +54,12 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 class FitConfig:
     """Everything that defines a run (stored in its checkpoint; a resumed run keeps it)."""
 
-    task: str = "seg"
-    base_filters: int = 16
+    task: str = SEG
+    base_filters: int = 16  # ML4H_seg's U-Net
     levels: int = 4
+    reg_base_filters: int = 16  # ML4H_reg's counting network
+    reg_levels: int = 4
+    reg_input_pool: int = 2
     steps: int = 20000
     learning_rate: float = 1e-3
     final_learning_rate: float = 2e-5
@@ -65,6 +70,11 @@ class FitConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}. Received: {self.task!r}")
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models this run trains: ``("seg",)``, ``("reg",)`` or both."""
+        return (SEG, REG) if self.task == "both" else (self.task,)
 
     def learning_rate_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to ``final_learning_rate`` at ``steps``."""
@@ -82,21 +92,32 @@ class FitConfig:
     def from_json(cls, text: str) -> FitConfig:
         data = json.loads(text)
         stream = dict(data.pop("stream"))
-        scene = ss.SceneRanges(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in stream.pop("scene").items()}
+
+        def ranges(kind: Any, values: dict[str, Any]) -> Any:
+            known = {f.name for f in dataclasses.fields(kind)}
+            return kind(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
+            )
+
+        scene = ranges(ss.SceneRanges, stream.pop("scene"))
+        appearance = ranges(si.AppearanceRanges, stream.pop("appearance"))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(
+            **{k: v for k, v in data.items() if k in known},
+            stream=StreamConfig(**stream, scene=scene, appearance=appearance),
         )
-        appearance = si.AppearanceRanges(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in stream.pop("appearance").items()}
-        )
-        return cls(**data, stream=StreamConfig(**stream, scene=scene, appearance=appearance))
 
 
-def build_model(config: FitConfig) -> Any:
+def build_model(config: FitConfig, which: str | None = None) -> Any:
+    """The untrained network ``which`` (``seg`` or ``reg``; default the run's only model)."""
     from trainer.slice_models import CounterConfig, UNetConfig, build_area_counter, build_slice_unet
 
-    if config.task == "seg":
+    which = which or config.models[0]
+    if which == SEG:
         return build_slice_unet(UNetConfig(config.base_filters, config.levels))
-    return build_area_counter(CounterConfig(config.base_filters, config.levels))
+    return build_area_counter(
+        CounterConfig(config.reg_base_filters, config.reg_levels, config.reg_input_pool)
+    )
 
 
 # --- Checkpoints ------------------------------------------------------------------------------------
@@ -113,48 +134,82 @@ class RunState:
     invocations: list[dict[str, Any]] = field(default_factory=list)
 
 
-def save_checkpoint(path: Path, config: FitConfig, model: Any, optimizer: Any, state: RunState) -> None:
-    """Write the run's weights, optimizer state, configuration and state to ``path`` atomically."""
-    arrays: dict[str, np.ndarray] = {f"w{i}": np.asarray(v) for i, v in enumerate(model.get_weights())}
-    for i, v in enumerate(optimizer.variables):
-        arrays[f"o{i}"] = np.asarray(v.numpy())
-    arrays["config_json"] = np.array(config.to_json())
-    arrays["state_json"] = np.array(json.dumps(dataclasses.asdict(state)))
+@dataclass
+class Checkpoint:
+    """A run's file: its configuration and state, and per model its weights and optimizer variables."""
+
+    config: FitConfig
+    state: RunState
+    weights: dict[str, list[np.ndarray]]
+    optimizer: dict[str, list[np.ndarray]]
+
+
+def save_checkpoint(
+    path: Path, config: FitConfig, models: dict[str, Any], optimizers: dict[str, Any], state: RunState
+) -> None:
+    """Write the run's weights, optimizer states, configuration and state to ``path`` atomically."""
+    arrays: dict[str, np.ndarray] = {
+        "config_json": np.array(config.to_json()),
+        "state_json": np.array(json.dumps(dataclasses.asdict(state))),
+    }
+    for name, model in models.items():
+        arrays.update({f"{name}.w{i}": np.asarray(v) for i, v in enumerate(model.get_weights())})
+        arrays.update(
+            {f"{name}.o{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizers[name].variables)}
+        )
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
 
-def read_checkpoint(path: Path) -> tuple[FitConfig, RunState, list[np.ndarray], list[np.ndarray]]:
-    """(config, state, weights, optimizer variables) of a checkpoint file."""
+def read_checkpoint(path: Path) -> Checkpoint:
+    """A checkpoint file (a run folder's ``checkpoint.npz``)."""
     with np.load(path) as data:
         config = FitConfig.from_json(str(data["config_json"]))
         state = RunState(**json.loads(str(data["state_json"])))
-        weights = [data[f"w{i}"] for i in range(sum(1 for k in data.files if k.startswith("w")))]
-        opt = [data[f"o{i}"] for i in range(sum(1 for k in data.files if k.startswith("o")))]
-    return config, state, weights, opt
+
+        def arrays(prefix: str) -> list[np.ndarray]:
+            count = sum(1 for k in data.files if k.startswith(prefix))
+            return [data[f"{prefix}{i}"] for i in range(count)]
+
+        if f"{config.models[0]}.w0" not in data.files:  # a single-model checkpoint of the first format
+            return Checkpoint(config, state, {config.models[0]: arrays("w")}, {config.models[0]: arrays("o")})
+        weights = {name: arrays(f"{name}.w") for name in config.models}
+        optimizer = {name: arrays(f"{name}.o") for name in config.models}
+    return Checkpoint(config, state, weights, optimizer)
 
 
-def load_model_weights(model: Any, source: str) -> None:
+def checkpoint_path(source: str | Path) -> Path:
+    path = Path(source)
+    return path / CHECKPOINT if path.is_dir() else path
+
+
+def trained_model(source: str | Path, which: str | None = None) -> tuple[Any, FitConfig]:
+    """The network ``which`` of a run folder or checkpoint, with its trained weights; the run's config."""
+    checkpoint = read_checkpoint(checkpoint_path(source))
+    which = which or checkpoint.config.models[0]
+    if which not in checkpoint.config.models:
+        raise ValueError(f"{source}: the run trained {checkpoint.config.models}, not {which!r}")
+    model = build_model(checkpoint.config, which)
+    model.set_weights(checkpoint.weights[which])
+    return model, checkpoint.config
+
+
+def load_model_weights(model: Any, source: str, which: str) -> None:
     """Weights from a checkpoint (``.npz``), a run folder or an export folder (``slice_model.keras``)."""
     import keras
 
     path = Path(source)
-    if path.is_dir() and (path / CHECKPOINT).exists():
-        path = path / CHECKPOINT
-    elif path.is_dir():
-        path = path / "slice_model.keras"
-    if path.suffix == ".npz":
-        _, _, weights, _ = read_checkpoint(path)
-        model.set_weights(weights)
+    if path.suffix == ".npz" or (path / CHECKPOINT).exists():
+        model.set_weights(read_checkpoint(checkpoint_path(path)).weights[which])
     else:
-        model.set_weights(keras.models.load_model(path, compile=False).get_weights())
+        model.set_weights(keras.models.load_model(path / SLICE_MODEL_FILENAME, compile=False).get_weights())
 
 
 # --- Training ----------------------------------------------------------------------------------------
 
 
-def _losses(config: FitConfig) -> Any:
+def _loss(which: str, config: FitConfig) -> Any:
     import tensorflow as tf
 
     grid_area = config.stream.grid_mm**2
@@ -173,27 +228,25 @@ def _losses(config: FitConfig) -> Any:
             tf.keras.losses.huber(areas_mm2[:, None] / 1000.0, predicted[:, None] / 1000.0, delta=0.5)
         )
 
-    return seg_loss if config.task == "seg" else reg_loss
+    return seg_loss if which == SEG else reg_loss
 
 
-def validate(model: Any, examples: Sequence[Any], config: FitConfig) -> dict[str, float]:
-    """Synthetic validation: cavity and myocardium Dice over all examples (seg), area MAE (both)."""
+def validate(which: str, model: Any, examples: Sequence[Any], config: FitConfig) -> dict[str, float]:
+    """Synthetic validation: cavity and myocardium Dice over all examples and the area error (seg), the
+    counted area's error (reg, keys prefixed ``reg_``)."""
     images = np.stack([e.image for e in examples])[..., None]
     out = model.predict(images, batch_size=16, verbose=0)
     areas = np.array([e.area_mm2 for e in examples])
     grid_area = config.stream.grid_mm**2
-    if config.task == "reg":
-        predicted = out.sum(axis=(1, 2, 3)) * grid_area
-        return {"val_area_mae_mm2": float(np.mean(np.abs(predicted - areas)))}
+    if which == REG:
+        return {"reg_val_area_mae_mm2": float(np.mean(np.abs(out.sum(axis=(1, 2, 3)) * grid_area - areas)))}
     labels = np.stack([e.labels for e in examples])
-    predicted_labels = np.argmax(out, axis=-1)
+    predicted = np.argmax(out, axis=-1)
     scores = {}
     for name, k in (("cavity", 1), ("myocardium", 2)):
-        a, b = predicted_labels == k, labels == k
+        a, b = predicted == k, labels == k
         scores[f"val_{name}_dice"] = float(2.0 * (a & b).sum() / max(1, a.sum() + b.sum()))
-    scores["val_area_mae_mm2"] = float(
-        np.mean(np.abs((predicted_labels == 2).sum(axis=(1, 2)) * grid_area - areas))
-    )
+    scores["val_area_mae_mm2"] = float(np.mean(np.abs((predicted == 2).sum(axis=(1, 2)) * grid_area - areas)))
     return scores
 
 
@@ -225,40 +278,45 @@ def fit(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CHECKPOINT
-    optimizer_values: list[np.ndarray] = []
+    stored: Checkpoint | None = None
     if path.exists():
-        stored, state, weights, optimizer_values = read_checkpoint(path)
-        if config is not None and config.steps != stored.steps:
-            stored = dataclasses.replace(stored, steps=config.steps)  # extending a run is allowed
-        config = stored
-        model = build_model(config)
-        model.set_weights(weights)
+        stored = read_checkpoint(path)
+        config = dataclasses.replace(stored.config, steps=config.steps) if config else stored.config
+        state = stored.state
         LOG.info("resuming %s at step %d of %d", run_dir, state.step, config.steps)
     else:
         config = config or FitConfig()
         state = RunState()
         keras.utils.set_random_seed(config.stream.seed)  # the initial weights are the seed's too
-        model = build_model(config)
-        if init_from:
-            load_model_weights(model, init_from)
-            LOG.info("starting from the weights of %s", init_from)
-    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate_at(state.step))
-    optimizer.build(model.trainable_variables)
-    if optimizer_values:
-        for variable, value in zip(optimizer.variables, optimizer_values, strict=True):
-            variable.assign(value)
-    loss_fn = _losses(config)
-    target_index = 1 if config.task == "seg" else 2
+    models = {name: build_model(config, name) for name in config.models}
+    optimizers = {}
+    for name, model in models.items():
+        if stored is not None:
+            model.set_weights(stored.weights[name])
+        elif init_from:
+            load_model_weights(model, init_from, name)
+            LOG.info("%s starts from the weights of %s", name, init_from)
+        optimizers[name] = keras.optimizers.Adam(learning_rate=config.learning_rate_at(state.step))
+        optimizers[name].build(model.trainable_variables)
+        if stored is not None:
+            for variable, value in zip(optimizers[name].variables, stored.optimizer[name], strict=True):
+                variable.assign(value)
 
-    @tf.function(reduce_retracing=True)
-    def train_step(images: Any, target: Any) -> Any:
-        with tf.GradientTape() as tape:
-            out = model(images, training=True)
-            loss = loss_fn(target, out)
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return loss
+    def make_step(name: str) -> Any:
+        model, optimizer, loss_fn = models[name], optimizers[name], _loss(name, config)
 
+        @tf.function(reduce_retracing=True)
+        def train_step(images: Any, target: Any) -> Any:
+            with tf.GradientTape() as tape:
+                loss = loss_fn(target, model(images, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss
+
+        return train_step
+
+    steps = {name: make_step(name) for name in models}
+    target = {SEG: 1, REG: 2}
     validation = validation_examples(config.stream, validation_samples)
     invocation = {
         "command": command,
@@ -270,52 +328,53 @@ def fit(
         "init_from": init_from,
     }
     began = time.perf_counter()
-    losses: list[float] = []
+    losses: dict[str, list[float]] = {name: [] for name in models}
+
+    def row(stream: ExampleStream) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "step": state.step,
+            "train_seconds": round(state.train_seconds + time.perf_counter() - began, 1),
+            "learning_rate": float(config.learning_rate_at(max(state.step - 1, 0))),
+            "samples_drawn": state.samples_drawn + stream.samples_drawn,
+            "wait_seconds": round(stream.wait_seconds, 1),
+        }
+        for name, values in losses.items():
+            out["loss" if name == SEG else f"{name}_loss"] = (
+                float(np.mean(values)) if values else float("nan")
+            )
+            values.clear()
+        return out
+
     with ExampleStream(config.stream, start_step=state.step, workers=workers) as stream:
-        while state.step < min(config.steps, stop_at_step or config.steps):
+        while state.step < (config.steps if stop_at_step is None else min(config.steps, stop_at_step)):
             if max_train_seconds is not None and time.perf_counter() - began >= max_train_seconds:
                 break
             batch = stream.next_batch()
-            optimizer.learning_rate.assign(config.learning_rate_at(state.step))
-            losses.append(float(train_step(tf.constant(batch[0]), tf.constant(batch[target_index]))))
+            images = tf.constant(batch[0])
+            for name, train_step in steps.items():
+                optimizers[name].learning_rate.assign(config.learning_rate_at(state.step))
+                losses[name].append(float(train_step(images, tf.constant(batch[target[name]]))))
             state.step += 1
             last = state.step == config.steps
             if state.step % checkpoint_every == 0 or last:
-                elapsed = time.perf_counter() - began
-                row: dict[str, Any] = {
-                    "step": state.step,
-                    "train_seconds": round(state.train_seconds + elapsed, 1),
-                    "learning_rate": float(config.learning_rate_at(state.step - 1)),
-                    "loss": float(np.mean(losses)),
-                    "samples_drawn": state.samples_drawn + stream.samples_drawn,
-                    "wait_seconds": round(stream.wait_seconds, 1),
-                }
-                losses = []
+                entry = row(stream)
                 if state.step % validate_every == 0 or last:
-                    row.update(validate(model, validation, config))
-                state.history.append(row)
-                _save(run_dir, config, model, optimizer, state, began, stream, invocation)
-                LOG.info("step %d: %s", state.step, {k: v for k, v in row.items() if k != "step"})
+                    for name, model in models.items():
+                        entry.update(validate(name, model, validation, config))
+                state.history.append(entry)
+                _save(run_dir, config, models, optimizers, state, began, stream, invocation)
+                LOG.info("step %d: %s", state.step, {k: v for k, v in entry.items() if k != "step"})
         if not state.history or state.history[-1]["step"] != state.step:  # where this invocation stopped
-            state.history.append(
-                {
-                    "step": state.step,
-                    "train_seconds": round(state.train_seconds + time.perf_counter() - began, 1),
-                    "learning_rate": float(config.learning_rate_at(max(state.step - 1, 0))),
-                    "loss": float(np.mean(losses)) if losses else float("nan"),
-                    "samples_drawn": state.samples_drawn + stream.samples_drawn,
-                    "wait_seconds": round(stream.wait_seconds, 1),
-                }
-            )
-        _save(run_dir, config, model, optimizer, state, began, stream, invocation, final=True)
+            state.history.append(row(stream))
+        _save(run_dir, config, models, optimizers, state, began, stream, invocation, final=True)
     return state
 
 
 def _save(
     run_dir: Path,
     config: FitConfig,
-    model: Any,
-    optimizer: Any,
+    models: dict[str, Any],
+    optimizers: dict[str, Any],
     state: RunState,
     began: float,
     stream: ExampleStream,
@@ -333,7 +392,7 @@ def _save(
             {**invocation, "end_step": state.step, "seconds": round(elapsed, 1)},
         ],
     )
-    save_checkpoint(run_dir / CHECKPOINT, config, model, optimizer, saved)
+    save_checkpoint(run_dir / CHECKPOINT, config, models, optimizers, saved)
     if final:
         state.train_seconds, state.samples_drawn, state.invocations = (
             saved.train_seconds,
@@ -341,7 +400,7 @@ def _save(
             saved.invocations,
         )
     with open(run_dir / LOG_FILE, "w", newline="") as handle:
-        keys = sorted({k for row in state.history for k in row}, key=lambda k: (k != "step", k))
+        keys = sorted({k for r in state.history for k in r}, key=lambda k: (k != "step", k))
         writer = csv.DictWriter(handle, fieldnames=keys)
         writer.writeheader()
         writer.writerows(state.history)
@@ -353,16 +412,32 @@ SLICE_MODEL_FILENAME = "slice_model.keras"
 DEFAULT_CROP_PX = 160  # the first crop of the pipeline's handler: a dilated heart and its margin fit
 
 
-def model_card(config: FitConfig, state: RunState, *, version: str) -> Any:
+def model_card(config: FitConfig, state: RunState, which: str, *, version: str) -> Any:
     """The card of an exported default model (``beam_pipeline.model_card.ModelCard``)."""
     from beam_pipeline import contracts
     from beam_pipeline.model_card import LABEL_SOURCE_TRUE_ANATOMY, ModelCard, tensor_contract
 
-    seg = config.task == "seg"
+    seg = which == SEG
+    prefix = "val_" if seg else "reg_val_"
     last_validation = next(
-        (row for row in reversed(state.history) if any(k.startswith("val_") for k in row)), {}
+        (
+            {k: v for k, v in r.items() if k.startswith(prefix)}
+            for r in reversed(state.history)
+            if any(k.startswith(prefix) for k in r)
+        ),
+        {},
     )
     stream = dataclasses.asdict(config.stream)
+    architecture = (
+        {"kind": "2-D U-Net per slice", "base_filters": config.base_filters, "levels": config.levels}
+        if seg
+        else {
+            "kind": "2-D counting network per slice (myocardium density, summed)",
+            "base_filters": config.reg_base_filters,
+            "levels": config.reg_levels,
+            "input_pool": config.reg_input_pool,
+        }
+    )
     return ModelCard(
         kind=contracts.MODEL_KIND_SEG if seg else contracts.MODEL_KIND_REG,
         version=version,
@@ -381,11 +456,8 @@ def model_card(config: FitConfig, state: RunState, *, version: str) -> Any:
         hyperparameters={
             "trainer": "trainer.synthslice",
             "task": config.task,
-            "architecture": {
-                "kind": "2-D U-Net per slice" if seg else "2-D counting network per slice",
-                "base_filters": config.base_filters,
-                "levels": config.levels,
-            },
+            "model": which,
+            "architecture": architecture,
             "steps": state.step,
             "batch_size": config.stream.batch_size,
             "crop_px": config.stream.crop_px,
@@ -401,7 +473,7 @@ def model_card(config: FitConfig, state: RunState, *, version: str) -> Any:
         notes=(
             "Trained on SYNTHETIC slices only (SynthSeg-style: label maps of the heart and chest, every "
             "appearance drawn at random); validated on real studies it never saw "
-            "(benchmarks/results/real_study_evaluation.md). Segments every acquired slice."
+            "(benchmarks/results/real_study_evaluation.md). Measures every acquired slice."
         ),
         pixel_spacing_mm=config.stream.grid_mm,
         training_pixel_spacing_mm=[float(v) for v in config.stream.appearance.pixel_mm],
@@ -413,25 +485,23 @@ def model_card(config: FitConfig, state: RunState, *, version: str) -> Any:
     )
 
 
-def export(run_dir: Path, export_dir: Path, *, version: str = "1.0.0") -> Path:
-    """The run's network as the pipeline's SavedModel (``trainer.export``: per-slice contract, crop and
-    window signatures for ML4H_seg), its 2-D Keras model (``slice_model.keras``) and card."""
+def export(run_dir: Path, export_dir: Path, *, which: str | None = None, version: str = "1.0.0") -> Path:
+    """The run's network ``which`` as the pipeline's SavedModel (``trainer.export``: per-slice contract, crop
+    and window signatures for ML4H_seg), its 2-D Keras model (``slice_model.keras``) and card."""
     from beam_pipeline import contracts
     from trainer.export import export_model
     from trainer.slice_models import mass_model, model_levels, volume_twin
 
-    path = run_dir / CHECKPOINT if run_dir.is_dir() else run_dir
-    config, state, weights, _ = read_checkpoint(path)
-    model = build_model(config)
-    model.set_weights(weights)
+    checkpoint = read_checkpoint(checkpoint_path(run_dir))
+    which = which or checkpoint.config.models[0]
+    model, config = trained_model(run_dir, which)
     twin = volume_twin(model, levels=model_levels(model))
-    seg = config.task == "seg"
+    seg = which == SEG
     network = twin if seg else mass_model(twin)
     kind = contracts.MODEL_KIND_SEG if seg else contracts.MODEL_KIND_REG
     export_dir.mkdir(parents=True, exist_ok=True)
-    export_model(
-        network, kind=kind, export_dir=str(export_dir), card=model_card(config, state, version=version)
-    )
+    card = model_card(config, checkpoint.state, which, version=version)
+    export_model(network, kind=kind, export_dir=str(export_dir), card=card)
     model.save(export_dir / SLICE_MODEL_FILENAME)
     return export_dir
 
@@ -446,16 +516,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, help="what to do")
     p = sub.add_parser("fit", help="train (or go on training) a run")
     p.add_argument("--run_dir", required=True, help="the run's folder (checkpoint.npz, training_log.csv)")
-    p.add_argument("--task", choices=TASKS, default="seg", help="seg: ML4H_seg; reg: ML4H_reg (area counter)")
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default=SEG,
+        help="seg: ML4H_seg; reg: ML4H_reg (area counter); both: the two on the same batches",
+    )
     p.add_argument("--steps", type=int, default=20000, help="train up to this many steps in all")
-    p.add_argument("--base_filters", type=int, default=16, help="filters at full resolution")
-    p.add_argument("--levels", type=int, default=4, help="resolutions of the U-Net")
+    p.add_argument("--base_filters", type=int, default=16, help="ML4H_seg: filters at full resolution")
+    p.add_argument("--levels", type=int, default=4, help="ML4H_seg: resolutions of the U-Net")
+    p.add_argument(
+        "--reg_base_filters", type=int, default=16, help="ML4H_reg: filters at its first resolution"
+    )
+    p.add_argument("--reg_levels", type=int, default=4, help="ML4H_reg: resolutions")
     p.add_argument("--batch_size", type=int, default=16, help="slices per step")
     p.add_argument("--crop_px", type=int, default=128, help="training crop on the grid")
-    p.add_argument("--grid_mm", type=float, default=1.5, help="the model's pixel size (mm)")
+    p.add_argument("--grid_mm", type=float, default=1.5, help="the models' pixel size (mm)")
     p.add_argument("--uses", type=int, default=2, help="crops per drawn slice")
     p.add_argument("--learning_rate", type=float, default=1e-3, help="peak learning rate (Adam)")
-    p.add_argument("--seed", type=int, default=1, help="the run's seed: its samples and batches")
+    p.add_argument(
+        "--seed", type=int, default=1, help="the run's seed: its samples, batches and initial weights"
+    )
     p.add_argument("--workers", type=int, default=1, help="processes drawing samples (0: this one)")
     p.add_argument("--threads", type=int, default=1, help="TensorFlow threads")
     p.add_argument(
@@ -468,8 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init_from", default=None, help="start a new run from these weights (checkpoint or export)"
     )
-    e = sub.add_parser("export", help="write a run as the pipeline's SavedModel with its card")
+    e = sub.add_parser("export", help="write a run's model as the pipeline's SavedModel with its card")
     e.add_argument("--run_dir", required=True, help="the run's folder (or a checkpoint file)")
+    e.add_argument(
+        "--task", choices=(SEG, REG), default=None, help="which of the run's models (default: its first)"
+    )
     e.add_argument("--export_dir", required=True, help="the SavedModel folder to write")
     e.add_argument("--version", default="1.0.0", help="the model's version (model card)")
     return parser
@@ -486,6 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             task=args.task,
             base_filters=args.base_filters,
             levels=args.levels,
+            reg_base_filters=args.reg_base_filters,
+            reg_levels=args.reg_levels,
             steps=args.steps,
             learning_rate=args.learning_rate,
             stream=StreamConfig(
@@ -520,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     elif args.command == "export":
-        print(export(Path(args.run_dir), Path(args.export_dir), version=args.version))
+        print(export(Path(args.run_dir), Path(args.export_dir), which=args.task, version=args.version))
     return 0
 
 

@@ -33,8 +33,8 @@ TEMPLATE_DESCRIPTION = ("LV mass, LVMI and LVH from UK Biobank short-axis cine C
 GCS_BUCKET = r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]"
 GCS_OBJECT = rf"gs://{GCS_BUCKET}/\S+"
 _METHOD = "|".join(re.escape(m) for m in contracts.INPUT_METHODS)
-_BUNDLED_SEG = re.escape(BUNDLED_PREFIX + contracts.MODEL_KIND_SEG)
-_BUNDLED_REG = re.escape(BUNDLED_PREFIX + contracts.MODEL_KIND_REG)
+_BUNDLED_SEG = re.escape(BUNDLED_PREFIX + contracts.MODEL_KIND_SEG) + "(_paper)?"
+_BUNDLED_REG = re.escape(BUNDLED_PREFIX + contracts.MODEL_KIND_REG) + "(_paper)?"
 
 # Options that argparse only knows as strings: (paramType, regex, label).
 TEXT_RULES: dict[str, tuple[str, str, str]] = {

@@ -45,7 +45,7 @@ class AppearanceRanges:
     fov_aspect: tuple[float, float] = (0.7, 1.0)  # rows / columns
     lv_offset: float = 0.18  # the LV axis up to this fraction of the field of view from its centre
     random_contrast_prob: float = 0.12  # every tissue's intensity at random (else a cine's order)
-    snr: tuple[float, float] = (8.0, 90.0)  # blood / noise sd, log-uniform
+    snr: tuple[float, float] = (10.0, 100.0)  # blood / noise sd, log-uniform
     blur_px: tuple[float, float] = (0.3, 0.9)  # acquired pixels (k-space truncation)
     gibbs_prob: float = 0.3
     texture: tuple[float, float] = (0.0, 0.25)
@@ -111,6 +111,7 @@ class Appearance:
     texture: tuple[float, ...]  # per scene label: amplitude of its smooth texture
     flow: float  # depth of flow artefacts in the blood pools
     lung_vessels: tuple[float, float]  # (density per mm^2, brightness)
+    detail: tuple[float, float]  # (density per mm^2, amplitude) of fine specks outside the LV
     chemical_shift: float  # darkening of the fat-water edge pixels
     blur_px: float
     gibbs: float  # fraction of k-space kept (1: none)
@@ -176,6 +177,7 @@ def draw_appearance(rng: np.random.Generator, ranges: AppearanceRanges) -> Appea
         texture=tuple(float(t) for t in texture),
         flow=float(rng.uniform(0.1, 0.6)) if rng.random() < ranges.flow_prob else 0.0,
         lung_vessels=(float(rng.uniform(0.0, 0.006)), float(rng.uniform(0.15, 0.7))),
+        detail=(float(rng.uniform(0.0, 0.01)), float(rng.uniform(0.1, 0.6))),
         chemical_shift=float(rng.uniform(0.3, 0.9)) if rng.random() < ranges.chemical_shift_prob else 0.0,
         blur_px=float(rng.uniform(*ranges.blur_px)),
         gibbs=float(rng.uniform(0.55, 0.85)) if rng.random() < ranges.gibbs_prob else 1.0,
@@ -299,6 +301,14 @@ def render(
         dots = ndimage.gaussian_filter(dots, float(rng.uniform(0.5, 1.8)) / app.pixel_mm * 1.5)
         dots *= brightness / max(float(dots.max()), 1e-6)
         image += np.where(coarse == ss.LUNG, dots, 0.0).astype(np.float32)
+    if app.detail[0] > 0:
+        # fine detail everywhere but the LV: small vessels, nodes, fat planes, as bright and dark specks
+        specks = rng.random(shape) < app.detail[0] * app.pixel_mm**2
+        signs = np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(np.float32)
+        detail = ndimage.gaussian_filter(specks * signs, float(rng.uniform(0.6, 2.0)) / app.pixel_mm)
+        detail *= app.detail[1] / max(float(np.abs(detail).max()), 1e-6)
+        outside_lv = ~np.isin(coarse, ss.LV_LABELS)
+        image = np.where(outside_lv, np.clip(image + detail, 0.0, None), image).astype(np.float32)
     if app.chemical_shift > 0:
         image *= np.where(_chemical_shift_edges(coarse), 1.0 - app.chemical_shift, 1.0).astype(np.float32)
     # acquisition: blur and ringing, bias and coil, ghosting, fold-over, dark band
