@@ -57,7 +57,7 @@ class AppearanceRanges:
     flow_prob: float = 0.5
     chemical_shift_prob: float = 0.5
     supersample: int = 2
-    subplanes: int = 3
+    subplanes: int = 4
 
     def __post_init__(self) -> None:
         for name in ("pixel_mm", "fov_mm", "fov_aspect", "snr", "blur_px", "texture", "bias_sd"):
@@ -147,7 +147,8 @@ def draw_appearance(rng: np.random.Generator, ranges: AppearanceRanges) -> Appea
             break
         means[ss.LV_MYOCARDIUM] = rng.uniform(0.0, 1.0)
     if rng.random() < 0.8:  # trabeculae and papillary muscles look like the wall
-        means[ss.LV_TRABECULAE] = float(np.clip(means[ss.LV_MYOCARDIUM] + rng.normal(0.0, 0.04), 0.0, 1.0))
+        # as dark as the wall, or a little brighter (blood between fine trabeculae)
+        means[ss.LV_TRABECULAE] = float(np.clip(means[ss.LV_MYOCARDIUM] + rng.uniform(-0.03, 0.15), 0.0, 1.0))
     pixel = _log_uniform(rng, ranges.pixel_mm)
     cols_mm = float(rng.uniform(*ranges.fov_mm))
     rows_mm = cols_mm * float(rng.uniform(*ranges.fov_aspect))
@@ -242,7 +243,7 @@ def render(
     rng: np.random.Generator,
     *,
     supersample: int = 2,
-    subplanes: int = 3,
+    subplanes: int = 4,
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """The stored image (float32, acquired grid) and the fine targets.
 

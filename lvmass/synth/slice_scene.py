@@ -361,6 +361,7 @@ class SliceScene:
     z_mm: float
     slab_mm: float
     rotation: float  # radians, image = R(rotation) heart frame
+    tilt: tuple[float, float]  # (tan of the slice normal's angle to the LV axis, its direction in radians)
     mirrored: bool  # RV on the right: an acquisition whose orientation was not standardised
     deformation: Deformation
     chest_deformation: Deformation  # larger, on top, for the chest only: its organs are never ellipses
@@ -458,13 +459,15 @@ def _draw_heart(rng: np.random.Generator, ranges: SceneRanges) -> Heart:
         infarct=infarct,
         papillaries=tuple(papillaries),
         trabeculae=trabeculae,
+        # experts draw the endocardium at the compact wall: a trabeculated layer inside it, often several mm
+        # deep and nearly as dark as the wall, is cavity
         trabecular_band_mm=float(
-            rng.choice([0.0, rng.uniform(1.0, 4.0), rng.uniform(2.0, 8.0)], p=[0.2, 0.5, 0.3])
+            rng.choice([0.0, rng.uniform(1.0, 4.0), rng.uniform(3.0, 10.0)], p=[0.12, 0.38, 0.5])
         ),
-        trabecular_fill=float(rng.uniform(0.15, 0.6)),
+        trabecular_fill=float(rng.uniform(0.3, 0.95)),
         trabecular_waves=tuple(
             (
-                int(rng.integers(6, 40)),
+                int(rng.integers(5, 28)),
                 float(rng.uniform(0.5, 1.0)),
                 float(rng.uniform(0.0, _TWO_PI)),
                 float(rng.uniform(-0.8, 0.8)),
@@ -665,6 +668,7 @@ def draw_scene(
         z_mm=z,
         slab_mm=float(rng.uniform(5.0, 10.0)),
         rotation=math.radians(float(rng.uniform(-40.0, 40.0))),
+        tilt=(math.tan(math.radians(float(rng.uniform(0.0, 25.0)))), float(rng.uniform(-math.pi, math.pi))),
         mirrored=bool(rng.random() < 0.05),
         deformation=draw_deformation(rng, float(rng.uniform(*ranges.deformation_mm))),
         chest_deformation=draw_deformation(
@@ -943,11 +947,14 @@ def scene_labels(
     if scene.heart is None:
         return [chest.copy() for _ in z_offsets_mm], chest
     inside_body = chest != AIR
-    rho, theta = _polar(x, y, scene.heart)
-    polar = (rho, angle_index(theta))
     planes = []
+    slope, direction = scene.tilt
     for offset in z_offsets_mm:
-        painted = heart_labels(x, y, scene.z_mm + offset, scene.heart, chest.copy(), polar)
+        # a slice tilted against the LV axis meets the heart further along that direction off its centre plane
+        hx = x - offset * slope * math.cos(direction)
+        hy = y - offset * slope * math.sin(direction)
+        rho, theta = _polar(hx, hy, scene.heart)
+        painted = heart_labels(hx, hy, scene.z_mm + offset, scene.heart, chest.copy(), (rho, angle_index(theta)))
         planes.append(np.where(inside_body, painted, chest).astype(np.uint8))
     return planes, chest
 
