@@ -145,12 +145,13 @@ def write_tensors(cohort: Path, participants: int, seed: int, out: Path) -> list
     if not zips_dir.is_dir() or len(list(zips_dir.glob("*.zip"))) < participants:
         generate_cohort(cohort, participants=participants, seed=seed, fidelity="full", overwrite=True)
     zips = [*sorted(zips_dir.glob("*.zip"))[:participants], REAL_STUDY]
-    grid_mm = read_model_card(bundled_model_dir(contracts.MODEL_KIND_SEG)).pixel_spacing_mm
+    card = read_model_card(bundled_model_dir(contracts.MODEL_KIND_SEG))
     rows = []
     for path in zips:
         with path.open("rb") as handle:
             study = decode_participant_zip(handle, path.name, with_inlinevf=True)
-        tensor = participant_from_study(study, with_inlinevf=True, grid_pixel_mm=grid_mm)
+        tensor = participant_from_study(study, with_inlinevf=True, grid_pixel_mm=card.pixel_spacing_mm,
+                                        n_slots=card.tensor_slices)
         outlines = {} if tensor.inlinevf_labels is None else {"inlinevf_labels": tensor.inlinevf_labels}
         np.savez(out / f"{path.stem}.npz", image=tensor.image, spacing_mm=tensor.spacing_mm, **outlines)
         rows.append({"name": path.stem, "real": path == REAL_STUDY, "n_slices_used": tensor.n_slices_used})
@@ -160,38 +161,16 @@ def write_tensors(cohort: Path, participants: int, seed: int, out: Path) -> list
 # --- speed ---------------------------------------------------------------------------------------------
 
 
-def conv_gflop(model_keras: Path) -> float:
-    """GFLOP (2 x multiply-adds) of the model's convolutions on one full ``contracts.TENSOR_SHAPE`` tensor."""
+def _conv_gflop(model: Any, rows: int, cols: int, slices: int, inset: dict[str, int] | None = None) -> float:
+    """GFLOP (2 x multiply-adds) of ``model``'s convolutions on a ``rows`` x ``cols`` x ``slices`` input, each
+    layer's output less ``inset[layer]`` pixels per in-plane side at its own resolution (``serving_window``);
+    a layer not in ``inset`` (when given) is not computed."""
     import keras
 
-    # the custom objects model.keras may name are registered when these are imported
-    import trainer.metrics
-    import trainer.models  # noqa: F401
+    from trainer.windowed import _producers
 
-    model = keras.models.load_model(model_keras, compile=False)
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv3D):
-            out = layer.output.shape
-            taps = int(np.prod(layer.kernel_size)) * layer.input.shape[-1] * out[-1]
-            total += 2 * int(np.prod(out[1:4])) * taps
-    return total / 1e9
-
-
-def conv_gflop_window(model_keras: Path, rows: int, cols: int, margin_px: int) -> float:
-    """GFLOP of the convolutions ``serving_window`` computes on a ``rows`` x ``cols`` crop: each layer's
-    output less its inset (``trainer.windowed.window_demands``), at that layer's resolution."""
-    import keras
-
-    import trainer.metrics
-    import trainer.models  # noqa: F401
-    from trainer.export import size_agnostic_twin
-    from trainer.windowed import _producers, window_demands
-
-    model = size_agnostic_twin(keras.models.load_model(model_keras, compile=False))
-    _, computed = window_demands(model, margin_px)
     stride: dict[str, float] = {}
-    total = 0
+    total = 0.0
     for layer in model.layers:
         producers = _producers(layer)
         s = stride[producers[0]] if producers else 1.0
@@ -200,12 +179,42 @@ def conv_gflop_window(model_keras: Path, rows: int, cols: int, margin_px: int) -
         elif isinstance(layer, keras.layers.UpSampling3D):
             s /= layer.size[0]
         stride[layer.name] = s
-        if isinstance(layer, keras.layers.Conv3D) and layer.name in computed:
-            inset = computed[layer.name]
-            pixels = (rows / s - 2 * inset) * (cols / s - 2 * inset) * layer.output.shape[3]
-            taps = int(np.prod(layer.kernel_size)) * layer.input.shape[-1] * layer.output.shape[-1]
-            total += 2 * pixels * taps
+        if not isinstance(layer, keras.layers.Conv3D) or (inset is not None and layer.name not in inset):
+            continue
+        cut = inset.get(layer.name, 0) if inset is not None else 0
+        pixels = (rows / s - 2 * cut) * (cols / s - 2 * cut) * slices
+        taps = int(np.prod(layer.kernel_size)) * layer.input.shape[-1] * layer.kernel.shape[-1]
+        total += 2 * pixels * taps
     return total / 1e9
+
+
+def _load_keras(model_keras: Path) -> Any:
+    import keras
+
+    # the custom objects model.keras may name are registered when these are imported
+    import trainer.metrics
+    import trainer.models
+    import trainer.slice_models  # noqa: F401
+    from trainer.export import size_agnostic_twin
+
+    return size_agnostic_twin(keras.models.load_model(model_keras, compile=False))
+
+
+def conv_gflop(model_keras: Path, slices: int = 13) -> float:
+    """GFLOP (2 x multiply-adds) of the model's convolutions on one full 256 x 256 x ``slices`` tensor."""
+    from beam_pipeline import contracts
+
+    return _conv_gflop(_load_keras(model_keras), contracts.TENSOR_ROWS, contracts.TENSOR_COLS, slices)
+
+
+def conv_gflop_window(model_keras: Path, rows: int, cols: int, margin_px: int, slices: int = 13) -> float:
+    """GFLOP of the convolutions ``serving_window`` computes on a ``rows`` x ``cols`` crop: each layer's
+    output less its inset (``trainer.windowed.window_demands``), at that layer's resolution."""
+    from trainer.windowed import window_demands
+
+    model = _load_keras(model_keras)
+    _, computed = window_demands(model, margin_px)
+    return _conv_gflop(model, rows, cols, slices, computed)
 
 
 def matmul_peak_gflop_per_cpu_s(n: int = 2048, repeats: int = 5) -> float:
@@ -256,8 +265,8 @@ def child_speed(mode: str, tensors: Path, labels_out: Path, repeats: int) -> dic
     warm = np.load(files[0])
     list(handler.run_inference([ModelInput(warm["image"], warm["spacing_mm"])], model))
     keras_file = Path(resolve_model_dir(model_dir)) / "model.keras"
-    gflop_full = conv_gflop(keras_file)
-    window_gflop: dict[tuple[int, int], float] = {}
+    full_gflop: dict[int, float] = {}
+    window_gflop: dict[tuple[int, int, int], float] = {}
     rows = []
     for path in files:
         data = np.load(path)
@@ -273,15 +282,18 @@ def child_speed(mode: str, tensors: Path, labels_out: Path, repeats: int) -> dic
             wall_s.append(time.perf_counter() - wall)
         used = list(calls)
         pixels = sum(r * c for r, c, _ in used)
+        slices = int(data["image"].shape[2])
+        if slices not in full_gflop:
+            full_gflop[slices] = conv_gflop(keras_file, slices)
         gflop = 0.0
         for r, c, windowed in used:
             if windowed:
-                if (r, c) not in window_gflop:
-                    window_gflop[(r, c)] = conv_gflop_window(keras_file, r, c, model.card.crop_inference[
-                        "window_margin_px"])
-                gflop += window_gflop[(r, c)]
+                if (r, c, slices) not in window_gflop:
+                    window_gflop[(r, c, slices)] = conv_gflop_window(
+                        keras_file, r, c, model.card.crop_inference["window_margin_px"], slices)
+                gflop += window_gflop[(r, c, slices)]
             else:
-                gflop += gflop_full * r * c / (contracts.TENSOR_ROWS * contracts.TENSOR_COLS)
+                gflop += full_gflop[slices] * r * c / (contracts.TENSOR_ROWS * contracts.TENSOR_COLS)
         extra = {}
         if mode == "before":  # the margin of the two most likely classes, for the label comparison
             [probs] = prob_handler.run_inference([example], model)
@@ -297,7 +309,7 @@ def child_speed(mode: str, tensors: Path, labels_out: Path, repeats: int) -> dic
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "cpu_s_repeats"}), file=sys.stderr,
               flush=True)
     return {"mode": mode, "rows": rows, "matmul_peak_gflop_per_cpu_s": matmul_peak_gflop_per_cpu_s(),
-            "conv_gflop_full": gflop_full,
+            "conv_gflop_full": full_gflop,
             "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
@@ -379,7 +391,7 @@ def speed(args: argparse.Namespace, argv: list[str]) -> int:
     body = {
         "fidelity": "full", "participants": args.participants, "seed": args.seed, "repeats": args.repeats,
         "real_study": str(REAL_STUDY.relative_to(REPO)), "tf_threads": 1,
-        "conv_gflop_full_field_of_view": round(gflop_full, 2),
+        "conv_gflop_full_field_of_view": {str(k): round(v, 2) for k, v in gflop_full.items()},
         "cost_fraction_of_before": {m: round(v["cpu_s_per_participant"]["median"] / before, 3)
                                     for m, v in modes.items()},
         "labels_vs_before": accuracy, "modes": modes,
@@ -402,13 +414,16 @@ def child_memory(kind: str, batch: int, crop: bool) -> dict[str, Any]:
     model = handler.load_model()
     after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rng = np.random.default_rng(0)
+    # a per-slice model takes every slice: the longest stack the pipeline hands it is the worst case
+    slices = model.card.tensor_slices or contracts.MAX_PER_SLICE_SLICES
+    shape = (contracts.TENSOR_ROWS, contracts.TENSOR_COLS, slices, contracts.TENSOR_CHANNELS)
     examples = []
     for _ in range(batch):  # noise: no heart, so the crop path falls back to the whole field of view,
         # the most memory any participant can take (both crop passes, then serving_default)
-        image = rng.standard_normal(contracts.TENSOR_SHAPE).astype(np.float32)
+        image = rng.standard_normal(shape).astype(np.float32)
         examples.append(ModelInput(image, np.float32([1.86, 1.86, 10.0])))
     list(handler.run_inference(examples, model))
-    return {"kind": kind, "batch": batch, "crop": crop, "rss_after_load_mb": round(after_load, 1),
+    return {"kind": kind, "batch": batch, "crop": crop, "slices": slices, "rss_after_load_mb": round(after_load, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
