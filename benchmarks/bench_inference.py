@@ -423,7 +423,8 @@ def child_memory(kind: str, batch: int, crop: bool) -> dict[str, Any]:
         image = rng.standard_normal(shape).astype(np.float32)
         examples.append(ModelInput(image, np.float32([1.86, 1.86, 10.0])))
     list(handler.run_inference(examples, model))
-    return {"kind": kind, "batch": batch, "crop": crop, "slices": slices, "rss_after_load_mb": round(after_load, 1),
+    return {"kind": kind, "batch": batch, "crop": crop, "slices": slices,
+            "rss_after_load_mb": round(after_load, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
