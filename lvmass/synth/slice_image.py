@@ -142,6 +142,8 @@ def draw_appearance(rng: np.random.Generator, ranges: AppearanceRanges) -> Appea
                 np.clip(means[ss.SUBCUTANEOUS_FAT] + rng.normal(0.0, 0.1), 0.3, 1.8)
             )
             means[ss.RV_WALL] = float(np.clip(means[ss.LV_MYOCARDIUM] + rng.normal(0.0, 0.03), 0.0, 1.0))
+        # in a cine the lung is darker than the wall, however dark the wall
+        means[ss.LUNG] = min(means[ss.LUNG], means[ss.LV_MYOCARDIUM] * float(rng.uniform(0.1, 0.75)))
     for _ in range(20):  # the LV must be visible: blood and wall differ
         if abs(means[ss.LV_BLOOD] - means[ss.LV_MYOCARDIUM]) >= 0.15:
             break

@@ -623,8 +623,14 @@ def _draw_chest(rng: np.random.Generator, ranges: SceneRanges, heart: Heart | No
         spine_mm=spine,
         aorta_mm=aorta,
         mediastinum_axes_mm=(float(rng.uniform(0.9, 1.4)), float(rng.uniform(1.0, 1.6))),
-        fat_pad=(float(rng.uniform(-1.4, -0.2)), float(rng.uniform(-1.4, -0.6)), float(rng.uniform(0.4, 1.1)),
-                 float(rng.uniform(0.3, 0.8))) if rng.random() < 0.6 else None,
+        fat_pad=(
+            float(rng.uniform(-1.4, -0.2)),
+            float(rng.uniform(-1.4, -0.6)),
+            float(rng.uniform(0.4, 1.1)),
+            float(rng.uniform(0.3, 0.8)),
+        )
+        if rng.random() < 0.6
+        else None,
         diaphragm=diaphragm,
         liver_side=float(rng.uniform(-80.0, 40.0)),
         blobs=tuple(blobs),
@@ -954,7 +960,9 @@ def scene_labels(
         hx = x - offset * slope * math.cos(direction)
         hy = y - offset * slope * math.sin(direction)
         rho, theta = _polar(hx, hy, scene.heart)
-        painted = heart_labels(hx, hy, scene.z_mm + offset, scene.heart, chest.copy(), (rho, angle_index(theta)))
+        painted = heart_labels(
+            hx, hy, scene.z_mm + offset, scene.heart, chest.copy(), (rho, angle_index(theta))
+        )
         planes.append(np.where(inside_body, painted, chest).astype(np.uint8))
     return planes, chest
 
