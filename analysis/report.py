@@ -18,6 +18,7 @@ import argparse
 import base64
 import html
 import logging
+import os
 import shutil
 import sys
 import time
@@ -36,6 +37,9 @@ from analysis import io as aio
 from analysis import labels as lab
 from analysis import stats, tables
 from analysis.cohort import MANUAL_MASS, TRUE_LVMI, TRUE_MASS, build_cohort, mcol, method_label
+from analysis.qc_gallery import GALLERY_DIRNAME
+from analysis.qc_gallery import INDEX_HTML as GALLERY_INDEX
+from beam_pipeline import filesystems
 from beam_pipeline.contracts import METHOD_INLINEVF
 from lvmass.cli_args import ArgumentParser, configure_logging
 
@@ -53,6 +57,7 @@ class Section:
     paragraphs: list[str] = field(default_factory=list)
     tables: list[tuple[str, str, pd.DataFrame]] = field(default_factory=list)  # (name, caption, frame)
     figures: list[tuple[str, str, bytes]] = field(default_factory=list)  # (name, caption, png)
+    links: list[tuple[str, str]] = field(default_factory=list)  # (text, href), after the paragraphs
 
 
 @dataclass
@@ -213,6 +218,8 @@ def render_html(report: Report) -> str:
     for section in report.sections:
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
         parts += [f'<p class="note">{html.escape(p)}</p>' for p in section.paragraphs]
+        parts += [f'<p class="note"><a href="{html.escape(href)}">{html.escape(text)}</a></p>'
+                  for text, href in section.links]
         for name, caption, frame in section.tables:
             parts.append(_html_table(name, caption, frame))
         for name, caption, png in section.figures:
@@ -232,6 +239,8 @@ def render_markdown(report: Report) -> str:
         lines += [f"## {section.title}", ""]
         for paragraph in section.paragraphs:
             lines += [paragraph, ""]
+        for text, href in section.links:
+            lines += [f"[{text}]({href})", ""]
         for _, caption, frame in section.tables:
             lines += [
                 f"**{caption}**",
@@ -262,6 +271,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--reference_labels", help="reference label volumes (default: the truth's labels)")
     parser.add_argument("--instance", type=int, default=2, help="imaging visit to analyse (2 = first)")
     parser.add_argument("--include_qc_fail", action="store_true", help="keep rows that failed QC")
+    parser.add_argument("--qc_gallery", default=None,
+                        help="the QC gallery to link to (lvmass qc; default RESULTS/qc/index.html when it "
+                        "exists)")
     parser.add_argument(
         "--min_events",
         type=int,
@@ -369,6 +381,7 @@ def build_report(args: argparse.Namespace) -> tuple[Report, dict[str, pd.DataFra
             "(column 'no eid' of the exclusions)."
         )
     out_tables["exclusions"] = exclusions
+    _link_gallery(overview, args)
 
     # Table 1
     t1 = tables.table1(frame, methods, labels)
@@ -477,6 +490,21 @@ def build_report(args: argparse.Namespace) -> tuple[Report, dict[str, pd.DataFra
         _truth_section(report, truth, frame, methods, labels, args, out_tables, out_figures)
     _dice_section(report, truth, args, out_tables)
     return report, out_tables, out_figures
+
+
+def _link_gallery(section: Section, args: argparse.Namespace) -> None:
+    """A link to the QC gallery (``lvmass qc``: the slices with the LV outlined, worst first), relative to
+    the report's folder when both are local; a sentence on how to write one when there is none."""
+    gallery = args.qc_gallery or f"{str(args.results).rstrip('/')}/{GALLERY_DIRNAME}/{GALLERY_INDEX}"
+    if not filesystems.exists(gallery):
+        section.paragraphs.append(
+            f"No QC gallery at {gallery}: `lvmass qc --results {args.results}` writes one (the slices with "
+            "the LV outlined, worst first; pictures need the pipeline's --save_labels).")
+        return
+    local = filesystems.is_local(gallery) and filesystems.is_local(str(args.out))
+    href = os.path.relpath(os.path.abspath(gallery), os.path.abspath(args.out)) if local else gallery
+    text = "QC gallery: every participant's ED slices with the LV outlined, worst first"
+    section.links.append((text, href))
 
 
 def _truth_section(

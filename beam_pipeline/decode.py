@@ -57,10 +57,11 @@ from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
-from beam_pipeline import contracts, geometry
+from beam_pipeline import acquisition, contracts, geometry
 from beam_pipeline import dicom_headers as dh
-from beam_pipeline.identity import base_name, parse_ukbb_zip_name
+from beam_pipeline.identity import base_name, is_nifti_name, parse_ukbb_zip_name
 from beam_pipeline.manifest import ManifestError, is_manifest_name, series_descriptions
+from beam_pipeline.nifti import decode_nifti
 from beam_pipeline.overlay import overlay_outline
 from beam_pipeline.qc import geometry_qc_flags
 from beam_pipeline.slices import (
@@ -94,7 +95,8 @@ from beam_pipeline.zip_members import (
 __all__ = [  # choose_ed_frame and HeaderInfo live in beam_pipeline.slices; decoding callers find them here
     "ED_RULES", "MAX_MANIFEST_BYTES", "MAX_MEMBER_BYTES", "STRATEGIES", "DecodeStats", "HeaderInfo",
     "ParticipantFolder", "choose_ed_frame", "decode_dicom_members", "decode_frame_pixels",
-    "decode_participant_zip", "folder_member_name", "header_info", "parse_ukbb_zip_name",
+    "decode_participant_file", "decode_participant_zip", "folder_member_name", "header_info",
+    "parse_ukbb_zip_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1097,8 +1099,10 @@ def _decode(
 
     # One standard in-plane view for every acquisition (contracts.IN_PLANE_VIEW): mirrored or transposed
     # acquisitions of the same plane give the same slices.
-    view = geometry.standard_view_transform(
-        slices[0].ed.orientation, selection.direction_sign * selection.normal)  # type: ignore[arg-type]
+    apex_normal = selection.direction_sign * selection.normal
+    view = geometry.standard_view_transform(slices[0].ed.orientation, apex_normal)  # type: ignore[arg-type]
+    affine = _study_affine(slices, [image.shape for image in images], view, chosen, apex_normal,
+                           source_uri, stats)
     images = [view.apply(image) for image in images]
     outlines = [None if o is None else view.apply(o) for o in outlines]
     row_mm, col_mm = view.apply_spacing(chosen.pixel_spacing_mm)
@@ -1121,7 +1125,30 @@ def _decode(
         series_descriptions=tuple(s.ed.series_description for s in slices),
         qc_flags=tuple(f for f in contracts.QC_FLAGS if f in chosen.flags),
         patient_id=next(iter(ids)) if len(ids) == 1 else "",
+        affine_lps=affine,
     )
+
+
+def _study_affine(
+    slices: Sequence[ChosenSlice], shapes: Sequence[tuple[int, ...]], view: geometry.ViewTransform,
+    chosen: _Chosen, apex_normal: np.ndarray, source_uri: str, stats: DecodeStats,
+) -> acquisition.Affine | None:
+    """The decoded grid's affine (``acquisition.decoded_affine_lps``) from the chosen frames' positions
+    and the first one's orientation; None when the slices differ in size (no one grid holds them). A
+    stack that one affine fits only approximately is noted (the saved NIfTI files place it so)."""
+    if len(set(shapes)) != 1:
+        return None
+    affine, residual_mm = acquisition.decoded_affine_lps(
+        orientation=slices[0].ed.orientation,  # type: ignore[arg-type]
+        positions_lps=[s.ed.position for s in slices],  # type: ignore[misc]
+        pixel_spacing_mm=chosen.pixel_spacing_mm, shape=shapes[0][:2], view=view,  # type: ignore[arg-type]
+        slice_positions_mm=chosen.positions, slice_spacing_mm=chosen.spacing_mm, apex_normal=apex_normal)
+    if residual_mm > acquisition.AFFINE_FIT_TOL_MM:
+        note = (f"the slices do not lie on one regular grid (one is {residual_mm:.1f} mm off): saved NIfTI "
+                "files place them approximately")
+        stats.notes.append(note)
+        logger.info("%s: %s", source_uri, note)
+    return acquisition.as_affine_tuple(affine)
 
 
 def _read_chosen(
@@ -1299,6 +1326,26 @@ def decode_participant_zip(
             order=order,
             layout=layout,
         )
+
+
+def decode_participant_file(
+    fileobj: BinaryIO,
+    source_uri: str,
+    *,
+    ed_rule: str = "first_trigger_time",
+    stats: DecodeStats | None = None,
+    with_inlinevf: bool = True,
+    strategy: str = "fast",
+) -> DecodedStudy:
+    """Decode one participant file by its name: a NIfTI short-axis cine or ED volume (``.nii``,
+    ``.nii.gz``: ``beam_pipeline.nifti.decode_nifti``, which has no InlineVF and no header strategies), else
+    a zip of DICOMs (:func:`decode_participant_zip`)."""
+    _check_strategy(strategy, ed_rule)
+    if is_nifti_name(source_uri):
+        return decode_nifti(fileobj, source_uri, ed_rule=ed_rule,
+                            stats=stats if stats is not None else DecodeStats())
+    return decode_participant_zip(fileobj, source_uri, ed_rule=ed_rule, stats=stats,
+                                  with_inlinevf=with_inlinevf, strategy=strategy)
 
 
 def _read_manifest(

@@ -11,7 +11,12 @@ name                                          example                         (e
 ``{eid}_{field}_{instance}_{array}[.ext]``    ``1000123_20209_2_0.zip``       (1000123, 2)
 ``{eid}_{instance}[.ext]``                    ``1000123_3.zip``, ``..._3.npz`` (1000123, 3)
 ``{eid}[.ext]``                               ``1000123``, ``1000123.zip``    (1000123, None)
+``{folder}/sa.nii.gz`` (also ``sa_ED``, .nii)  ``1000123_2/sa.nii.gz``         (1000123, 2)
 ============================================  ==============================  ======================
+
+A NIfTI file named after the image rather than the participant (:data:`IMAGE_FILE_STEMS`: the names the
+UK Biobank reference pipeline of Bai et al. writes, ``subjects/{eid}/sa.nii.gz``) is known by its folder's
+name, parsed by the same rules (:func:`naming_component`).
 
 A name that says no visit leaves ``instance`` None; the pipeline then uses ``ANY_VENDOR_INSTANCE``
 (docs/ukbb_format.md, "Participants that are not UK Biobank").
@@ -30,6 +35,10 @@ MAX_EID = 2**63 - 1  # the results' eid column is int64
 MAX_INSTANCE = 2**31 - 1  # the results' instance column is int32
 _STEM = re.compile(r"^([^.]*)(?:\.[A-Za-z0-9]+)*$")  # the name before its extensions (.zip, .tar.gz)
 _DIGITS = re.compile(r"^\d+$")
+# NIfTI files named after the image, not the participant (Bai et al.'s UK Biobank conversion writes
+# subjects/{eid}/sa.nii.gz, sa_ED.nii.gz, sa_ES.nii.gz): their folder names the participant. Lower case.
+IMAGE_FILE_STEMS = frozenset({"sa", "sa_ed", "sa_es"})
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 @dataclass(frozen=True)
@@ -53,13 +62,30 @@ def base_name(uri: str) -> str:
     return uri.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
+def is_nifti_name(uri: str) -> bool:
+    """Whether an input is a NIfTI file by its name (``.nii`` or ``.nii.gz``, any case)."""
+    return base_name(uri).lower().endswith(NIFTI_SUFFIXES)
+
+
+def naming_component(uri: str) -> str:
+    """The path component that names the participant: the last one, except for a NIfTI file named after
+    the image (``subjects/1000123/sa.nii.gz``: :data:`IMAGE_FILE_STEMS`), which its folder names."""
+    parts = uri.replace("\\", "/").rstrip("/").rsplit("/", 2)
+    base = parts[-1]
+    named_by_image = is_nifti_name(base) and base.split(".", 1)[0].lower() in IMAGE_FILE_STEMS
+    if named_by_image and len(parts) > 1 and parts[-2]:
+        return parts[-2]
+    return base
+
+
 def parse_input_name(uri: str) -> InputName | None:
-    """(eid, instance, ...) from the last component of a file or folder name; None when it says no eid.
+    """(eid, instance, ...) from the name of a file or folder (:func:`naming_component`, normally the
+    last path component); None when it says no eid.
 
     See the module docstring for the accepted forms. A part that is not all digits makes the name
     unreadable (``abc_20209_2_0.zip`` is None, not eid ``abc``).
     """
-    stem_match = _STEM.match(base_name(uri))
+    stem_match = _STEM.match(naming_component(uri))
     if stem_match is None:
         return None
     parts = stem_match.group(1).split("_")
@@ -101,8 +127,9 @@ def ids_from_name(uri: str) -> tuple[int | None, int | None]:
 
 
 def name_stem(uri: str) -> str:
-    """A file or folder name without its extensions: ``SCD0000501`` for ``.../SCD0000501.zip``."""
-    base = base_name(uri)
+    """A file or folder name without its extensions: ``SCD0000501`` for ``.../SCD0000501.zip`` (and for
+    ``.../SCD0000501/sa.nii.gz``, :func:`naming_component`)."""
+    base = naming_component(uri)
     stem_match = _STEM.match(base)
     return stem_match.group(1) if stem_match is not None else base.split(".", 1)[0]
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from beam_pipeline import PIPELINE_VERSION, contracts
+from beam_pipeline.acquisition import AcquisitionGrid, acquisition_grid
 from beam_pipeline.identity import participant_identity
 from beam_pipeline.mass import (
     bsa_dubois_m2,
@@ -50,7 +51,12 @@ from beam_pipeline.schema import (
     ResultRecord,
 )
 from beam_pipeline.study import DecodedStudy
-from beam_pipeline.tensor import build_image_tensor, build_label_volume, grid_pixel_spacing_mm
+from beam_pipeline.tensor import (
+    build_image_tensor,
+    build_label_volume,
+    grid_pixel_spacing_mm,
+    unplace_label_volume,
+)
 from beam_pipeline.tfrecord import encode_example
 
 logger = logging.getLogger(__name__)
@@ -73,7 +79,8 @@ class ParticipantTensor:
     ``contracts.LABEL_VOLUME_SHAPE``, for training examples and ``--save_labels``) and
     ``inlinevf_native_labels`` the same slices on the acquisition grid (rows, cols, slices), which
     InlineVF's mass is measured on; both None when the scanner drew no contour or the method was not
-    requested.
+    requested. ``acquisition`` is the grid ``--save_labels`` writes NIfTI files on (the decoded slices in
+    the patient, ``acquisition.AcquisitionGrid``).
     """
 
     source_uri: str
@@ -90,6 +97,7 @@ class ParticipantTensor:
     inlinevf_native_labels: np.ndarray | None = None
     inlinevf_flags: tuple[str, ...] = ()
     slice_start: int = 0  # first acquired slice placed in the tensor (> 0 only past 13 slices)
+    acquisition: AcquisitionGrid | None = None
 
     @property
     def slice_spacing_mm(self) -> float:
@@ -176,6 +184,7 @@ def participant_from_study(
         inlinevf_labels=labels,
         inlinevf_native_labels=native,
         inlinevf_flags=vf_flags,
+        acquisition=acquisition_grid(study),
     )
 
 
@@ -225,6 +234,31 @@ def label_volume_npz(participant: ParticipantTensor, labels: np.ndarray) -> byte
                         n_slices=np.int64(participant.n_slices_used),
                         slice_start=np.int64(participant.slice_start))
     return buffer.getvalue()
+
+
+def acquisition_label_volume(participant: ParticipantTensor, labels: np.ndarray, *,
+                             native: bool = False) -> np.ndarray:
+    """``labels`` back on the acquisition grid (``participant.acquisition``; rows, cols, planes): a model's
+    tensor-layout volume through ``tensor.unplace_label_volume`` (nearest neighbour, as placed), or, with
+    ``native``, labels already on the acquired slices of the tensor's window (InlineVF's
+    ``inlinevf_native_labels``) as they are. For ``--save_labels``' NIfTI files."""
+    grid = participant.acquisition
+    if grid is None:
+        raise ValueError(f"{participant.source_uri}: no acquisition grid to put the labels on (slices of "
+                         "different sizes)")
+    rows, cols = grid.slice_shape
+    n_slices = len(grid.slice_planes)
+    arr = np.asarray(labels)
+    if native:
+        on_slices = np.zeros((rows, cols, n_slices), dtype=np.uint8)
+        on_slices[:, :, participant.slice_start : participant.slice_start + arr.shape[2]] = arr
+    else:
+        acquired = tuple(float(v) for v in participant.acquired_pixel_spacing_mm)
+        resampled = (float(participant.spacing_mm[0]), float(participant.spacing_mm[1])) != acquired
+        grid_mm = participant.grid_pixel_spacing_mm if resampled else None
+        on_slices = unplace_label_volume(arr, (rows, cols, n_slices), slice_start=participant.slice_start,
+                                         acquired_pixel_spacing_mm=acquired, grid_pixel_mm=grid_mm)
+    return grid.on_planes(on_slices)
 
 
 def measure_inlinevf(participant: ParticipantTensor) -> Measurement:

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -45,6 +46,8 @@ from beam_pipeline.inference import (
 )
 from beam_pipeline.measure import DEFAULT_MIN_CALIBRATION_N
 from beam_pipeline.model_card import LABEL_SOURCE_TRUE_ANATOMY
+from beam_pipeline.progress import DEFAULT_EVERY_S as DEFAULT_PROGRESS_EVERY_S
+from beam_pipeline.progress import ProgressReporter, read_board
 from beam_pipeline.schema import ERRORS_DIRNAME, RESULTS_DIRNAME, SUCCESS_FILENAME, SUMMARY_FILENAME
 from beam_pipeline.summary import OutputRow
 from beam_pipeline.transforms import (
@@ -56,6 +59,7 @@ from beam_pipeline.transforms import (
     EncodeExamples,
     MeasureInlineVF,
     ReadParticipants,
+    RecordProgress,
     RegressMass,
     SegmentAndMeasure,
     SelectInputs,
@@ -107,6 +111,7 @@ class RunConfig:
     overwrite: bool = False
     skip_existing: bool = False
     run_id: str = ""  # names this run's files (results-<run_id>-*.parquet) and its summary
+    progress_every_s: float = DEFAULT_PROGRESS_EVERY_S  # a progress line this often on local runners; 0: none
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -122,11 +127,14 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--input", required=True,
                         help="glob of participant zips, local or gs:// (e.g. gs://b/20209/*_20209_*.zip), "
-                        "or of participant folders of DICOMs (e.g. 'dicoms/*', one folder per participant, "
-                        "eid from the folder name)")
+                        "of participant folders of DICOMs (e.g. 'dicoms/*', one folder per participant, "
+                        "eid from the folder name), or of NIfTI short-axis cines (e.g. "
+                        "'subjects/*/sa.nii.gz', eid from the folder of a file named sa.nii.gz or "
+                        "sa_ED.nii.gz)")
     parser.add_argument("--input_kind", choices=INPUT_KINDS, default=INPUT_KIND_AUTO,
-                        help="what --input matches: zip files, folders of DICOMs, or auto (both; a pattern "
-                        "ending in .zip is read as zips only)")
+                        help="what --input matches: zip files (and .nii/.nii.gz files, read as NIfTI by "
+                        "name), folders of DICOMs, or auto (both; a pattern ending in .zip, .nii or .nii.gz "
+                        "is read as files only)")
     parser.add_argument("--output", required=True, help="output folder, local or gs://")
     parser.add_argument("--phenotypes", default=None,
                         help="phenotype table (CSV or Parquet, local or gs://), columns as `lvmass synth` "
@@ -177,7 +185,13 @@ def build_parser() -> ArgumentParser:
                         "same --methods) and process only the participant-visits it does not hold yet")
     parser.add_argument("--save_labels", action="store_true",
                         help="also write ML4H_seg / InlineVF label volumes to OUTPUT/labels/method=<m>/ "
-                             "(for QC review and Dice)")
+                             "(.npz in the tensor layout for Dice; .nii.gz on the acquisition grid with its "
+                             "affine) and the ED image to OUTPUT/labels/image/ (for QC review: lvmass qc, "
+                             "ITK-SNAP)")
+    parser.add_argument("--progress_every_s", type=float, default=DEFAULT_PROGRESS_EVERY_S,
+                        help="on a local runner, log participants done of matched, rate and time left this "
+                        f"often (seconds; default {DEFAULT_PROGRESS_EVERY_S:g}; 0: never). On Dataflow the "
+                        "same counts are the job's counters (participants_done, inputs_matched)")
     return parser
 
 
@@ -202,6 +216,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
         raise ConfigError(f"--pixel_spacing_mm must be > 0. Received: {args.pixel_spacing_mm}")
     if args.min_calibration_n < 1:
         raise ConfigError(f"--min_calibration_n must be >= 1. Received: {args.min_calibration_n}")
+    if not args.progress_every_s >= 0:
+        raise ConfigError(f"--progress_every_s must be >= 0. Received: {args.progress_every_s}")
     if args.input_kind == INPUT_KIND_FOLDER and "**" in args.input:
         raise ConfigError(f"--input_kind folder: --input cannot hold '**' (one folder per participant). "
                           f"Received: {args.input!r}")
@@ -233,7 +249,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
         large_model=args.large_model, seg_field_of_view=args.seg_field_of_view,
         save_labels=args.save_labels, input_kind=args.input_kind,
         min_calibration_n=args.min_calibration_n, pixel_spacing_mm=args.pixel_spacing_mm,
-        overwrite=args.overwrite, skip_existing=args.skip_existing,
+        overwrite=args.overwrite, skip_existing=args.skip_existing, progress_every_s=args.progress_every_s,
         run_id=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid() % 100000:05d}",
         num_shards=(args.num_shards if args.num_shards is not None
                     else 0 if args.mode == MODE_TENSORIZE else 1),
@@ -353,14 +369,30 @@ def check_inputs(config: RunConfig) -> None:
                 raise ConfigError(f"{flag} {path}: {exc}") from exc
 
 
+def progress_method(methods: Sequence[str]) -> str:
+    """The method whose results mark a participant done for progress: the slowest the run has (ML4H_seg,
+    then ML4H_reg, then InlineVF), so a participant counts once it has its last result."""
+    return next(m for m in contracts.INPUT_METHODS if m in methods)
+
+
 def build_pipeline(
-    p: beam.Pipeline, config: RunConfig, *, existing_keys: frozenset[tuple[str, int]] = frozenset()
+    p: beam.Pipeline, config: RunConfig, *, existing_keys: frozenset[tuple[str, int]] = frozenset(),
+    progress_folder: str | None = None,
 ) -> None:
     """Add the whole job to ``p`` (not run): read -> select -> decode -> methods -> calibrate -> write,
     then the summary and the completion marker once every file is written. ``existing_keys``: the
-    (participant_id, instance) pairs already in the output (``--skip_existing``), left out."""
+    (participant_id, instance) pairs already in the output (``--skip_existing``), left out.
+    ``progress_folder``: the local progress board (``beam_pipeline.progress``) the launcher reads; the
+    progress counters are kept either way."""
+
+    def progress(pcoll, label: str, *events: str) -> None:
+        _ = pcoll | label >> RecordProgress(events, progress_folder)
+
     matched = p | "ReadParticipants" >> ReadParticipants(config.input, input_kind=config.input_kind)
     files, duplicate_errors, skipped = matched | "SelectInputs" >> SelectInputs(existing_keys)
+    progress(matched, "ProgressMatched", "matched")
+    progress(skipped, "ProgressSkipped", "skipped")
+    progress(duplicate_errors, "ProgressDuplicates", "done", "failed")
     uris = (
         (files | "InputURIs" >> beam.Map(input_uri),
          duplicate_errors | "DuplicateURIs" >> beam.Map(lambda e: e.source_uri))
@@ -372,8 +404,10 @@ def build_pipeline(
                 else "pixels as acquired")
     participants, decode_errors = files | "DecodeParticipants" >> DecodeParticipants(
         ed_rule=config.ed_rule, with_inlinevf=with_inlinevf, grid_pixel_mm=grid.pixel_spacing_mm,
-        n_slots=grid.n_slots)
+        n_slots=grid.n_slots,
+        images_output=config.output if config.save_labels and config.mode == MODE_INFER else None)
     error_sets = [duplicate_errors, decode_errors]
+    progress(decode_errors, "ProgressDecodeErrors", "done", "failed")
     if config.phenotypes:
         rejected = phenotype_error_records(config.phenotypes, load_phenotypes(config.phenotypes))
         error_sets.append(p | "PhenotypeRowErrors" >> beam.Create(rejected, reshuffle=False))
@@ -382,11 +416,14 @@ def build_pipeline(
     if config.mode == MODE_TENSORIZE:
         examples, encode_errors = participants | "EncodeExamples" >> EncodeExamples(config.phenotypes)
         error_sets.append(encode_errors)
+        progress(examples, "ProgressEncoded", "done")
+        progress(encode_errors, "ProgressEncodeErrors", "done", "failed")
         written_sets.append(examples | "WriteTFRecords" >> WriteTFRecords(config.output,
                                                                           num_shards=config.num_shards))
         rows = examples | "SummaryRows" >> beam.MapTuple(lambda uri, _: OutputRow(uri, "tfrecord", True))
     else:
         measurement_sets = []
+        slowest = progress_method(config.methods)
         if config.model_seg is not None:
             handler = SavedModelHandler(config.model_seg, kind=contracts.MODEL_KIND_SEG,
                                         max_batch_size=config.batch_size, large_model=config.large_model,
@@ -397,6 +434,9 @@ def build_pipeline(
                 training_pixel_spacing_mm=grid.training_pixel_spacing_mm.get(contracts.METHOD_ML4H_SEG))
             measurement_sets.append(measured)
             error_sets.append(errors)
+            if slowest == contracts.METHOD_ML4H_SEG:
+                progress(measured, "ProgressSegmented", "done")
+                progress(errors, "ProgressSegmentErrors", "done", "failed")
         if config.model_reg is not None:
             handler = SavedModelHandler(config.model_reg, kind=contracts.MODEL_KIND_REG,
                                         max_batch_size=config.batch_size, large_model=config.large_model)
@@ -405,11 +445,17 @@ def build_pipeline(
                 handler, training_pixel_spacing_mm=reg_range)
             measurement_sets.append(measured)
             error_sets.append(errors)
+            if slowest == contracts.METHOD_ML4H_REG:
+                progress(measured, "ProgressRegressed", "done")
+                progress(errors, "ProgressRegressErrors", "done", "failed")
         if contracts.METHOD_INLINEVF in config.methods:
             measured, errors = participants | "InlineVF" >> MeasureInlineVF(
                 labels_output=config.output if config.save_labels else None)
             measurement_sets.append(measured)
             error_sets.append(errors)
+            if slowest == contracts.METHOD_INLINEVF:
+                progress(measured, "ProgressInlineVF", "done")
+                progress(errors, "ProgressInlineVFErrors", "done", "failed")
         measurements = measurement_sets | "FlattenMeasurements" >> beam.Flatten()
         records, calibrate_errors = measurements | "CalibrateAndIndex" >> CalibrateAndIndex(
             config.phenotypes, fallback_centering(config), min_calibration_n=config.min_calibration_n,
@@ -565,6 +611,16 @@ def existing_participants(output: str, config: RunConfig) -> frozenset[tuple[str
     return frozenset(keys)
 
 
+# Runners whose workers share the launcher's machine, and so can write the local progress board.
+LOCAL_RUNNERS = frozenset({"DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner",
+                           "PrismRunner"})
+
+
+def _shows_progress(p: beam.Pipeline, config: RunConfig) -> bool:
+    """Progress lines on a local runner with ``--progress_every_s`` > 0 (elsewhere: the job's counters)."""
+    return config.progress_every_s > 0 and type(p.runner).__name__ in LOCAL_RUNNERS
+
+
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
     """Build and run the pipeline; return the run summary (``OUTPUT/summary.json``) once it finished.
 
@@ -582,9 +638,20 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     logger.info("lvmass %s %s: %s -> %s (methods %s)", config.mode, config.run_id, config.input,
                 config.output, ",".join(config.methods))
     p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
-    build_pipeline(p, config, existing_keys=existing)
-    result = p.run()
-    result.wait_until_finish()
+    board = tempfile.mkdtemp(prefix="lvmass-progress-") if _shows_progress(p, config) else None
+    try:
+        build_pipeline(p, config, existing_keys=existing, progress_folder=board)
+        reporter = (ProgressReporter(lambda: read_board(board), every_s=config.progress_every_s).start()
+                    if board is not None else None)
+        try:
+            result = p.run()
+            result.wait_until_finish()
+        finally:
+            if reporter is not None:
+                reporter.stop()
+    finally:
+        if board is not None:
+            shutil.rmtree(board, ignore_errors=True)
     counters = _log_counters(result)
     summary_path = filesystems.join(config.output, SUMMARY_FILENAME)
     summary = json.loads(filesystems.read_text(summary_path))

@@ -42,6 +42,9 @@ class DecodedStudy:
     ``eid``/``instance`` are what the file name says (UK Biobank zips), else None; ``patient_id`` is the
     PatientID (0010,0020) shared by the chosen frames ("" when absent or not shared), the last resort
     for identifying a participant (``beam_pipeline.identity.participant_ids``).
+    ``affine_lps`` maps voxel (row, col, plane) of these slices to the patient (LPS, mm; row-major 4 x 4;
+    slice k on plane ``beam_pipeline.acquisition.slice_planes(...)[k]``), None where the decoder knew no
+    geometry (``beam_pipeline.acquisition`` says how it is built).
     """
 
     eid: int | None
@@ -58,6 +61,7 @@ class DecodedStudy:
     qc_flags: tuple[str, ...] = field(default_factory=tuple)
     patient_id: str = ""
     in_plane_view: str = "none"  # the geometry.ViewTransform applied to reach contracts.IN_PLANE_VIEW
+    affine_lps: tuple[tuple[float, float, float, float], ...] | None = None
 
     @property
     def n_slices(self) -> int:

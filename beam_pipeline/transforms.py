@@ -37,22 +37,23 @@ from apache_beam.io.tfrecordio import WriteToTFRecord
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from beam_pipeline import PIPELINE_VERSION, contracts, filesystems
+from beam_pipeline import PIPELINE_VERSION, contracts, filesystems, label_files
 from beam_pipeline.dead_letters import error_record
 from beam_pipeline.decode import (
     DecodeStats,
     ParticipantFolder,
     decode_dicom_members,
-    decode_participant_zip,
+    decode_participant_file,
     folder_member_name,
 )
-from beam_pipeline.identity import check_input_name, ids_from_name, input_key
+from beam_pipeline.identity import check_input_name, ids_from_name, input_key, is_nifti_name
 from beam_pipeline.mass import fit_sex_centering, sex_percentile_thresholds
 from beam_pipeline.measure import (
     CENTERED_METHODS,
     DEFAULT_MIN_CALIBRATION_N,
     Measurement,
     ParticipantTensor,
+    acquisition_label_volume,
     apply_p90,
     calibrate,
     label_volume_npz,
@@ -65,12 +66,14 @@ from beam_pipeline.measure import (
     results_file_row,
     tfrecord_bytes,
 )
+from beam_pipeline.nifti import image_volume, nifti_bytes
 from beam_pipeline.phenotypes import PhenotypeTable, read_phenotype_table
+from beam_pipeline.progress import EVENTS as PROGRESS_EVENTS
+from beam_pipeline.progress import BoardWriter
 from beam_pipeline.qc import pixel_spacing_qc_flags, qc_pass
 from beam_pipeline.schema import (
     ERRORS_DIRNAME,
     ERRORS_SCHEMA,
-    LABELS_DIRNAME,
     RESULTS_DIRNAME,
     RESULTS_FILE_SCHEMA,
     STAGE_DECODE,
@@ -86,7 +89,7 @@ from beam_pipeline.schema import (
     check_result_row,
     writable_error_row,
 )
-from beam_pipeline.study import DecodeError
+from beam_pipeline.study import DecodedStudy, DecodeError
 from beam_pipeline.summary import build_summary, summary_json
 
 logger = logging.getLogger(__name__)
@@ -102,10 +105,12 @@ INPUT_KINDS = (INPUT_KIND_AUTO, INPUT_KIND_ZIP, INPUT_KIND_FOLDER)
 # --- Input/output helpers of the shell (through Beam's FileSystems) --------------------------------
 
 
-def label_volume_path(output: str, method: str, participant_id: str, instance: int) -> str:
-    """Where ``--save_labels`` puts a label volume:
-    ``OUTPUT/labels/method=<m>/<participant_id>_<instance>.npz`` (the eid for UK Biobank)."""
-    return filesystems.join(output, LABELS_DIRNAME, f"method={method}", f"{participant_id}_{instance}.npz")
+def label_volume_path(output: str, method: str, participant_id: str, instance: int,
+                      suffix: str = label_files.NPZ_SUFFIX) -> str:
+    """Where ``--save_labels`` puts a label volume (``beam_pipeline.label_files``):
+    ``OUTPUT/labels/method=<m>/<participant_id>_<instance>.npz`` (the eid for UK Biobank), and
+    ``.nii.gz`` beside it on the acquisition grid."""
+    return label_files.label_path(output, method, participant_id, instance, suffix=suffix)
 
 
 def lookup_phenotype(table: PhenotypeTable, eid: int | None, instance: int) -> Any:
@@ -113,10 +118,36 @@ def lookup_phenotype(table: PhenotypeTable, eid: int | None, instance: int) -> A
     return None if eid is None else table.lookup(eid, instance)
 
 
-def save_label_volume(output: str, method: str, participant: ParticipantTensor, labels: np.ndarray) -> str:
-    """Write ``labels`` as ``measure.label_volume_npz`` encodes them; returns the path."""
+def save_label_volume(output: str, method: str, participant: ParticipantTensor, labels: np.ndarray, *,
+                      native_labels: np.ndarray | None = None) -> str:
+    """Write ``labels`` (tensor layout) as ``measure.label_volume_npz`` encodes them and, beside them, the
+    same labels on the acquisition grid as NIfTI (``native_labels`` when given: labels already on the
+    acquired slices, InlineVF's); returns the ``.npz`` path. A study whose slices differ in size has no
+    acquisition grid: its NIfTI file is left out and logged."""
     path = label_volume_path(output, method, participant.participant_id, participant.instance)
     filesystems.write_bytes(path, label_volume_npz(participant, labels))
+    if participant.acquisition is None:
+        logger.warning("%s: no NIfTI labels written (slices of different sizes have no one grid)",
+                       participant.source_uri)
+        return path
+    on_grid = acquisition_label_volume(participant, labels if native_labels is None else native_labels,
+                                       native=native_labels is not None)
+    nifti_path = label_volume_path(output, method, participant.participant_id, participant.instance,
+                                   suffix=label_files.NIFTI_SUFFIX)
+    description = f"lvmass {method} ED labels: 1 LV cavity, 2 myocardium"
+    filesystems.write_bytes(nifti_path, nifti_bytes(on_grid, participant.acquisition, labels=True,
+                                                    description=description))
+    return path
+
+
+def save_ed_image(output: str, participant: ParticipantTensor, study: DecodedStudy) -> str | None:
+    """Write the study's ED slices as NIfTI on the acquisition grid (``label_files.ed_image_path``), the
+    image the saved labels open over; returns the path (None without an acquisition grid)."""
+    if participant.acquisition is None:
+        return None
+    path = label_files.ed_image_path(output, participant.participant_id, participant.instance)
+    volume = image_volume(study.images, participant.acquisition)
+    filesystems.write_bytes(path, nifti_bytes(volume, participant.acquisition, description="lvmass ED image"))
     return path
 
 
@@ -148,6 +179,49 @@ class ToErrorRecords(beam.PTransform):
                 yield record
 
         return bad | "ToErrorRecord" >> beam.FlatMap(to_records)
+
+
+# Beam counters of the progress events that have none elsewhere (matched and skipped are counted on input)
+PROGRESS_COUNTERS = {"done": "participants_done", "failed": "participants_done_with_error"}
+
+
+class RecordProgress(beam.PTransform):
+    """Count each element as the progress ``events`` of ``beam_pipeline.progress`` (``matched``,
+    ``skipped``, ``done``, ``failed``): ``done`` and ``failed`` as Beam counters (``participants_done``,
+    ``participants_done_with_error``; ``matched`` and ``skipped`` have theirs already), which Dataflow's job
+    metrics show live, and, for a local run, on the progress board ``board_folder`` that the launcher reads
+    every few seconds. A branch that emits nothing: its input goes on unchanged to its other consumers."""
+
+    def __init__(self, events: Sequence[str], board_folder: str | None = None):
+        super().__init__()
+        unknown = sorted(set(events) - set(PROGRESS_EVENTS))
+        if unknown or not events:
+            raise ValueError(f"events must be some of {PROGRESS_EVENTS}. Received: {list(events)}")
+        self._events = tuple(events)
+        self._folder = board_folder
+
+    def expand(self, pcoll):
+        return pcoll | "Record" >> beam.ParDo(_RecordProgressFn(self._events, self._folder))
+
+
+class _RecordProgressFn(beam.DoFn):
+    def __init__(self, events: tuple[str, ...], folder: str | None):
+        super().__init__()
+        self._events = events
+        self._folder = folder
+        self._counters = [Metrics.counter(NAMESPACE, PROGRESS_COUNTERS[e])
+                          for e in events if e in PROGRESS_COUNTERS]
+        self._writer: BoardWriter | None = None
+
+    def setup(self):
+        self._writer = BoardWriter(self._folder) if self._folder else None
+
+    def process(self, element):
+        for counter in self._counters:
+            counter.inc()
+        if self._writer is not None:
+            self._writer.add(*self._events)
+        return ()
 
 
 # --- Composites -------------------------------------------------------------------------------------
@@ -218,7 +292,7 @@ def _reads_folders(pattern: str, input_kind: str) -> bool:
     if input_kind == INPUT_KIND_FOLDER:
         return True
     last = pattern.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-    return "**" not in pattern and not last.lower().endswith(".zip")
+    return "**" not in pattern and not last.lower().endswith(".zip") and not is_nifti_name(last)
 
 
 class ReadParticipants(beam.PTransform):
@@ -226,12 +300,14 @@ class ReadParticipants(beam.PTransform):
 
     ``input_kind``:
 
-    * ``zip``: every file ``pattern`` matches is a participant zip -> ``ReadableFile``;
+    * ``zip``: every file ``pattern`` matches is a participant zip, or by its name a NIfTI file
+      (``.nii``, ``.nii.gz``: ``'subjects/*/sa.nii.gz'``) -> ``ReadableFile``;
     * ``folder``: every folder ``pattern`` matches holds one participant's DICOMs (any depth below it,
       e.g. ``--input 'dicoms/*'`` with ``dicoms/<eid>/...``) -> ``ParticipantFolder`` (files listed
       through Beam's FileSystems, so local paths and ``gs://`` prefixes work alike);
-    * ``auto`` (default): files matched are zips and folders matched are folders; a pattern whose last
-      component ends in ``.zip`` (or holds ``**``) is read as zips only, without listing below it.
+    * ``auto`` (default): files matched are zips (or NIfTI files) and folders matched are folders; a
+      pattern whose last component ends in ``.zip``, ``.nii`` or ``.nii.gz`` (or holds ``**``) is read as
+      files only, without listing below it.
 
     ``MatchFiles`` emits every match from one element; the ``Reshuffle`` spreads the (small) file
     metadata so decoding runs in parallel (the folder grouping's shuffle does the same for folders).
@@ -310,7 +386,8 @@ def _open_seekable(path: str):
 
 
 class DecodeFn(beam.DoFn):
-    """``ReadableFile`` (zip) or ``ParticipantFolder`` -> ``DecodedStudy``: only the ED frames are decoded.
+    """``ReadableFile`` (a zip, or a NIfTI file by its name: ``decode.decode_participant_file``) or
+    ``ParticipantFolder`` -> ``DecodedStudy``: only the ED frames are decoded.
 
     A local zip is streamed (seekable reads of the members needed); a remote one (``gs://``) is read
     once, whole, into memory first (``filesystems.random_access``): the decoder visits it in several
@@ -349,8 +426,8 @@ class DecodeFn(beam.DoFn):
                               compression_type=CompressionTypes.UNCOMPRESSED) as stream:
                 seekable, fetched = filesystems.random_access(stream, uri)
                 self._bytes_fetched.inc(fetched)
-                study = decode_participant_zip(seekable, uri, ed_rule=self._ed_rule, stats=stats,
-                                               with_inlinevf=self._with_inlinevf)
+                study = decode_participant_file(seekable, uri, ed_rule=self._ed_rule, stats=stats,
+                                                with_inlinevf=self._with_inlinevf)
         self._bytes_read.inc(stats.bytes_read)
         self._bytes_total.inc(size)
         self._pixel_decodes.inc(stats.pixel_frames_decoded)
@@ -372,18 +449,30 @@ class DecodeParticipants(beam.PTransform):
     ``with_inlinevf``: decode InlineVF overlays and build their labels (``--methods`` with inlinevf,
     and tensorize); without it neither is done. ``grid_pixel_mm``: the tensor grid's pixel size (the
     models' card; None keeps the acquired pixels). ``n_slots``: the tensor's slices (13 for the paper's
-    models; None: every slice, for per-slice models)."""
+    models; None: every slice, for per-slice models). ``images_output`` (``--save_labels``): also write
+    each study's ED image as NIfTI under it (``save_ed_image``), for the saved labels to open over."""
 
     def __init__(self, *, ed_rule: str = "first_trigger_time", with_inlinevf: bool = True,
-                 grid_pixel_mm: float | None = None, n_slots: int | None = contracts.TENSOR_SLICES):
+                 grid_pixel_mm: float | None = None, n_slots: int | None = contracts.TENSOR_SLICES,
+                 images_output: str | None = None):
         super().__init__()
         self._ed_rule = ed_rule
         self._with_inlinevf = with_inlinevf
         self._grid_pixel_mm = grid_pixel_mm
         self._n_slots = n_slots
+        self._images_output = images_output
 
     def expand(self, files):
-        with_inlinevf, grid_pixel_mm = self._with_inlinevf, self._grid_pixel_mm
+        with_inlinevf, grid_pixel_mm, n_slots = self._with_inlinevf, self._grid_pixel_mm, self._n_slots
+        images_output = self._images_output
+
+        def build(study: DecodedStudy) -> ParticipantTensor:
+            participant = participant_from_study(study, with_inlinevf=with_inlinevf,
+                                                 grid_pixel_mm=grid_pixel_mm, n_slots=n_slots)
+            if images_output is not None:
+                save_ed_image(images_output, participant, study)
+            return participant
+
         studies, bad_decode = (
             files
             | "Decode" >> beam.ParDo(DecodeFn(self._ed_rule, with_inlinevf=with_inlinevf))
@@ -391,9 +480,7 @@ class DecodeParticipants(beam.PTransform):
         )
         tensors, bad_tensor = (
             studies
-            | "BuildTensor" >> beam.Map(participant_from_study, with_inlinevf=with_inlinevf,
-                                        grid_pixel_mm=grid_pixel_mm, n_slots=self._n_slots)
-            .with_exception_handling()
+            | "BuildTensor" >> beam.Map(build).with_exception_handling()
         )
         errors = (
             (bad_decode | "DecodeErrors" >> ToErrorRecords(STAGE_DECODE),
@@ -491,7 +578,8 @@ class MeasureInlineVF(beam.PTransform):
         def measure(participant: ParticipantTensor) -> Measurement:
             if labels_output is not None and participant.inlinevf_labels is not None:
                 save_label_volume(labels_output, contracts.METHOD_INLINEVF, participant,
-                                  participant.inlinevf_labels)
+                                  participant.inlinevf_labels,
+                                  native_labels=participant.inlinevf_native_labels)
             return measure_inlinevf(participant)
 
         measured, bad = participants | "Measure" >> beam.Map(measure).with_exception_handling()

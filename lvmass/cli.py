@@ -9,6 +9,7 @@ Each subcommand is also reachable as ``python -m <package>``:
 ``analyze``     ``python -m analysis``
 ``phenotypes``  ``lvmass phenotypes`` only (``analysis.ukbb_phenotypes.main``)
 ``export``      ``lvmass export`` only (``analysis.export.main``)
+``qc``          ``python -m analysis.qc_gallery``
 ==============  ==================================
 """
 
@@ -26,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "analyze": ("analysis.report", "main", "agreement, disease associations, tables, figures, report"),
     "phenotypes": ("analysis.ukbb_phenotypes", "main", "phenotype table from a UK Biobank export"),
     "export": ("analysis.export", "main", "results as one wide row per participant and visit (CSV/Parquet)"),
+    "qc": ("analysis.qc_gallery", "main", "QC gallery: ED slices outlined, mass, flags, worst first (HTML)"),
+    "import-ml4h": ("trainer.ml4h_import", "main", "ml4h's released ML4H_seg .h5 as a --model_seg folder"),
 }
 
 

@@ -44,6 +44,7 @@ PARSERS = {
     "lvmass analyze": ("analysis.report", "build_parser"),
     "lvmass phenotypes": ("analysis.ukbb_phenotypes", "build_parser"),
     "lvmass export": ("analysis.export", "build_parser"),
+    "lvmass qc": ("analysis.qc_gallery", "build_parser"),
     "python -m lvmass.demo": ("lvmass.demo", "build_parser"),
     "lvmass train": ("trainer.task", "build_parser"),
     "python -m trainer.portable": ("trainer.portable", "build_parser"),
