@@ -272,8 +272,11 @@ def fit(
     ``stop_at_step`` or after ``max_train_seconds`` if sooner); returns its state."""
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already ran in this process (tests): its threads stay as they are
+        LOG.info("TensorFlow is already initialised: threads unchanged")
     import keras
 
     run_dir.mkdir(parents=True, exist_ok=True)
