@@ -334,7 +334,12 @@ class TestRealStudy:
         data = REAL_ZIP.read_bytes()
         results = assert_all_strategies_agree(data, REAL_ZIP.name)
         for strategy, (study, _) in results.items():
-            assert fingerprint(study) == REAL_STUDY_BEFORE, strategy
+            got = fingerprint(study)
+            # positions are dot products of the DICOM geometry: their last bit depends on the CPU's
+            # vector kernels (seen: AMD EPYC vs Intel Xeon), so they are compared to 1e-12 relative
+            np.testing.assert_allclose(got.pop("slice_positions_mm"), REAL_STUDY_BEFORE["slice_positions_mm"],
+                                       rtol=1e-12, err_msg=strategy)
+            assert got == {k: v for k, v in REAL_STUDY_BEFORE.items() if k != "slice_positions_mm"}, strategy
         fast = results["fast"][1]
         assert fast.strategy == "all_headers"  # no manifest: every header, by the minimal reader
         assert fast.headers_read == 220 and fast.headers_read_with_pydicom == 0
