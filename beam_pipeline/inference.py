@@ -331,19 +331,45 @@ def check_example(example: ModelExample, index: int, slices: int | None) -> tupl
             np.asarray(example.spacing_mm, dtype=np.float32)[None])
 
 
-def largest_lv_component(labels: np.ndarray) -> np.ndarray:
-    """``labels`` (rows, cols, slices) with only the largest 3-D connected component of LV (cavity and
-    myocardium together) kept; a new array. What a per-slice model finds elsewhere (a vessel, the stomach,
-    a bright blob on a slice above the base) is not the LV that the other slices outline."""
+def largest_lv_component(labels: np.ndarray, *, spacing_mm: Sequence[float] | None = None,
+                         max_offset_mm: float = 30.0) -> np.ndarray:
+    """``labels`` (rows, cols, slices) with only the LV kept; a new array.
+
+    The LV is the largest 3-D connected component of cavity and myocardium together. On each slice, of
+    its 2-D components only the one nearest the LV's axis is kept (the axis: the main component's
+    cavity centroid on that slice, else on the whole stack), and only if its centroid lies within
+    ``max_offset_mm`` of it (``spacing_mm``: the grid's row and column mm; without it, pixels are taken as
+    mm). What a per-slice model finds elsewhere (the RV, a vessel, the stomach, a bright blob above the base)
+    is not the LV that the other slices outline, even where it touches the LV's component on a neighbouring
+    slice."""
     from scipy import ndimage
 
     arr = np.asarray(labels)
-    components, count = ndimage.label(arr != contracts.BACKGROUND)
-    if count <= 1:
+    lv = arr != contracts.BACKGROUND
+    components, count = ndimage.label(lv)
+    if count == 0:
         return arr.copy()
     sizes = np.bincount(components.ravel())[1:]
-    keep = int(np.argmax(sizes)) + 1
-    return np.where(components == keep, arr, contracts.BACKGROUND).astype(arr.dtype)
+    main = components == int(np.argmax(sizes)) + 1
+    cavity = main & (arr == contracts.LV_CAVITY)
+    axis_all = np.argwhere(cavity if cavity.any() else main)[:, :2].mean(axis=0)
+    row_mm, col_mm = (float(spacing_mm[0]), float(spacing_mm[1])) if spacing_mm is not None else (1.0, 1.0)
+    keep = np.zeros(arr.shape, dtype=bool)
+    for k in range(arr.shape[2]):
+        if not main[:, :, k].any():
+            continue
+        here = np.argwhere(cavity[:, :, k])
+        axis = here.mean(axis=0) if here.size else axis_all
+        pieces, n = ndimage.label(lv[:, :, k])
+        best, best_mm = 0, max_offset_mm
+        for piece in range(1, n + 1):
+            centre = np.argwhere(pieces == piece).mean(axis=0)
+            offset_mm = float(np.hypot((centre[0] - axis[0]) * row_mm, (centre[1] - axis[1]) * col_mm))
+            if offset_mm <= best_mm:
+                best, best_mm = piece, offset_mm
+        if best:
+            keep[:, :, k] = pieces == best
+    return np.where(keep, arr, contracts.BACKGROUND).astype(arr.dtype)
 
 
 POSTPROCESSING = {"largest_component": largest_lv_component}
@@ -463,7 +489,7 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
             image, spacing = check_example(example, i, slices)
             prediction = self._run_one(image, spacing, model, lv_hint_box(example))
             if self._kind == contracts.MODEL_KIND_SEG and self._argmax and model.card.postprocess:
-                prediction = POSTPROCESSING[model.card.postprocess](prediction)
+                prediction = POSTPROCESSING[model.card.postprocess](prediction, spacing_mm=spacing[0])
             results.append(prediction)
         return [
             PredictionResult(example, prediction, model_id=model.card.version)

@@ -230,8 +230,8 @@ def handler_predictor(model_dir: str) -> tuple[Predictor, Any]:
 
 def checkpoint_predictor(run_dir: str) -> tuple[Predictor, float]:
     """A training run's per-slice network on every slice's whole field of view (no export needed), then the
-    post-processing its export's card names (the largest connected LV); the run's grid."""
-
+    post-processing its export's card names (the LV alone); the run's grid."""
+    from beam_pipeline.inference import largest_lv_component
     from trainer.synthslice import SEG, trained_model
 
     model, config = trained_model(run_dir, SEG)
@@ -241,7 +241,7 @@ def checkpoint_predictor(run_dir: str) -> tuple[Predictor, float]:
         probabilities = model.predict(image, batch_size=4, verbose=0)
         labels = np.argmax(probabilities, axis=-1).astype(np.uint8)
         labels[participant.n_slices_used :] = 0
-        return np.moveaxis(labels, 0, 2)
+        return largest_lv_component(np.moveaxis(labels, 0, 2), spacing_mm=participant.spacing_mm)
 
     return predict, config.stream.grid_mm
 
