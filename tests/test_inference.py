@@ -244,3 +244,36 @@ class TestBatchSizeFromTheCards:
         config, _ = parse_args([f"--input={tmp_path}/*.zip", f"--output={tmp_path}/out",
                                 "--methods=ml4h_seg", f"--model_seg={seg_dir}"])
         assert config.batch_size == 1
+
+
+class TestLVPostProcessing:
+    """``largest_lv_component``: what a per-slice model finds beside the LV goes, the LV stays whole."""
+
+    @staticmethod
+    def _ring(shape, centre, inner, outer):
+        yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+        r = np.hypot(yy - centre[0], xx - centre[1])
+        return np.where(r < inner, contracts.LV_CAVITY, np.where(r < outer, contracts.MYOCARDIUM, 0)).astype(
+            np.uint8
+        )
+
+    def test_blobs_beside_the_lv_go_even_when_they_touch_it_on_another_slice(self):
+        from beam_pipeline.inference import largest_lv_component
+
+        volume = np.stack([self._ring((96, 96), (48, 48), 12, 18) for _ in range(5)], axis=-1)
+        volume[40:56, 5:20, 1] = contracts.MYOCARDIUM  # an "RV" 35 px from the axis on slice 1 ...
+        volume[44:50, 20:31, 2] = contracts.MYOCARDIUM  # ... bridged to the ring on slice 2
+        volume[5:9, 80:84, 4] = contracts.LV_CAVITY  # a bright vessel far away
+        kept = largest_lv_component(volume, spacing_mm=(1.5, 1.5))
+        expected = np.stack([self._ring((96, 96), (48, 48), 12, 18) for _ in range(5)], axis=-1)
+        expected[44:50, 20:31, 2] = volume[44:50, 20:31, 2]  # part of slice 2's one component: kept
+        np.testing.assert_array_equal(kept, expected)
+        assert volume[40:56, 5:20, 1].any()  # the input is not changed
+
+    def test_empty_and_single_component_volumes_are_returned_as_they_are(self):
+        from beam_pipeline.inference import largest_lv_component
+
+        empty = np.zeros((32, 32, 3), np.uint8)
+        np.testing.assert_array_equal(largest_lv_component(empty), empty)
+        ring = np.stack([self._ring((64, 64), (30, 34), 8, 12)] * 3, axis=-1)
+        np.testing.assert_array_equal(largest_lv_component(ring, spacing_mm=(1.8, 1.8)), ring)

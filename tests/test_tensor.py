@@ -112,6 +112,31 @@ class TestBuildImageTensor:
         expected[118:138, 118:138, :, 0] = (kept - kept.mean()) / kept.std()  # (256 - 20) // 2 = 118
         np.testing.assert_allclose(tensor.image, expected, rtol=0, atol=1e-6)
 
+    def test_per_slice_models_get_every_slice(self):
+        """``n_slots=None`` (a per-slice model): all 15 slices, in order, z-scored over all of them, no padding
+        slot and no truncation flag; the labels are placed alike. Bug caught: apical slices lost past 13."""
+        from beam_pipeline.tensor import build_label_volume
+
+        images = [np.full((20, 20), float(k), np.float32) + np.eye(20, dtype=np.float32) for k in range(15)]
+        tensor = build_image_tensor(study_of(images, [None] * 15), n_slots=None)
+        assert tensor.qc_flags == () and tensor.image.shape == (256, 256, 15, 1)
+        assert tensor.n_slices_used == 15 and tensor.slice_start == 0
+        kept = np.stack(images, axis=-1).astype(np.float64)
+        expected = np.zeros((256, 256, 15, 1), np.float32)
+        expected[118:138, 118:138, :, 0] = (kept - kept.mean()) / kept.std()
+        np.testing.assert_allclose(tensor.image, expected, rtol=0, atol=1e-6)
+        labels = [np.full((20, 20), k % 3, np.uint8) for k in range(15)]
+        volume = build_label_volume(labels, slice_start=0, n_slots=None)
+        assert volume.shape == (256, 256, 15)
+        assert [int(volume[128, 128, k]) for k in range(15)] == [k % 3 for k in range(15)]
+
+    def test_per_slice_tensor_is_capped_and_flagged(self):
+        images = [np.full((8, 8), float(k), np.float32) + np.eye(8, dtype=np.float32)
+                  for k in range(contracts.MAX_PER_SLICE_SLICES + 2)]
+        tensor = build_image_tensor(study_of(images, [None] * len(images)), n_slots=None)
+        assert tensor.image.shape[2] == contracts.MAX_PER_SLICE_SLICES
+        assert tensor.qc_flags == (contracts.QC_TOO_MANY_SLICES_TRUNCATED,)
+
     def test_constant_image_rejected(self):
         with pytest.raises(ValueError, match=r"s.zip: all 800 acquired pixels equal 5.0; cannot normalise"):
             build_image_tensor(study_of([np.full((20, 20), 5.0, np.float32)] * 2))
