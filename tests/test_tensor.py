@@ -113,7 +113,8 @@ class TestBuildImageTensor:
         np.testing.assert_allclose(tensor.image, expected, rtol=0, atol=1e-6)
 
     def test_per_slice_models_get_every_slice(self):
-        """``n_slots=None`` (a per-slice model): all 15 slices, in order, z-scored over all of them, no padding
+        """``n_slots=None`` (a per-slice model): all 15 slices, in order, z-scored over all of them, no
+        padding slot and no truncation flag; the labels are placed alike. Bug caught: apical slices lost past 13.
         slot and no truncation flag; the labels are placed alike. Bug caught: apical slices lost past 13."""
         from beam_pipeline.tensor import build_label_volume
 
