@@ -114,8 +114,8 @@ class TestBuildImageTensor:
 
     def test_per_slice_models_get_every_slice(self):
         """``n_slots=None`` (a per-slice model): all 15 slices, in order, z-scored over all of them, no
-        padding slot and no truncation flag; the labels are placed alike. Bug caught: apical slices lost past 13.
-        slot and no truncation flag; the labels are placed alike. Bug caught: apical slices lost past 13."""
+        padding slot and no truncation flag; the labels are placed alike. Bug caught: apical slices lost
+        past 13."""
         from beam_pipeline.tensor import build_label_volume
 
         images = [np.full((20, 20), float(k), np.float32) + np.eye(20, dtype=np.float32) for k in range(15)]
