@@ -299,17 +299,21 @@ def reg_handler_predictor(model_dir: str) -> tuple[MassPredictor, Any]:
 
 
 def reg_checkpoint_predictor(run_dir: str) -> tuple[MassPredictor, float]:
-    """A ``reg`` training run's counting network summed over each given slice's whole field of view."""
+    """A ``reg`` training run's counting network as its export would compute the mass (its window
+    included, ``trainer.slice_models.mass_model``), without writing the export."""
+    from trainer.slice_models import mass_model, model_levels, volume_twin
     from trainer.synthslice import REG, trained_model
 
     model, config = trained_model(run_dir, REG)
+    network = mass_model(
+        volume_twin(model, levels=model_levels(model)),
+        window_px=config.stream.crop_px // config.reg_input_pool,
+    )
 
     def predict(example: Any) -> float:
-        image = np.moveaxis(np.asarray(example.image)[..., 0], 2, 0)[..., None]
-        density = model.predict(image, batch_size=4, verbose=0)
-        row_mm, col_mm, slice_mm = (float(v) for v in example.spacing_mm)
-        voxel_ml = row_mm * col_mm * slice_mm / 1000.0
-        return float(density.sum()) * voxel_ml * contracts.MYOCARDIAL_DENSITY_G_PER_ML
+        image = np.asarray(example.image, dtype=np.float32)[None]
+        spacing = np.asarray(example.spacing_mm, dtype=np.float32)[None]
+        return float(np.asarray(network({"image": image, "spacing_mm": spacing})).ravel()[0])
 
     return predict, config.stream.grid_mm
 

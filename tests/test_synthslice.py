@@ -142,6 +142,23 @@ class TestVolumeTwin:
         assert mass == pytest.approx(density.sum() * 1.5 * 1.5 * 8.0 / 1000.0 * 1.05, rel=1e-5)
 
 
+def test_mass_window_counts_where_the_myocardium_is():
+    """ML4H_reg's window: a ring of density on every slice and a speck far away; only the window holding
+    the ring counts (its exact sum), wherever the ring is."""
+    from trainer.slice_models import DensityToMass
+
+    density = np.zeros((1, 64, 64, 3, 1), np.float32)
+    yy, xx = np.mgrid[0:64, 0:64]
+    ring = ((np.hypot(yy - 40, xx - 22) > 5) & (np.hypot(yy - 40, xx - 22) < 8)).astype(np.float32)
+    density[0, :, :, :, 0] = ring[:, :, None] * 0.5
+    density[0, 3, 60, 1, 0] = 7.0  # far away, on one slice
+    spacing = np.float32([[2.0, 2.0, 10.0]])
+    mass = float(np.asarray(DensityToMass(window_px=24)(density, spacing)).ravel()[0])
+    assert mass == pytest.approx(ring.sum() * 0.5 * 3 * 2.0 * 2.0 * 10.0 / 1000.0 * 1.05, rel=1e-5)
+    everything = float(np.asarray(DensityToMass()(density, spacing)).ravel()[0])
+    assert everything == pytest.approx(mass + 7.0 * 0.04 * 1.05, rel=1e-5)
+
+
 def test_export_runs_in_the_handler_on_every_slice(tmp_path, tiny_config):
     """An export takes a 15-slice stack (more than the paper's 13 slots) and labels every slice, through the
     pipeline's own handler and crop policy; the card says per-slice, true anatomy, its grid and range."""

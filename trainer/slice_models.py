@@ -189,21 +189,47 @@ def volume_twin(model: keras.Model, *, levels: int) -> keras.Model:
 class DensityToMass(keras.layers.Layer):
     """LV mass (g) from a stack's myocardium density ``(B, rows, cols, slices, 1)`` on the grid of
     ``spacing_mm`` ``(B, 3)``: density x grid pixel area x slice distance x 1.05 g/mL, summed. The density
-    counts grid pixels (its map may be pooled: each value already holds its pooled pixels' count)."""
+    counts grid pixels (its map may be pooled: each value already holds its pooled pixels' count).
+
+    ``window_px`` (in the density map's pixels): only the density inside the square window that holds the
+    most of it, summed over all slices, counts. The network learned to count within its training crops (a
+    heart and its surroundings); on a whole field of view it would also count a little everywhere else.
+    The window is that crop's size, placed where the stack's myocardium is."""
+
+    def __init__(self, window_px: int | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.window_px = window_px
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "window_px": self.window_px}
 
     def call(self, density: Any, spacing_mm: Any) -> Any:
         ops = keras.ops
+        if self.window_px:
+            projected = ops.sum(density, axis=3)  # (B, rows, cols, 1): the stack's density seen from the apex
+            boxed = ops.average_pool(projected, self.window_px, strides=1, padding="same")
+            shape = ops.shape(boxed)
+            best = ops.argmax(ops.reshape(boxed, (shape[0], -1)), axis=-1)
+            row = ops.cast(best // shape[2], "int32")[:, None, None]
+            col = ops.cast(best % shape[2], "int32")[:, None, None]
+            rows = ops.arange(shape[1], dtype="int32")[None, :, None]
+            cols = ops.arange(shape[2], dtype="int32")[None, None, :]
+            # the very window the pooling summed at its maximum: "same" padding puts (k - 1) // 2 before
+            low, high = (self.window_px - 1) // 2, self.window_px // 2 + 1
+            inside = (rows >= row - low) & (rows < row + high) & (cols >= col - low) & (cols < col + high)
+            density = density * ops.cast(inside, density.dtype)[:, :, :, None, None]
         pixels = ops.sum(density, axis=(1, 2, 3, 4))
         voxel_ml = spacing_mm[:, 0] * spacing_mm[:, 1] * spacing_mm[:, 2] / 1000.0
         return pixels * voxel_ml * contracts.MYOCARDIAL_DENSITY_G_PER_ML
 
 
-def mass_model(twin: keras.Model) -> keras.Model:
-    """ML4H_reg's exported network: ``{image, spacing_mm}`` -> LV mass (B, 1), as ``trainer.export`` wants."""
+def mass_model(twin: keras.Model, *, window_px: int | None = None) -> keras.Model:
+    """ML4H_reg's exported network: ``{image, spacing_mm}`` -> LV mass (B, 1), as ``trainer.export`` wants;
+    ``window_px``: :class:`DensityToMass`'s window, in the density map's pixels."""
     image = keras.Input((contracts.TENSOR_ROWS, contracts.TENSOR_COLS, None, 1), name=IMAGE_INPUT)
     spacing = keras.Input((len(contracts.SPACING_FIELDS),), name=contracts.SIGNATURE_INPUT_SPACING)
     density = twin({IMAGE_INPUT: image})
-    mass = DensityToMass(name="lv_mass_g")(density, spacing)
+    mass = DensityToMass(window_px, name="lv_mass_g")(density, spacing)
     return keras.Model(
         {IMAGE_INPUT: image, contracts.SIGNATURE_INPUT_SPACING: spacing},
         keras.layers.Reshape((1,), name="mass")(mass),

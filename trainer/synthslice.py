@@ -500,7 +500,8 @@ def export(run_dir: Path, export_dir: Path, *, which: str | None = None, version
     model, config = trained_model(run_dir, which)
     twin = volume_twin(model, levels=model_levels(model))
     seg = which == SEG
-    network = twin if seg else mass_model(twin)
+    # ML4H_reg counts within a window of its training crop's size (slice_models.DensityToMass)
+    network = twin if seg else mass_model(twin, window_px=config.stream.crop_px // config.reg_input_pool)
     kind = contracts.MODEL_KIND_SEG if seg else contracts.MODEL_KIND_REG
     export_dir.mkdir(parents=True, exist_ok=True)
     card = model_card(config, checkpoint.state, which, version=version)
