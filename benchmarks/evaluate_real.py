@@ -394,21 +394,21 @@ def draw_figure(
     fig.suptitle("experts: endocardium red, epicardium green; model: cavity yellow, epicardium cyan (dashed)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=70)
+    fig.savefig(path, dpi=55)
     plt.close(fig)
 
 
 def markdown(results: Mapping[str, Any]) -> str:
     """The recorded results as readable tables, one section per model."""
     lines = [
-        "# ML4H_seg on real studies against the experts' end-diastolic contours",
+        "# ML4H_seg and ML4H_reg on real studies against the experts' end-diastolic contours",
         "",
         "Written by `benchmarks/evaluate_real.py` (its docstring says what each number is): five Sunnybrook",
         "heart-failure studies (GE 1.5 T, CC0), never used in training. Dice on the acquisition grid, pixel",
         "centres inside the contour; mass on the slices with both contours (x 1.05 g/mL) against the",
-        "experts'",
-        "on the same slices. Expert frame: the experts' end diastole; pipeline frame: what `lvmass run`",
-        f"decodes (first trigger time). Targets: {TARGETS}.",
+        "experts' mass on the same slices. Expert frame: the experts' end diastole; pipeline frame: what",
+        "`lvmass run` decodes (first trigger time).",
+        f"Targets: {TARGETS}.",
         "",
     ]
     for name, entry in sorted(results["models"].items()):
