@@ -157,3 +157,21 @@ class TestTargets:
             for p in (1.3, 1.8, 2.2)
         ]
         assert max(areas) / min(areas) < 1.03
+
+
+class TestExpertsEndocardium:
+    def test_the_lv_stays_and_the_cavity_reaches_the_wall_plateau(self):
+        """A blurred disc in a ring: with the convention the cavity grows into the ring by about the blur,
+        never past the LV's outline, and cavity + myocardium is unchanged pixel by pixel."""
+        yy, xx = np.mgrid[0:80, 0:80]
+        r = np.hypot(yy - 40, xx - 40)
+        cavity = np.clip(20.5 - r, 0.0, 1.0)  # a disc of radius 20 with a one-pixel soft edge
+        lv = np.clip(30.5 - r, 0.0, 1.0)
+        fractions = np.stack([cavity, lv - cavity]).astype(np.float32)
+        out = si.experts_cavity(fractions, blur_px=2.0, threshold=0.15)
+        np.testing.assert_allclose(out.sum(axis=0), fractions.sum(axis=0), atol=1e-6)
+        grown = (out[0] >= 0.5).sum() - (fractions[0] >= 0.5).sum()
+        ring_width = 2 * np.pi * 21  # pixels of one ring one pixel wide at radius 21
+        assert 1.0 * ring_width < grown < 3.5 * ring_width  # 1-3 pixels, about the blur
+        assert (out[1] > 0).any() and not (out[0][r > 31] > 0).any()
+        assert si.experts_cavity(fractions, 2.0, 1.1)[0].sum() == pytest.approx(fractions[0].sum())

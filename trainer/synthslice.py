@@ -100,7 +100,8 @@ class FitConfig:
             )
 
         scene = ranges(ss.SceneRanges, stream.pop("scene"))
-        appearance = ranges(si.AppearanceRanges, stream.pop("appearance"))
+        # runs recorded before the experts' endocardium was an option drew the truth as drawn
+        appearance = ranges(si.AppearanceRanges, {"experts_endocardium": 0.0, **stream.pop("appearance")})
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(
             **{k: v for k, v in data.items() if k in known},
@@ -553,6 +554,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init_from", default=None, help="start a new run from these weights (checkpoint or export)"
     )
+    p.add_argument(
+        "--experts_endocardium",
+        type=float,
+        default=si.AppearanceRanges.experts_endocardium,
+        help="the targets' endocardium as experts draw it on a cine (0: the truth as drawn; "
+        "lvmass.synth.slice_image.experts_cavity)",
+    )
     e = sub.add_parser("export", help="write a run's model as the pipeline's SavedModel with its card")
     e.add_argument("--run_dir", required=True, help="the run's folder (or a checkpoint file)")
     e.add_argument(
@@ -584,6 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 crop_px=args.crop_px,
                 batch_size=args.batch_size,
                 uses=args.uses,
+                appearance=si.AppearanceRanges(experts_endocardium=args.experts_endocardium),
             ),
         )
         state = fit(

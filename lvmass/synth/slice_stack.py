@@ -84,7 +84,12 @@ def draw_stack(
     for z in heights:
         at = dataclasses.replace(scene, z_mm=z, slab_mm=thickness)
         stored, fractions, _ = si.render(
-            at, app, noise_rng, supersample=ranges.supersample, subplanes=ranges.subplanes
+            at,
+            app,
+            noise_rng,
+            supersample=ranges.supersample,
+            subplanes=ranges.subplanes,
+            experts_endocardium=ranges.experts_endocardium,
         )
         fine_mm2 = (app.pixel_mm / ranges.supersample) ** 2
         images.append(stored)
