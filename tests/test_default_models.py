@@ -71,11 +71,13 @@ def test_default_cards_say_what_the_models_are(kind):
 
 def test_segmenter_on_the_real_study_is_what_was_recorded(er):
     """Through the pipeline's decode, tensor, handler (crop, window, post-processing) at the experts' end
-    diastole: the recorded Dice, ring and QC, and a mass on the contoured slices within 15% of the experts'."""
+    diastole: the recorded Dice, ring and QC, and a mass on the contoured slices within 15% of the
+    experts'."""
     rs = er.rs
     [real] = rs.find_studies(DATA)
     predict, card = er.handler_predictor(bundled_model_dir(contracts.MODEL_KIND_SEG))
-    got = er.evaluate_study(real, predict, card.pixel_spacing_mm, card.training_pixel_spacing_mm)["expert_frame"]
+    scored = er.evaluate_study(real, predict, card.pixel_spacing_mm, card.training_pixel_spacing_mm)
+    got = scored["expert_frame"]
     want = recorded_real("default_ml4h_seg")["expert_frame"]
     assert got["myocardium_dice_mean"] == pytest.approx(want["myocardium_dice_mean"], abs=0.01)
     assert got["cavity_dice_mean"] == pytest.approx(want["cavity_dice_mean"], abs=0.01)
