@@ -378,9 +378,9 @@ def experts_cavity(fractions: np.ndarray, blur_px: float, threshold: float) -> n
     where the blood's signal reaches, blurred as a cine blurs it (``blur_px``, in these pixels; the renderer
     passes :data:`EXPERTS_BLUR_MM`), the pixel is cavity (its myocardium fraction moves to the cavity), so
     the cavity extends over the blurred blood-to-wall transition to the wall's dark plateau. The LV (cavity
-    and myocardium) is unchanged, so is the epicardium. Why: on the real studies the experts' endocardium lies where the intensity has fallen to
-    the wall's (``docs/training.md``); the drawn truth put it halfway, and a model learning it made walls
-    20-40% thicker than the experts'."""
+    and myocardium) is unchanged, so is the epicardium. Why: on the real studies the experts' endocardium
+    lies where the intensity has fallen to the wall's (``docs/training.md``); the drawn truth put it halfway,
+    and a model learning it made walls 20-40% thicker than the experts'."""
     cavity, myocardium = fractions
     reach = ndimage.gaussian_filter(cavity, max(blur_px, 0.5), mode="constant") >= threshold
     out = fractions.copy()
