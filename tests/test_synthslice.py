@@ -4,6 +4,7 @@ the volume twin, and an export the pipeline's handler runs on every slice of a l
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 import pytest
@@ -185,3 +186,31 @@ def test_export_runs_in_the_handler_on_every_slice(tmp_path, tiny_config):
     cropped = SavedModelHandler(str(out), kind=contracts.MODEL_KIND_SEG)
     [result] = cropped.run_inference([example], cropped.load_model())
     assert result.inference.shape == (256, 256, 15)
+
+
+def test_a_signal_stops_a_run_with_a_checkpoint_of_its_last_step(tmp_path):
+    """SIGTERM (a machine taken back) mid-run: the run writes its checkpoint at the step it reached, not at
+    the last multiple of --checkpoint_every, and exits cleanly."""
+    import signal
+    import subprocess
+    import time
+
+    from trainer.synthslice import read_checkpoint
+
+    command = [sys.executable, "-m", "trainer.synthslice", "fit", "--run_dir", str(tmp_path / "run"),
+               "--task", "seg", "--steps", "100000", "--base_filters", "4", "--levels", "2",
+               "--crop_px", "32",
+               "--batch_size", "2", "--workers", "0", "--checkpoint_every", "1000", "--validation_samples",
+               "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "run" / "training_log.csv"
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(8)  # some steps
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-2000:]
+    checkpoint = read_checkpoint(tmp_path / "run" / "checkpoint.npz")
+    assert 0 < checkpoint.state.step < 1000 and log.exists()
+    assert checkpoint.state.history[-1]["step"] == checkpoint.state.step

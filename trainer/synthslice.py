@@ -29,7 +29,9 @@ import logging
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -349,9 +351,16 @@ def fit(
             values.clear()
         return out
 
+    stopping = _stop_on_signals()
     with ExampleStream(config.stream, start_step=state.step, workers=workers) as stream:
         while state.step < (config.steps if stop_at_step is None else min(config.steps, stop_at_step)):
             if max_train_seconds is not None and time.perf_counter() - began >= max_train_seconds:
+                break
+            if stopping.is_set():
+                LOG.info(
+                    "stopping at step %d on a signal: checkpoint written, resume with the same command",
+                    state.step,
+                )
                 break
             batch = stream.next_batch()
             images = tf.constant(batch[0])
@@ -372,6 +381,16 @@ def fit(
             state.history.append(row(stream))
         _save(run_dir, config, models, optimizers, state, began, stream, invocation, final=True)
     return state
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (a machine being taken back, Ctrl-C): the loop then finishes its step
+    and writes the checkpoint instead of dying between two. Only the main thread may install handlers."""
+    stopping = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stopping.set())
+    return stopping
 
 
 def _save(
