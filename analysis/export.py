@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis import io as aio
-from beam_pipeline import filesystems
+from beam_pipeline import filesystems, ledger
 from beam_pipeline.contracts import ALL_METHODS
-from beam_pipeline.schema import RESULTS_DIRNAME, RESULTS_SCHEMA, SUCCESS_FILENAME
+from beam_pipeline.schema import RESULTS_SCHEMA, SUCCESS_FILENAME
 from lvmass.cli_args import ArgumentParser, configure_logging
 
 logger = logging.getLogger(__name__)
@@ -154,18 +154,28 @@ def output_format(path: str) -> str:
     raise ValueError(f"{path}: the output must end in .csv or .parquet")
 
 
-def output_root(results: str) -> str:
-    """The pipeline's output folder of a ``--results`` path (which may be its ``lvmass/`` folder)."""
-    root = results.rstrip("/")
-    if root.endswith(f"/{RESULTS_DIRNAME}"):
-        return root[: -len(RESULTS_DIRNAME) - 1]
-    return root
+output_root = aio.output_root
 
 
 def warn_if_incomplete(results: str) -> bool:
-    """Whether the run's completion marker is there; a warning when not (the run may still be writing,
-    may have failed, or predates the marker), never an error."""
-    marker = filesystems.join(output_root(results), SUCCESS_FILENAME)
+    """Whether the folder's state is complete: committed (``_SUCCESS``), with every committed run
+    finalised and every input accounted for. A warning when not, never an error: what is exported is
+    always what the commit names (``analysis.io.read_results``), the last committed state."""
+    root = output_root(results)
+    marker = filesystems.join(root, SUCCESS_FILENAME)
+    commit = ledger.read_commit(root)
+    if commit is not None:
+        pending = ledger.pending_runs(root, commit)
+        if pending:
+            logger.warning("%s: runs %s are committed but not yet in the derived table (a run was stopped "
+                           "while finalising); exporting the last finalised state. `lvmass run ... "
+                           "--skip_existing` finalises them", root, pending)
+            return False
+        if not commit.reconciled:
+            logger.warning("%s: the folder does not reconcile (inputs unaccounted for: %s)", root,
+                           commit.summary.get("unaccounted_inputs"))
+            return False
+        return True
     if filesystems.exists(marker):
         return True
     logger.warning("%s not found: the run may be incomplete (still running, failed, or written before the "

@@ -7,7 +7,9 @@ reader checks its input and raises :class:`InputError` naming the file and the r
 silently.
 
 Results layout (``beam_pipeline.schema``): ``ROOT/lvmass/method=<method>/*.parquet``, each file holding
-``RESULTS_FILE_SCHEMA``. They are read as one ``pyarrow.dataset`` with hive partitioning, so the partition
+``RESULTS_FILE_SCHEMA``; of a pipeline's output folder only the files its ledger commit (``_SUCCESS``,
+``beam_pipeline.ledger``) names are read, so a run in progress or one that was stopped is never half
+read. They are read as one ``pyarrow.dataset`` with hive partitioning, so the partition
 directory gives the ``method`` column back, as DuckDB's ``read_parquet(..., hive_partitioning=true)`` and
 BigQuery's hive-partitioned external tables do. Each file (fragment) is checked and read on its own, only
 the schema's columns, so that a bad file is named in the error.
@@ -32,15 +34,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from beam_pipeline import filesystems
+from beam_pipeline import filesystems, ledger
 from beam_pipeline.contracts import ALL_METHODS
 from beam_pipeline.identity import parse_input_name
 from beam_pipeline.phenotypes import INSTANCE_COLUMN, PhenotypeTable, read_phenotype_table
 from beam_pipeline.schema import (
+    ERRORS_DIRNAME,
     PHENOTYPE_COLUMNS,
     RESULTS_DIRNAME,
     RESULTS_FILE_SCHEMA,
     RESULTS_SCHEMA,
+    SUCCESS_FILENAME,
 )
 from beam_pipeline.truth import (
     TRUTH_CSV,
@@ -90,16 +94,63 @@ def list_files(root: str | os.PathLike[str], suffix: str) -> list[str]:
 
 
 # --- Results Parquet --------------------------------------------------------------------------------
+def output_root(results: str) -> str:
+    """The pipeline's output folder of a ``--results`` path (which may be its ``lvmass/`` folder)."""
+    root = str(results).rstrip("/")
+    if root.endswith(f"/{RESULTS_DIRNAME}"):
+        return root[: -len(RESULTS_DIRNAME) - 1]
+    return root
+
+
+def _readable(path: str, base: str) -> bool:
+    """A file a reader of a folder without a ledger takes: not below a name that starts with ``_`` or
+    ``.`` (a sink's ``beam-temp-*`` folder of an older run neither), as Hive and pyarrow's datasets skip."""
+    parts = path[len(base):].replace("\\", "/").strip("/").split("/")
+    return not any(p.startswith(("_", ".", "beam-temp-")) for p in parts)
+
+
+def committed_files(root: str | os.PathLike[str], kind: str) -> list[str] | None:
+    """The files of ``kind`` (``lvmass`` results or ``errors``) an output folder's ledger commit names
+    (``beam_pipeline.ledger``); None for a folder the ledger does not manage (hand-made, or older than
+    the ledger). A managed folder without a commit (its first run was stopped before it finished) is an
+    :class:`InputError`: nothing in it is committed."""
+    output = output_root(str(root))
+    try:
+        files = ledger.committed_files(output, kind)
+        if files is None and ledger.is_ledger_folder(output):
+            raise InputError(output, f"no committed run ({SUCCESS_FILENAME} is missing: the first run into "
+                             "this folder did not finish); finish it with `lvmass run ... --skip_existing`")
+    except ledger.LedgerError as exc:
+        raise InputError(output, str(exc), message=str(exc)) from exc
+    return files
+
+
 def _results_files(root: str) -> tuple[str, list[str]]:
-    """The results folder and its Parquet files, from one listing: the pipeline's output folder's
-    ``lvmass/`` when it holds files, else ``root`` itself (the ``lvmass`` folder given directly)."""
+    """The results folder and its Parquet files: those the folder's ledger commit names; for a folder
+    without a ledger, one listing: the output folder's ``lvmass/`` when it holds files, else ``root``
+    itself (the ``lvmass`` folder given directly)."""
     root = root.rstrip("/")
+    committed = committed_files(root, RESULTS_DIRNAME)
+    if committed is not None:
+        return f"{output_root(root)}/{RESULTS_DIRNAME}", committed
     if not (root.endswith(f"/{RESULTS_DIRNAME}") or root == RESULTS_DIRNAME):
         candidate = f"{root}/{RESULTS_DIRNAME}"
         found = filesystems.list_files(candidate)
         if found:
-            return candidate, [path for path in found if path.endswith(".parquet")]
-    return root, list_files(root, ".parquet")
+            return candidate, [p for p in found if p.endswith(".parquet") and _readable(p, candidate)]
+    return root, [p for p in list_files(root, ".parquet") if _readable(p, root)]
+
+
+def errors_files(root: str | os.PathLike[str]) -> list[str]:
+    """The dead-letter Parquet files of an output folder: those its ledger commit names, else every
+    ``errors/*.parquet`` (a folder without a ledger); empty when there are none."""
+    committed = committed_files(root, ERRORS_DIRNAME)
+    if committed is not None:
+        return committed
+    folder = f"{output_root(str(root))}/{ERRORS_DIRNAME}"
+    if not filesystems.has_files(folder):
+        return []
+    return [p for p in list_files(folder, ".parquet") if _readable(p, folder)]
 
 
 def _read_fragment(fragment: ds.ParquetFileFragment) -> pa.Table:

@@ -48,7 +48,6 @@ from beam_pipeline import filesystems, label_files
 from beam_pipeline.contracts import METHOD_INLINEVF, METHOD_ML4H_SEG
 from beam_pipeline.identity import ANY_VENDOR_INSTANCE
 from beam_pipeline.nifti import read_nifti_volume
-from beam_pipeline.schema import ERRORS_DIRNAME
 from lvmass.cli_args import ArgumentParser, configure_logging
 
 logger = logging.getLogger(__name__)
@@ -75,9 +74,9 @@ def card_id(participant_id: str, instance: int) -> str:
 
 # --- inputs ---------------------------------------------------------------------------------------------
 def read_dead_letters(results_dir: str) -> pd.DataFrame:
-    """The run's error rows (``OUT/errors/*.parquet``); empty when there are none."""
-    folder = f"{results_dir.rstrip('/')}/{ERRORS_DIRNAME}"
-    files = [f for f in aio.list_files(folder, ".parquet")] if filesystems.has_files(folder) else []
+    """The folder's error rows (``OUT/errors/*.parquet``, those its ledger commit names); empty when there
+    are none."""
+    files = aio.errors_files(results_dir)
     frames = []
     for path in files:
         try:

@@ -57,8 +57,9 @@ from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
-from beam_pipeline import acquisition, contracts, geometry
+from beam_pipeline import acquisition, budget, contracts, geometry
 from beam_pipeline import dicom_headers as dh
+from beam_pipeline.budget import MAX_PARTICIPANT_BYTES
 from beam_pipeline.identity import base_name, is_nifti_name, parse_ukbb_zip_name
 from beam_pipeline.manifest import ManifestError, is_manifest_name, series_descriptions
 from beam_pipeline.nifti import decode_nifti
@@ -861,6 +862,10 @@ def _native_pixels(elements: dh.Elements, data: bytes) -> np.ndarray | None:
             or elements.stop_length != rows * cols * 2):
         return None
     head = 8 if elements.implicit else 12
+    available = len(data) - (elements.stop_pos + head)
+    if available < rows * cols * 2:
+        raise ValueError(f"Pixel Data (7FE0,0010) is truncated: the file ends {max(available, 0)} bytes into "
+                         f"the {rows * cols * 2} bytes of its {rows} x {cols} 16-bit image")
     arr = np.frombuffer(data, dtype="<i2" if signed else "<u2", count=rows * cols,
                         offset=elements.stop_pos + head).reshape(rows, cols)
     if stored < 16:
@@ -896,7 +901,10 @@ def _read_frame(members: ZipMembers | StreamMembers, member: str, source_uri: st
                 if pixels:
                     elements = dh.read_elements(data, _PIXEL_VRS.keys() | _OVERLAY_VRS.keys(), 0xFFFFFFFF,
                                                 complete=True, expected_vrs={**_PIXEL_VRS, **_OVERLAY_VRS})
-                    image = _native_pixels(elements, data)
+                    try:
+                        image = _native_pixels(elements, data)
+                    except ValueError as exc:  # the member ends inside its pixel data
+                        raise DecodeError(source_uri, "pixels", f"member {member!r}: {exc}") from exc
                     if image is not None:
                         return _Frame(image, _overlay_dataset(elements))
                 else:
@@ -1043,10 +1051,12 @@ def _decode(
     with_inlinevf: bool,
     order: Mapping[str, int] | None = None,
     layout: _TrustedLayout | None = None,
+    budget_bytes: int = MAX_PARTICIPANT_BYTES,
 ) -> DecodedStudy:
     """Choose the slices and contours (:func:`_choose`; with a ``layout``, from the headers it asks for,
-    falling back to every header when a header contradicts the manifest), then one forward pass over the
-    chosen members in ``order`` (the zip's member order; name order without one)."""
+    falling back to every header when a header contradicts the manifest), check that decoding them fits
+    ``budget_bytes`` (:func:`_check_budget`), then one forward pass over the chosen members in ``order``
+    (the zip's member order; name order without one)."""
     chosen = None
     if layout is not None:
         try:
@@ -1061,6 +1071,7 @@ def _decode(
                          ukbb_required=ukbb_required, with_inlinevf=with_inlinevf, layout=None)
     selection, matched = chosen.selection, chosen.matched
     slices = selection.slices
+    _check_budget(slices, matched, members, source_uri, budget_bytes)
     frames = _read_chosen(
         pixel_members=[s.ed.member for s in slices],
         overlay_members=[vf for vf in matched if vf is not None],
@@ -1086,7 +1097,15 @@ def _decode(
                 frames[vf.member].overlay, OVERLAY_GROUP, source=f"{source_uri} member {vf.member!r}"
             )
         except ValueError as exc:
-            raise DecodeError(source_uri, "pixels", str(exc)) from exc
+            # An overlay that cannot be read (too few bits for its size, an unsupported bit depth...)
+            # costs that slice its InlineVF contour, as a missing or misfitting overlay does: InlineVF
+            # is then measured without it (flagged inlinevf_contour_missing), and the other methods,
+            # which never use overlays, measure the participant as usual.
+            note = f"{exc}; slice {k + 1}'s InlineVF outline is dropped (no contour for that slice)"
+            stats.notes.append(note)
+            logger.warning("%s", note)
+            outlines.append(None)
+            continue
         stats.overlay_frames_decoded += 1
         if outline is not None and outline.shape != image.shape:
             note = (f"member {vf.member!r}: the InlineVF overlay is {outline.shape[0]} x {outline.shape[1]} "
@@ -1179,6 +1198,27 @@ def _read_chosen(
     return out
 
 
+def _check_budget(slices: Sequence[ChosenSlice], matched: Sequence[HeaderInfo | None],
+                  members: ZipMembers | StreamMembers, source_uri: str, budget_bytes: int) -> None:
+    """Refuse, before a pixel is read, a participant whose chosen frames would take more memory than
+    ``budget_bytes`` (``beam_pipeline.budget``): their sizes come from the headers (Rows x Columns), the
+    largest read from the zip's declared sizes (a folder's files: up to :data:`MAX_MEMBER_BYTES`)."""
+    shapes = [(s.ed.rows or 0, s.ed.cols or 0) for s in slices]
+    chosen = [s.ed.member for s in slices] + [vf.member for vf in matched if vf is not None]
+    if isinstance(members, ZipMembers):  # a member declaring more than the cap is refused when read
+        sizes = {m: min(members.declared_size(m), MAX_MEMBER_BYTES) for m in chosen}
+    else:
+        sizes = {m: MAX_MEMBER_BYTES for m in chosen}
+    largest = max(chosen, key=lambda m: sizes[m])
+    rows, cols = max(r for r, _ in shapes), max(c for _, c in shapes)
+    try:
+        budget.check([r * c for r, c in shapes], sizes[largest], budget=budget_bytes,
+                     what=f"{len(shapes)} end-diastolic frames of up to {rows} x {cols} pixels (the largest "
+                     f"member read, {largest!r}, up to {sizes[largest] / budget.MIB:.0f} MiB)")
+    except budget.ParticipantTooLarge as exc:
+        raise DecodeError(source_uri, "budget", str(exc)) from exc
+
+
 def _check_strategy(strategy: str, ed_rule: str) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
@@ -1196,6 +1236,7 @@ def decode_dicom_members(
     stats: DecodeStats | None = None,
     with_inlinevf: bool = True,
     strategy: str = "fast",
+    budget_bytes: int = MAX_PARTICIPANT_BYTES,
 ) -> DecodedStudy:
     """Decode a folder (or any mapping of name -> opener) of cine short-axis DICOMs from any vendor.
 
@@ -1227,6 +1268,7 @@ def decode_dicom_members(
         stats=stats,
         ukbb_required=False,
         with_inlinevf=with_inlinevf,
+        budget_bytes=budget_bytes,
     )
 
 
@@ -1245,6 +1287,7 @@ def decode_participant_zip(
     stats: DecodeStats | None = None,
     with_inlinevf: bool = True,
     strategy: str = "fast",
+    budget_bytes: int = MAX_PARTICIPANT_BYTES,
 ) -> DecodedStudy:
     """Decode one participant zip, streamed from a seekable file object (never extracted to disk).
 
@@ -1258,6 +1301,8 @@ def decode_participant_zip(
     decoded, and members the manifest describes as InlineVF are not even read, unless it turns out to
     be the only short-axis series (then its frames supply the images, still without outlines).
     ``strategy`` chooses how headers are read (module docstring); the result does not depend on it.
+    ``budget_bytes``: the memory the participant may take (``beam_pipeline.budget``); beyond it, a
+    ``DecodeError`` at step ``budget`` before any pixel is read.
     """
     _check_strategy(strategy, ed_rule)
     stats = stats if stats is not None else DecodeStats()
@@ -1325,6 +1370,7 @@ def decode_participant_zip(
             with_inlinevf=with_inlinevf,
             order=order,
             layout=layout,
+            budget_bytes=budget_bytes,
         )
 
 
@@ -1336,16 +1382,17 @@ def decode_participant_file(
     stats: DecodeStats | None = None,
     with_inlinevf: bool = True,
     strategy: str = "fast",
+    budget_bytes: int = MAX_PARTICIPANT_BYTES,
 ) -> DecodedStudy:
     """Decode one participant file by its name: a NIfTI short-axis cine or ED volume (``.nii``,
     ``.nii.gz``: ``beam_pipeline.nifti.decode_nifti``, which has no InlineVF and no header strategies), else
-    a zip of DICOMs (:func:`decode_participant_zip`)."""
+    a zip of DICOMs (:func:`decode_participant_zip`); either within ``budget_bytes``."""
     _check_strategy(strategy, ed_rule)
     if is_nifti_name(source_uri):
         return decode_nifti(fileobj, source_uri, ed_rule=ed_rule,
-                            stats=stats if stats is not None else DecodeStats())
+                            stats=stats if stats is not None else DecodeStats(), budget_bytes=budget_bytes)
     return decode_participant_zip(fileobj, source_uri, ed_rule=ed_rule, stats=stats,
-                                  with_inlinevf=with_inlinevf, strategy=strategy)
+                                  with_inlinevf=with_inlinevf, strategy=strategy, budget_bytes=budget_bytes)
 
 
 def _read_manifest(

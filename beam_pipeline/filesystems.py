@@ -29,6 +29,12 @@ def exists(path: str) -> bool:
     return FileSystems.exists(path)
 
 
+def size(path: str) -> int | None:
+    """The size of the file ``path`` in bytes; None when there is none."""
+    found = [m for result in FileSystems.match([path]) for m in result.metadata_list]
+    return int(found[0].size_in_bytes) if found else None
+
+
 def open_read(path: str) -> IO[bytes]:
     """Open ``path`` for reading as a binary stream, without decompression.
 
@@ -90,6 +96,78 @@ def write_text(path: str, text: str, *, mime_type: str = "text/plain") -> None:
     write_bytes(path, text.encode("utf-8"), mime_type=mime_type)
 
 
+def write_bytes_atomic(path: str, data: bytes, *, temp_folder: str,
+                       mime_type: str = "application/octet-stream") -> None:
+    """Create (or replace) ``path`` so that a reader, or a process killed half-way, sees the old content
+    or the new, never part of it.
+
+    A ``gs://`` object is atomic by itself (it exists once its upload completes). A local file is
+    written whole under ``temp_folder`` (on the same filesystem, outside any folder a reader lists) and
+    moved into place with ``os.replace``, which is atomic on POSIX; the file is flushed to disk first,
+    so a power cut cannot leave a renamed but empty file."""
+    if not is_local(path):
+        write_bytes(path, data, mime_type=mime_type)
+        return
+    import os
+    import uuid
+
+    local = _local_path(path)
+    temp_dir = _local_path(temp_folder)
+    os.makedirs(temp_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+    temp = os.path.join(temp_dir, f"{os.path.basename(local)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temp, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        _move_into_place(temp, local)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+def _move_into_place(temp: str, destination: str) -> None:
+    """The commit of one local atomic write: ``os.replace`` (atomic on POSIX)."""
+    import os
+
+    os.replace(temp, destination)
+
+
+def _local_path(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def delete_files(paths: list[str]) -> None:
+    """Delete every file of ``paths`` (local or ``gs://``); one already gone is not an error, so a
+    clean-up killed half-way can simply run again."""
+    present = [p for p in paths if exists(p)]
+    if present:
+        FileSystems.delete(present)
+
+
+def prune_empty_folders(folder: str) -> None:
+    """Remove the empty folders below a local ``folder``, and ``folder`` itself when it ends empty
+    (deleting files leaves them behind; ``gs://`` has no folders)."""
+    if not is_local(folder):
+        return
+    import os
+
+    root = _local_path(folder)
+    for current, _dirs, _files in sorted(os.walk(root, topdown=False), key=lambda t: -len(t[0])):
+        if not os.listdir(current):
+            os.rmdir(current)
+
+
+def rename(source: str, destination: str) -> None:
+    """Move one file (a ``gs://`` object is copied, then deleted)."""
+    if is_local(destination):
+        import os
+
+        os.makedirs(os.path.dirname(_local_path(destination)) or ".", exist_ok=True)
+    FileSystems.rename([source], [destination])
+
+
 def match(pattern: str) -> list[str]:
     """Sorted paths matching a glob (local or ``gs://``); empty when nothing matches."""
     results = FileSystems.match([pattern])
@@ -115,6 +193,21 @@ def list_files(folder: str) -> list[str]:
     ``gs://b/run2/...``); it is matched as a glob, so it must not hold ``*``, ``?`` or ``[``.
     """
     return match(join(folder.rstrip("/\\"), "**"))
+
+
+def empty_folders(pattern: str) -> list[str]:
+    """Sorted local folders ``pattern`` matches (``*`` never crossing ``/``, as Beam's glob) that hold no
+    file at any depth; always empty for ``gs://`` (a bucket has no folders, only names)."""
+    if not is_local(pattern):
+        return []
+    import glob
+    import os
+
+    out = []
+    for path in glob.glob(_local_path(pattern)):
+        if os.path.isdir(path) and not any(files for _, _, files in os.walk(path)):
+            out.append(path)
+    return sorted(out)
 
 
 def has_files(folder: str) -> bool:

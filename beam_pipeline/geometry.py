@@ -30,6 +30,10 @@ def slice_normal(orientation: Sequence[float]) -> np.ndarray:
     iop = np.asarray(orientation, dtype=np.float64)
     if iop.shape != (6,) or not np.all(np.isfinite(iop)):
         raise ValueError(f"ImageOrientationPatient must be 6 finite numbers, got {list(orientation)}")
+    lengths = [float(np.linalg.norm(iop[:3])), float(np.linalg.norm(iop[3:]))]
+    if min(lengths) < 1e-6:
+        raise ValueError(f"ImageOrientationPatient has a zero-length row or column direction (lengths "
+                         f"{lengths[0]:g} and {lengths[1]:g}; unit vectors expected): {list(orientation)}")
     normal = np.cross(iop[:3], iop[3:])
     norm = float(np.linalg.norm(normal))
     if norm < 1e-6:

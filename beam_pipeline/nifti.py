@@ -46,7 +46,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.spatialimages import HeaderDataError
 
-from beam_pipeline import acquisition, contracts, geometry
+from beam_pipeline import acquisition, budget, contracts, geometry
 from beam_pipeline.identity import base_name
 from beam_pipeline.qc import geometry_qc_flags
 from beam_pipeline.slices import ED_RULES
@@ -103,6 +103,24 @@ def _read_exactly(stream, n: int, source_uri: str, what: str) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+def _skip_exactly(stream, n: int, source_uri: str, what: str) -> None:
+    """Read ``n`` bytes and drop them, a chunk at a time (the cine frames around the ED one are read so
+    that gzip checks its length and CRC, never held: a 4 GiB cine would otherwise sit in memory); a
+    DecodeError when the file ends first."""
+    left = n
+    while left > 0:
+        chunk = stream.read(min(left, READ_CHUNK_BYTES))
+        if not chunk:
+            raise DecodeError(source_uri, "read", f"truncated: the file ends {n - left} bytes into the {n} "
+                              f"bytes of {what}")
+        left -= len(chunk)
+
+
+# Bytes per voxel of the ED frame while it is converted (float64 voxels, scaled float64 voxels, float32
+# result and the finite-check mask), beyond its bytes as read: the whole frame at once.
+CONVERSION_BYTES_PER_VOXEL = 21
 
 
 def _header(block: bytes, source_uri: str) -> nib.Nifti1Header:
@@ -190,9 +208,11 @@ def _ed_time_ms(header: nib.Nifti1Header) -> float:
 
 
 def _read_frame(stream, header: nib.Nifti1Header, xyz: tuple[int, int, int], n_frames: int,
-                frame: int, source_uri: str) -> np.ndarray:
+                frame: int, source_uri: str, *,
+                budget_bytes: int = budget.MAX_PARTICIPANT_BYTES) -> np.ndarray:
     """The voxels of ``frame`` (x, y, slices) as float32 after scl_slope/scl_inter; the rest of the file
-    is read and dropped, so a truncated or corrupt file fails here."""
+    is read and dropped, so a truncated or corrupt file fails here. A frame that would take more than
+    ``budget_bytes`` to convert and resample (``beam_pipeline.budget``) is refused before it is read."""
     dtype = header.get_data_dtype()
     if dtype.kind not in "iuf" or dtype.fields is not None:
         raise DecodeError(source_uri, "header", f"voxels of type {dtype} (complex or RGB): expected a "
@@ -203,9 +223,16 @@ def _read_frame(stream, header: nib.Nifti1Header, xyz: tuple[int, int, int], n_f
         raise DecodeError(source_uri, "header", f"the header declares {total_bytes} bytes of voxels "
                           f"({frame_bytes} per frame): beyond the limits of {MAX_FILE_BYTES} per file and "
                           f"{MAX_FRAME_BYTES} per frame")
-    _read_exactly(stream, frame * frame_bytes, source_uri, "the voxels before the end-diastolic frame")
+    n_voxels = int(np.prod(xyz))
+    try:
+        budget.check([int(xyz[0]) * int(xyz[1])] * int(xyz[2]),
+                     frame_bytes + CONVERSION_BYTES_PER_VOXEL * n_voxels, budget=budget_bytes,
+                     what=f"an end-diastolic frame of {xyz[0]} x {xyz[1]} x {xyz[2]} voxels of {dtype}")
+    except budget.ParticipantTooLarge as exc:
+        raise DecodeError(source_uri, "budget", str(exc)) from exc
+    _skip_exactly(stream, frame * frame_bytes, source_uri, "the voxels before the end-diastolic frame")
     data = _read_exactly(stream, frame_bytes, source_uri, "the end-diastolic frame")
-    _read_exactly(stream, total_bytes - (frame + 1) * frame_bytes, source_uri, "the other cine frames")
+    _skip_exactly(stream, total_bytes - (frame + 1) * frame_bytes, source_uri, "the other cine frames")
     while stream.read(READ_CHUNK_BYTES):  # trailing bytes: read to the end so gzip checks its CRC
         pass
     voxels = np.frombuffer(data, dtype=dtype).reshape(xyz, order="F").astype(np.float64)
@@ -253,6 +280,7 @@ class _Prepended(io.RawIOBase):
 
 def decode_nifti(
     fileobj: BinaryIO, source_uri: str, *, ed_rule: str = "first_trigger_time", stats=None,
+    budget_bytes: int = budget.MAX_PARTICIPANT_BYTES,
 ) -> DecodedStudy:
     """Decode one participant's short-axis NIfTI (``.nii`` or ``.nii.gz``, a 4-D cine or its ED volume)
     into the study the DICOM decoder gives for the same acquisition (module docstring). ``stats``: a
@@ -265,7 +293,7 @@ def decode_nifti(
     counted = _Counter(fileobj)
     try:
         stream = _open(counted, source_uri)
-        study = _decode_stream(stream, source_uri, ed_rule=ed_rule)
+        study = _decode_stream(stream, source_uri, ed_rule=ed_rule, budget_bytes=budget_bytes)
     except EOFError as exc:
         raise DecodeError(source_uri, "read", f"truncated gzip: the compressed stream ends before its end "
                           f"marker ({exc})") from exc
@@ -283,7 +311,8 @@ def decode_nifti(
     return study
 
 
-def _decode_stream(stream, source_uri: str, *, ed_rule: str) -> DecodedStudy:
+def _decode_stream(stream, source_uri: str, *, ed_rule: str,
+                   budget_bytes: int = budget.MAX_PARTICIPANT_BYTES) -> DecodedStudy:
     first = stream.read(NIFTI1_HEADER_BYTES)
     if len(first) >= 4 and NIFTI2_HEADER_BYTES in {int.from_bytes(first[:4], o) for o in ("little", "big")}:
         first += stream.read(NIFTI2_HEADER_BYTES - len(first))
@@ -296,7 +325,7 @@ def _decode_stream(stream, source_uri: str, *, ed_rule: str) -> DecodedStudy:
                           f"{MAX_HEADER_AND_EXTENSIONS_BYTES} bytes")
     _read_exactly(stream, max(0, offset - len(first)), source_uri, "the header extensions")
     frame = _ed_frame_index(n_frames, ed_rule)
-    voxels = _read_frame(stream, header, xyz, n_frames, frame, source_uri)
+    voxels = _read_frame(stream, header, xyz, n_frames, frame, source_uri, budget_bytes=budget_bytes)
     return study_from_volume(voxels, affine_ras, source_uri, ed_time_ms=_ed_time_ms(header))
 
 

@@ -143,16 +143,29 @@ def _bool(value: Any, column: str, where: str) -> bool | None:
     )
 
 
+EID_MIN, EID_MAX = -(2**63), 2**63 - 1  # the results' eid column is int64
+
+
 def _eid(value: Any, where: str) -> int:
+    """The eid, exactly: digits are read as an integer (never through a float, which would round an eid
+    past 2**53), ``1000001.0`` is accepted, and an eid an int64 cannot hold is refused."""
     if _missing(value):
         raise ValueError(f"{where}: eid is missing")
-    try:
-        as_float = float(value)
-    except (TypeError, ValueError):
-        raise _bad_eid(value, where) from None
-    if not as_float.is_integer():
-        raise _bad_eid(value, where)
-    return int(as_float)
+    text = str(value).strip()
+    if text.lstrip("+-").isdigit():
+        eid = int(text)
+    else:
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise _bad_eid(value, where) from None
+        if not as_float.is_integer():
+            raise _bad_eid(value, where)
+        eid = int(as_float)
+    if not EID_MIN <= eid <= EID_MAX:
+        raise ValueError(f"{where}: eid {value!r} is outside {EID_MIN}..{EID_MAX} (eid must fit a 64-bit "
+                         "integer, as the results' eid column does)")
+    return eid
 
 
 def _bad_eid(value: Any, where: str) -> ValueError:
@@ -324,8 +337,9 @@ def _read_frame(fileobj: BinaryIO, *, source: str) -> pd.DataFrame:
         if is_parquet:
             with pq.ParquetFile(io.BytesIO(data)) as parquet:
                 used = [n for n in parquet.schema_arrow.names if str(n).strip() in FILE_COLUMNS]
-                return parquet.read(columns=used).to_pandas()
-        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+                frame = parquet.read(columns=used).to_pandas()
+        else:
+            frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
     except Exception as exc:
         kind = "Parquet" if is_parquet else "CSV"
         raise ValueError(f"{source}: cannot read phenotypes as {kind} ({type(exc).__name__}: {exc})") from exc
@@ -335,6 +349,10 @@ def _read_frame(fileobj: BinaryIO, *, source: str) -> pd.DataFrame:
             if delimiter in header:
                 raise ValueError(f"{source}: the header {header[:60]!r} looks {name}-delimited; phenotype "
                                  "CSV files must be comma-separated")
+    if len(frame) == 0 and len(frame.columns):  # a header alone: every participant would be no_phenotype
+        raise ValueError(f"{source}: the phenotype file holds no rows (columns {list(frame.columns)}); "
+                         "without rows every participant would be measured without phenotypes: give a "
+                         "file with rows, or leave the phenotypes out")
     return frame
 
 

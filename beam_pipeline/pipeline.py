@@ -10,8 +10,11 @@ command runs locally (FnApiRunner / DirectRunner multi-processing) and on Datafl
 ``--input`` may also match folders of DICOMs, one participant each (``--input 'dicoms/*'``, the
 any-vendor layout; ``--input_kind``). ``--mode tensorize`` decodes the same way and writes TFRecords for
 the trainer instead.
-Outputs (``beam_pipeline.schema``): ``OUTPUT/lvmass/method=<m>/results-*.parquet``,
-``OUTPUT/errors/errors-*.parquet``, ``OUTPUT/summary.json`` (and ``OUTPUT/tfrecords/`` in tensorize mode).
+Outputs (``beam_pipeline.schema``, ``beam_pipeline.ledger``): the run writes its measurements and dead
+letters into its own folder (``OUTPUT/_runs/<run_id>/``), commits them to the folder's ledger
+(``OUTPUT/_ledger/runs/<run_id>.json``), then derives the cohort values of every committed run:
+``OUTPUT/lvmass/method=<m>/results-*.parquet``, ``OUTPUT/errors/errors-*.parquet``, ``OUTPUT/summary.json``
+and the commit record ``OUTPUT/_SUCCESS`` (and ``OUTPUT/tfrecords/`` in tensorize mode).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -32,9 +36,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import contracts, filesystems
+from beam_pipeline import contracts, filesystems, ledger
 from beam_pipeline.decode import ED_RULES
-from beam_pipeline.identity import input_key
+from beam_pipeline.derive import DerivationSettings
 from beam_pipeline.inference import (
     CROP_PX,
     PROCESS_MEMORY_BUDGET_MB,
@@ -48,13 +52,12 @@ from beam_pipeline.measure import DEFAULT_MIN_CALIBRATION_N
 from beam_pipeline.model_card import LABEL_SOURCE_TRUE_ANATOMY
 from beam_pipeline.progress import DEFAULT_EVERY_S as DEFAULT_PROGRESS_EVERY_S
 from beam_pipeline.progress import ProgressReporter, read_board
-from beam_pipeline.schema import ERRORS_DIRNAME, RESULTS_DIRNAME, SUCCESS_FILENAME, SUMMARY_FILENAME
-from beam_pipeline.summary import OutputRow
+from beam_pipeline.schema import SUCCESS_FILENAME
 from beam_pipeline.transforms import (
     INPUT_KIND_AUTO,
     INPUT_KIND_FOLDER,
     INPUT_KINDS,
-    CalibrateAndIndex,
+    CommitRun,
     DecodeParticipants,
     EncodeExamples,
     MeasureInlineVF,
@@ -63,14 +66,12 @@ from beam_pipeline.transforms import (
     RegressMass,
     SegmentAndMeasure,
     SelectInputs,
-    ValidateRows,
+    ValidateMeasurements,
     WriteErrors,
-    WriteResults,
-    WriteSummary,
+    WriteMeasurements,
     WriteTFRecords,
     input_uri,
     load_phenotypes,
-    phenotype_error_records,
 )
 from lvmass.cli_args import ArgumentParser, configure_logging, log_level_of
 
@@ -175,14 +176,16 @@ def build_parser() -> ArgumentParser:
                         "view's labels within 60 mm of the LV, an eighth of the CPU) or on the whole "
                         "256 px field of view, as the paper ran it (whole)")
     parser.add_argument("--num_shards", type=int, default=None,
-                        help="output files per method (Parquet, default 1) or in all (TFRecords, default 0); "
-                             "0: the runner decides")
+                        help="files of the run's own measurements (Parquet, default 1) or TFRecords (default "
+                             "0); 0: the runner decides. The derived table has one file per method")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete what --output holds before writing (without it, or --skip_existing, a "
                         "non-empty output is refused)")
     parser.add_argument("--skip_existing", action="store_true",
-                        help="incremental run: keep what --output holds (a finished earlier run with the "
-                        "same --methods) and process only the participant-visits it does not hold yet")
+                        help="incremental run, or the resume of a stopped one: keep what --output's "
+                        "committed runs hold (measured with the same settings) and process only the "
+                        "participant-visits they do not; the cohort values of every participant are then "
+                        "derived again")
     parser.add_argument("--save_labels", action="store_true",
                         help="also write ML4H_seg / InlineVF label volumes to OUTPUT/labels/method=<m>/ "
                              "(.npz in the tensor layout for Dice; .nii.gz on the acquisition grid with its "
@@ -250,11 +253,19 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RunConfig, list[str]]:
         save_labels=args.save_labels, input_kind=args.input_kind,
         min_calibration_n=args.min_calibration_n, pixel_spacing_mm=args.pixel_spacing_mm,
         overwrite=args.overwrite, skip_existing=args.skip_existing, progress_every_s=args.progress_every_s,
-        run_id=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid() % 100000:05d}",
+        run_id=new_run_id(),
         num_shards=(args.num_shards if args.num_shards is not None
                     else 0 if args.mode == MODE_TENSORIZE else 1),
     )
     return config, beam_args
+
+
+def new_run_id() -> str:
+    """A run's id: its UTC start time to the microsecond (run ids sort in the order runs began, which is
+    the order the ledger reads them in), the process id and a random tag (two runs never share one)."""
+    now_ns = time.time_ns()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ns // 1_000_000_000))
+    return f"{stamp}.{now_ns // 1000 % 1_000_000:06d}Z-{os.getpid() % 100000:05d}-{secrets.token_hex(2)}"
 
 
 def centering_from_dict(spec: Any, *, source: str) -> Any:
@@ -379,9 +390,11 @@ def build_pipeline(
     p: beam.Pipeline, config: RunConfig, *, existing_keys: frozenset[tuple[str, int]] = frozenset(),
     progress_folder: str | None = None,
 ) -> None:
-    """Add the whole job to ``p`` (not run): read -> select -> decode -> methods -> calibrate -> write,
-    then the summary and the completion marker once every file is written. ``existing_keys``: the
-    (participant_id, instance) pairs already in the output (``--skip_existing``), left out.
+    """Add the whole job to ``p`` (not run): read -> select -> decode -> methods -> write the run's
+    measurements and dead letters into its own folder, then, once every file is final, commit the run
+    and finalise the folder (``CommitRun``: calibration, LVMI, LVH, LVH_p90 and the summary from every
+    committed run; ``_SUCCESS``). ``existing_keys``: the (participant_id, instance) pairs already in the
+    output (``--skip_existing``), left out.
     ``progress_folder``: the local progress board (``beam_pipeline.progress``) the launcher reads; the
     progress counters are kept either way."""
 
@@ -408,19 +421,18 @@ def build_pipeline(
         images_output=config.output if config.save_labels and config.mode == MODE_INFER else None)
     error_sets = [duplicate_errors, decode_errors]
     progress(decode_errors, "ProgressDecodeErrors", "done", "failed")
-    if config.phenotypes:
-        rejected = phenotype_error_records(config.phenotypes, load_phenotypes(config.phenotypes))
-        error_sets.append(p | "PhenotypeRowErrors" >> beam.Create(rejected, reshuffle=False))
     written_sets = []
+    staged = {kind: ledger.staged_prefix(config.output, config.run_id, kind) for kind in ledger.STAGED_KINDS}
 
     if config.mode == MODE_TENSORIZE:
         examples, encode_errors = participants | "EncodeExamples" >> EncodeExamples(config.phenotypes)
         error_sets.append(encode_errors)
         progress(examples, "ProgressEncoded", "done")
         progress(encode_errors, "ProgressEncodeErrors", "done", "failed")
-        written_sets.append(examples | "WriteTFRecords" >> WriteTFRecords(config.output,
+        written_sets.append(examples | "WriteTFRecords" >> WriteTFRecords(staged[ledger.KIND_TFRECORDS],
                                                                           num_shards=config.num_shards))
-        rows = examples | "SummaryRows" >> beam.MapTuple(lambda uri, _: OutputRow(uri, "tfrecord", True))
+        fact_uris = examples | "FactURIs" >> beam.Keys()
+        fact_kind = ledger.KIND_TFRECORDS
     else:
         measurement_sets = []
         slowest = progress_method(config.methods)
@@ -457,23 +469,59 @@ def build_pipeline(
                 progress(measured, "ProgressInlineVF", "done")
                 progress(errors, "ProgressInlineVFErrors", "done", "failed")
         measurements = measurement_sets | "FlattenMeasurements" >> beam.Flatten()
-        records, calibrate_errors = measurements | "CalibrateAndIndex" >> CalibrateAndIndex(
-            config.phenotypes, fallback_centering(config), min_calibration_n=config.min_calibration_n,
-            with_errors=True, raw_is_estimate=true_anatomy_methods(config))
-        records, write_errors = records | "ValidateRows" >> ValidateRows()
-        error_sets.extend([calibrate_errors, write_errors])
-        output_methods = list(config.methods)
-        if contracts.METHOD_INLINEVF in config.methods:
-            output_methods.append(contracts.METHOD_INLINEVF_RECALIBRATED)
-        written_sets.extend(records | "WriteResults" >> WriteResults(
-            config.output, output_methods, num_shards=config.num_shards, run_id=config.run_id))
-        rows = records | "SummaryRows" >> beam.Map(lambda r: OutputRow(r.source_uri, r.method, r.qc_pass))
+        rows, write_errors = measurements | "ValidateMeasurements" >> ValidateMeasurements()
+        error_sets.append(write_errors)
+        written_sets.append(rows | "WriteMeasurements" >> WriteMeasurements(
+            staged[ledger.KIND_MEASUREMENTS], num_shards=config.num_shards))
+        fact_uris = rows | "FactURIs" >> beam.Map(lambda row: row["source_uri"])
+        fact_kind = ledger.KIND_MEASUREMENTS
 
     errors = tuple(error_sets) | "FlattenErrors" >> beam.Flatten()
-    written_sets.append(errors | "WriteErrors" >> WriteErrors(config.output, run_id=config.run_id))
+    written_sets.append(errors | "WriteErrors" >> WriteErrors(staged[ledger.KIND_ERRORS]))
     written = tuple(written_sets) | "FilesWritten" >> beam.Flatten()
-    _ = (uris, rows, errors, skipped, written) | "WriteSummary" >> WriteSummary(
-        config.output, mode=config.mode, options=config.as_dict(), run_id=config.run_id)
+    _ = (uris, fact_uris, errors, skipped, written) | "CommitRun" >> CommitRun(
+        config.output, run_id=config.run_id, fact_options=fact_options(config, grid),
+        options=config.as_dict(), settings=finalise_settings(config), fact_kind=fact_kind)
+
+
+def fact_options(config: RunConfig, grid: ModelGrid | None = None) -> dict[str, Any]:
+    """What shapes this run's measurements (``ledger.run_fact_options``): every run of one output folder
+    must agree on it, so that one derived table never mixes incomparable measurements."""
+    grid = grid if grid is not None else model_grid(config)
+    versions = {}
+    for name, path, kind in (("ml4h_seg", config.model_seg, contracts.MODEL_KIND_SEG),
+                             ("ml4h_reg", config.model_reg, contracts.MODEL_KIND_REG)):
+        if path is not None and config.mode == MODE_INFER:
+            versions[name] = read_model_card(path, expected_kind=kind).version
+    return ledger.run_fact_options(mode=config.mode, methods=config.methods, ed_rule=config.ed_rule,
+                                   seg_field_of_view=config.seg_field_of_view,
+                                   grid_pixel_mm=grid.pixel_spacing_mm, n_slots=grid.n_slots,
+                                   model_versions=versions)
+
+
+def result_methods(config: RunConfig) -> tuple[str, ...]:
+    """The methods of the derived table: the run's, with ``inlinevf_recalibrated`` beside InlineVF."""
+    methods = list(config.methods) if config.mode == MODE_INFER else []
+    if contracts.METHOD_INLINEVF in methods:
+        methods.append(contracts.METHOD_INLINEVF_RECALIBRATED)
+    return tuple(methods)
+
+
+# Options the derived table and the summary depend on (besides the measurements): the summary records
+# these, and only these, so an incremental folder's summary equals a one-shot run's.
+DERIVED_OPTIONS = ("mode", "methods", "phenotypes", "calibration", "min_calibration_n")
+
+
+def finalise_settings(config: RunConfig) -> ledger.FinaliseSettings:
+    """How this run's finalise derives the folder's cohort values (``ledger.finalise``)."""
+    derivation = DerivationSettings(
+        fallback_centering=fallback_centering(config) if config.mode == MODE_INFER else {},
+        min_calibration_n=config.min_calibration_n,
+        raw_is_estimate=true_anatomy_methods(config) if config.mode == MODE_INFER else frozenset())
+    options = config.as_dict()
+    return ledger.FinaliseSettings(mode=config.mode, result_methods=result_methods(config),
+                                   phenotypes_path=config.phenotypes, derivation=derivation,
+                                   options={k: options[k] for k in DERIVED_OPTIONS})
 
 
 def _log_counters(result: Any) -> dict[str, int]:
@@ -538,8 +586,9 @@ def prepare_output(config: RunConfig) -> frozenset[tuple[str, int]]:
 
     A folder holding files is refused (a rerun with other ``--methods`` would leave the old method
     partitions beside the new ones, and readers would mix runs) unless ``--overwrite`` (its files are
-    deleted first) or ``--skip_existing`` (the new run adds the participants it does not hold yet).
-    Then a probe file is written and deleted: an unwritable output fails here, not after the work."""
+    deleted first, the commit record first of all) or ``--skip_existing`` (the new run adds the inputs
+    no committed run accounts for; ``existing_participants``). Then a probe file is written and deleted:
+    an unwritable output fails here, not after the work."""
     output = config.output
     keys: frozenset[tuple[str, int]] = frozenset()
     try:
@@ -550,7 +599,7 @@ def prepare_output(config: RunConfig) -> frozenset[tuple[str, int]]:
         if config.overwrite:
             old = filesystems.list_files(output)
             logger.warning("--overwrite: deleting %d files under %s", len(old), output)
-            FileSystems.delete(old)
+            ledger.delete_all(output)
             if filesystems.is_local(output):  # local folders stay behind empty; partitions must go too
                 for child in Path(output).iterdir():
                     if child.is_dir():
@@ -559,7 +608,8 @@ def prepare_output(config: RunConfig) -> frozenset[tuple[str, int]]:
             keys = existing_participants(output, config)
         else:
             raise OutputError(f"--output {output} already holds files: pass --overwrite to replace them, "
-                              "or --skip_existing to add only the participants it does not hold yet")
+                              "or --skip_existing to add only the participants it does not hold yet (and "
+                              "to resume a run that was stopped)")
     probe = filesystems.join(output, ".lvmass-write-probe")
     try:
         filesystems.write_text(probe, "probe")
@@ -570,45 +620,30 @@ def prepare_output(config: RunConfig) -> frozenset[tuple[str, int]]:
 
 
 def existing_participants(output: str, config: RunConfig) -> frozenset[tuple[str, int]]:
-    """(participant_id, instance) of every participant an earlier run wrote rows or dead letters for.
+    """(participant_id, instance) of every input a committed run of the folder wrote or failed.
 
-    The earlier run must have finished (``_SUCCESS``) and used the same methods, so that the output
-    keeps one set of method partitions."""
-    import pyarrow.dataset as pads
-
-    if not filesystems.exists(filesystems.join(output, SUCCESS_FILENAME)):
-        raise OutputError(f"--skip_existing: {output} holds no {SUCCESS_FILENAME}: the earlier run did "
-                          "not finish; rerun it with --overwrite")
-    keys: set[tuple[str, int]] = set()
-    methods_found: set[str] = set()
-    fs = filesystems.arrow_filesystem(output)
-    for sub in (RESULTS_DIRNAME, ERRORS_DIRNAME):
-        files = [f for f in filesystems.list_files(filesystems.join(output, sub)) if f.endswith(".parquet")]
-        if not files:
-            continue
-        dataset = pads.dataset(files, filesystem=fs, format="parquet",
-                               partitioning="hive" if sub == RESULTS_DIRNAME else None,
-                               partition_base_dir=filesystems.join(output, sub))
-        table = dataset.to_table()
-        if sub == RESULTS_DIRNAME and "method" in table.column_names:
-            methods_found.update(str(m) for m in table.column("method").unique().to_pylist())
-        ids = table.column("participant_id").to_pylist() if "participant_id" in table.column_names else []
-        eids = table.column("eid").to_pylist()
-        instances = table.column("instance").to_pylist()
-        uris = table.column("source_uri").to_pylist()
-        for k, (eid, instance, uri) in enumerate(zip(eids, instances, uris, strict=True)):
-            participant = ids[k] if ids and ids[k] is not None else (str(eid) if eid is not None else None)
-            if participant is None:
-                participant, instance = input_key(uri)
-            keys.add((participant, int(instance) if instance is not None else input_key(uri)[1]))
-    wanted = set(config.methods)
-    if contracts.METHOD_INLINEVF in wanted:
-        wanted.add(contracts.METHOD_INLINEVF_RECALIBRATED)
-    if methods_found and methods_found != wanted:
-        raise OutputError(f"--skip_existing: {output} holds methods {sorted(methods_found)}, this run asks "
-                          f"for {sorted(wanted)}; use the same --methods, or --overwrite")
-    logger.info("--skip_existing: %d participant-visits already in %s", len(keys), output)
-    return frozenset(keys)
+    First the folder is brought back to its last committed state (``ledger.recover``: what a killed
+    run left is deleted). Only the ledger counts: files no committed run names are not "existing", so
+    a run killed at any point is resumed by the same command with ``--skip_existing``. The committed
+    runs must have measured with the same settings (methods, models, grid), so that the folder keeps
+    one set of comparable measurements."""
+    if not ledger.is_ledger_folder(output):
+        raise OutputError(f"--skip_existing: {output} holds files but no ledger ({SUCCESS_FILENAME} of an "
+                          "earlier lvmass, or files of something else): rerun it with --overwrite")
+    try:
+        cleaned = ledger.recover(output)
+        runs = ledger.committed_runs(output)
+        ledger.check_compatible(runs, fact_options(config), output)
+    except ValueError as exc:  # a ledger that cannot be read (LedgerError), runs measured otherwise
+        raise OutputError(f"--skip_existing: {exc}") from exc
+    if cleaned:
+        logger.warning("--skip_existing: %d files an interrupted run left in %s were deleted", len(cleaned),
+                       output)
+    keys = ledger.done_keys(runs)
+    pending = ledger.pending_runs(output)
+    logger.info("--skip_existing: %d participant-visits already in %s (%d committed runs%s)", len(keys),
+                output, len(runs), f"; {len(pending)} not yet finalised, finalised now" if pending else "")
+    return keys
 
 
 # Runners whose workers share the launcher's machine, and so can write the local progress board.
@@ -653,8 +688,13 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
         if board is not None:
             shutil.rmtree(board, ignore_errors=True)
     counters = _log_counters(result)
-    summary_path = filesystems.join(config.output, SUMMARY_FILENAME)
-    summary = json.loads(filesystems.read_text(summary_path))
+    commit = ledger.read_commit(config.output)
+    if commit is None or commit.latest_run != config.run_id:
+        raise RuntimeError(f"{config.output}: the run {config.run_id} finished without committing "
+                           f"(no {SUCCESS_FILENAME} of it)")
+    run_manifest = next(r for r in ledger.committed_runs(config.output) if r.run_id == config.run_id)
+    summary = dict(commit.summary)
+    summary["run"] = {"run_id": config.run_id, **run_manifest.counts()}
     summary["counters"] = counters
     return summary
 
@@ -674,8 +714,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"lvmass run: {exc}", file=sys.stderr)
         return EXIT_BAD_OPTIONS
-    shown = ("inputs_matched", "inputs_skipped_existing", "participants_written", "participants_failed",
-             "rows_per_method", "reconciled")
+    shown = ("inputs_matched", "participants_written", "participants_failed", "rows_per_method",
+             "reconciled", "run")
     print(json.dumps({k: summary[k] for k in shown}, indent=2))
     return EXIT_OK if summary["reconciled"] else EXIT_NOT_RECONCILED
 

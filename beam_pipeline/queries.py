@@ -20,18 +20,29 @@ def example_queries(path: Path = EXAMPLE_QUERIES_FILE) -> list[str]:
     return [statement.strip() for statement in text.split(";") if statement.strip()]
 
 
+def _sql_files(files: list[str]) -> str:
+    """A DuckDB list literal of file paths (quotes doubled)."""
+    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+
+
 def connect(output: str) -> Any:
     """An in-memory DuckDB connection with the views ``lvmass`` (hive-partitioned by method) and
-    ``lvmass_errors`` over a pipeline output folder."""
+    ``lvmass_errors`` over a pipeline output folder.
+
+    The views read the files the folder's ledger commit names (``beam_pipeline.ledger.committed_files``),
+    so a run in progress, or one that was stopped, is never half read; a folder without a ledger (files
+    written by hand, or by an lvmass older than the ledger) is read as every ``lvmass/*/*.parquet`` and
+    ``errors/*.parquet``."""
     import duckdb
 
+    from beam_pipeline import ledger  # reads through Beam's FileSystems: imported here, not with the module
+
     root = str(output).rstrip("/")
+    committed = ledger.committed_files(root, RESULTS_DIRNAME)
+    committed_errors = ledger.committed_files(root, ERRORS_DIRNAME)
+    results = _sql_files(committed) if committed else f"'{root}/{RESULTS_DIRNAME}/*/*.parquet'"
+    errors = _sql_files(committed_errors) if committed_errors else f"'{root}/{ERRORS_DIRNAME}/*.parquet'"
     con = duckdb.connect()
-    con.execute(
-        f"CREATE VIEW lvmass AS SELECT * FROM read_parquet('{root}/{RESULTS_DIRNAME}/*/*.parquet', "
-        "hive_partitioning = true)"
-    )
-    con.execute(
-        f"CREATE VIEW lvmass_errors AS SELECT * FROM read_parquet('{root}/{ERRORS_DIRNAME}/*.parquet')"
-    )
+    con.execute(f"CREATE VIEW lvmass AS SELECT * FROM read_parquet({results}, hive_partitioning = true)")
+    con.execute(f"CREATE VIEW lvmass_errors AS SELECT * FROM read_parquet({errors})")
     return con

@@ -20,8 +20,17 @@ RESULTS_PARTITION_COLUMNS: tuple[str, ...] = ("method",)
 RESULTS_DIRNAME = "lvmass"
 ERRORS_DIRNAME = "errors"
 SUMMARY_FILENAME = "summary.json"
-SUCCESS_FILENAME = "_SUCCESS"  # written last, after every sink and the summary: the run is complete
+SUCCESS_FILENAME = "_SUCCESS"  # the folder's commit record (beam_pipeline.ledger): what a reader may read
 LABELS_DIRNAME = "labels"  # --save_labels: OUTPUT/labels/method=<m>/<eid>_<instance>.npz
+# The ledger (beam_pipeline.ledger). Names that begin with "_" are not for readers: Hive, pyarrow's
+# datasets and the documented globs never list them.
+RUNS_DIRNAME = "_runs"  # OUTPUT/_runs/<run_id>/: what one run wrote (measurements, errors; its temp files)
+LEDGER_DIRNAME = "_ledger"  # OUTPUT/_ledger/runs/<run_id>.json: one manifest per committed run
+MEASUREMENTS_DIRNAME = "measurements"  # OUTPUT/_runs/<run_id>/measurements/: the run's facts
+# BigQuery's external tables read exactly the files these list (one gs:// URI a line), rewritten by every
+# finalise after the commit (paths relative to OUTPUT, "/"-separated).
+RESULTS_MANIFEST = "_ledger/bigquery/lvmass.manifest"
+ERRORS_MANIFEST = "_ledger/bigquery/lvmass_errors.manifest"
 
 # Output vocabularies: the values of ErrorRecord.stage and ResultRecord.calibration.
 STAGE_READ = "read"  # the input could not be read (missing, not a zip, unreadable member)
@@ -146,6 +155,18 @@ RESULTS_FILE_SCHEMA = pa.schema(
     [f for f in RESULTS_SCHEMA if f.name not in RESULTS_PARTITION_COLUMNS]
 )
 
+# What a run measured (``measure.Measurement``, one row per input x method), before anything that depends
+# on the cohort or the phenotypes: the facts the ledger keeps, written once per input and never rewritten.
+# Every column is a ``RESULTS_SCHEMA`` column of the same type, so the derived table is these facts plus
+# the cohort's values (beam_pipeline.derive).
+MEASUREMENT_COLUMNS: tuple[str, ...] = (
+    "participant_id", "eid", "instance", "method", "lv_mass_raw_g", "myocardium_volume_ml",
+    "lv_cavity_volume_ml", "n_slices", "pixel_spacing_row_mm", "pixel_spacing_col_mm", "slice_spacing_mm",
+    "tensor_pixel_spacing_mm", "in_plane_scale", "qc_flags", "model_version", "pipeline_version",
+    "source_uri",
+)
+MEASUREMENTS_SCHEMA = pa.schema([RESULTS_SCHEMA.field(name) for name in MEASUREMENT_COLUMNS])
+
 ERRORS_SCHEMA = pa.schema(
     [
         pa.field("source_uri", pa.string(), nullable=False),
@@ -167,6 +188,15 @@ def check_result_row(row: dict[str, Any]) -> None:
         pa.Table.from_pylist([row], schema=RESULTS_FILE_SCHEMA)
     except (pa.ArrowException, OverflowError, TypeError) as exc:
         raise ValueError(f"{row.get('source_uri', '?')}: the result row cannot be written to Parquet "
+                         f"({type(exc).__name__}: {exc})") from exc
+
+
+def check_measurement_row(row: dict[str, Any]) -> None:
+    """Raise ValueError naming the input when ``row`` cannot be written with ``MEASUREMENTS_SCHEMA``."""
+    try:
+        pa.Table.from_pylist([row], schema=MEASUREMENTS_SCHEMA)
+    except (pa.ArrowException, OverflowError, TypeError) as exc:
+        raise ValueError(f"{row.get('source_uri', '?')}: the measurement row cannot be written to Parquet "
                          f"({type(exc).__name__}: {exc})") from exc
 
 

@@ -119,6 +119,15 @@ def is_image_series(description: str) -> bool:
 
 
 
+def _normal(h: HeaderInfo, source_uri: str) -> np.ndarray:
+    """The slice normal of ``h`` (``geometry.slice_normal``); an ImageOrientationPatient that gives none
+    (all zeros, parallel cosines) is a ``DecodeError`` naming the input and the member."""
+    try:
+        return geometry.slice_normal(h.orientation)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise DecodeError(source_uri, "geometry", f"member {h.member!r}: {exc}") from exc
+
+
 def _require_geometry(h: HeaderInfo, source_uri: str) -> None:
     labels = [
         label
@@ -137,6 +146,7 @@ def _require_geometry(h: HeaderInfo, source_uri: str) -> None:
         raise DecodeError(source_uri, "geometry", f"member {h.member!r}: {reason}")
     if missing:
         raise DecodeError(source_uri, "geometry", f"member {h.member!r} lacks {', '.join(missing)}")
+    _normal(h, source_uri)
 
 
 def choose_ed_frame(frames: Sequence[HeaderInfo], rule: str = "first_trigger_time") -> HeaderInfo:
@@ -388,7 +398,11 @@ def inlinevf_positions(
     for h in vf_pool:
         if h.orientation is None or h.position is None:
             continue
-        if not geometry.is_parallel(geometry.slice_normal(h.orientation), normal):
+        try:
+            vf_normal = geometry.slice_normal(h.orientation)
+        except ValueError:  # an InlineVF frame without a usable orientation matches no slice
+            continue
+        if not geometry.is_parallel(vf_normal, normal):
             continue
         out.append((sign * geometry.project_position_mm(h.position, normal), h))
     return out

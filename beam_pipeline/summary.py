@@ -1,7 +1,10 @@
-"""The run summary (``OUTPUT/summary.json``): what went in, what came out, what failed and why.
+"""The summary (``OUTPUT/summary.json``): what went in, what came out, what failed and why.
 
-Pure functions over plain records, so the arithmetic is tested without Beam; the pipeline feeds them
-from side inputs in one final step. The invariant the summary states (``reconciled``): every matched
+Pure functions over plain records, so the arithmetic is tested without Beam. :func:`folder_summary`
+describes an output folder (every committed run, ``beam_pipeline.ledger.finalise``): it holds nothing
+that depends on how the work was split into runs (no run id, no output path), so an incremental folder's
+summary equals a one-shot run's byte for byte. :func:`build_summary` counts one set of inputs (a run's,
+in its manifest). The invariant the summary states (``reconciled``): every matched
 input ends as a participant with result rows or as a failed participant with dead-letter rows,
 ``inputs_matched == participants_written + participants_failed``, with no input unaccounted for. A
 participant that lost one method (say a failed inference batch) but kept another is *written*, and its
@@ -20,7 +23,7 @@ from typing import Any, NamedTuple
 from beam_pipeline import PIPELINE_VERSION
 from beam_pipeline.schema import STAGE_PHENOTYPES, ErrorRecord
 
-SUMMARY_SCHEMA_VERSION = 2
+SUMMARY_SCHEMA_VERSION = 3  # 3: the folder's summary (every committed run), from the ledger
 _VERSIONED_PACKAGES = ("apache-beam", "tensorflow", "numpy", "pyarrow", "pydicom", "scipy")
 
 
@@ -120,6 +123,30 @@ def build_summary(
         "versions": package_versions(),
         "options": {k: options[k] for k in sorted(options)},
     }
+
+
+def folder_summary(
+    *,
+    input_uris: Iterable[str],
+    rows: Iterable[OutputRow],
+    errors: Iterable[ErrorRecord],
+    mode: str,
+    options: Mapping[str, Any],
+    files: Iterable[str],
+    generation: str,
+    calibration: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The summary of an output folder: :func:`build_summary` over every committed run's inputs, the
+    derived rows and all dead letters, with ``files_written`` the derived files (relative to the folder),
+    ``generation`` the derived tables' content hash and ``calibration`` the cohort's centering and 90th
+    percentiles. No run id and no skipped count: those are the runs' own (their manifests)."""
+    summary = build_summary(input_uris=input_uris, rows=rows, errors=errors, mode=mode, options=options,
+                            files_written=files)
+    for key in ("run_id", "inputs_skipped_existing"):
+        summary.pop(key)
+    summary["generation"] = generation
+    summary["calibration"] = dict(calibration)
+    return summary
 
 
 def summary_json(summary: Mapping[str, Any]) -> str:

@@ -15,9 +15,13 @@ Composites, in pipeline order::
     SegmentAndMeasure     ParticipantTensor -> Measurement  ML4H_seg   (+ errors: inference, measure)
     RegressMass           ParticipantTensor -> Measurement  ML4H_reg   (+ errors: inference)
     MeasureInlineVF       ParticipantTensor -> Measurement  InlineVF   (+ errors: measure)
-    CalibrateAndIndex     Measurement + phenotypes -> ResultRecord (side inputs: centering, p90)
-                                                                         (+ errors: phenotypes)
-    WriteResults / WriteErrors / WriteTFRecords / WriteSummary
+    ValidateMeasurements  Measurement -> a row of schema.MEASUREMENTS_SCHEMA       (+ errors: write)
+    WriteMeasurements / WriteErrors / WriteTFRecords   the run's files, in its own folder
+    CommitRun             the run's last step: commit the run to the output's ledger, then finalise
+                          the folder (beam_pipeline.ledger: cohort values from every committed run)
+
+``CalibrateAndIndex`` (Measurement + phenotypes -> ResultRecord) runs the same derivation
+(``beam_pipeline.derive``) inside a pipeline, for tests and for callers that want records, not files.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from apache_beam.io.tfrecordio import WriteToTFRecord
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from beam_pipeline import PIPELINE_VERSION, contracts, filesystems, label_files
+from beam_pipeline import PIPELINE_VERSION, budget, contracts, filesystems, label_files, ledger
 from beam_pipeline.dead_letters import error_record
 from beam_pipeline.decode import (
     DecodeStats,
@@ -46,36 +50,29 @@ from beam_pipeline.decode import (
     decode_participant_file,
     folder_member_name,
 )
+from beam_pipeline.derive import DerivationSettings, derive_results, measurement_row
+from beam_pipeline.derive import phenotype_error_records as phenotype_error_records
 from beam_pipeline.identity import check_input_name, ids_from_name, input_key, is_nifti_name
-from beam_pipeline.mass import fit_sex_centering, sex_percentile_thresholds
 from beam_pipeline.measure import (
-    CENTERED_METHODS,
     DEFAULT_MIN_CALIBRATION_N,
     Measurement,
     ParticipantTensor,
     acquisition_label_volume,
-    apply_p90,
-    calibrate,
     label_volume_npz,
     measure_inlinevf,
     measure_labels,
     measure_regression,
-    merged_centering,
     participant_from_study,
-    recalibrated_inlinevf,
-    results_file_row,
     tfrecord_bytes,
 )
 from beam_pipeline.nifti import image_volume, nifti_bytes
 from beam_pipeline.phenotypes import PhenotypeTable, read_phenotype_table
 from beam_pipeline.progress import EVENTS as PROGRESS_EVENTS
 from beam_pipeline.progress import BoardWriter
-from beam_pipeline.qc import pixel_spacing_qc_flags, qc_pass
+from beam_pipeline.qc import pixel_spacing_qc_flags
 from beam_pipeline.schema import (
-    ERRORS_DIRNAME,
     ERRORS_SCHEMA,
-    RESULTS_DIRNAME,
-    RESULTS_FILE_SCHEMA,
+    MEASUREMENTS_SCHEMA,
     STAGE_DECODE,
     STAGE_INFERENCE,
     STAGE_MEASURE,
@@ -83,14 +80,11 @@ from beam_pipeline.schema import (
     STAGE_READ,
     STAGE_TENSOR,
     STAGE_WRITE,
-    SUCCESS_FILENAME,
-    SUMMARY_FILENAME,
     ErrorRecord,
-    check_result_row,
+    check_measurement_row,
     writable_error_row,
 )
 from beam_pipeline.study import DecodedStudy, DecodeError
-from beam_pipeline.summary import build_summary, summary_json
 
 logger = logging.getLogger(__name__)
 
@@ -305,9 +299,12 @@ class ReadParticipants(beam.PTransform):
     * ``folder``: every folder ``pattern`` matches holds one participant's DICOMs (any depth below it,
       e.g. ``--input 'dicoms/*'`` with ``dicoms/<eid>/...``) -> ``ParticipantFolder`` (files listed
       through Beam's FileSystems, so local paths and ``gs://`` prefixes work alike);
-    * ``auto`` (default): files matched are zips (or NIfTI files) and folders matched are folders; a
-      pattern whose last component ends in ``.zip``, ``.nii`` or ``.nii.gz`` (or holds ``**``) is read as
-      files only, without listing below it.
+    * ``auto`` (default): files matched are zips (or NIfTI files) and folders matched are folders.
+
+    Every folder the pattern matches is an input, whatever the kind and whatever its name: a folder named
+    like a zip (``1000123_20209_2_0.zip/``, a zip someone unzipped in place) is read as the folder of
+    DICOMs it holds, and an empty one is a ``read`` dead letter, never skipped without a trace. Only a
+    pattern holding ``**`` is read as files alone (it matches every folder on the way).
 
     ``MatchFiles`` emits every match from one element; the ``Reshuffle`` spreads the (small) file
     metadata so decoding runs in parallel (the folder grouping's shuffle does the same for folders).
@@ -340,7 +337,7 @@ class ReadParticipants(beam.PTransform):
                     self._pattern,
                     EmptyMatchTreatment.ALLOW if folders_too else EmptyMatchTreatment.ALLOW_IF_WILDCARD)
             )
-            if folders_too:  # a local folder named without a wildcard matches as a "file" of its own
+            if "**" not in self._pattern:  # a local folder named without a wildcard matches as a "file"
                 zips = zips | "SkipFolders" >> beam.Filter(
                     lambda m: not (filesystems.is_local(m.path) and os.path.isdir(m.path)))
             outputs.append(
@@ -349,7 +346,7 @@ class ReadParticipants(beam.PTransform):
                 | "FanOut" >> beam.Reshuffle()
                 | "ReadMatches" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED)
             )
-        if folders_too:
+        if "**" not in self._pattern:  # every folder matched is an input (named like a zip or not)
             pattern = self._pattern.rstrip("/\\")
             folder_re = filesystems.folder_pattern(pattern)
 
@@ -370,6 +367,13 @@ class ReadParticipants(beam.PTransform):
                 | "GroupByFolder" >> beam.GroupByKey()
                 | "ToFolder" >> beam.MapTuple(to_folder)
                 | "CountFolders" >> beam.Map(count)
+            )
+            outputs.append(  # folders with no file below (local only: gs:// has no empty folders)
+                pbegin
+                | "FolderPattern" >> beam.Create([pattern])
+                | "EmptyFolders" >> beam.FlatMap(
+                    lambda pat: [ParticipantFolder(path=f, files=()) for f in filesystems.empty_folders(pat)])
+                | "CountEmptyFolders" >> beam.Map(count)
             )
         if len(outputs) == 1:
             return outputs[0]
@@ -409,25 +413,44 @@ class DecodeFn(beam.DoFn):
         self._seen = 0  # per DoFn instance: progress lines every PROGRESS_EVERY participants
 
     def process(self, element):
-        stats = DecodeStats()
         uri = input_uri(element)
+        try:
+            yield from self._decode(element, uri)
+        except DecodeError:
+            raise
+        except Exception as exc:  # a decoder failure it did not put in words: still name the input
+            raise DecodeError(uri, "unexpected", f"{type(exc).__name__}: {exc}") from exc
+
+    def _decode(self, element, uri: str):
+        stats = DecodeStats()
         try:
             check_input_name(uri)  # an id the results cannot hold is a read failure, before any work
         except ValueError as exc:
             raise DecodeError(uri, STAGE_READ, str(exc)) from exc
         if isinstance(element, ParticipantFolder):
             uri, size = element.path, element.size_in_bytes
+            if not element.files:
+                zip_like = uri.rstrip("/\\").lower().endswith(".zip")
+                raise DecodeError(uri, STAGE_READ, "an empty folder" + (
+                    " named like a zip (expected a zip file, or a folder of the participant's DICOMs)"
+                    if zip_like else ": no files to read"))
             members = {folder_member_name(uri, f): (lambda f=f: _open_seekable(f)) for f in element.files}
             study = decode_dicom_members(members, uri, ed_rule=self._ed_rule, stats=stats,
                                          with_inlinevf=self._with_inlinevf)
         else:
             uri, size = element.metadata.path, int(element.metadata.size_in_bytes or 0)
+            if not filesystems.is_local(uri) and size > budget.MAX_PARTICIPANT_BYTES:
+                raise DecodeError(uri, STAGE_READ, f"the file is {size / budget.MIB:.0f} MiB: a remote input "
+                                  f"is read whole into memory, and one participant may use at most "
+                                  f"{budget.MAX_PARTICIPANT_BYTES / budget.MIB:.0f} MiB "
+                                  "(beam_pipeline.budget.MAX_PARTICIPANT_BYTES)")
             with element.open(mime_type="application/octet-stream",
                               compression_type=CompressionTypes.UNCOMPRESSED) as stream:
                 seekable, fetched = filesystems.random_access(stream, uri)
                 self._bytes_fetched.inc(fetched)
                 study = decode_participant_file(seekable, uri, ed_rule=self._ed_rule, stats=stats,
-                                                with_inlinevf=self._with_inlinevf)
+                                                with_inlinevf=self._with_inlinevf,
+                                                budget_bytes=budget.MAX_PARTICIPANT_BYTES - fetched)
         self._bytes_read.inc(stats.bytes_read)
         self._bytes_total.inc(size)
         self._pixel_decodes.inc(stats.pixel_frames_decoded)
@@ -598,26 +621,16 @@ def load_phenotypes(path: str | None) -> Any:
     return table
 
 
-def phenotype_error_records(path: str, table: PhenotypeTable) -> list[ErrorRecord]:
-    """One dead letter per phenotype row the reader left out (stage ``phenotypes``; the participant's
-    scan is still measured, without phenotypes, and flagged ``no_phenotype``)."""
-    return [
-        ErrorRecord(source_uri=path, participant_id=None if row.eid is None else str(row.eid), eid=row.eid,
-                    instance=row.instance, stage=STAGE_PHENOTYPES, error_type="PhenotypeRowRejected",
-                    message=row.reason, pipeline_version=PIPELINE_VERSION)
-        for row in table.rejected
-    ]
-
-
 class CalibrateAndIndex(beam.PTransform):
     """Measurements + phenotypes -> ``ResultRecord``s with calibrated mass, BSA, LVMI, LVH, LVH_p90.
 
-    Phenotypes join each measurement on (eid, instance) (``PhenotypeTable.lookup``). Global statistics are
-    side inputs computed from the run itself: the per-sex centering of each centred method and the per-sex
-    90th percentiles of calibrated mass. Centering is chosen per sex: fitted on the run's QC-passing
-    participants with a manual mass when at least ``min_calibration_n`` of that sex have one, else
-    ``fallback_centering`` (``--calibration`` or the model card) for that sex if it has one, else the
-    run's fit however small; the row's ``calibration`` names the source (:func:`calibration_label`).
+    The derivation of ``beam_pipeline.derive.derive_results`` (the one the pipeline's finalise runs over
+    every committed measurement of an output folder), inside a pipeline: every measurement is gathered
+    into one list first, because each derived value depends on the whole cohort (the per-sex centering
+    of each centred method, the per-sex 90th percentiles). Centering is chosen per sex: fitted on the
+    QC-passing participants with a manual mass when at least ``min_calibration_n`` of that sex have one,
+    else ``fallback_centering`` (``--calibration`` or the model card) for that sex if it has one, else
+    the fit however small; the row's ``calibration`` names the source.
 
     A record that fails here (a phenotype the arithmetic rejects...) becomes an ``ErrorRecord`` at stage
     ``phenotypes``, never a failed job. With ``with_errors`` the transform returns ``(records, errors)``;
@@ -628,112 +641,33 @@ class CalibrateAndIndex(beam.PTransform):
                  min_calibration_n: int = DEFAULT_MIN_CALIBRATION_N, with_errors: bool = False,
                  raw_is_estimate: frozenset[str] = frozenset()):
         super().__init__()
-        if min_calibration_n < 1:
-            raise ValueError(f"min_calibration_n must be >= 1. Received: {min_calibration_n}")
-        self._raw_is_estimate = frozenset(raw_is_estimate)
+        self._settings = DerivationSettings(fallback_centering=dict(fallback_centering or {}),
+                                            min_calibration_n=min_calibration_n,
+                                            raw_is_estimate=frozenset(raw_is_estimate))
         self._phenotypes_path = phenotypes_path
-        self._fallback = dict(fallback_centering or {})
-        self._min_calibration_n = min_calibration_n
         self._with_errors = with_errors
 
     def expand(self, measurements):
-        pipeline = measurements.pipeline
-        phenotypes = (
-            pipeline
-            | "PhenotypesPath" >> beam.Create([self._phenotypes_path or ""])
-            | "ReadPhenotypes" >> beam.Map(load_phenotypes)
-        )
-        phenotypes_si = beam.pvalue.AsSingleton(phenotypes)
-
-        def join(measurement, table):
-            return measurement, lookup_phenotype(table, measurement.eid, measurement.instance)
-
-        joined, bad_join = (
-            measurements | "JoinPhenotypes" >> beam.Map(join, phenotypes_si).with_exception_handling())
-
-        def centering_input(pair):
-            measurement, phenotype = pair
-            sex = phenotype.sex if phenotype is not None else None
-            try:
-                usable = (measurement.method in CENTERED_METHODS and sex is not None
-                          and qc_pass(measurement.qc_flags))
-            except ValueError as exc:  # the same record fails (and is reported) in Calibrate
-                logger.warning("%s: left out of the centering fit: %s", measurement.source_uri, exc)
-                return
-            if usable:
-                yield measurement.method, (sex, measurement.lv_mass_raw_g, phenotype.manual_lv_mass_g)
-
-        def fit(method, triples):
-            triples = sorted(triples, key=repr)  # deterministic order, None-safe
-            try:
-                centering = fit_sex_centering([t[1] for t in triples], [t[2] for t in triples],
-                                              [t[0] for t in triples], source="run")
-            except ValueError as exc:  # no manual masses in this run: fall back (or leave raw)
-                logger.info("no sex centering fitted for %s from this run: %s", method, exc)
-                return
-            logger.info("sex centering for %s fitted on the run: offsets %s (n manual %s)", method,
-                        dict(centering.offsets_g), dict(centering.n_manual))
-            yield method, centering
-
-        fallback, min_n = dict(self._fallback), self._min_calibration_n
-        raw_is_estimate = self._raw_is_estimate
-        centering = (
-            joined
-            | "CenteringInputs" >> beam.FlatMap(centering_input)
-            | "GroupCenteringInputs" >> beam.GroupByKey()
-            | "FitCentering" >> beam.FlatMapTuple(fit)
-            | "CollectCentering" >> beam.combiners.ToList()
-            | "MergeCentering" >> beam.Map(
-                lambda fitted: merged_centering(dict(fitted), fallback, min_calibration_n=min_n))
-        )
-
-        def calibrate_all(pair, centering_by_method):
-            measurement, phenotype = pair
-            yield calibrate(measurement, phenotype, centering_by_method, raw_is_estimate=raw_is_estimate)
-            if measurement.method == contracts.METHOD_INLINEVF:
-                yield calibrate(recalibrated_inlinevf(measurement), phenotype, centering_by_method,
-                                raw_is_estimate=raw_is_estimate)
-
-        calibrated, bad_calibrate = (
-            joined
-            | "Calibrate" >> beam.FlatMap(calibrate_all, beam.pvalue.AsSingleton(centering))
-            .with_exception_handling()
-        )
-
-        def percentile_input(record):
-            if record.sex is not None and record.lv_mass_g is not None and record.qc_pass:
-                yield record.method, (record.sex, float(record.lv_mass_g))
-
-        def thresholds(method, pairs):
-            pairs = sorted(pairs)
-            return method, sex_percentile_thresholds(
-                [p[1] for p in pairs], [p[0] for p in pairs], contracts.LVH_PERCENTILE)
-
-        p90 = (
-            calibrated
-            | "PercentileInputs" >> beam.FlatMap(percentile_input)
-            | "GroupPercentileInputs" >> beam.GroupByKey()
-            | "SexPercentiles" >> beam.MapTuple(thresholds)
-        )
+        settings, path = self._settings, self._phenotypes_path
+        failed = Metrics.counter(NAMESPACE, f"failed_{STAGE_PHENOTYPES}")
         written = Metrics.counter(NAMESPACE, "result_rows")
 
-        def finish(record, thresholds_list):
-            out = apply_p90(record, dict(thresholds_list))
-            written.inc()
-            Metrics.counter(NAMESPACE, f"rows_{record.method}").inc()
-            return out
+        def derive(all_measurements):
+            derived = derive_results(all_measurements, load_phenotypes(path), settings)
+            for record in derived.records:
+                written.inc()
+                yield record
+            for error in derived.errors:
+                failed.inc()
+                logger.warning("dead letter (%s) %s: %s", error.stage, error.source_uri, error.message)
+                yield beam.pvalue.TaggedOutput("errors", error)
 
-        records, bad_p90 = (
-            calibrated
-            | "LVHp90" >> beam.Map(finish, beam.pvalue.AsList(p90)).with_exception_handling()
+        derived = (
+            measurements
+            | "Gather" >> beam.combiners.ToList()
+            | "Derive" >> beam.FlatMap(derive).with_outputs("errors", main="records")
         )
-        errors = (
-            (bad_join | "JoinErrors" >> ToErrorRecords(STAGE_PHENOTYPES),
-             bad_calibrate | "CalibrateErrors" >> ToErrorRecords(STAGE_PHENOTYPES),
-             bad_p90 | "LVHp90Errors" >> ToErrorRecords(STAGE_PHENOTYPES))
-            | "FlattenErrors" >> beam.Flatten()
-        )
-        return (records, errors) if self._with_errors else records
+        return (derived.records, derived.errors) if self._with_errors else derived.records
 
 
 # --- Tensorize (training data for the trainer) -----------------------------------------------------
@@ -769,138 +703,114 @@ class EncodeExamples(beam.PTransform):
 # --- Writers ---------------------------------------------------------------------------------------
 
 
-class ValidateRows(beam.PTransform):
-    """``ResultRecord``s -> ``(records, errors)``: each row converted to its Parquet types first, so a
-    value the file cannot hold (an int64 overflow, a wrong type) costs that row a ``write``-stage dead
-    letter instead of failing the writer, and with it the whole run."""
+class ValidateMeasurements(beam.PTransform):
+    """``Measurement``s -> ``(rows, errors)``: each as its ``MEASUREMENTS_SCHEMA`` row, checked against the
+    Parquet types first, so a value the file cannot hold (an int64 overflow, a wrong type) costs that
+    measurement a ``write``-stage dead letter instead of failing the writer, and with it the whole run."""
 
-    def expand(self, records):
-        def check(record):
-            check_result_row(results_file_row(record))
-            return record
+    def expand(self, measurements):
+        counted = Metrics.counter(NAMESPACE, "measurement_rows")
 
-        valid, bad = records | "Check" >> beam.Map(check).with_exception_handling()
+        def check(measurement):
+            row = measurement_row(measurement, pipeline_version=PIPELINE_VERSION)
+            check_measurement_row(row)
+            counted.inc()
+            return row
+
+        valid, bad = measurements | "Check" >> beam.Map(check).with_exception_handling()
         return valid, bad | "WriteErrors" >> ToErrorRecords(STAGE_WRITE)
 
 
-class WriteResults(beam.PTransform):
-    """``ResultRecord``s -> ``OUTPUT/lvmass/method=<m>/results-*.parquet`` (snappy, explicit schema).
+class WriteMeasurements(beam.PTransform):
+    """Measurement rows -> ``prefix-*.parquet`` (snappy, ``MEASUREMENTS_SCHEMA``): the run's facts, in the
+    run's own folder (``ledger.staged_prefix``), where the sink's temp files stay too."""
 
-    Lists (``qc_flags``) are written in Parquet's compliant nested layout (``list<element>``), which
-    BigQuery external tables read as ARRAY<STRING>; DuckDB and pyarrow read either layout.
-
-    One write per method gives the hive partitioning BigQuery and DuckDB read; every requested
-    method writes at least one (possibly empty) file, so readers never meet a missing partition.
-    """
-
-    def __init__(self, output: str, methods: Sequence[str], *, num_shards: int = 1, run_id: str = ""):
+    def __init__(self, prefix: str, *, num_shards: int = 1):
         super().__init__()
-        self._output = output
-        self._methods = tuple(methods)
+        self._prefix = prefix
         self._num_shards = num_shards
-        self._file_prefix = f"results-{run_id}" if run_id else "results"
 
-    def expand(self, records):
-        methods = self._methods
-        parts = records | "ByMethod" >> beam.Partition(
-            lambda record, _n: methods.index(record.method), len(methods))
-        writes = []
-        for method, part in zip(methods, parts, strict=True):
-            prefix = filesystems.join(self._output, RESULTS_DIRNAME, f"method={method}", self._file_prefix)
-            writes.append(
-                part
-                | f"Rows[{method}]" >> beam.Map(results_file_row)
-                | f"Write[{method}]" >> WriteToParquet(
-                    prefix, RESULTS_FILE_SCHEMA, codec="snappy", file_name_suffix=".parquet",
-                    num_shards=self._num_shards, use_compliant_nested_type=True)
-            )
-        return writes
+    def expand(self, rows):
+        return rows | "Write" >> WriteToParquet(
+            self._prefix, MEASUREMENTS_SCHEMA, codec="snappy", file_name_suffix=".parquet",
+            num_shards=self._num_shards, use_compliant_nested_type=True)
 
 
 class WriteErrors(beam.PTransform):
-    """``ErrorRecord``s -> ``OUTPUT/errors/errors-*.parquet``; an empty-but-valid file when none."""
+    """``ErrorRecord``s -> ``prefix-*.parquet`` (``ERRORS_SCHEMA``); an empty-but-valid file when none."""
 
-    def __init__(self, output: str, *, run_id: str = ""):
+    def __init__(self, prefix: str):
         super().__init__()
-        self._output = output
-        self._file_prefix = f"errors-{run_id}" if run_id else "errors"
+        self._prefix = prefix
 
     def expand(self, errors):
-        prefix = filesystems.join(self._output, ERRORS_DIRNAME, self._file_prefix)
         return (
             errors
             | "Rows" >> beam.Map(lambda e: writable_error_row(e.to_row()))
-            | "Write" >> WriteToParquet(prefix, ERRORS_SCHEMA, codec="snappy", file_name_suffix=".parquet",
-                                        num_shards=1, use_compliant_nested_type=True)
+            | "Write" >> WriteToParquet(self._prefix, ERRORS_SCHEMA, codec="snappy",
+                                        file_name_suffix=".parquet", num_shards=1,
+                                        use_compliant_nested_type=True)
         )
 
 
 class WriteTFRecords(beam.PTransform):
-    """(URI, serialised Example) -> ``OUTPUT/tfrecords/examples-*.tfrecord.gz`` (GZIP, for the trainer)."""
+    """(URI, serialised Example) -> ``prefix-*.tfrecord.gz`` (GZIP, for the trainer): the run's folder,
+    from which the finalise moves them to ``OUTPUT/tfrecords/`` once the run is committed."""
 
-    TFRECORDS_DIRNAME = "tfrecords"
-
-    def __init__(self, output: str, *, num_shards: int = 0):
+    def __init__(self, prefix: str, *, num_shards: int = 0):
         super().__init__()
-        self._output = output
+        self._prefix = prefix
         self._num_shards = num_shards
 
     def expand(self, examples):
-        prefix = filesystems.join(self._output, self.TFRECORDS_DIRNAME, "examples")
         return (
             examples
             | "Values" >> beam.Values()
-            | "Write" >> WriteToTFRecord(prefix, file_name_suffix=".tfrecord.gz",
+            | "Write" >> WriteToTFRecord(self._prefix, file_name_suffix=".tfrecord.gz",
                                          compression_type=CompressionTypes.GZIP, num_shards=self._num_shards)
         )
 
 
-class WriteSummary(beam.PTransform):
-    """The run's last step: ``OUTPUT/summary.json`` from its inputs, rows and errors, then the completion
-    marker ``OUTPUT/_SUCCESS``.
+class CommitRun(beam.PTransform):
+    """The run's last step: commit it to the output's ledger, then finalise the folder.
 
-    ``inputs`` is ``(uris, rows, errors)``, or ``(uris, rows, errors, skipped_uris, written_files)``:
-    ``written_files`` are the file names the sinks emit once they have finalised their files, taken as a
-    side input, so the summary (and the marker after it) are written only when every result and error
-    file is in place. A reader must check for ``_SUCCESS`` (``schema.SUCCESS_FILENAME``) before trusting
-    an output folder: without it the run did not finish.
-    """
+    ``inputs`` is ``(uris, fact_uris, errors, skipped_uris, written_files)``: the inputs processed, the
+    input of every fact row (measurement or training example) the run wrote, its dead letters, the inputs
+    left out as already in the folder, and the file names the sinks emit once they have finalised their
+    files. All are side inputs of one element, so the step runs only after every file is final. It then
+    calls ``ledger.commit_run`` (the files are read back; the run's manifest is written only when they
+    hold every row) and ``ledger.finalise`` (the cohort values of every committed run; ``_SUCCESS``).
+    Idempotent, so a retried bundle does no harm; a kill anywhere leaves the last commit in force."""
 
-    def __init__(self, output: str, *, mode: str, options: Mapping[str, Any], run_id: str = ""):
+    def __init__(self, output: str, *, run_id: str, fact_options: Mapping[str, Any],
+                 options: Mapping[str, Any], settings: ledger.FinaliseSettings, fact_kind: str):
         super().__init__()
         self._output = output
-        self._mode = mode
-        self._options = dict(options)
         self._run_id = run_id
+        self._fact_options = dict(fact_options)
+        self._options = dict(options)
+        self._settings = settings
+        self._fact_kind = fact_kind
 
     def expand(self, inputs):
-        uris, rows, errors = inputs[:3]
-        pipeline = uris.pipeline
-        skipped = inputs[3] if len(inputs) > 3 else pipeline | "NoSkipped" >> beam.Create([])
-        written = inputs[4] if len(inputs) > 4 else pipeline | "NoFiles" >> beam.Create([])
-        path = filesystems.join(self._output, SUMMARY_FILENAME)
-        marker = filesystems.join(self._output, SUCCESS_FILENAME)
-        mode, options, run_id = self._mode, self._options, self._run_id
+        uris, fact_uris, errors, skipped, written = inputs
+        output, run_id, settings, fact_kind = self._output, self._run_id, self._settings, self._fact_kind
+        fact_options, options = self._fact_options, self._options
 
-        def write(_, uri_list, row_list, error_list, skipped_list, file_list):
-            summary = build_summary(input_uris=uri_list, rows=row_list, errors=error_list, mode=mode,
-                                    options=options, skipped_uris=skipped_list, files_written=file_list,
-                                    run_id=run_id)
-            filesystems.write_text(path, summary_json(summary), mime_type="application/json")
-            filesystems.write_text(marker, summary_json({"run_id": run_id, "summary": SUMMARY_FILENAME,
-                                                         "reconciled": summary["reconciled"]}),
-                                   mime_type="application/json")
-            logger.info(
-                "summary: %d inputs, %d written, %d failed (reconciled=%s) -> %s",
-                summary["inputs_matched"], summary["participants_written"], summary["participants_failed"],
-                summary["reconciled"], path,
-            )
-            return summary
+        def commit(_, uri_list, fact_list, error_list, skipped_list, file_list):
+            entries = ledger.input_entries(uri_list, fact_list, [e.source_uri for e in error_list])
+            ledger.commit_run(output, run_id=run_id, mode=settings.mode, fact_options=fact_options,
+                              options=options, inputs=entries, inputs_skipped_existing=len(set(skipped_list)),
+                              files=file_list,
+                              expected_rows={fact_kind: len(fact_list), ledger.KIND_ERRORS: len(error_list)})
+            commit_record = ledger.finalise(output, settings, load_phenotypes(settings.phenotypes_path),
+                                            latest_run=run_id)
+            return commit_record.generation
 
         return (
-            pipeline
+            uris.pipeline
             | "Trigger" >> beam.Create([None])
-            | "Write" >> beam.Map(write, beam.pvalue.AsList(uris), beam.pvalue.AsList(rows),
-                                  beam.pvalue.AsList(errors), beam.pvalue.AsList(skipped),
-                                  beam.pvalue.AsList(written))
+            | "Commit" >> beam.Map(commit, beam.pvalue.AsList(uris), beam.pvalue.AsList(fact_uris),
+                                   beam.pvalue.AsList(errors), beam.pvalue.AsList(skipped),
+                                   beam.pvalue.AsList(written))
         )

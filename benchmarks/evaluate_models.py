@@ -1,4 +1,4 @@
-"""Evaluate ML4H_seg / ML4H_reg (bundled or given) against a fresh synthetic cohort's ground truth.
+"""Evaluate ML4H_seg / ML4H_reg (the paper's recipe, or given) against a fresh synthetic cohort's truth.
 
 What issue 4 asks to be measured and recorded, end to end through the real pipeline:
 
@@ -32,6 +32,9 @@ from analysis.stats import compare_dependent_correlations, mean_absolute_error, 
 from beam_pipeline import contracts
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# This benchmark measures the paper's recipe (3-D, InlineVF outlines, centring) on the cohort generator
+# it was trained on; the default models are measured by evaluate_synthetic.py and evaluate_real.py.
+PAPER_SEG, PAPER_REG = "bundled:ml4h_seg_paper", "bundled:ml4h_reg_paper"
 METHODS = (contracts.METHOD_ML4H_SEG, contracts.METHOD_ML4H_REG, contracts.METHOD_INLINEVF,
            contracts.METHOD_INLINEVF_RECALIBRATED)
 
@@ -265,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shifted_participants", type=int, default=100)
     parser.add_argument("--shifted_appearance_scale", type=float, default=2.0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--model_seg", default=None, help="default: the bundled model")
-    parser.add_argument("--model_reg", default=None, help="default: the bundled model")
+    parser.add_argument("--model_seg", default=PAPER_SEG,
+                        help="default: the bundled model of the paper's recipe (bundled:ml4h_seg_paper)")
+    parser.add_argument("--model_reg", default=PAPER_REG,
+                        help="default: the bundled model of the paper's recipe (bundled:ml4h_reg_paper)")
     parser.add_argument("--record", action="store_true", help="write benchmarks/results/model_evaluation.*")
     args = parser.parse_args(argv)
     if args.render:
@@ -282,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "command": "python benchmarks/evaluate_models.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
-        "models": {"seg": args.model_seg or "bundled", "reg": args.model_reg or "bundled"},
+        "models": {"seg": args.model_seg, "reg": args.model_reg},
         "cohorts": {},
     }
     report["cohorts"]["fresh"] = run_cohort(

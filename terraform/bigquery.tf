@@ -32,14 +32,17 @@ resource "google_bigquery_table" "results" {
   project             = var.project_id
   dataset_id          = google_bigquery_dataset.lvmass.dataset_id
   table_id            = "lvmass"
-  description         = "Pipeline results: OUTPUT/lvmass/method=<m>/*.parquet (schema: beam_pipeline/sql/bigquery/lvmass.schema.json)."
+  description         = "Pipeline results: the OUTPUT/lvmass/method=<m>/*.parquet files of the output's last commit (schema: beam_pipeline/sql/bigquery/lvmass.schema.json)."
   deletion_protection = false
   labels              = var.labels
 
+  # The files the output's last commit names (beam_pipeline.ledger rewrites the manifest after every
+  # commit), never a wildcard over files a run is still writing.
   external_data_configuration {
-    autodetect    = true
-    source_format = "PARQUET"
-    source_uris   = ["${local.results_output_uri}/lvmass/*"]
+    autodetect         = true
+    source_format      = "PARQUET"
+    source_uris        = ["${local.results_output_uri}/_ledger/bigquery/lvmass.manifest"]
+    file_set_spec_type = "FILE_SET_SPEC_TYPE_NEW_LINE_DELIMITED_MANIFEST"
 
     hive_partitioning_options {
       mode                     = "CUSTOM"
@@ -61,14 +64,15 @@ resource "google_bigquery_table" "errors" {
   project             = var.project_id
   dataset_id          = google_bigquery_dataset.lvmass.dataset_id
   table_id            = "lvmass_errors"
-  description         = "Dead letters: OUTPUT/errors/*.parquet (schema: beam_pipeline/sql/bigquery/lvmass_errors.schema.json)."
+  description         = "Dead letters: the OUTPUT/errors/*.parquet file of the output's last commit (schema: beam_pipeline/sql/bigquery/lvmass_errors.schema.json)."
   deletion_protection = false
   labels              = var.labels
 
   external_data_configuration {
-    autodetect    = true
-    source_format = "PARQUET"
-    source_uris   = ["${local.results_output_uri}/errors/*.parquet"]
+    autodetect         = true
+    source_format      = "PARQUET"
+    source_uris        = ["${local.results_output_uri}/_ledger/bigquery/lvmass_errors.manifest"]
+    file_set_spec_type = "FILE_SET_SPEC_TYPE_NEW_LINE_DELIMITED_MANIFEST"
 
     parquet_options {
       enable_list_inference = true

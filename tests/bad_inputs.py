@@ -160,6 +160,32 @@ def _same_position(ds: pydicom.Dataset) -> None:
         ds.ImagePositionPatient = [0.0, 0.0, 0.0]
 
 
+def _truncate_pixels(data: bytes) -> bytes:
+    """Every short-axis image member cut 1000 bytes short: each ends inside its Pixel Data."""
+    members = members_of(data)
+    for name, raw in list(members.items()):
+        if name.endswith(".dcm") and _is_image(pydicom.dcmread(io.BytesIO(raw))):
+            members[name] = raw[:-1000]
+    return zip_of(members)
+
+
+def _overlay_too_few_bits(ds: pydicom.Dataset) -> None:
+    """OverlayData (6000,3000) a quarter of what OverlayRows x OverlayColumns needs."""
+    if (0x6000, 0x3000) in ds:
+        value = ds[0x6000, 0x3000].value
+        ds[0x6000, 0x3000].value = value[: len(value) // 4]
+
+
+def large_stack_zip(eid: int, *, n_slices: int, rows: int, cols: int, spacing_mm: float) -> bytes:
+    """A zip of ``n_slices`` short-axis slices of ``rows`` x ``cols`` pixels (uniform, so it deflates to
+    little): a participant whose decoding would exceed the memory budget (``beam_pipeline.budget``)."""
+    from tests.dicom_factory import stack_frame
+
+    g = StackGeometry(rows=rows, cols=cols, pixel_spacing_mm=(spacing_mm, spacing_mm))
+    return zip_of({f"slice{k:02d}.dcm": stack_frame(g, k, pixels=np.full((rows, cols), 1000, np.uint16))
+                   for k in range(n_slices)})
+
+
 def _folder_of(folder: Path, name: str, files: dict[str, bytes]) -> None:
     (folder / name).mkdir()
     for file_name, data in files.items():
@@ -242,6 +268,22 @@ def build_corpus(folder: Path) -> dict[str, Expected]:
     # the same participant twice: a zip and its unzipped folder
     _folder_of(folder, "3000001_20209_2_0", members_of(good))
     cases["3000001_20209_2_0"] = written()
+    # a folder named like a zip: read as the folder of DICOMs it holds; empty, a dead letter
+    _folder_of(folder, "3000026_20209_2_0.zip", members_of(synthetic_zip(3000026)))
+    cases["3000026_20209_2_0.zip"] = written()
+    (folder / "3000027_20209_2_0.zip").mkdir()
+    cases["3000027_20209_2_0.zip"] = error("read", "an empty folder named like a zip")
+    # messages that name the zip and the member
+    put("3000028_20209_2_0.zip", _truncate_pixels(good),
+        error("decode", "Pixel Data (7FE0,0010) is truncated"))
+    put("3000029_20209_2_0.zip", rewrite_dicoms(good, _set("ImageOrientationPatient", [0, 0, 0, 0, 0, 0]),
+                                                _is_image), error("decode", "zero-length row or column"))
+    # an InlineVF overlay with too few bits: that contour is lost, the participant measured
+    put("3000030_20209_2_0.zip", rewrite_dicoms(synthetic_zip(3000030), _overlay_too_few_bits),
+        written("inlinevf_contour_missing", qc_pass=False))
+    # 20 slices of 1800 x 1800 pixels: beyond one participant's memory budget, refused before decoding
+    put("3000031_20209_2_0.zip", large_stack_zip(3000031, n_slices=20, rows=1800, cols=1800, spacing_mm=0.2),
+        error("decode", "one participant may use"))
     # other vendors' real files (pydicom-data): one image is no short-axis stack; enhanced and
     # compressed files fail with their reason
     for name in ("MR_small.dcm", "emri_small.dcm", "MR2_J2KI.dcm"):

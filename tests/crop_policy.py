@@ -70,7 +70,7 @@ def participant_tensor(path: Path, *, with_inlinevf: bool):
     from beam_pipeline.inference import bundled_model_dir, read_model_card
     from beam_pipeline.measure import participant_from_study
 
-    grid_mm = read_model_card(bundled_model_dir(contracts.MODEL_KIND_SEG)).pixel_spacing_mm
+    grid_mm = read_model_card(bundled_model_dir(contracts.MODEL_KIND_SEG, "paper")).pixel_spacing_mm
     with path.open("rb") as handle:
         study = decode_participant_zip(handle, path.name, with_inlinevf=with_inlinevf)
     return participant_from_study(study, with_inlinevf=with_inlinevf, grid_pixel_mm=grid_mm)

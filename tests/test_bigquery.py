@@ -4,9 +4,9 @@ No BigQuery is reachable here. What is checked instead:
 
 * the checked-in DDL, JSON schemas and view equal the generator's output (``beam_pipeline.bigquery``);
 * the DDL's column list, read back from the SQL text, matches ``beam_pipeline.schema`` name by name;
-* files written by the pipeline's own writers (``WriteResults`` / ``WriteErrors``) carry the compliant
-  LIST layout, and their Parquet types, converted by BigQuery's documented Parquet rules (implemented
-  here independently of the generator), give exactly the JSON schema;
+* files written by the pipeline's own writer (``ledger.parquet_bytes``, what the finalise writes) carry
+  the compliant LIST layout, and their Parquet types, converted by BigQuery's documented Parquet rules
+  (implemented here independently of the generator), give exactly the JSON schema;
 * the example queries and the view run on DuckDB over those files, with BigQuery's list semantics (an
   empty array drops the row under ``CROSS JOIN UNNEST``; a list is never NULL).
 """
@@ -19,24 +19,25 @@ import json
 import re
 from pathlib import Path
 
-import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
-from beam_pipeline import bigquery, contracts, queries
+from beam_pipeline import bigquery, contracts, ledger, queries
+from beam_pipeline.measure import results_file_row
 from beam_pipeline.schema import (
     ERRORS_DIRNAME,
+    ERRORS_MANIFEST,
     ERRORS_SCHEMA,
     RESULTS_DIRNAME,
     RESULTS_FILE_SCHEMA,
+    RESULTS_MANIFEST,
     RESULTS_PARTITION_COLUMNS,
     RESULTS_SCHEMA,
     ErrorRecord,
     ResultRecord,
+    writable_error_row,
 )
-from beam_pipeline.transforms import WriteErrors, WriteResults
 
 # BigQuery's Parquet conversions (docs: "Loading Parquet data", "Parquet conversions"): physical type and
 # logical annotation -> BigQuery type. Written out here, apart from the generator, so the two are compared.
@@ -117,12 +118,18 @@ def _errors() -> list[ErrorRecord]:
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> tuple[Path, list[ResultRecord]]:
-    """A pipeline output folder written by the pipeline's own Parquet writers."""
+    """A pipeline output folder's derived files, written by the pipeline's own Parquet writer
+    (``ledger.parquet_bytes``, what ``ledger.finalise`` writes), one file per method."""
     output = tmp_path_factory.mktemp("bq") / "run"
     records = _results()
-    with BeamTestPipeline(runner="FnApiRunner") as p:
-        _ = p | "Results" >> beam.Create(records) | WriteResults(str(output), list(contracts.ALL_METHODS))
-        _ = p | "Errors" >> beam.Create(_errors()) | WriteErrors(str(output))
+    for method in contracts.ALL_METHODS:
+        rows = [results_file_row(r) for r in records if r.method == method]
+        path = output / RESULTS_DIRNAME / f"method={method}" / "results-0.parquet"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(ledger.parquet_bytes(rows, RESULTS_FILE_SCHEMA))
+    (output / ERRORS_DIRNAME).mkdir()
+    (output / ERRORS_DIRNAME / "errors-0.parquet").write_bytes(ledger.parquet_bytes(
+        [writable_error_row(e.to_row()) for e in _errors()], ERRORS_SCHEMA))
     return output, records
 
 
@@ -168,14 +175,15 @@ def test_ddl_columns_are_the_schema():
                                                   for f in RESULTS_FILE_SCHEMA]
     keys = re.search(r"WITH PARTITION COLUMNS \((.*?)\)", results, flags=re.S).group(1)
     assert _columns(keys) == [(name, "STRING") for name in RESULTS_PARTITION_COLUMNS]
-    assert "uris = ['${output}/lvmass/*']" in results
+    assert f"uris = ['${{output}}/{RESULTS_MANIFEST}']" in results
+    assert "file_set_spec_type = 'NEW_LINE_DELIMITED_MANIFEST'" in results
     assert "hive_partition_uri_prefix = '${output}/lvmass'" in results
     assert "enable_list_inference = true" in results and "format = 'PARQUET'" in results
 
     errors = blocks[bigquery.ERRORS_TABLE]
     columns = re.match(r"\s*\((.*?)\)\s*OPTIONS", errors, flags=re.S).group(1)
     assert _columns(columns.replace(",", "")) == [(f.name, ARROW_TO_DDL[str(f.type)]) for f in ERRORS_SCHEMA]
-    assert "uris = ['${output}/errors/*.parquet']" in errors
+    assert f"uris = ['${{output}}/{ERRORS_MANIFEST}']" in errors
 
     view = blocks[bigquery.PARTICIPANT_VIEW]
     assert "FROM `${project}.${dataset}.lvmass`" in view
@@ -208,7 +216,8 @@ def test_render_fills_the_template_and_names_what_is_wrong():
     sql = (bigquery.GENERATED_DIR / bigquery.DDL_FILE).read_text()
     rendered = bigquery.render(sql, {"project": "p-1", "dataset": "lvmass", "output": "gs://b/runs/r1"})
     assert "${" not in rendered
-    assert "`p-1.lvmass.lvmass`" in rendered and "uris = ['gs://b/runs/r1/lvmass/*']" in rendered
+    assert "`p-1.lvmass.lvmass`" in rendered
+    assert f"uris = ['gs://b/runs/r1/{RESULTS_MANIFEST}']" in rendered
     with pytest.raises(ValueError, match="template variable 'output' is needed"):
         bigquery.render(sql, {"project": "p", "dataset": "d"})
     with pytest.raises(ValueError, match=r"without a trailing '/'. Received: 'gs://b/r/'"):

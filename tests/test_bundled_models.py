@@ -72,7 +72,7 @@ def participants():
     """Fresh synthetic participants, decoded and put on the models' grid as the pipeline does."""
     from lvmass.synth import render_participant
 
-    cards = {kind: read_model_card(resolve_model_dir(bundled_model_dir(kind)), expected_kind=kind)
+    cards = {kind: read_model_card(resolve_model_dir(bundled_model_dir(kind, "paper")), expected_kind=kind)
              for kind in KINDS}
     grid = {card.pixel_spacing_mm for card in cards.values()}
     assert len(grid) == 1, f"the bundled models disagree on their grid: {grid}"
@@ -92,7 +92,7 @@ def participants():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_bundled_model_is_shipped_with_an_honest_card(kind):
-    model_dir = bundled_model_dir(kind)
+    model_dir = bundled_model_dir(kind, "paper")
     assert model_dir is not None, f"no bundled {kind} model under beam_pipeline/models/{kind}/"
     card = read_model_card(resolve_model_dir(model_dir), expected_kind=kind)
     assert card.trained_on_synthetic_data is True
@@ -105,7 +105,7 @@ def test_bundled_segmenter_matches_its_recorded_evaluation(participants):
     output (Dice 0), slices shuffled or reversed in the tensor (myocardium Dice ~0.35), labels shifted or
     on the wrong grid, a wrong voxel volume or calibration (masses off by tens of grams)."""
     kind = contracts.MODEL_KIND_SEG
-    handler = SavedModelHandler(bundled_model_dir(kind), kind=kind)
+    handler = SavedModelHandler(bundled_model_dir(kind, "paper"), kind=kind)
     model = handler.load_model()
     record = recorded(contracts.METHOD_ML4H_SEG)
     calibration = participants["cards"][kind].calibration
@@ -141,7 +141,7 @@ def test_bundled_regressor_matches_its_recorded_evaluation(participants):
     constant output (r undefined), masses in the wrong unit or off by a scale (errors of tens of grams), an
     output that ignores the image (r near 0)."""
     kind = contracts.MODEL_KIND_REG
-    handler = SavedModelHandler(bundled_model_dir(kind), kind=kind)
+    handler = SavedModelHandler(bundled_model_dir(kind, "paper"), kind=kind)
     model = handler.load_model()
     batch = [ModelInput(p["tensor"].image, p["tensor"].spacing_mm) for p in participants["participants"]]
     predicted_g = np.array([r.inference for r in handler.run_inference(batch, model)])

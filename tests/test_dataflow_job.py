@@ -34,8 +34,8 @@ SERVICE_ACCOUNT = f"lvmass-dataflow@{PROJECT}.iam.gserviceaccount.com"
 GPU_OPTION = "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
 # The pipeline's top-level steps (beam_pipeline.pipeline.build_pipeline), in infer mode with all methods.
 STEPS = {"ReadParticipants", "InputURIs", "DecodeParticipants", "ML4H_seg", "ML4H_reg", "InlineVF",
-         "FlattenMeasurements", "CalibrateAndIndex", "WriteResults", "SummaryRows", "FlattenErrors",
-         "WriteErrors", "WriteSummary"}
+         "FlattenMeasurements", "ValidateMeasurements", "WriteMeasurements", "FactURIs", "FlattenErrors",
+         "WriteErrors", "CommitRun"}
 LOCAL_PATH = re.compile(rb"(?:%s|/tmp/|/home/|/root/|/Users/)[^\x00-\x1f\"'\x80-\xff]*"
                         % re.escape(str(ROOT).encode()))
 
@@ -168,7 +168,7 @@ def staging():
 def _build_job(bucket, name: str, extra: list[str]) -> tuple[dict, bytes]:
     """Run the template's entry point with DataflowRunner; return (job JSON, staged pipeline proto)."""
     argv = [
-        "--input=gs://ukb-bulk/20209/*_20209_*.zip", "--output=gs://my-results/runs/test",
+        "--input=gs://ukb-bulk/20209/*_20209_*.zip", f"--output=gs://{BUCKET}/runs/test",
         f"--phenotypes=gs://{BUCKET}/inputs/phenotypes.csv", "--large_model=true",
         "--runner=DataflowRunner", f"--project={PROJECT}", f"--region={REGION}", f"--job_name={name}",
         f"--temp_location=gs://{BUCKET}/temp", f"--staging_location=gs://{BUCKET}/staging",

@@ -23,6 +23,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from beam_pipeline import budget
 from beam_pipeline import decode as decode_module
 from beam_pipeline.decode import STRATEGIES, DecodeStats, decode_participant_zip
 from beam_pipeline.study import DecodeError
@@ -270,3 +271,27 @@ def test_zip_members_read_within_limits():
     with zipfile.ZipFile(io.BytesIO(bytes(corrupt))) as zf:
         with pytest.raises(MemberError, match="corrupt"):
             ZipMembers(io.BytesIO(bytes(corrupt)), zf, zf.infolist()).read("b.bin")
+
+
+class TestParticipantBudget:
+    """A participant whose chosen frames would take more memory than its budget (``beam_pipeline.budget``)
+    is refused from its headers, before a pixel is read, naming the input, the frames and the largest
+    member; the members themselves are all under the per-member cap."""
+
+    def test_refused_before_any_pixel_is_read(self, strategy):
+        data = with_manifest(stack_members())
+        frames = 6 * fac.StackGeometry().rows * fac.StackGeometry().cols
+        stats = DecodeStats()
+        with pytest.raises(DecodeError) as caught:
+            decode(data, strategy=strategy, stats=stats, budget_bytes=budget.HELD_BYTES_PER_PIXEL * frames)
+        assert caught.value.stage == "budget" and caught.value.source == ZIP_URI
+        assert "6 end-diastolic frames of up to 40 x 36 pixels" in str(caught.value)
+        assert "one participant may use" in str(caught.value) and ".dcm'" in str(caught.value)
+        assert stats.pixel_frames_decoded == 0
+        decode(data, strategy=strategy)  # the default budget is far beyond a study this size
+
+    def test_the_estimate(self):
+        assert budget.bytes_needed([100, 300], 50) == 8 * 400 + 24 * 300 + 50
+        assert budget.check([10], budget=1000, what="x") == 8 * 10 + 24 * 10
+        with pytest.raises(budget.ParticipantTooLarge, match=r"^x would take about 0 MiB .* the 0 MiB one"):
+            budget.check([10], budget=100, what="x")

@@ -158,7 +158,7 @@ class TestCropPolicy:
 def bundled():
     from beam_pipeline.inference import bundled_model_dir
 
-    model_dir = bundled_model_dir(contracts.MODEL_KIND_SEG)
+    model_dir = bundled_model_dir(contracts.MODEL_KIND_SEG, "paper")
     crop = SavedModelHandler(model_dir, kind=contracts.MODEL_KIND_SEG)
     whole = SavedModelHandler(model_dir, kind=contracts.MODEL_KIND_SEG, argmax=False)
     return crop, crop.load_model(), whole, whole.load_model()

@@ -142,7 +142,7 @@ def bundled_module():
 
     from beam_pipeline.inference import bundled_model_dir, resolve_model_dir
 
-    return tf.saved_model.load(resolve_model_dir(bundled_model_dir(contracts.MODEL_KIND_SEG)))
+    return tf.saved_model.load(resolve_model_dir(bundled_model_dir(contracts.MODEL_KIND_SEG, "paper")))
 
 
 def _window_against_crop(module, image: np.ndarray, row0: int, col0: int) -> tuple[float, int]:
@@ -169,7 +169,8 @@ def test_bundled_handler_takes_one_window_on_synthetic_participants(tmp_path):
     from lvmass.synth.cohort import generate_cohort
 
     cohort = generate_cohort(tmp_path / "cohort", participants=2, seed=4244, fidelity="lite")
-    handler = SavedModelHandler(bundled_model_dir(contracts.MODEL_KIND_SEG), kind=contracts.MODEL_KIND_SEG)
+    handler = SavedModelHandler(bundled_model_dir(contracts.MODEL_KIND_SEG, "paper"),
+                                kind=contracts.MODEL_KIND_SEG)
     model, calls = count_calls(handler.load_model())
     assert model.serve_window is not None
     for path in sorted(cohort.zips_dir.glob("*.zip")):
@@ -243,7 +244,7 @@ def test_pipeline_crop_and_whole_field_of_view_give_the_same_masses(tmp_path):
         out = tmp_path / view
         summary = run([f"--input={cohort.zips_dir}/*.zip", f"--phenotypes={cohort.phenotypes_csv}",
                        f"--output={out}", "--methods=ml4h_seg,inlinevf", f"--seg_field_of_view={view}",
-                       "--runner=FnApiRunner"])
+                       "--model_seg=bundled:ml4h_seg_paper", "--runner=FnApiRunner"])
         table = pq.read_table(next((out / "lvmass" / "method=ml4h_seg").glob("*.parquet"))).to_pydict()
         masses[view] = dict(zip(table["participant_id"], table["lv_mass_raw_g"], strict=True))
         counters[view] = {k: v for k, v in summary["counters"].items() if k.startswith("ml4h_seg_")}

@@ -62,7 +62,8 @@ def run(tmp_path_factory):
     would load TensorFlow and both models again, while TensorFlow already uses both cores."""
     out = tmp_path_factory.mktemp("evaluation")
     block = load_script().run_cohort("fresh", out, participants=N, seed=SEED, appearance_scale=1.0,
-                                     workers=1, model_seg=None, model_reg=None)
+                                     workers=1, model_seg="bundled:ml4h_seg_paper",
+                                     model_reg="bundled:ml4h_reg_paper")
     return {"block": block, "root": out / "fresh"}
 
 
@@ -100,7 +101,7 @@ def test_segmenter_raw_mass_runs_as_heavy_as_its_card_says(run, recorded):
     longer matches what the card's calibration means were fitted to."""
     got = run["block"]["mass_vs_truth"]["all"]["methods"][f"{contracts.METHOD_ML4H_SEG}/raw"]
     rec = recorded["mass_vs_truth"]["all"]["methods"][f"{contracts.METHOD_ML4H_SEG}/raw"]
-    card = read_model_card(resolve_model_dir(bundled_model_dir(contracts.MODEL_KIND_SEG)),
+    card = read_model_card(resolve_model_dir(bundled_model_dir(contracts.MODEL_KIND_SEG, "paper")),
                            expected_kind=contracts.MODEL_KIND_SEG)
     card_bias_g = card.metrics["validation"]["vs_manual_mass"]["mean_difference_g"]
     tolerance_g = 4 * error_sd(recorded["mass_vs_truth"]["all"]["methods"][
@@ -140,7 +141,7 @@ def test_segmenter_agrees_with_its_inlinevf_labels_as_its_card_says(run, recorde
     spread; the recorded sd of its Dice with the truth (0.041, larger than that with labels it learned)
     makes the window, mean -/+ 4 sd / sqrt(n). Bug caught: a model that no longer reproduces what it
     was trained on (say, the wrong export, or a tensor contract that changed under it)."""
-    card = read_model_card(resolve_model_dir(bundled_model_dir(contracts.MODEL_KIND_SEG)),
+    card = read_model_card(resolve_model_dir(bundled_model_dir(contracts.MODEL_KIND_SEG, "paper")),
                            expected_kind=contracts.MODEL_KIND_SEG)
     stated = card.metrics["validation"]["myocardium_dice_vs_labels"]
     seg = _saved(run["root"], contracts.METHOD_ML4H_SEG)

@@ -141,6 +141,37 @@ class TestReadPhenotypes:
         with pytest.raises(ValueError, match=r"p.parquet: cannot read phenotypes as Parquet"):
             read_phenotypes(io.BytesIO(b"eid,sex\n1,0\n"), source="p.parquet")
 
+    @pytest.mark.parametrize("name", ["h.csv", "h.parquet"])
+    def test_a_header_without_rows_is_refused(self, name, tmp_path):
+        """A header alone used to run with every participant no_phenotype and no word said."""
+        path = tmp_path / name
+        if name.endswith(".csv"):
+            path.write_text("eid,sex,age\n")
+        else:
+            empty = {"eid": pa.array([], pa.int64()), "sex": pa.array([], pa.string())}
+            pq.write_table(pa.table(empty), path)
+        with pytest.raises(ValueError, match=rf"{name}: the phenotype file holds no rows \(columns \['eid'"):
+            read_phenotype_table(io.BytesIO(path.read_bytes()), source=name, lenient=True)
+
+
+class TestEid:
+    def test_an_eid_beyond_int64_is_a_rejected_row_naming_it(self):
+        table = read_phenotype_table(io.BytesIO(b"eid,sex\n99999999999999999999,F\n1000001,M\n"),
+                                     source="p.csv", lenient=True)
+        assert list(table.rows) == [(1000001, None)]
+        (rejected,) = table.rejected
+        assert rejected.eid is None
+        assert rejected.reason == ("p.csv row 1: eid '99999999999999999999' is outside "
+                                   "-9223372036854775808..9223372036854775807 (eid must fit a 64-bit "
+                                   "integer, as the results' eid column does)")
+        with pytest.raises(ValueError, match="is outside -9223372036854775808"):
+            read_phenotype_table(io.BytesIO(b"eid,sex\n99999999999999999999,F\n"), source="p.csv")
+
+    def test_eids_are_read_exactly_not_through_a_float(self):
+        data = b"eid,sex\n9007199254740993,F\n1000001.0,M\n"
+        table = read_phenotype_table(io.BytesIO(data), source="p.csv")
+        assert sorted(table.rows) == [(1000001, None), (9007199254740993, None)]  # 2**53 + 1 kept
+
 
 class TestImplausibleValues:
     def test_recorded_as_unknown_not_raised(self):

@@ -164,7 +164,8 @@ def test_summary_reconciles(e2e):
     counters = summary["counters"]
     assert counters["inputs_matched"] == n_inputs
     assert counters["participants_decoded"] == GOOD_PARTICIPANTS
-    assert counters["result_rows"] == GOOD_PARTICIPANTS * len(contracts.ALL_METHODS)
+    assert counters["measurement_rows"] == GOOD_PARTICIPANTS * len(contracts.INPUT_METHODS)
+    assert summary["run"]["measurements_rows"] == counters["measurement_rows"]
 
 
 def test_one_error_row_per_bad_input(e2e):

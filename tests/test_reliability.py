@@ -147,20 +147,26 @@ def test_nonsense_never_gives_a_qc_passing_mass_from_any_method(inputs, tmp_path
 
 
 def test_the_summary_and_the_marker_come_after_every_file(inputs, tmp_path):
-    """Defect 3: summary.json said reconciled before the Parquet files existed. Now the summary lists the
-    files the sinks finalised (a side input of the summary step), all of which exist, and _SUCCESS is
-    written after it."""
+    """Defect 3: summary.json said reconciled before the Parquet files existed. Now the run's files are
+    read back before it is committed (its manifest lists them with their rows), and _SUCCESS, the
+    folder's commit record, names derived files that all exist and hold the rows it says; summary.json
+    is its copy, written after it."""
     write_zip(inputs, 1000020)
     out = tmp_path / "out"
     summary = run([f"--input={inputs}/*.zip", f"--output={out}", "--methods=inlinevf", RUNNER])
     assert summary["files_written"]
     for path in summary["files_written"]:
-        assert Path(path).is_file(), path
-    assert any("/lvmass/method=inlinevf/" in p for p in summary["files_written"])
-    assert any("/errors/" in p for p in summary["files_written"])
+        assert (out / path).is_file(), path
+    assert any(p.startswith("lvmass/method=inlinevf/") for p in summary["files_written"])
+    assert any(p.startswith("errors/") for p in summary["files_written"])
     marker = json.loads((out / SUCCESS_FILENAME).read_text())
-    assert marker["run_id"] == summary["run_id"] and marker["reconciled"] is True
-    assert (out / SUCCESS_FILENAME).stat().st_mtime_ns >= (out / SUMMARY_FILENAME).stat().st_mtime_ns
+    assert marker["latest_run"] == summary["run"]["run_id"] and marker["reconciled"] is True
+    for entry in marker["files"]:
+        assert pads.dataset(str(out / entry["path"])).count_rows() == entry["rows"]
+    assert json.loads((out / SUMMARY_FILENAME).read_text()) == marker["summary"]
+    assert (out / SUCCESS_FILENAME).stat().st_mtime_ns <= (out / SUMMARY_FILENAME).stat().st_mtime_ns
+    (manifest,) = (out / "_ledger" / "runs").glob("*.json")
+    assert json.loads(manifest.read_text())["run_id"] == summary["run"]["run_id"]
 
 
 def test_bad_phenotype_rows_are_dead_letters_and_the_run_goes_on(inputs, tmp_path):
@@ -227,12 +233,13 @@ def test_a_non_empty_output_is_refused_replaced_or_extended(inputs, tmp_path, ca
     write_zip(inputs, 1000062)
     summary = run([f"--input={inputs}/*.zip", f"--output={out}", "--methods=inlinevf", "--skip_existing",
                    RUNNER])
-    assert summary["inputs_skipped_existing"] == 2 and summary["participants_written"] == 1
+    assert summary["run"]["inputs_skipped_existing"] == 2 and summary["run"]["participants_written"] == 1
+    assert summary["participants_written"] == 3 and summary["reconciled"]  # the folder: every run
     rows = results(out)
     counts = rows.groupby(["eid", "method"]).size()
     assert set(counts) == {1} and set(rows["eid"]) == {1000060, 1000061, 1000062}
     # other methods into the same output with --skip_existing: refused (readers would mix runs)
-    with pytest.raises(Exception, match="holds methods"):
+    with pytest.raises(Exception, match="measured with other settings"):
         run([f"--input={inputs}/*.zip", f"--output={out}", "--methods=ml4h_reg", "--skip_existing", RUNNER])
     # --overwrite: the old partitions are gone
     summary = run([f"--input={inputs}/*.zip", f"--output={out}", "--methods=ml4h_reg", "--overwrite", RUNNER])

@@ -15,7 +15,7 @@ import hcl2
 import pytest
 
 from beam_pipeline import bigquery
-from beam_pipeline.schema import RESULTS_PARTITION_COLUMNS
+from beam_pipeline.schema import ERRORS_MANIFEST, RESULTS_MANIFEST, RESULTS_PARTITION_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 TERRAFORM = ROOT / "terraform"
@@ -137,7 +137,8 @@ def test_bigquery_external_tables_over_the_parquet_and_the_view():
 
     results = _block(tables["results"], "external_data_configuration")
     assert results["source_format"] == "PARQUET"
-    assert results["source_uris"] == ["${local.results_output_uri}/lvmass/*"]
+    assert results["source_uris"] == ["${local.results_output_uri}/" + RESULTS_MANIFEST]
+    assert results["file_set_spec_type"] == "FILE_SET_SPEC_TYPE_NEW_LINE_DELIMITED_MANIFEST"
     hive = _block(results, "hive_partitioning_options")
     keys = "/".join(f"{{{name}:STRING}}" for name in RESULTS_PARTITION_COLUMNS)
     assert hive["mode"] == "CUSTOM"
@@ -145,8 +146,9 @@ def test_bigquery_external_tables_over_the_parquet_and_the_view():
     for name in ("results", "errors"):
         config = _block(tables[name], "external_data_configuration")
         assert _block(config, "parquet_options")["enable_list_inference"] is True
-    assert _block(tables["errors"], "external_data_configuration")["source_uris"] == [
-        "${local.results_output_uri}/errors/*.parquet"]
+    errors = _block(tables["errors"], "external_data_configuration")
+    assert errors["source_uris"] == ["${local.results_output_uri}/" + ERRORS_MANIFEST]
+    assert errors["file_set_spec_type"] == "FILE_SET_SPEC_TYPE_NEW_LINE_DELIMITED_MANIFEST"
 
     view = _block(tables["by_participant"], "view")
     assert view["use_legacy_sql"] is False

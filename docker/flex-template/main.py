@@ -3,8 +3,11 @@ return without waiting.
 
 Dataflow's launcher runs ``python main.py --input=... --output=... --runner=DataflowRunner --project=...``
 with the template's parameters (``metadata.json``) and the job's environment. Our options go to
-``beam_pipeline.pipeline.parse_args``, the rest to Beam's ``PipelineOptions``, exactly as ``lvmass run``
-does. Two things differ from ``lvmass run``:
+``beam_pipeline.pipeline.parse_args``, the rest to Beam's ``PipelineOptions``, and the output is prepared
+(``prepare_output``: refused when it holds files, unless ``--overwrite``; with ``--skip_existing`` what a
+stopped run left is cleaned and the committed inputs are left out), exactly as ``lvmass run`` does. The job's
+last step commits the run and finalises the folder on a worker (``transforms.CommitRun``), so nothing is
+left for the launcher to do after it. Two things differ from ``lvmass run``:
 
 * the launcher passes every parameter as ``--name=value``, so an on/off option arrives as
   ``--large_model=true``; :func:`template_argv` turns that into argparse's ``--large_model`` (``false``:
@@ -24,7 +27,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from beam_pipeline.pipeline import ConfigError, build_parser, build_pipeline, check_inputs, parse_args
+from beam_pipeline.pipeline import (
+    ConfigError,
+    build_parser,
+    build_pipeline,
+    check_inputs,
+    parse_args,
+    prepare_output,
+)
 
 logger = logging.getLogger("lvmass.flex_template")
 TRUE_VALUES = ("true", "1", "yes")
@@ -71,8 +81,9 @@ def launch(argv: Sequence[str]) -> Any:
     options = PipelineOptions(beam_args)
     FileSystems.set_options(options)
     check_inputs(config)
+    existing = prepare_output(config)  # --overwrite / --skip_existing (and recovery) as lvmass run does
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, config)
+    build_pipeline(pipeline, config, existing_keys=existing)
     logger.info("submitting lvmass %s: %s -> %s (methods %s)", config.mode, config.input, config.output,
                 ",".join(config.methods))
     return pipeline.run()  # no wait_until_finish(): the launcher must exit for the job to start
