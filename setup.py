@@ -14,7 +14,7 @@ INSTALL_REQUIRES = [
     "pandas>=2.2,<2.4",
     "scipy>=1.13",
     "pydicom>=3.0,<4",
-    "nibabel>=5.3,<6",  # NIfTI inputs and the NIfTI labels of --save_labels (beam_pipeline/nifti.py)
+    "nibabel>=5.3,<6",  # NIfTI inputs and the NIfTI labels of --save_labels (lvmass/core/nifti.py)
     "statsmodels>=0.14",
     "matplotlib>=3.9",
     "pillow>=10",  # the QC gallery draws its pictures with it (matplotlib needs it too)
@@ -41,9 +41,8 @@ setup(
     packages=find_packages(include=["lvmass", "lvmass.*", "beam_pipeline", "beam_pipeline.*",
                                     "trainer", "trainer.*", "analysis", "analysis.*"]),
     include_package_data=True,
-    package_data={"beam_pipeline": ["sql/*.sql", "sql/bigquery/*", "models/*.md", "models/*/*",
-                                    "models/*/*/*",
-                                    "models/*/*/*/*"]},
+    package_data={"beam_pipeline": ["models/*.md", "models/*/*", "models/*/*/*", "models/*/*/*/*"],
+                  "lvmass.storage": ["sql/*.sql", "sql/bigquery/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["lvmass = lvmass.cli:main"]},

@@ -17,7 +17,7 @@ import pandas as pd
 
 from analysis import stats
 from analysis.cohort import MANUAL_MASS, mcol
-from beam_pipeline.contracts import (
+from lvmass.core.contracts import (
     INLINEVF_RECALIBRATION_INTERCEPT_G,
     INLINEVF_RECALIBRATION_SLOPE,
     METHOD_INLINEVF,

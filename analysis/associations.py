@@ -32,8 +32,8 @@ from numpy.typing import ArrayLike
 from scipy import stats as sps
 
 from analysis.cohort import mcol
-from beam_pipeline.schema import DISEASE_COLUMNS
-from beam_pipeline.truth import TRUE_OR_PATH, TRUTH_LVMI_G_M2
+from lvmass.core.schema import DISEASE_COLUMNS
+from lvmass.core.truth import TRUE_OR_PATH, TRUTH_LVMI_G_M2
 
 EXPOSURE_LVMI_PER_SD = "lvmi_per_sd"
 EXPOSURE_LVH = "lvh"
@@ -252,7 +252,7 @@ def true_odds_ratios(
     parameters: Mapping[str, object], diseases: Sequence[str] = DISEASE_COLUMNS
 ) -> dict[str, float]:
     """The generator's true OR per 1 SD of true LVMI in the written cohort, for each disease it records,
-    read from truth.json at ``beam_pipeline.truth.TRUE_OR_PATH`` (``cohort`` ->
+    read from truth.json at ``lvmass.core.truth.TRUE_OR_PATH`` (``cohort`` ->
     ``true_odds_ratio_per_sample_sd_lvmi``): what a per-SD model fitted on that cohort's true LVMI
     estimates. Diseases not in ``diseases`` are ignored.
 
@@ -263,7 +263,7 @@ def true_odds_ratios(
         if not isinstance(node, Mapping) or key not in node:
             where = ".".join(TRUE_OR_PATH[: depth + 1])
             raise ValueError(
-                f"truth.json has no '{where}' (beam_pipeline.truth.TRUE_OR_PATH): no true odds ratios to "
+                f"truth.json has no '{where}' (lvmass.core.truth.TRUE_OR_PATH): no true odds ratios to "
                 "check against"
             )
         node = node[key]

@@ -5,7 +5,7 @@ method the columns ``{method}__{field}`` for ``METHOD_FIELDS``. Which rows count
 and every exclusion is counted in ``Cohort.exclusions`` (nothing disappears without a trace):
 
 * only the requested imaging ``instance`` (2 = first imaging visit) is analysed;
-* phenotypes join the results as the pipeline joins them (``beam_pipeline.phenotypes.PhenotypeTable``):
+* phenotypes join the results as the pipeline joins them (``lvmass.core.phenotypes.PhenotypeTable``):
   a table with an ``instance`` column on (eid, instance), its rows of the analysed visit; a table
   without one on eid, its manual LV mass only when the analysed visit is ``MANUAL_MASS_INSTANCE`` (2);
 * rows failing QC (``qc_pass`` false) are excluded by default (their values become missing);
@@ -23,16 +23,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from beam_pipeline.contracts import ALL_METHODS
-from beam_pipeline.phenotypes import INSTANCE_COLUMN, MANUAL_MASS_INSTANCE
-from beam_pipeline.schema import PHENOTYPE_COLUMNS
-from beam_pipeline.truth import TRUTH_LV_MASS_G, TRUTH_LVMI_G_M2
+from lvmass.core.contracts import ALL_METHODS
+from lvmass.core.phenotypes import INSTANCE_COLUMN, MANUAL_MASS_INSTANCE
+from lvmass.core.schema import PHENOTYPE_COLUMNS
+from lvmass.core.truth import TRUTH_LV_MASS_G, TRUTH_LVMI_G_M2
 
 logger = logging.getLogger(__name__)
 
 METHOD_FIELDS: tuple[str, ...] = ("lv_mass_g", "lv_mass_raw_g", "lvmi_g_m2", "lvh", "lvh_p90", "bsa_m2")
 MANUAL_MASS = "manual_lv_mass_g"
-TRUE_MASS = TRUTH_LV_MASS_G  # truth.csv columns (beam_pipeline.truth)
+TRUE_MASS = TRUTH_LV_MASS_G  # truth.csv columns (lvmass.core.truth)
 TRUE_LVMI = TRUTH_LVMI_G_M2
 FIRST_IMAGING_INSTANCE = 2
 
@@ -73,7 +73,7 @@ def _ordered_methods(present: Iterable[str]) -> tuple[str, ...]:
 
 def phenotypes_at_visit(phenotypes: pd.DataFrame, instance: int) -> pd.DataFrame:
     """One phenotype row per eid for the scans of visit ``instance``, as
-    ``beam_pipeline.phenotypes.PhenotypeTable.lookup`` attaches them in the pipeline: a table with an
+    ``lvmass.core.phenotypes.PhenotypeTable.lookup`` attaches them in the pipeline: a table with an
     ``instance`` column gives its rows of that visit (without the column); a table without one gives
     every row, with ``manual_lv_mass_g`` blanked unless ``instance`` is ``MANUAL_MASS_INSTANCE``.
     Raises ValueError when an eid has two rows for the visit. The input is not modified."""

@@ -26,10 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis import io as aio
-from beam_pipeline import filesystems, ledger
-from beam_pipeline.contracts import ALL_METHODS
-from beam_pipeline.schema import RESULTS_SCHEMA, SUCCESS_FILENAME
 from lvmass.cli_args import ArgumentParser, configure_logging
+from lvmass.core.contracts import ALL_METHODS
+from lvmass.core.schema import RESULTS_SCHEMA, SUCCESS_FILENAME
+from lvmass.storage import filesystems, ledger
 
 logger = logging.getLogger(__name__)
 

@@ -2,21 +2,21 @@
 label volumes.
 
 Paths are local or ``gs://bucket/prefix``, reached the way the pipeline reaches them: through
-``beam_pipeline.filesystems`` (Beam's ``FileSystems``, which honours ``STORAGE_EMULATOR_HOST``). Every
+``lvmass.storage.filesystems`` (Beam's ``FileSystems``, which honours ``STORAGE_EMULATOR_HOST``). Every
 reader checks its input and raises :class:`InputError` naming the file and the reason; nothing is dropped
 silently.
 
-Results layout (``beam_pipeline.schema``): ``ROOT/lvmass/method=<method>/*.parquet``, each file holding
+Results layout (``lvmass.core.schema``): ``ROOT/lvmass/method=<method>/*.parquet``, each file holding
 ``RESULTS_FILE_SCHEMA``; of a pipeline's output folder only the files its ledger commit (``_SUCCESS``,
-``beam_pipeline.ledger``) names are read, so a run in progress or one that was stopped is never half
+``lvmass.storage.ledger``) names are read, so a run in progress or one that was stopped is never half
 read. They are read as one ``pyarrow.dataset`` with hive partitioning, so the partition
 directory gives the ``method`` column back, as DuckDB's ``read_parquet(..., hive_partitioning=true)`` and
 BigQuery's hive-partitioned external tables do. Each file (fragment) is checked and read on its own, only
 the schema's columns, so that a bad file is named in the error.
 
 The other contracts are imported, not copied: phenotypes are read by the pipeline's own reader
-(``beam_pipeline.phenotypes``), label file names are parsed by ``beam_pipeline.identity``, and the
-synthetic truth's file names, columns and keys are ``beam_pipeline.truth``'s.
+(``lvmass.core.phenotypes``), label file names are parsed by ``lvmass.core.identity``, and the
+synthetic truth's file names, columns and keys are ``lvmass.core.truth``'s.
 """
 
 from __future__ import annotations
@@ -34,11 +34,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from beam_pipeline import filesystems, ledger
-from beam_pipeline.contracts import ALL_METHODS
-from beam_pipeline.identity import parse_input_name
-from beam_pipeline.phenotypes import INSTANCE_COLUMN, PhenotypeTable, read_phenotype_table
-from beam_pipeline.schema import (
+from lvmass.core.contracts import ALL_METHODS
+from lvmass.core.identity import parse_input_name
+from lvmass.core.phenotypes import INSTANCE_COLUMN, PhenotypeTable, read_phenotype_table
+from lvmass.core.schema import (
     ERRORS_DIRNAME,
     PHENOTYPE_COLUMNS,
     RESULTS_DIRNAME,
@@ -46,13 +45,14 @@ from beam_pipeline.schema import (
     RESULTS_SCHEMA,
     SUCCESS_FILENAME,
 )
-from beam_pipeline.truth import (
+from lvmass.core.truth import (
     TRUTH_CSV,
     TRUTH_EID,
     TRUTH_JSON,
     TRUTH_LABELS_DIRNAME,
     TRUTH_REQUIRED_COLUMNS,
 )
+from lvmass.storage import filesystems, ledger
 
 METHOD_PARTITIONING = ds.partitioning(pa.schema([("method", pa.string())]), flavor="hive")
 
@@ -111,7 +111,7 @@ def _readable(path: str, base: str) -> bool:
 
 def committed_files(root: str | os.PathLike[str], kind: str) -> list[str] | None:
     """The files of ``kind`` (``lvmass`` results or ``errors``) an output folder's ledger commit names
-    (``beam_pipeline.ledger``); None for a folder the ledger does not manage (hand-made, or older than
+    (``lvmass.storage.ledger``); None for a folder the ledger does not manage (hand-made, or older than
     the ledger). A managed folder without a commit (its first run was stopped before it finished) is an
     :class:`InputError`: nothing in it is committed."""
     output = output_root(str(root))
@@ -230,7 +230,7 @@ def read_results(root: str | os.PathLike[str]) -> pd.DataFrame:
 # --- Phenotypes -------------------------------------------------------------------------------------
 def read_phenotypes(path: str | os.PathLike[str]) -> pd.DataFrame:
     """The phenotype table (CSV or Parquet), read by the pipeline's reader
-    (``beam_pipeline.phenotypes.read_phenotype_table``): the analysis accepts every file the pipeline
+    (``lvmass.core.phenotypes.read_phenotype_table``): the analysis accepts every file the pipeline
     accepts and rejects the others with the pipeline's message (as an :class:`InputError`).
 
     One row per table row, columns ``PHENOTYPE_COLUMNS`` (with ``instance`` after ``eid`` when the table
@@ -251,7 +251,7 @@ def read_phenotypes(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def phenotype_frame(table: PhenotypeTable) -> pd.DataFrame:
-    """A :class:`~beam_pipeline.phenotypes.PhenotypeTable`'s rows as the analysis' typed DataFrame
+    """A :class:`~lvmass.core.phenotypes.PhenotypeTable`'s rows as the analysis' typed DataFrame
     (see :func:`read_phenotypes`), in the file's row order."""
     rows = list(table.rows.values())
 
@@ -422,7 +422,7 @@ def label_files(
 ) -> dict[tuple[int, int | None], str]:
     """``{(eid, instance): path}`` for the ``.npz`` label volumes in a folder, optionally only those
     eids and only that imaging ``instance`` (a name without an instance then does not match). Names
-    are parsed by ``beam_pipeline.identity.parse_input_name`` (``{eid}_20209_{instance}_0.npz`` as the
+    are parsed by ``lvmass.core.identity.parse_input_name`` (``{eid}_20209_{instance}_0.npz`` as the
     generator's truth labels, ``{eid}_{instance}.npz`` as the pipeline's ``--save_labels``, ``{eid}.npz``
     with instance None); other names are skipped."""
     wanted = None if eids is None else set(eids)

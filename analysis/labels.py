@@ -4,7 +4,7 @@ Predicted volumes may be in the model's tensor layout (``LABEL_VOLUME_SHAPE`` = 
 pipeline's ``--save_labels`` writes them to ``labels/method=<m>/{eid}_{instance}.npz``) while references
 (e.g. the generator's ``truth_labels/{eid}_20209_{instance}_0.npz``) are on the acquisition grid
 (rows, cols, n_slices). :func:`to_acquisition_grid` undoes the placement with the pipeline's own inverse,
-``beam_pipeline.tensor.unplace_label_volume``.
+``lvmass.core.tensor.unplace_label_volume``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pandas as pd
 
 from analysis import io as aio
 from analysis.stats import DICE_LABELS, dice_by_label
-from beam_pipeline.contracts import LABEL_VOLUME_SHAPE, TENSOR_SLICES
-from beam_pipeline.identity import parse_input_name
-from beam_pipeline.tensor import slice_window_start, unplace_label_volume
+from lvmass.core.contracts import LABEL_VOLUME_SHAPE, TENSOR_SLICES
+from lvmass.core.identity import parse_input_name
+from lvmass.core.tensor import slice_window_start, unplace_label_volume
 
 DICE_COLUMNS: tuple[str, ...] = ("method", "eid", "instance", "structure", "dice", "status")
 
@@ -29,7 +29,7 @@ def to_acquisition_grid(
 ) -> np.ndarray:
     """The (rows, cols, slices) = ``shape`` labels of a volume: the volume itself when it is already on
     that grid, else a tensor-layout volume (LABEL_VOLUME_SHAPE) put back by
-    ``beam_pipeline.tensor.unplace_label_volume`` (its slice k is acquired slice ``slice_start + k``;
+    ``lvmass.core.tensor.unplace_label_volume`` (its slice k is acquired slice ``slice_start + k``;
     resampled back from ``grid_pixel_mm`` to ``acquired_pixel_spacing_mm`` when the pipeline's grid was
     not the acquisition's). Raises ValueError for any other shape."""
     if volume.shape == tuple(shape):
@@ -60,7 +60,7 @@ def _predicted_files(
 ) -> dict[str, dict[tuple[int, int | None], str]]:
     """``{method: {(eid, instance): path}}`` from one listing: sub-folders (``method=<m>/`` or ``<m>/``)
     holding .npz files, or the folder itself as method 'predicted'. (eid, instance) is what the file
-    name says (``beam_pipeline.identity.parse_input_name``); other names are skipped."""
+    name says (``lvmass.core.identity.parse_input_name``); other names are skipped."""
     base = predicted_dir.rstrip("/")
     out: dict[str, dict[tuple[int, int | None], str]] = {}
     for path in aio.list_files(predicted_dir, ".npz"):

@@ -44,11 +44,12 @@ from analysis.qc_order import (
     review_order,
 )
 from analysis.qc_pictures import pixel_spacing_of, slice_mosaic
-from beam_pipeline import filesystems, label_files
-from beam_pipeline.contracts import METHOD_INLINEVF, METHOD_ML4H_SEG
-from beam_pipeline.identity import ANY_VENDOR_INSTANCE
-from beam_pipeline.nifti import read_nifti_volume
 from lvmass.cli_args import ArgumentParser, configure_logging
+from lvmass.core import label_files
+from lvmass.core.contracts import METHOD_INLINEVF, METHOD_ML4H_SEG
+from lvmass.core.identity import ANY_VENDOR_INSTANCE
+from lvmass.core.nifti import read_nifti_volume
+from lvmass.storage import filesystems
 
 logger = logging.getLogger(__name__)
 

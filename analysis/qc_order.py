@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.cohort import method_label
-from beam_pipeline.contracts import (
+from lvmass.core.contracts import (
     INPUT_METHODS,
     METHOD_INLINEVF,
     METHOD_INLINEVF_RECALIBRATED,

@@ -2,7 +2,7 @@
 
 The pipeline's ``--save_labels`` writes the ED image and each method's labels as NIfTI on the acquisition
 grid, slices in the standard view (seen from the apex, anterior up, the right ventricle on the left) and
-base to apex along the third axis (``beam_pipeline.label_files``). :func:`slice_mosaic` draws them as a
+base to apex along the third axis (``lvmass.core.label_files``). :func:`slice_mosaic` draws them as a
 mosaic of square tiles, left to right then top to bottom, slice 1 the base:
 
 * every tile shows the same patch of the patient: the labels' bounding box over all slices plus
@@ -24,7 +24,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from beam_pipeline.contracts import LV_CAVITY, MYOCARDIUM
+from lvmass.core.contracts import LV_CAVITY, MYOCARDIUM
 
 TILE_PX = 120
 COLUMNS = 10  # 10 tiles fill a 1250 px page unscaled, so every participant is shown at one scale

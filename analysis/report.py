@@ -39,9 +39,9 @@ from analysis import stats, tables
 from analysis.cohort import MANUAL_MASS, TRUE_LVMI, TRUE_MASS, build_cohort, mcol, method_label
 from analysis.qc_gallery import GALLERY_DIRNAME
 from analysis.qc_gallery import INDEX_HTML as GALLERY_INDEX
-from beam_pipeline import filesystems
-from beam_pipeline.contracts import METHOD_INLINEVF
 from lvmass.cli_args import ArgumentParser, configure_logging
+from lvmass.core.contracts import METHOD_INLINEVF
+from lvmass.storage import filesystems
 
 logger = logging.getLogger("analysis.report")
 REPORT_HTML = "report.html"

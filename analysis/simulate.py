@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beam_pipeline.contracts import (
+from lvmass.core.contracts import (
     INLINEVF_RECALIBRATION_INTERCEPT_G,
     INLINEVF_RECALIBRATION_SLOPE,
     LVH_LVMI_THRESHOLD_G_M2,
@@ -38,15 +38,15 @@ from beam_pipeline.contracts import (
     METHOD_ML4H_SEG,
     MYOCARDIAL_DENSITY_G_PER_ML,
 )
-from beam_pipeline.mass import bsa_dubois_m2
-from beam_pipeline.schema import (
+from lvmass.core.mass import bsa_dubois_m2
+from lvmass.core.schema import (
     DISEASE_COLUMNS,
     PHENOTYPE_COLUMNS,
     RESULTS_DIRNAME,
     RESULTS_FILE_SCHEMA,
     RESULTS_SCHEMA,
 )
-from beam_pipeline.truth import (
+from lvmass.core.truth import (
     COHORT_KEY,
     TRUE_OR_PER_SAMPLE_SD_KEY,
     TRUTH_CSV,
@@ -72,7 +72,7 @@ MANUAL_NOISE_SD_G = 8.0
 PHENOTYPES_CSV = "phenotypes.csv"  # the name write_study gives the phenotype table (any name would do)
 
 
-# The pipeline's DuBois BSA (beam_pipeline.mass, the one definition), element-wise over arrays.
+# The pipeline's DuBois BSA (lvmass.core.mass, the one definition), element-wise over arrays.
 _bsa_m2 = np.vectorize(bsa_dubois_m2, otypes=[np.float64])
 
 
@@ -210,7 +210,7 @@ def simulate_study(
     truth = pd.DataFrame(
         {TRUTH_EID: eid, TRUTH_LV_MASS_G: true_mass, TRUTH_LVMI_G_M2: true_lvmi, "true_bsa_m2": bsa}
     )
-    parameters: dict[str, object] = {  # truth.json, with the truth contract's keys (beam_pipeline.truth)
+    parameters: dict[str, object] = {  # truth.json, with the truth contract's keys (lvmass.core.truth)
         COHORT_KEY: {TRUE_OR_PER_SAMPLE_SD_KEY: {d: float(true_odds_ratios[d]) for d in DISEASE_COLUMNS}},
         "intercepts": dict(DEFAULT_INTERCEPTS),
         "age_log_or_per_year": AGE_LOG_OR_PER_YEAR,

@@ -23,7 +23,7 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats as sps
 
-from beam_pipeline.contracts import LV_CAVITY, MYOCARDIUM
+from lvmass.core.contracts import LV_CAVITY, MYOCARDIUM
 
 DEFAULT_N_BOOT = 1000
 DEFAULT_SEED = 20210101

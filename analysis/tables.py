@@ -13,8 +13,8 @@ import pandas as pd
 
 from analysis.associations import EXPOSURE_LABELS, EXPOSURES, STATUS_OK, OddsRatioResult
 from analysis.cohort import MANUAL_MASS, mcol
-from beam_pipeline.contracts import METHOD_INLINEVF
-from beam_pipeline.schema import DISEASE_COLUMNS
+from lvmass.core.contracts import METHOD_INLINEVF
+from lvmass.core.schema import DISEASE_COLUMNS
 
 DISEASE_LABELS: dict[str, str] = {
     "hypertension": "Hypertension",

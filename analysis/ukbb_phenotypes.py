@@ -2,7 +2,7 @@
 
 Users of real UK Biobank data hold a main-dataset export, not the synthetic ``phenotypes.csv``. This module
 turns that export (CSV or Parquet with an ``eid`` column and ``<field>-<instance>.<array>`` columns, the
-layout of UK Biobank's ``ukbconv``) into the table ``beam_pipeline.phenotypes.read_phenotype_table`` reads:
+layout of UK Biobank's ``ukbconv``) into the table ``lvmass.core.phenotypes.read_phenotype_table`` reads:
 one row per participant x imaging visit (instances 2 and 3, in an ``instance`` column), with sex, age,
 height, weight at that visit, the three diseases of Khurshid et al. 2021 prevalent at that visit, and an
 optional manual LV mass merged from a separate file (UK Biobank does not ship Petersen's manual masses
@@ -34,10 +34,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.export import output_format
-from beam_pipeline import filesystems
-from beam_pipeline.phenotypes import INSTANCE_COLUMN, MANUAL_MASS_INSTANCE
-from beam_pipeline.schema import DISEASE_COLUMNS, PHENOTYPE_COLUMNS
 from lvmass.cli_args import ArgumentParser, configure_logging
+from lvmass.core.phenotypes import INSTANCE_COLUMN, MANUAL_MASS_INSTANCE
+from lvmass.core.schema import DISEASE_COLUMNS, PHENOTYPE_COLUMNS
+from lvmass.storage import filesystems
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,6 @@
-"""The Beam job: participant zips -> LV mass, LVMI, LVH -> Parquet (and TFRecords for training).
+"""The Apache Beam job: participant zips -> LV mass, LVMI, LVH -> Parquet (and TFRecords for training).
 
-Pure modules (contracts, study, decode, tensor, overlay, mass, qc, phenotypes) never import Beam;
-``transforms`` and ``pipeline`` compose them.
+Only Beam lives here: the launcher (``pipeline``), the composites and DoFns (``transforms``), the model
+handler (``inference``) and the local progress board the launcher reads (``progress``). Every step they run
+is a plain function of :mod:`lvmass.core`; files go through :mod:`lvmass.storage`.
 """
-
-from lvmass import __version__ as PIPELINE_VERSION
-
-__all__ = ["PIPELINE_VERSION"]

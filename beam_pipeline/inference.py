@@ -2,7 +2,7 @@
 
 Why our own: Beam's ``TFModelHandlerNumpy`` loads through ``tf.keras.models.load_model``, which under
 Keras 3 cannot read a SavedModel folder (apache/beam#30616). This handler loads with
-``tf.saved_model.load`` and calls the ``serving_default`` signature (``beam_pipeline.contracts``) on a
+``tf.saved_model.load`` and calls the ``serving_default`` signature (``lvmass.core.contracts``) on a
 batch. It reads the ``model_card.json`` next to the model, refuses a model built for another tensor
 contract or of the wrong kind, and reports the card's version as each prediction's ``model_id``.
 
@@ -68,8 +68,9 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from beam_pipeline import contracts, filesystems
-from beam_pipeline.model_card import ModelCard
+from lvmass.core import contracts
+from lvmass.core.model_card import ModelCard
+from lvmass.storage import filesystems
 
 # read by TensorFlow when it is imported (tensorflow/core/util/util.cc): set before any import of it
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

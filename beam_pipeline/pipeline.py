@@ -10,7 +10,7 @@ command runs locally (FnApiRunner / DirectRunner multi-processing) and on Datafl
 ``--input`` may also match folders of DICOMs, one participant each (``--input 'dicoms/*'``, the
 any-vendor layout; ``--input_kind``). ``--mode tensorize`` decodes the same way and writes TFRecords for
 the trainer instead.
-Outputs (``beam_pipeline.schema``, ``beam_pipeline.ledger``): the run writes its measurements and dead
+Outputs (``lvmass.core.schema``, ``lvmass.storage.ledger``): the run writes its measurements and dead
 letters into its own folder (``OUTPUT/_runs/<run_id>/``), commits them to the folder's ledger
 (``OUTPUT/_ledger/runs/<run_id>.json``), then derives the cohort values of every committed run:
 ``OUTPUT/lvmass/method=<m>/results-*.parquet``, ``OUTPUT/errors/errors-*.parquet``, ``OUTPUT/summary.json``
@@ -36,9 +36,6 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import contracts, filesystems, ledger
-from beam_pipeline.decode import ED_RULES
-from beam_pipeline.derive import DerivationSettings
 from beam_pipeline.inference import (
     CROP_PX,
     PROCESS_MEMORY_BUDGET_MB,
@@ -48,11 +45,8 @@ from beam_pipeline.inference import (
     bundled_model_dir,
     read_model_card,
 )
-from beam_pipeline.measure import DEFAULT_MIN_CALIBRATION_N
-from beam_pipeline.model_card import LABEL_SOURCE_TRUE_ANATOMY
 from beam_pipeline.progress import DEFAULT_EVERY_S as DEFAULT_PROGRESS_EVERY_S
 from beam_pipeline.progress import ProgressReporter, read_board
-from beam_pipeline.schema import SUCCESS_FILENAME
 from beam_pipeline.transforms import (
     INPUT_KIND_AUTO,
     INPUT_KIND_FOLDER,
@@ -74,6 +68,13 @@ from beam_pipeline.transforms import (
     load_phenotypes,
 )
 from lvmass.cli_args import ArgumentParser, configure_logging, log_level_of
+from lvmass.core import contracts
+from lvmass.core.decode import ED_RULES
+from lvmass.core.derive import DerivationSettings
+from lvmass.core.measure import DEFAULT_MIN_CALIBRATION_N
+from lvmass.core.model_card import LABEL_SOURCE_TRUE_ANATOMY
+from lvmass.core.schema import SUCCESS_FILENAME
+from lvmass.storage import filesystems, ledger
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +271,7 @@ def new_run_id() -> str:
 
 def centering_from_dict(spec: Any, *, source: str) -> Any:
     """``{"raw_mean_g": {sex: g}, "manual_mean_g": {sex: g}}`` -> ``mass.SexCentering``."""
-    from beam_pipeline.mass import SexCentering
+    from lvmass.core.mass import SexCentering
 
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{source}: calibration must be an object with raw_mean_g and manual_mean_g")

@@ -3,7 +3,7 @@
 A thin shell over the pure core (``decode``, ``tensor``, ``overlay``, ``mass``, ``qc``, ``phenotypes``):
 each DoFn only calls pure functions, counts what it does with ``Metrics`` and lets exceptions fall to
 a dead-letter output (``with_exception_handling()``), which :class:`ToErrorRecords` turns into one
-:class:`~beam_pipeline.schema.ErrorRecord` per failed participant. Elements are keyed by the input's
+:class:`~lvmass.core.schema.ErrorRecord` per failed participant. Elements are keyed by the input's
 URI (unique per participant x instance) so every failure can be traced back to its file.
 
 Composites, in pipeline order::
@@ -18,10 +18,10 @@ Composites, in pipeline order::
     ValidateMeasurements  Measurement -> a row of schema.MEASUREMENTS_SCHEMA       (+ errors: write)
     WriteMeasurements / WriteErrors / WriteTFRecords   the run's files, in its own folder
     CommitRun             the run's last step: commit the run to the output's ledger, then finalise
-                          the folder (beam_pipeline.ledger: cohort values from every committed run)
+                          the folder (lvmass.storage.ledger: cohort values from every committed run)
 
 ``CalibrateAndIndex`` (Measurement + phenotypes -> ResultRecord) runs the same derivation
-(``beam_pipeline.derive``) inside a pipeline, for tests and for callers that want records, not files.
+(``lvmass.core.derive``) inside a pipeline, for tests and for callers that want records, not files.
 """
 
 from __future__ import annotations
@@ -41,19 +41,22 @@ from apache_beam.io.tfrecordio import WriteToTFRecord
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from beam_pipeline import PIPELINE_VERSION, budget, contracts, filesystems, label_files, ledger
-from beam_pipeline.dead_letters import error_record
-from beam_pipeline.decode import (
+from beam_pipeline.progress import EVENTS as PROGRESS_EVENTS
+from beam_pipeline.progress import BoardWriter
+from lvmass.core import budget, contracts, label_files
+from lvmass.core.contracts import PIPELINE_VERSION
+from lvmass.core.dead_letters import error_record
+from lvmass.core.decode import (
     DecodeStats,
     ParticipantFolder,
     decode_dicom_members,
     decode_participant_file,
     folder_member_name,
 )
-from beam_pipeline.derive import DerivationSettings, derive_results, measurement_row
-from beam_pipeline.derive import phenotype_error_records as phenotype_error_records
-from beam_pipeline.identity import check_input_name, ids_from_name, input_key, is_nifti_name
-from beam_pipeline.measure import (
+from lvmass.core.derive import DerivationSettings, derive_results, measurement_row
+from lvmass.core.derive import phenotype_error_records as phenotype_error_records
+from lvmass.core.identity import check_input_name, ids_from_name, input_key, is_nifti_name
+from lvmass.core.measure import (
     DEFAULT_MIN_CALIBRATION_N,
     Measurement,
     ParticipantTensor,
@@ -63,14 +66,11 @@ from beam_pipeline.measure import (
     measure_labels,
     measure_regression,
     participant_from_study,
-    tfrecord_bytes,
 )
-from beam_pipeline.nifti import image_volume, nifti_bytes
-from beam_pipeline.phenotypes import PhenotypeTable, read_phenotype_table
-from beam_pipeline.progress import EVENTS as PROGRESS_EVENTS
-from beam_pipeline.progress import BoardWriter
-from beam_pipeline.qc import pixel_spacing_qc_flags
-from beam_pipeline.schema import (
+from lvmass.core.nifti import image_volume, nifti_bytes
+from lvmass.core.phenotypes import PhenotypeTable, read_phenotype_table
+from lvmass.core.qc import pixel_spacing_qc_flags
+from lvmass.core.schema import (
     ERRORS_SCHEMA,
     MEASUREMENTS_SCHEMA,
     STAGE_DECODE,
@@ -84,7 +84,9 @@ from beam_pipeline.schema import (
     check_measurement_row,
     writable_error_row,
 )
-from beam_pipeline.study import DecodedStudy, DecodeError
+from lvmass.core.study import DecodedStudy, DecodeError
+from lvmass.storage import filesystems, ledger
+from lvmass.storage.tfrecord import tfrecord_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ INPUT_KINDS = (INPUT_KIND_AUTO, INPUT_KIND_ZIP, INPUT_KIND_FOLDER)
 
 def label_volume_path(output: str, method: str, participant_id: str, instance: int,
                       suffix: str = label_files.NPZ_SUFFIX) -> str:
-    """Where ``--save_labels`` puts a label volume (``beam_pipeline.label_files``):
+    """Where ``--save_labels`` puts a label volume (``lvmass.core.label_files``):
     ``OUTPUT/labels/method=<m>/<participant_id>_<instance>.npz`` (the eid for UK Biobank), and
     ``.nii.gz`` beside it on the acquisition grid."""
     return label_files.label_path(output, method, participant_id, instance, suffix=suffix)
@@ -443,7 +445,7 @@ class DecodeFn(beam.DoFn):
                 raise DecodeError(uri, STAGE_READ, f"the file is {size / budget.MIB:.0f} MiB: a remote input "
                                   f"is read whole into memory, and one participant may use at most "
                                   f"{budget.MAX_PARTICIPANT_BYTES / budget.MIB:.0f} MiB "
-                                  "(beam_pipeline.budget.MAX_PARTICIPANT_BYTES)")
+                                  "(lvmass.core.budget.MAX_PARTICIPANT_BYTES)")
             with element.open(mime_type="application/octet-stream",
                               compression_type=CompressionTypes.UNCOMPRESSED) as stream:
                 seekable, fetched = filesystems.random_access(stream, uri)
@@ -611,7 +613,7 @@ class MeasureInlineVF(beam.PTransform):
 
 def load_phenotypes(path: str | None) -> Any:
     """The ``phenotypes.PhenotypeTable`` (empty without a file); a file that cannot be read fails the
-    run, loudly (implausible values in it are recorded as unknown, see ``beam_pipeline.phenotypes``)."""
+    run, loudly (implausible values in it are recorded as unknown, see ``lvmass.core.phenotypes``)."""
     if not path:
         return PhenotypeTable()
     with filesystems.open_read(path) as stream:
@@ -624,7 +626,7 @@ def load_phenotypes(path: str | None) -> Any:
 class CalibrateAndIndex(beam.PTransform):
     """Measurements + phenotypes -> ``ResultRecord``s with calibrated mass, BSA, LVMI, LVH, LVH_p90.
 
-    The derivation of ``beam_pipeline.derive.derive_results`` (the one the pipeline's finalise runs over
+    The derivation of ``lvmass.core.derive.derive_results`` (the one the pipeline's finalise runs over
     every committed measurement of an output folder), inside a pipeline: every measurement is gathered
     into one list first, because each derived value depends on the whole cohort (the per-sex centering
     of each centred method, the per-sex 90th percentiles). Centering is chosen per sex: fitted on the

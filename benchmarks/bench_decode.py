@@ -202,7 +202,7 @@ def floor(path: Path, members: list[str]) -> int:
 
 
 def decoder(path: Path, *, old: bool):
-    from beam_pipeline.decode import DecodeStats, decode_participant_zip
+    from lvmass.core.decode import DecodeStats, decode_participant_zip
 
     kwargs: dict[str, Any] = {}
     if old and "strategy" in inspect.signature(decode_participant_zip).parameters:
@@ -307,9 +307,9 @@ def _git_commit() -> str | None:
 
 
 def _decoder_file() -> str:
-    import beam_pipeline.decode
+    import lvmass.core.decode
 
-    return str(beam_pipeline.decode.__file__)
+    return str(lvmass.core.decode.__file__)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,10 +135,10 @@ def run_child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
 
 def write_tensors(cohort: Path, participants: int, seed: int, out: Path) -> list[dict[str, Any]]:
     """Decode the cohort's zips and the real study into ``out/<name>.npz`` (image, spacing_mm)."""
-    from beam_pipeline import contracts
-    from beam_pipeline.decode import decode_participant_zip
     from beam_pipeline.inference import bundled_model_dir, read_model_card
-    from beam_pipeline.measure import participant_from_study
+    from lvmass.core import contracts
+    from lvmass.core.decode import decode_participant_zip
+    from lvmass.core.measure import participant_from_study
     from lvmass.synth.cohort import generate_cohort
 
     zips_dir = cohort / "zips"
@@ -202,7 +202,7 @@ def _load_keras(model_keras: Path) -> Any:
 
 def conv_gflop(model_keras: Path, slices: int = 13) -> float:
     """GFLOP (2 x multiply-adds) of the model's convolutions on one full 256 x 256 x ``slices`` tensor."""
-    from beam_pipeline import contracts
+    from lvmass.core import contracts
 
     return _conv_gflop(_load_keras(model_keras), contracts.TENSOR_ROWS, contracts.TENSOR_COLS, slices)
 
@@ -236,8 +236,8 @@ def child_speed(mode: str, tensors: Path, labels_out: Path, repeats: int) -> dic
     """Time one configuration (``MODES``) on every tensor; write each label volume to ``labels_out``."""
     import dataclasses
 
-    from beam_pipeline import contracts
     from beam_pipeline.inference import ModelInput, SavedModelHandler, bundled_model_dir, resolve_model_dir
+    from lvmass.core import contracts
 
     model_dir = bundled_model_dir(contracts.MODEL_KIND_SEG)
     crop = MODES[mode]["crop"]
@@ -316,8 +316,8 @@ def child_speed(mode: str, tensors: Path, labels_out: Path, repeats: int) -> dic
 
 def compare_labels(reference: Path, other: Path, meta: list[dict[str, Any]]) -> dict[str, Any]:
     """Voxel and mass differences of ``other``'s label volumes from ``reference``'s."""
-    from beam_pipeline import contracts
-    from beam_pipeline.mass import measure_label_volume
+    from lvmass.core import contracts
+    from lvmass.core.mass import measure_label_volume
 
     myo = contracts.LABEL_MAP["myocardium"]
     rows = []
@@ -406,8 +406,8 @@ def speed(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def child_memory(kind: str, batch: int, crop: bool) -> dict[str, Any]:
-    from beam_pipeline import contracts
     from beam_pipeline.inference import ModelInput, SavedModelHandler, bundled_model_dir
+    from lvmass.core import contracts
 
     handler = SavedModelHandler(bundled_model_dir(kind), kind=kind, max_batch_size=max(batch, 1),
                                 **({} if crop else {"crop_px": None}))
@@ -429,8 +429,8 @@ def child_memory(kind: str, batch: int, crop: bool) -> dict[str, Any]:
 
 
 def memory(args: argparse.Namespace, argv: list[str]) -> int:
-    from beam_pipeline import contracts
     from beam_pipeline.inference import PROCESS_MEMORY_BUDGET_MB, bundled_model_dir, resolve_model_dir
+    from lvmass.core import contracts
 
     started = machine()
     tensor_mb = float(np.prod(contracts.TENSOR_SHAPE)) * 4 / 2**20
@@ -472,7 +472,7 @@ def memory(args: argparse.Namespace, argv: list[str]) -> int:
             path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
             cards_written.append(str(path.relative_to(REPO)))
     from beam_pipeline.inference import batch_size_for_memory
-    from beam_pipeline.model_card import ModelCard
+    from lvmass.core.model_card import ModelCard
 
     cards = [ModelCard(kind=k, version="estimate", inference_memory={"peak_mb": e["peak_mb"],
                                                                     "per_example_mb": e["per_example_mb"]})
@@ -497,10 +497,10 @@ def child_startup() -> dict[str, Any]:
     steps = {}
     _, *steps["import_beam_and_pipeline"] = timed(lambda: __import__("beam_pipeline.pipeline"))
     _, *steps["import_tensorflow"] = timed(lambda: __import__("tensorflow"))
-    from beam_pipeline import contracts
-    from beam_pipeline.decode import decode_participant_zip
     from beam_pipeline.inference import SavedModelHandler, bundled_model_dir, read_model_card
-    from beam_pipeline.measure import participant_from_study
+    from lvmass.core import contracts
+    from lvmass.core.decode import decode_participant_zip
+    from lvmass.core.measure import participant_from_study
 
     with REAL_STUDY.open("rb") as handle:  # a real participant, so ML4H_seg takes its usual path
         study = decode_participant_zip(handle, REAL_STUDY.name, with_inlinevf=False)

@@ -96,7 +96,6 @@ def _first_crop_pass(handler: Any, model: Any, participant: Any, crop_px: int) -
     callable to time, and the window it takes."""
     import numpy as np
 
-    from beam_pipeline import contracts
     from beam_pipeline.inference import (
         CROP_MARGIN_PX,
         MIN_LV_ML,
@@ -105,6 +104,7 @@ def _first_crop_pass(handler: Any, model: Any, participant: Any, crop_px: int) -
         lv_hint_box,
         window_around,
     )
+    from lvmass.core import contracts
 
     grid = contracts.LABEL_VOLUME_SHAPE[:2]
     align = int(model.card.crop_inference["align_px"])
@@ -129,7 +129,7 @@ def _first_crop_pass(handler: Any, model: Any, participant: Any, crop_px: int) -
 def _probabilities(serve: Any, image: Any, spacing: Any) -> Any:
     import tensorflow as tf
 
-    from beam_pipeline import contracts
+    from lvmass.core import contracts
 
     outputs = serve(**{contracts.SIGNATURE_INPUT_IMAGE: tf.constant(image),
                        contracts.SIGNATURE_INPUT_SPACING: tf.constant(spacing)})
@@ -164,9 +164,9 @@ def measure_released_seg(participants: list[Any], rows: list[dict[str, float]], 
     import numpy as np
     from scipy import ndimage
 
-    from beam_pipeline import contracts
     from beam_pipeline.inference import CROP_MARGIN_PX, SavedModelHandler
-    from beam_pipeline.model_card import ModelCard
+    from lvmass.core import contracts
+    from lvmass.core.model_card import ModelCard
     from trainer import export, ml4h_arch
 
     net = ml4h_arch.build_ml4h_unet()
@@ -215,10 +215,10 @@ def measure(zips: list[Path], *, paper_seg: bool, paper_crop_px: list[int] | Non
     is left out of the statistics: model loading and graph tracing happen once per worker)."""
     import numpy as np
 
-    from beam_pipeline import contracts
-    from beam_pipeline.decode import DecodeStats, decode_participant_zip
     from beam_pipeline.inference import SavedModelHandler, bundled_model_dir, read_model_card
-    from beam_pipeline.measure import measure_inlinevf, participant_from_study
+    from lvmass.core import contracts
+    from lvmass.core.decode import DecodeStats, decode_participant_zip
+    from lvmass.core.measure import measure_inlinevf, participant_from_study
 
     handlers = {}
     load_s = {}

@@ -29,7 +29,7 @@ import pandas as pd
 from analysis import io as aio
 from analysis.labels import dice_per_study
 from analysis.stats import compare_dependent_correlations, mean_absolute_error, pearson
-from beam_pipeline import contracts
+from lvmass.core import contracts
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # This benchmark measures the paper's recipe (3-D, InlineVF outlines, centring) on the cohort generator

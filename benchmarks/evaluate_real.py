@@ -4,7 +4,7 @@ The studies (``benchmarks/real_studies.py``: five Sunnybrook heart-failure studi
 repository in ``../shared/data/real_cmr/``, one of them in ``tests/data/real_cmr/``) go through the
 pipeline's own decode, tensor (the model card's grid, every slice) and model handler
 (``beam_pipeline.inference.SavedModelHandler``, crop policy included); the labels are mapped back to the
-acquisition grid with ``beam_pipeline.tensor.unplace_label_volume`` and compared slice by slice with the
+acquisition grid with ``lvmass.core.tensor.unplace_label_volume`` and compared slice by slice with the
 experts' contours, rasterised by the convention of ``real_studies`` (pixel centres inside the polygon).
 
 Which frame. The experts contoured end diastole (the phase with the larger cavities, late in the cycle);
@@ -21,9 +21,9 @@ Per study:
 * the mass on the slices with both contours (the model's myocardium voxels on those slices x the grid's
   voxel x 1.05 g/mL, as the pipeline measures it) against the experts' reference mass on the same slices,
   and its error in percent;
-* a myocardial ring on every slice with both contours (``beam_pipeline.qc.RING_ENCLOSED_CAVITY_MIN`` of
+* a myocardial ring on every slice with both contours (``lvmass.core.qc.RING_ENCLOSED_CAVITY_MIN`` of
   the cavity enclosed), and the pipeline's QC flags of the whole prediction
-  (``beam_pipeline.measure.measure_labels`` with the card's pixel-spacing range): ``qc_pass``.
+  (``lvmass.core.measure.measure_labels`` with the card's pixel-spacing range): ``qc_pass``.
 
 Targets (issue 24): mean myocardium Dice >= 0.75 and mean cavity Dice >= 0.90 over the studies, mass within
 15% on every study, a ring on every contoured slice, QC passes.
@@ -49,8 +49,8 @@ from scipy.ndimage import binary_fill_holes
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_studies as rs
 
-from beam_pipeline import contracts
-from beam_pipeline.study import DecodedStudy
+from lvmass.core import contracts
+from lvmass.core.study import DecodedStudy
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULT_NAME = "real_study_evaluation"
@@ -68,7 +68,7 @@ def dice(predicted: np.ndarray, reference: np.ndarray) -> float:
 def is_ring(labels_slice: np.ndarray) -> bool:
     """A myocardial ring: myocardium present and enclosing at least ``qc.RING_ENCLOSED_CAVITY_MIN`` of the
     slice's predicted cavity (the test of ``qc.label_qc_flags``), and some cavity at all."""
-    from beam_pipeline.qc import RING_ENCLOSED_CAVITY_MIN
+    from lvmass.core.qc import RING_ENCLOSED_CAVITY_MIN
 
     myo = labels_slice == contracts.MYOCARDIUM
     cavity = labels_slice == contracts.LV_CAVITY
@@ -88,9 +88,9 @@ def evaluate_frame(
     keep: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the model on a decoded study through the pipeline's tensor path and score it."""
-    from beam_pipeline.measure import measure_labels, participant_from_study
-    from beam_pipeline.qc import pixel_spacing_qc_flags, qc_pass
-    from beam_pipeline.tensor import unplace_label_volume
+    from lvmass.core.measure import measure_labels, participant_from_study
+    from lvmass.core.qc import pixel_spacing_qc_flags, qc_pass
+    from lvmass.core.tensor import unplace_label_volume
 
     participant = participant_from_study(study, with_inlinevf=False, grid_pixel_mm=grid_mm)
     began = time.perf_counter()
@@ -255,7 +255,7 @@ def evaluate_regression(
     """ML4H_reg on one study's expert frame: its mass of the slices with both contours (a per-slice model
     takes any slices, so it is given just those) against the reference, and of the whole stack."""
     from beam_pipeline.inference import ModelInput
-    from beam_pipeline.measure import participant_from_study
+    from lvmass.core.measure import participant_from_study
 
     expert = rs.load_expert_study(real)
     participant = participant_from_study(

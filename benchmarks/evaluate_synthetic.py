@@ -5,7 +5,7 @@ above the base to beyond the apex) are drawn with the training generator's full 
 appearance but from seeds of their own purpose (``trainer.slice_stream.PURPOSE_EVALUATION``), so no
 training sample is among them. Each goes through the pipeline's tensor function (the card's grid, every
 slice) and model handler (crop policy and post-processing included), and is measured and QC-flagged as the
-pipeline measures it (``beam_pipeline.measure``).
+pipeline measures it (``lvmass.core.measure``).
 
 Measures:
 
@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from beam_pipeline import contracts
+from lvmass.core import contracts
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULT_NAME = "synthetic_evaluation"
@@ -54,8 +54,8 @@ def measure_stack(
     n_slots: int | None,
 ) -> dict[str, Any]:
     """One stack through the pipeline's tensor, handlers and measurement."""
-    from beam_pipeline.measure import measure_labels, measure_regression, participant_from_study
-    from beam_pipeline.qc import qc_pass
+    from lvmass.core.measure import measure_labels, measure_regression, participant_from_study
+    from lvmass.core.qc import qc_pass
 
     participant = participant_from_study(
         stack.study, with_inlinevf=False, grid_pixel_mm=grid_mm, n_slots=n_slots

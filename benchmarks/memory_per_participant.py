@@ -4,7 +4,7 @@ worker past 2.5 GB?
 ``python benchmarks/memory_per_participant.py`` -> ``benchmarks/results/participant_memory.json``
 
 The inputs: the bad-input corpus (``tests/bad_inputs.py``, what ``docs/reliability.md`` lists) and the
-worst cases the byte budget is for (``beam_pipeline.budget``), written here:
+worst cases the byte budget is for (``lvmass.core.budget``), written here:
 
 * ``worst_20x64mib``: the issue's zip, 20 short-axis slices of just under 64 MiB each (5700 x 5800
   16-bit pixels: each member under the per-member cap) that deflates to a few MB;
@@ -52,13 +52,13 @@ def _peak():
             sys.stderr.write("LVMASS_VMHWM_KB=" + line.split()[1] + "\\n")
 
 atexit.register(_peak)
-from beam_pipeline import budget
+from lvmass.core import budget
 mib = int(sys.argv[1])
 if mib:
     budget.MAX_PARTICIPANT_BYTES = mib * budget.MIB
 else:
     budget.MAX_PARTICIPANT_BYTES = 1 << 62
-import beam_pipeline.decode as decode
+import lvmass.core.decode as decode
 decode.MAX_PARTICIPANT_BYTES = budget.MAX_PARTICIPANT_BYTES
 from beam_pipeline.pipeline import main
 sys.exit(main(sys.argv[2:]))
@@ -180,13 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path,
                         default=REPO / "benchmarks" / "results" / "participant_memory.json")
     parser.add_argument("--budget_mib", type=int, default=None,
-                        help="the per-participant budget (default: beam_pipeline.budget's); 0: none")
+                        help="the per-participant budget (default: lvmass.core.budget's); 0: none")
     parser.add_argument("--no_worst_cases", action="store_true", help="the corpus only")
     parser.add_argument("--only", nargs="*", default=None, help="input names to run (default: all)")
     parser.add_argument("--job_arg", action="append", default=[],
                         help="an argument for every job (default --methods=inlinevf)")
     args = parser.parse_args(argv)
-    from beam_pipeline import budget
+    from lvmass.core import budget
 
     default_mib = budget.MAX_PARTICIPANT_BYTES // budget.MIB
     budget_mib = args.budget_mib if args.budget_mib is not None else default_mib

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_studies as rs
 
-from beam_pipeline import contracts
+from lvmass.core import contracts
 
 HALF_PX = 64
 
@@ -38,7 +38,7 @@ def _crop(
 
 def real_crops(grid_mm: float, per_study: int = 3) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Basal, mid and apical contoured slices of every real study on the grid, with the experts' labels."""
-    from beam_pipeline.tensor import build_image_tensor, build_label_volume
+    from lvmass.core.tensor import build_image_tensor, build_label_volume
 
     out = []
     for real in rs.find_studies():

@@ -38,9 +38,9 @@ from typing import BinaryIO
 import numpy as np
 from matplotlib.path import Path as Polygon
 
-from beam_pipeline import contracts
-from beam_pipeline.geometry import ViewTransform
-from beam_pipeline.study import DecodedStudy
+from lvmass.core import contracts
+from lvmass.core.geometry import ViewTransform
+from lvmass.core.study import DecodedStudy
 
 REPO = Path(__file__).resolve().parent.parent
 # The five studies live beside the repository (the workplace's shared data); one is in the repo's tests.
@@ -201,7 +201,7 @@ def _openers(members: Mapping[str, bytes]) -> dict[str, Callable[[], BinaryIO]]:
 
 def decode_frames(members: Mapping[str, bytes], image_numbers: Sequence[int], source: str) -> DecodedStudy:
     """The pipeline's decode of the given images only (one frame per slice: the ED rule has no choice)."""
-    from beam_pipeline.decode import decode_dicom_members
+    from lvmass.core.decode import decode_dicom_members
 
     chosen = {f"{n}.dcm": members[f"{n}.dcm"] for n in image_numbers}
     return decode_dicom_members(_openers(chosen), source)
@@ -209,7 +209,7 @@ def decode_frames(members: Mapping[str, bytes], image_numbers: Sequence[int], so
 
 def decode_pipeline_frame(source: Path) -> DecodedStudy:
     """The pipeline's decode of the whole zip with its default ED rule (first trigger time)."""
-    from beam_pipeline.decode import decode_participant_zip
+    from lvmass.core.decode import decode_participant_zip
 
     with open(source, "rb") as handle:
         return decode_participant_zip(handle, str(source))

@@ -84,8 +84,8 @@ def run_job(argv: list[str], kill: tuple[str, int, str] | None) -> int:
 
 
 def committed_state(output: Path) -> dict[str, bytes]:
-    from beam_pipeline import ledger
-    from beam_pipeline.summary import summary_json
+    from lvmass.core.summary import summary_json
+    from lvmass.storage import ledger
 
     commit = ledger.read_commit(str(output))
     if commit is None:
@@ -98,7 +98,7 @@ def committed_state(output: Path) -> dict[str, bytes]:
 def check(output: Path, reference: Path, inputs: list[str]) -> list[str]:
     """What is wrong with ``output`` (empty: exactly once, and equal to ``reference``)."""
     from analysis import io as aio
-    from beam_pipeline import ledger
+    from lvmass.storage import ledger
 
     problems = []
     runs = ledger.committed_runs(str(output))

@@ -39,7 +39,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _available_methods() -> list[str]:
     """InlineVF always; the ML4H methods when their bundled SavedModels are present."""
-    from beam_pipeline import contracts
+    from lvmass.core import contracts
 
     models_dir = Path(__file__).resolve().parent.parent / "beam_pipeline" / "models"
     methods = []
@@ -51,8 +51,8 @@ def _available_methods() -> list[str]:
 
 
 def print_method_summary(results_dir: Path) -> None:
-    """The per-method summary: the first of ``beam_pipeline/sql/example_queries.sql``, run by DuckDB."""
-    from beam_pipeline.queries import connect, example_queries
+    """The per-method summary: the first of ``lvmass/storage/sql/example_queries.sql``, run by DuckDB."""
+    from lvmass.storage.queries import connect, example_queries
 
     print(connect(str(results_dir)).sql(example_queries()[0]))
 

@@ -1,7 +1,7 @@
 # BigQuery over the pipeline's Parquet, queried in place: external tables over one run's output
 # (gs://RESULTS_BUCKET/RESULTS_OUTPUT) and a view with one row per participant and instance.
-# The same objects as DDL, and their expected schemas, are generated from beam_pipeline.schema into
-# beam_pipeline/sql/bigquery/ (python -m beam_pipeline.bigquery); the view's query is read from there.
+# The same objects as DDL, and their expected schemas, are generated from lvmass.core.schema into
+# lvmass/storage/sql/bigquery/ (python -m lvmass.storage.bigquery); the view's query is read from there.
 
 locals {
   results_output_uri = "gs://${google_storage_bucket.results.name}/${var.results_output}"
@@ -32,11 +32,11 @@ resource "google_bigquery_table" "results" {
   project             = var.project_id
   dataset_id          = google_bigquery_dataset.lvmass.dataset_id
   table_id            = "lvmass"
-  description         = "Pipeline results: the OUTPUT/lvmass/method=<m>/*.parquet files of the output's last commit (schema: beam_pipeline/sql/bigquery/lvmass.schema.json)."
+  description         = "Pipeline results: the OUTPUT/lvmass/method=<m>/*.parquet files of the output's last commit (schema: lvmass/storage/sql/bigquery/lvmass.schema.json)."
   deletion_protection = false
   labels              = var.labels
 
-  # The files the output's last commit names (beam_pipeline.ledger rewrites the manifest after every
+  # The files the output's last commit names (lvmass.storage.ledger rewrites the manifest after every
   # commit), never a wildcard over files a run is still writing.
   external_data_configuration {
     autodetect         = true
@@ -64,7 +64,7 @@ resource "google_bigquery_table" "errors" {
   project             = var.project_id
   dataset_id          = google_bigquery_dataset.lvmass.dataset_id
   table_id            = "lvmass_errors"
-  description         = "Dead letters: the OUTPUT/errors/*.parquet file of the output's last commit (schema: beam_pipeline/sql/bigquery/lvmass_errors.schema.json)."
+  description         = "Dead letters: the OUTPUT/errors/*.parquet file of the output's last commit (schema: lvmass/storage/sql/bigquery/lvmass_errors.schema.json)."
   deletion_protection = false
   labels              = var.labels
 
@@ -93,7 +93,7 @@ resource "google_bigquery_table" "by_participant" {
   labels              = var.labels
 
   view {
-    query = templatefile("${path.module}/../beam_pipeline/sql/bigquery/lvmass_by_participant.sql", {
+    query = templatefile("${path.module}/../lvmass/storage/sql/bigquery/lvmass_by_participant.sql", {
       project = var.project_id
       dataset = google_bigquery_dataset.lvmass.dataset_id
     })

@@ -178,7 +178,7 @@ def _overlay_too_few_bits(ds: pydicom.Dataset) -> None:
 
 def large_stack_zip(eid: int, *, n_slices: int, rows: int, cols: int, spacing_mm: float) -> bytes:
     """A zip of ``n_slices`` short-axis slices of ``rows`` x ``cols`` pixels (uniform, so it deflates to
-    little): a participant whose decoding would exceed the memory budget (``beam_pipeline.budget``)."""
+    little): a participant whose decoding would exceed the memory budget (``lvmass.core.budget``)."""
     from tests.dicom_factory import stack_frame
 
     g = StackGeometry(rows=rows, cols=cols, pixel_spacing_mm=(spacing_mm, spacing_mm))

@@ -51,14 +51,14 @@ POINTS: dict[str, FaultPoint] = {
                         "measured; before a row reaches the sink"),
     "sink_rename": FaultPoint("os:rename", "a Beam sink moving its temp file to its final name",
                               only_under_output=True),
-    "commit": FaultPoint("beam_pipeline.ledger:commit_run",
+    "commit": FaultPoint("lvmass.storage.ledger:commit_run",
                          "every sink's files final; before the run is read back and committed"),
-    "finalise": FaultPoint("beam_pipeline.ledger:finalise", "the run committed; before the finalise"),
-    "ledger_write": FaultPoint("beam_pipeline.filesystems:_move_into_place",
+    "finalise": FaultPoint("lvmass.storage.ledger:finalise", "the run committed; before the finalise"),
+    "ledger_write": FaultPoint("lvmass.storage.filesystems:_move_into_place",
                                "a ledger file written whole under _tmp/, before it is moved into place "
                                "(run manifest, derived files, _SUCCESS, summary.json, BigQuery manifests)",
                                only_under_output=True),
-    "garbage": FaultPoint("beam_pipeline.filesystems:delete_files",
+    "garbage": FaultPoint("lvmass.storage.filesystems:delete_files",
                           "committed; before files no commit names are deleted"),
 }
 

@@ -1,4 +1,4 @@
-"""NIfTI twins of DICOM studies, written by the tests with nibabel, independent of ``beam_pipeline.nifti``.
+"""NIfTI twins of DICOM studies, written by the tests with nibabel, independent of ``lvmass.core.nifti``.
 
 :func:`nifti_twin` reads a stack of single-frame DICOMs with pydicom and writes the same cine as one 4-D
 NIfTI-1 the way converters do: voxel ``(i, j, k, t)``, ``t`` the frames in TriggerTime order, the affine

@@ -2,7 +2,7 @@
 
 Not a cohort generator (that is ``lvmass.synth``): each example is a stack of concentric disks (LV cavity,
 bright) inside rings (myocardium, dark) on a noisy background, centred zero-padded and z-scored exactly as
-``beam_pipeline.contracts`` prescribes, with the labels and the ring's mass in grams. It lets a test show
+``lvmass.core.contracts`` prescribes, with the labels and the ring's mass in grams. It lets a test show
 that a model learns and that exports agree, in seconds, without DICOMs.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from beam_pipeline import contracts
+from lvmass.core import contracts
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,10 @@ def toy_example(eid: int, *, seed: int = 0, acquired_px: tuple[int, int] = (192,
 
 
 def write_toy_tfrecords(path: str, eids: list[int], *, seed: int = 0) -> list[ToyExample]:
-    """Write phantoms for ``eids`` to one TFRecord file with ``beam_pipeline.tfrecord.encode_example``."""
+    """Write phantoms for ``eids`` to one TFRecord file with ``lvmass.storage.tfrecord.encode_example``."""
     import tensorflow as tf
 
-    from beam_pipeline.tfrecord import encode_example
+    from lvmass.storage.tfrecord import encode_example
 
     made = []
     with tf.io.TFRecordWriter(path) as writer:

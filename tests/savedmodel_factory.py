@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from beam_pipeline import contracts
-from beam_pipeline.model_card import ModelCard
+from lvmass.core import contracts
+from lvmass.core.model_card import ModelCard
 
 
 def band_labels(image: np.ndarray, *, low: float, high: float) -> np.ndarray:
@@ -83,7 +83,7 @@ def save_band_segmenter_with_crops(
     model_dir: Path, *, low: float, high: float, window_margin_px: int | None = None,
     version: str = "band-crop-1",
 ) -> Path:
-    """The band segmenter with ML4H_seg's crop signatures (``beam_pipeline.contracts``): ``serving_crop``
+    """The band segmenter with ML4H_seg's crop signatures (``lvmass.core.contracts``): ``serving_crop``
     (any in-plane crop) and, with ``window_margin_px``, ``serving_window`` (the crop's inner window only),
     named in its card's ``crop_inference`` as ``trainer/export.py`` names them. Labels are a pure function
     of each voxel, so any crop must give exactly the whole field of view's labels."""

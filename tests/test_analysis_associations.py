@@ -13,9 +13,9 @@ from analysis import io as aio
 from analysis import tables
 from analysis.cohort import build_cohort
 from analysis.simulate import simulate_study
-from beam_pipeline.contracts import ALL_METHODS
-from beam_pipeline.schema import DISEASE_COLUMNS
-from beam_pipeline.truth import COHORT_KEY, DISEASE_MODEL_KEY, TRUE_OR_PER_SAMPLE_SD_KEY, TRUTH_LVMI_G_M2
+from lvmass.core.contracts import ALL_METHODS
+from lvmass.core.schema import DISEASE_COLUMNS
+from lvmass.core.truth import COHORT_KEY, DISEASE_MODEL_KEY, TRUE_OR_PER_SAMPLE_SD_KEY, TRUTH_LVMI_G_M2
 
 
 def _draw(n: int, true_or_per_sd: float, seed: int, intercept: float = -1.0) -> dict[str, np.ndarray]:
@@ -131,7 +131,7 @@ class TestTruthRecovery:
         assert recovery["recovered"].all(), recovery
 
     def test_reads_the_generators_own_truth_json_keys(self):
-        # truth.json as lvmass.synth writes it (the key names imported from beam_pipeline.truth): the
+        # truth.json as lvmass.synth writes it (the key names imported from lvmass.core.truth): the
         # disease model's ORs are per SD of its reference population; the cohort section rescales them to
         # the realised cohort's SD, which is what a per-SD model fitted on that cohort estimates.
         parameters = {

@@ -23,9 +23,9 @@ from analysis import io as aio
 from analysis.cohort import build_cohort, mcol
 from analysis.report import main as analyze
 from analysis.simulate import simulate_study, write_results, write_study
-from beam_pipeline.contracts import ALL_METHODS
-from beam_pipeline.phenotypes import read_phenotype_table
-from beam_pipeline.schema import PHENOTYPE_COLUMNS, RESULTS_FILE_SCHEMA, RESULTS_SCHEMA
+from lvmass.core.contracts import ALL_METHODS
+from lvmass.core.phenotypes import read_phenotype_table
+from lvmass.core.schema import PHENOTYPE_COLUMNS, RESULTS_FILE_SCHEMA, RESULTS_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,7 +191,7 @@ class TestReadPhenotypes:
         assert list(frame.columns) == list(PHENOTYPE_COLUMNS) and len(frame) == len(study.phenotypes)
 
     def test_missing_column_and_duplicate_eid(self, study, tmp_path):
-        # only eid and sex are required, as in the pipeline (beam_pipeline.phenotypes): a table without
+        # only eid and sex are required, as in the pipeline (lvmass.core.phenotypes): a table without
         # weight_kg is read with the weight unknown, one without sex is refused
         no_weight = aio.read_phenotypes(self._write(tmp_path, study.phenotypes.drop(columns="weight_kg")))
         assert list(no_weight.columns) == list(PHENOTYPE_COLUMNS) and no_weight["weight_kg"].isna().all()
@@ -449,7 +449,7 @@ def test_analyze_accepts_the_pipelines_per_visit_f_m_table(study, written, tmp_p
 
 
 def test_the_analysis_never_imports_the_generator():
-    """The truth files' names come from beam_pipeline.truth, not from lvmass.synth: the analysis (report,
+    """The truth files' names come from lvmass.core.truth, not from lvmass.synth: the analysis (report,
     readers, Dice) loads no part of the generator."""
     code = (
         "import sys, analysis.report, analysis.io, analysis.labels, analysis.associations; "

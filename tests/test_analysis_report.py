@@ -22,8 +22,8 @@ from analysis import labels as lab
 from analysis.cohort import MANUAL_MASS, build_cohort, method_label
 from analysis.report import main
 from analysis.simulate import simulate_study, write_study
-from beam_pipeline.contracts import ALL_METHODS, LV_CAVITY, MYOCARDIUM
-from beam_pipeline.tensor import build_label_volume
+from lvmass.core.contracts import ALL_METHODS, LV_CAVITY, MYOCARDIUM
+from lvmass.core.tensor import build_label_volume
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ACQUISITION_SHAPE = (41, 36, 9)  # odd rows: the padding's odd remainder goes to the bottom
@@ -43,7 +43,7 @@ def _ring_labels(shape: tuple[int, int, int], shift: int = 0) -> np.ndarray:
 
 
 def _tensor_layout(volume: np.ndarray, slice_start: int | None = None) -> np.ndarray:
-    """A label volume placed as the pipeline places it (``beam_pipeline.tensor.build_label_volume``)."""
+    """A label volume placed as the pipeline places it (``lvmass.core.tensor.build_label_volume``)."""
     return build_label_volume([volume[..., k] for k in range(volume.shape[2])], slice_start=slice_start)
 
 

@@ -11,7 +11,7 @@ import statsmodels.api as sm
 from scipy import stats as sps
 
 from analysis import stats
-from beam_pipeline.contracts import LV_CAVITY, MYOCARDIUM
+from lvmass.core.contracts import LV_CAVITY, MYOCARDIUM
 
 REFERENCE_VALUES = json.loads(
     (Path(__file__).parent / "data" / "analysis" / "reference_values.json").read_text(encoding="utf-8")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from beam_pipeline.identity import base_name
 from beam_pipeline.pipeline import run
+from lvmass.core.identity import base_name
 from tests.bad_inputs import build_corpus
 
 pytestmark = pytest.mark.slow

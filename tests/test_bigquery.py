@@ -2,8 +2,8 @@
 
 No BigQuery is reachable here. What is checked instead:
 
-* the checked-in DDL, JSON schemas and view equal the generator's output (``beam_pipeline.bigquery``);
-* the DDL's column list, read back from the SQL text, matches ``beam_pipeline.schema`` name by name;
+* the checked-in DDL, JSON schemas and view equal the generator's output (``lvmass.storage.bigquery``);
+* the DDL's column list, read back from the SQL text, matches ``lvmass.core.schema`` name by name;
 * files written by the pipeline's own writer (``ledger.parquet_bytes``, what the finalise writes) carry
   the compliant LIST layout, and their Parquet types, converted by BigQuery's documented Parquet rules
   (implemented here independently of the generator), give exactly the JSON schema;
@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipeline import bigquery, contracts, ledger, queries
-from beam_pipeline.measure import results_file_row
-from beam_pipeline.schema import (
+from lvmass.core import contracts
+from lvmass.core.measure import results_file_row
+from lvmass.core.schema import (
     ERRORS_DIRNAME,
     ERRORS_MANIFEST,
     ERRORS_SCHEMA,
@@ -38,6 +38,7 @@ from beam_pipeline.schema import (
     ResultRecord,
     writable_error_row,
 )
+from lvmass.storage import bigquery, ledger, queries
 
 # BigQuery's Parquet conversions (docs: "Loading Parquet data", "Parquet conversions"): physical type and
 # logical annotation -> BigQuery type. Written out here, apart from the generator, so the two are compared.
@@ -143,7 +144,7 @@ def _result_files(output: Path) -> list[Path]:
 
 
 def test_checked_in_artifacts_equal_the_generator():
-    assert bigquery.stale_files() == [], "run: python -m beam_pipeline.bigquery --write"
+    assert bigquery.stale_files() == [], "run: python -m lvmass.storage.bigquery --write"
     assert bigquery.main(["--check"]) == 0
 
 

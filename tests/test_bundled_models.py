@@ -29,8 +29,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beam_pipeline import contracts
-from beam_pipeline.decode import decode_participant_zip
 from beam_pipeline.inference import (
     ModelInput,
     SavedModelHandler,
@@ -38,7 +36,9 @@ from beam_pipeline.inference import (
     read_model_card,
     resolve_model_dir,
 )
-from beam_pipeline.tensor import build_image_tensor, build_label_volume
+from lvmass.core import contracts
+from lvmass.core.decode import decode_participant_zip
+from lvmass.core.tensor import build_image_tensor, build_label_volume
 
 KINDS = (contracts.MODEL_KIND_SEG, contracts.MODEL_KIND_REG)
 EVALUATION = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "model_evaluation.json"

@@ -6,8 +6,8 @@ import json
 import pyarrow as pa
 import pytest
 
-from beam_pipeline import contracts, schema
-from beam_pipeline.model_card import ModelCard
+from lvmass.core import contracts, schema
+from lvmass.core.model_card import ModelCard
 
 
 def _python_type_of(field_type: str) -> str:

@@ -8,8 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from beam_pipeline import contracts
-from beam_pipeline.decode import (
+from lvmass.core import contracts
+from lvmass.core.decode import (
     DecodeStats,
     choose_ed_frame,
     decode_dicom_members,
@@ -17,7 +17,7 @@ from beam_pipeline.decode import (
     header_info,
     parse_ukbb_zip_name,
 )
-from beam_pipeline.study import DecodeError
+from lvmass.core.study import DecodeError
 from tests import dicom_factory as fac
 
 URI = "gs://bucket/20209/"
@@ -431,9 +431,9 @@ class TestSyntheticCohort:
     def test_lite_zips_match_truth(self, synth, tmp_path_factory):
         import csv
 
-        from beam_pipeline.mass import measure_label_volume
-        from beam_pipeline.overlay import inlinevf_labels
-        from beam_pipeline.tensor import build_label_volume
+        from lvmass.core.mass import measure_label_volume
+        from lvmass.core.overlay import inlinevf_labels
+        from lvmass.core.tensor import build_label_volume
 
         paths = synth.generate_cohort(
             tmp_path_factory.mktemp("cohort"), participants=4, seed=7, fidelity="lite"

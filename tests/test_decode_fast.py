@@ -1,6 +1,6 @@
 """The fast decoder reads less and decodes exactly the same.
 
-Every decode strategy (``beam_pipeline.decode.STRATEGIES``) must give the same ``DecodedStudy`` (bit-identical
+Every decode strategy (``lvmass.core.decode.STRATEGIES``) must give the same ``DecodedStudy`` (bit-identical
 images and outlines, the same geometry, descriptions and flags) as ``scan_all_headers``, the decoder's path
 before the minimal tag reader and the trusted UK Biobank layout, kept as the reference. Checked on the
 synthetic cohorts with each real-world defect, on factory zips in the UK Biobank order (where the trusted
@@ -22,8 +22,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from beam_pipeline import dicom_headers as dh
-from beam_pipeline.decode import (
+from lvmass.core import dicom_headers as dh
+from lvmass.core.decode import (
     STRATEGIES,
     DecodeStats,
     _HeaderReader,
@@ -31,8 +31,8 @@ from beam_pipeline.decode import (
     decode_participant_zip,
     header_info,
 )
-from beam_pipeline.study import DecodeError
-from beam_pipeline.zip_members import StreamMembers
+from lvmass.core.study import DecodeError
+from lvmass.core.zip_members import StreamMembers
 from tests import dicom_factory as fac
 from tests.test_real_data import REAL_ZIP
 
@@ -172,7 +172,7 @@ class TestSyntheticCohorts:
         assert fast.bytes_read < reference.bytes_read
 
     def test_same_tensors_and_inlinevf_masses(self, synth_zips):
-        from beam_pipeline.measure import measure_inlinevf, participant_from_study
+        from lvmass.core.measure import measure_inlinevf, participant_from_study
 
         _, name, data = synth_zips[0]
         results = decode_each(data, name)

@@ -23,10 +23,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from beam_pipeline import budget
-from beam_pipeline import decode as decode_module
-from beam_pipeline.decode import STRATEGIES, DecodeStats, decode_participant_zip
-from beam_pipeline.study import DecodeError
+from lvmass.core import budget
+from lvmass.core import decode as decode_module
+from lvmass.core.decode import STRATEGIES, DecodeStats, decode_participant_zip
+from lvmass.core.study import DecodeError
 from tests import dicom_factory as fac
 
 ZIP_URI = "gs://bucket/20209/1000001_20209_2_0.zip"
@@ -240,7 +240,7 @@ class TestMessages:
         described = [(n, "CINE_segmented_SAX_InlineVF" if n.startswith("vf")
                       else f"CINE_segmented_SAX_b{n[1]}") for n in members]
         stats = DecodeStats()
-        with caplog.at_level(logging.WARNING, logger="beam_pipeline.decode"):
+        with caplog.at_level(logging.WARNING, logger="lvmass.core.decode"):
             study = decode(with_manifest(members, fac.manifest_text(described).encode()), strategy=strategy,
                            stats=stats)
         assert [o is None for o in study.outlines] == [False, False, True, False, False, False]
@@ -253,7 +253,7 @@ class TestMessages:
 
 def test_zip_members_read_within_limits():
     """The member reader itself: whole members checked against size and CRC, prefixes bounded."""
-    from beam_pipeline.zip_members import MemberError, ZipMembers
+    from lvmass.core.zip_members import MemberError, ZipMembers
 
     payload = np.arange(50_000, dtype=np.uint16).tobytes()
     data = fac.zip_members({"a.bin": payload, "b.bin": b"x" * 10}, compression=zipfile.ZIP_DEFLATED)
@@ -274,7 +274,7 @@ def test_zip_members_read_within_limits():
 
 
 class TestParticipantBudget:
-    """A participant whose chosen frames would take more memory than its budget (``beam_pipeline.budget``)
+    """A participant whose chosen frames would take more memory than its budget (``lvmass.core.budget``)
     is refused from its headers, before a pixel is read, naming the input, the frames and the largest
     member; the members themselves are all under the per-member cap."""
 

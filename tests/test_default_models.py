@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beam_pipeline import contracts
 from beam_pipeline.inference import SavedModelHandler, bundled_model_dir, read_model_card
+from lvmass.core import contracts
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -97,7 +97,7 @@ def test_regressor_on_the_real_study_is_what_was_recorded(er):
 def test_segmenter_crop_gives_the_whole_field_of_views_mass():
     """The heart-centred crop and window (the default) against the whole field of view, on the real study:
     the same LV, to a few boundary voxels."""
-    from beam_pipeline.measure import participant_from_study
+    from lvmass.core.measure import participant_from_study
 
     rs = _load("real_studies")
     [real] = rs.find_studies(DATA)

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from beam_pipeline import contracts
 from beam_pipeline.inference import bundled_model_dir
-from beam_pipeline.queries import connect
 from lvmass import demo
+from lvmass.core import contracts
+from lvmass.storage.queries import connect
 
 pytestmark = pytest.mark.slow
 

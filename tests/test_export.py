@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis import export
-from beam_pipeline.schema import RESULTS_DIRNAME, RESULTS_FILE_SCHEMA, RESULTS_SCHEMA
 from lvmass import cli
+from lvmass.core.schema import RESULTS_DIRNAME, RESULTS_FILE_SCHEMA, RESULTS_SCHEMA
 
 UKB_EID = 1000001  # imaged at visits 2 and 3; every method at 2, ML4H_seg only at 3
 UKB_EID_2 = 1000002  # visit 2, ML4H_seg and ML4H_reg

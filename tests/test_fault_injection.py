@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 
 from analysis import io as aio
-from beam_pipeline import ledger
 from beam_pipeline.pipeline import run
-from beam_pipeline.schema import RUNS_DIRNAME, SUMMARY_FILENAME
-from beam_pipeline.summary import summary_json
+from lvmass.core.schema import RUNS_DIRNAME, SUMMARY_FILENAME
+from lvmass.core.summary import summary_json
+from lvmass.storage import ledger
 from tests.dicom_factory import ukbb_participant_zip
 from tests.fault_injection import POINTS, SIGNALS
 

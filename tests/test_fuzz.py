@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beam_pipeline.decode import decode_participant_zip
-from beam_pipeline.measure import participant_from_study
+from lvmass.core.decode import decode_participant_zip
+from lvmass.core.measure import participant_from_study
 from tests.dicom_factory import StackGeometry, ukbb_participant_zip
 
 URI = "mem://fuzz/1000001_20209_2_0.zip"

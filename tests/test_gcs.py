@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis import io as aio
-from beam_pipeline import contracts, filesystems
 from beam_pipeline.pipeline import run
-from beam_pipeline.schema import ERRORS_SCHEMA, RESULTS_FILE_SCHEMA
+from lvmass.core import contracts
+from lvmass.core.schema import ERRORS_SCHEMA, RESULTS_FILE_SCHEMA
+from lvmass.storage import filesystems
 from tests.dicom_factory import ukbb_participant_zip
 
 BUCKET = "lvmass-test"
@@ -125,7 +126,7 @@ def test_pyarrow_reads_a_hive_dataset_through_filesystems(gcs):
 
 def test_the_analysis_reads_the_pipelines_gs_output(gcs):
     """The pipeline writes gs://, the analysis reads it back (results as a hive dataset, phenotypes with
-    the pipeline's reader), both through beam_pipeline.filesystems."""
+    the pipeline's reader), both through lvmass.storage.filesystems."""
     for eid, seed in ((1000001, 1), (1000002, 2)):
         z = ukbb_participant_zip(eid, n_slices=8, seed=seed)
         gcs.blob(f"20209/{z.name}").upload_from_string(z.data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from beam_pipeline import geometry
+from lvmass.core import geometry
 from tests.dicom_factory import StackGeometry
 
 

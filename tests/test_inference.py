@@ -13,13 +13,13 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that
 
-from beam_pipeline import contracts
 from beam_pipeline.inference import (
     ModelInput,
     SavedModelHandler,
     read_model_card,
     resolve_model_dir,
 )
+from lvmass.core import contracts
 from tests.savedmodel_factory import band_labels, band_mass_g, save_band_regressor, save_band_segmenter
 
 LOW, HIGH = 0.5, 1.5
@@ -193,7 +193,7 @@ class TestBatchSizeFromTheCards:
 
     @staticmethod
     def _card(kind, peak_mb, per_example_mb):
-        from beam_pipeline.model_card import ModelCard
+        from lvmass.core.model_card import ModelCard
 
         return ModelCard(kind=kind, version="m", inference_memory={"peak_mb": peak_mb,
                                                                   "per_example_mb": per_example_mb})
@@ -211,7 +211,7 @@ class TestBatchSizeFromTheCards:
         assert batch_size_for_memory([]) is None
 
     def test_card_fields_are_checked(self):
-        from beam_pipeline.model_card import ModelCard
+        from lvmass.core.model_card import ModelCard
 
         with pytest.raises(ValueError, match="inference_memory needs peak_mb > 0 and per_example_mb > 0"):
             self._card(contracts.MODEL_KIND_SEG, 1500.0, 0.0)

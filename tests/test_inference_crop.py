@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beam_pipeline import contracts
 from beam_pipeline.inference import (
     CROP_MARGIN_PX,
     CROP_PX,
@@ -30,7 +29,8 @@ from beam_pipeline.inference import (
     lv_box,
     window_around,
 )
-from beam_pipeline.model_card import ModelCard
+from lvmass.core import contracts
+from lvmass.core.model_card import ModelCard
 from tests.crop_policy import GRID, HIGH, LOW, REAL_STUDY, heart_image, participant_tensor, segment
 from tests.savedmodel_factory import band_labels, save_band_segmenter_with_crops
 
@@ -178,7 +178,7 @@ def _check_crop_equals_whole(cropped, whole, gap, *, spacing_mm):
     """Every voxel whose label the crop changed is either a coin toss of the whole field (its two most
     likely classes within NEAR_TIE; at most 3 voxels, 0.036 g each) or one the crop left as background at
     least CROP_MARGIN_PX (60 mm) from the LV. Returns the mass (g) of those dropped far labels."""
-    from beam_pipeline.mass import measure_label_volume
+    from lvmass.core.mass import measure_label_volume
 
     differ = cropped != whole
     tie = gap < NEAR_TIE

@@ -17,7 +17,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from beam_pipeline import contracts
 from beam_pipeline.inference import (
     CROP_PX,
     ModelInput,
@@ -25,6 +24,7 @@ from beam_pipeline.inference import (
     Window,
     lv_hint_box,
 )
+from lvmass.core import contracts
 from tests.crop_policy import (
     GRID,
     HIGH,

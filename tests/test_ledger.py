@@ -1,4 +1,4 @@
-"""The output folder's ledger (``beam_pipeline.ledger``) and the derivation (``beam_pipeline.derive``), as
+"""The output folder's ledger (``lvmass.storage.ledger``) and the derivation (``lvmass.core.derive``), as
 plain functions over real files: runs are staged, read back, committed and finalised without Beam.
 
 What is checked: a run whose files lack rows is not committed; the facts round-trip exactly; derived
@@ -17,11 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis import io as aio
-from beam_pipeline import PIPELINE_VERSION, contracts, ledger, queries
-from beam_pipeline.derive import DerivationSettings, measurement_from_row, measurement_row
-from beam_pipeline.measure import Measurement
-from beam_pipeline.phenotypes import Phenotype, PhenotypeTable
-from beam_pipeline.schema import ERRORS_SCHEMA, MEASUREMENTS_SCHEMA, SUCCESS_FILENAME, ErrorRecord
+from lvmass.core import contracts
+from lvmass.core.contracts import PIPELINE_VERSION
+from lvmass.core.derive import DerivationSettings, measurement_from_row, measurement_row
+from lvmass.core.measure import Measurement
+from lvmass.core.phenotypes import Phenotype, PhenotypeTable
+from lvmass.core.schema import ERRORS_SCHEMA, MEASUREMENTS_SCHEMA, SUCCESS_FILENAME, ErrorRecord
+from lvmass.storage import ledger, queries
 
 SETTINGS = ledger.FinaliseSettings(
     mode="infer", result_methods=(contracts.METHOD_INLINEVF, contracts.METHOD_INLINEVF_RECALIBRATED),

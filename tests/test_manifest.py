@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from beam_pipeline.manifest import ManifestError, is_manifest_name, parse_manifest, series_descriptions
+from lvmass.core.manifest import ManifestError, is_manifest_name, parse_manifest, series_descriptions
 from tests.dicom_factory import manifest_text
 
 HEADER9 = "filename,patientid,studyid,studydescription,date,seriesid,series discription,aet,host"
@@ -104,7 +104,7 @@ class TestUnusableManifests:
             parse_manifest(text, source="z")
 
     def test_csv_errors(self, monkeypatch):
-        from beam_pipeline import manifest
+        from lvmass.core import manifest
 
         monkeypatch.setattr(manifest, "MAX_LINE_CHARS", 10**7)  # let the CSV reader meet the long field
         text = "filename,series discription\n" + "a.dcm," + "x" * 200_000 + "\n"

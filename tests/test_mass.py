@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from beam_pipeline import contracts
-from beam_pipeline.mass import (
+from lvmass.core import contracts
+from lvmass.core.mass import (
     SexCentering,
     bsa_dubois_m2,
     fit_sex_centering,

@@ -26,8 +26,8 @@ import h5py
 import numpy as np
 import pytest
 
-from beam_pipeline import contracts
 from lvmass import cli
+from lvmass.core import contracts
 from tests.ml4h_standin import INPUT_NAME, OUTPUT_NAME, legacy_keras_model, write_standin
 from trainer import ml4h_arch, ml4h_h5, ml4h_import, ml4h_match
 
@@ -131,8 +131,8 @@ class TestImport:
 def run(paper):
     """One synthetic participant through ``lvmass run`` with the imported model on the whole field of
     view, and the tensor the pipeline built for it (its own decode and tensor functions, acquired grid)."""
-    from beam_pipeline.decode import decode_participant_zip
-    from beam_pipeline.measure import participant_from_study
+    from lvmass.core.decode import decode_participant_zip
+    from lvmass.core.measure import participant_from_study
     from lvmass.synth import generate_cohort
 
     root = paper["root"]

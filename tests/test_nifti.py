@@ -1,4 +1,4 @@
-"""NIfTI in and out (``beam_pipeline.nifti``, ``beam_pipeline.acquisition``): files written here with nibabel,
+"""NIfTI in and out (``lvmass.core.nifti``, ``lvmass.core.acquisition``): files written here with nibabel,
 of known geometry (oblique, mirrored, transposed, apex first), decoded to the same study as their DICOM
 twins; every bad file a DecodeError naming it and the reason; label and image volumes written on the
 acquisition grid and mapped back onto the decoded slices through their affine."""
@@ -12,14 +12,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from beam_pipeline import acquisition, contracts
-from beam_pipeline.decode import DecodeStats, decode_dicom_members, decode_participant_file
-from beam_pipeline.geometry import APEX_DIRECTION_LPS
-from beam_pipeline.identity import input_key, parse_input_name
-from beam_pipeline.measure import acquisition_label_volume, participant_from_study
-from beam_pipeline.nifti import decode_nifti, image_volume, nifti_bytes, read_nifti_volume, voxel_volume_ml
-from beam_pipeline.study import DecodeError
-from beam_pipeline.tensor import build_label_volume
+from lvmass.core import acquisition, contracts
+from lvmass.core.decode import DecodeStats, decode_dicom_members, decode_participant_file
+from lvmass.core.geometry import APEX_DIRECTION_LPS
+from lvmass.core.identity import input_key, parse_input_name
+from lvmass.core.measure import acquisition_label_volume, participant_from_study
+from lvmass.core.nifti import decode_nifti, image_volume, nifti_bytes, read_nifti_volume, voxel_volume_ml
+from lvmass.core.study import DecodeError
+from lvmass.core.tensor import build_label_volume
 from tests.dicom_factory import StackGeometry, any_vendor_members, mr_dicom
 from tests.nifti_factory import LAYOUTS, LPS_RAS, nifti_twin, plain_nifti
 

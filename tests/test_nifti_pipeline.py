@@ -25,10 +25,10 @@ from PIL import Image
 
 from analysis.labels import to_acquisition_grid
 from analysis.qc_gallery import PARTICIPANTS_HTML, write_gallery
-from beam_pipeline import acquisition, contracts, label_files
-from beam_pipeline.decode import decode_participant_zip
-from beam_pipeline.nifti import read_nifti_volume, voxel_volume_ml
 from beam_pipeline.pipeline import run
+from lvmass.core import acquisition, contracts, label_files
+from lvmass.core.decode import decode_participant_zip
+from lvmass.core.nifti import read_nifti_volume, voxel_volume_ml
 from tests.nifti_factory import nifti_twin, plain_nifti
 from tests.savedmodel_factory import save_band_regressor, save_band_segmenter
 

@@ -8,9 +8,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from beam_pipeline import contracts
-from beam_pipeline.overlay import inlinevf_labels, outline_to_labels, overlay_outline, unit_disk
-from beam_pipeline.study import DecodedStudy
+from lvmass.core import contracts
+from lvmass.core.overlay import inlinevf_labels, outline_to_labels, overlay_outline, unit_disk
+from lvmass.core.study import DecodedStudy
 from tests.dicom_factory import circle_outline, plain_frame, ring_outline
 
 
@@ -199,14 +199,14 @@ class TestInlinevfLabels:
 
 def ml4h_unit_disk(r: float) -> np.ndarray:
     """ml4h's ``_unit_disk`` (ml4h/tensorize/tensor_writer_ukbb.py) verbatim, ``np.int`` aside: written
-    here, not imported from ``beam_pipeline.overlay``, so the reference below shares no code with ours."""
+    here, not imported from ``lvmass.core.overlay``, so the reference below shares no code with ours."""
     y, x = np.ogrid[-r : r + 1, -r : r + 1]
     return (x**2 + y**2 <= r**2).astype(int)
 
 
 def ml4h_reference_labels(outline: np.ndarray) -> np.ndarray:
     """ml4h's _get_overlay_from_dicom morphology verbatim (scipy.ndimage on the full image, ml4h's own
-    disk): nothing of ``beam_pipeline.overlay`` enters it."""
+    disk): nothing of ``lvmass.core.overlay`` enters it."""
     from scipy.ndimage import binary_closing, binary_erosion
 
     idx = np.where(outline == 1)

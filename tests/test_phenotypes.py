@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipeline.phenotypes import (
+from lvmass.core.phenotypes import (
     Phenotype,
     parse_sex,
     phenotype_table_from_frame,
@@ -17,7 +17,7 @@ from beam_pipeline.phenotypes import (
     read_phenotype_table,
     read_phenotypes,
 )
-from beam_pipeline.schema import PHENOTYPE_COLUMNS
+from lvmass.core.schema import PHENOTYPE_COLUMNS
 
 
 def frame() -> pd.DataFrame:

@@ -19,11 +19,11 @@ import pydicom
 import pytest
 from matplotlib.path import Path as Polygon
 
-from beam_pipeline import contracts
-from beam_pipeline.decode import decode_dicom_members
-from beam_pipeline.mass import measure_label_volume
-from beam_pipeline.study import DecodedStudy
-from beam_pipeline.tensor import (
+from lvmass.core import contracts
+from lvmass.core.decode import decode_dicom_members
+from lvmass.core.mass import measure_label_volume
+from lvmass.core.study import DecodedStudy
+from lvmass.core.tensor import (
     build_image_tensor,
     build_label_volume,
     resample_slice,

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 
-from beam_pipeline import contracts
 from beam_pipeline.pipeline import ConfigError, fallback_centering, main, parse_args, run
-from beam_pipeline.schema import ERRORS_SCHEMA, RESULTS_FILE_SCHEMA, RESULTS_SCHEMA
+from lvmass.core import contracts
+from lvmass.core.schema import ERRORS_SCHEMA, RESULTS_FILE_SCHEMA, RESULTS_SCHEMA
 from tests.dicom_factory import ukbb_participant_zip
 from tests.savedmodel_factory import save_band_regressor, save_band_segmenter
 
@@ -223,7 +223,7 @@ def test_parquet_schema_is_the_documented_one(e2e):
 
 
 def test_example_sql_runs(e2e):
-    from beam_pipeline.queries import connect, example_queries
+    from lvmass.storage.queries import connect, example_queries
 
     con = connect(str(e2e["out"]))
     statements = example_queries(SQL_FILE)
@@ -406,7 +406,7 @@ class TestCalibrationSources:
 def test_saved_label_volumes_are_the_ones_measured(e2e):
     """--save_labels writes one tensor-layout label volume per participant for ML4H_seg and InlineVF,
     and measuring the saved volume gives back the mass in the Parquet."""
-    from beam_pipeline.mass import measure_label_volume
+    from lvmass.core.mass import measure_label_volume
 
     table = results(e2e["out"])
     rows = {(r[0], r[1]): r[2] for r in duckdb.sql(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from beam_pipeline import contracts
-from beam_pipeline.overlay import inlinevf_labels
-from beam_pipeline.qc import (
+from lvmass.core import contracts
+from lvmass.core.overlay import inlinevf_labels
+from lvmass.core.qc import (
     geometry_qc_flags,
     inlinevf_qc_flags,
     label_qc_flags,
@@ -16,7 +16,7 @@ from beam_pipeline.qc import (
     qc_pass,
     study_qc_flags,
 )
-from beam_pipeline.study import DecodedStudy
+from lvmass.core.study import DecodedStudy
 from tests.dicom_factory import circle_outline, ring_outline
 
 N = 64

@@ -19,7 +19,7 @@ from analysis.qc_order import DISAGREEMENT_FRACTION, disagreement_threshold, rev
 from analysis.qc_pictures import ENDOCARDIUM_RGB, EPICARDIUM_RGB, TILE_PX, border, slice_mosaic
 from analysis.report import main as analyze
 from analysis.simulate import simulate_study, write_study
-from beam_pipeline.contracts import LV_CAVITY, MYOCARDIUM
+from lvmass.core.contracts import LV_CAVITY, MYOCARDIUM
 
 
 def _rows(pid: str, masses: dict[str, float | None], *, sex: str = "male", failing: str | None = None,

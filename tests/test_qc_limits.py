@@ -7,10 +7,10 @@ import io
 
 import pytest
 
-from beam_pipeline import contracts
-from beam_pipeline.measure import Measurement, calibrate
-from beam_pipeline.phenotypes import Phenotype, read_phenotype_table
-from beam_pipeline.qc import body_size_plausible, lvmi_qc_flags, pixel_spacing_qc_flags, qc_pass
+from lvmass.core import contracts
+from lvmass.core.measure import Measurement, calibrate
+from lvmass.core.phenotypes import Phenotype, read_phenotype_table
+from lvmass.core.qc import body_size_plausible, lvmi_qc_flags, pixel_spacing_qc_flags, qc_pass
 
 
 def measurement(raw: float = 120.0, method: str = contracts.METHOD_ML4H_REG) -> Measurement:
@@ -37,7 +37,7 @@ class TestPixelSpacing:
 class TestCalibratedValues:
     def test_a_calibrated_mass_at_or_below_zero_fails_qc(self):
         """Sex centering can push a tiny raw mass below zero: the calibrated value is checked too."""
-        from beam_pipeline.mass import SexCentering
+        from lvmass.core.mass import SexCentering
 
         centering = SexCentering(offsets_g={"male": -50.0, "female": -50.0}, source="run")
         phenotype = Phenotype(eid=1, sex="male", height_cm=175.0, weight_kg=75.0)
@@ -88,7 +88,7 @@ class TestTrueAnatomyModels:
         assert inlinevf_recipe.lv_mass_g is None
 
     def test_still_centred_when_the_run_has_manual_masses(self):
-        from beam_pipeline.mass import SexCentering
+        from lvmass.core.mass import SexCentering
 
         centering = SexCentering(offsets_g={"male": -10.0, "female": -5.0}, source="run")
         phenotype = Phenotype(eid=1, sex="male", height_cm=180.0, weight_kg=80.0)

@@ -20,11 +20,11 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from beam_pipeline import contracts
-from beam_pipeline.decode import decode_dicom_members, decode_participant_zip
-from beam_pipeline.identity import participant_identity
 from beam_pipeline.pipeline import run
-from beam_pipeline.study import DecodeError
+from lvmass.core import contracts
+from lvmass.core.decode import decode_dicom_members, decode_participant_zip
+from lvmass.core.identity import participant_identity
+from lvmass.core.study import DecodeError
 
 REAL_ZIP = Path(__file__).parent / "data" / "real_cmr" / "SCD0000501.zip"
 REAL_ID = "SCD0000501"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beam_pipeline import contracts
+from lvmass.core import contracts
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "real_cmr"
@@ -95,7 +95,7 @@ class TestScoring:
         is what a 1.37 mm acquisition keeps through a coarser grid and back), mass within 2%, a ring on
         every contoured slice. Bugs caught: a slice or view mismatch between the decode and the contours,
         a wrong grid, a mass on the wrong slices."""
-        from beam_pipeline.tensor import build_label_volume
+        from lvmass.core.tensor import build_label_volume
 
         study = expert.study
         rows, cols = study.images[0].shape

@@ -18,7 +18,6 @@ import pyarrow.dataset as pads
 import pydicom
 import pytest
 
-from beam_pipeline import contracts
 from beam_pipeline.inference import ModelInput, SavedModelHandler, bundled_model_dir
 from beam_pipeline.pipeline import (
     EXIT_BAD_OPTIONS,
@@ -28,7 +27,8 @@ from beam_pipeline.pipeline import (
     main,
     run,
 )
-from beam_pipeline.schema import SUCCESS_FILENAME, SUMMARY_FILENAME
+from lvmass.core import contracts
+from lvmass.core.schema import SUCCESS_FILENAME, SUMMARY_FILENAME
 from tests.dicom_factory import StackGeometry, ukbb_participant_zip
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from beam_pipeline import contracts
+from lvmass.core import contracts
 from lvmass.synth import slice_image as si
 from lvmass.synth import slice_scene as ss
 

@@ -20,9 +20,9 @@ import pydicom
 import pytest
 from scipy import ndimage
 
-from beam_pipeline.contracts import LABEL_MAP, LV_CAVITY, MYOCARDIAL_DENSITY_G_PER_ML, MYOCARDIUM
-from beam_pipeline.schema import PHENOTYPE_COLUMNS
-from beam_pipeline.truth import (
+from lvmass.core.contracts import LABEL_MAP, LV_CAVITY, MYOCARDIAL_DENSITY_G_PER_ML, MYOCARDIUM
+from lvmass.core.schema import PHENOTYPE_COLUMNS
+from lvmass.core.truth import (
     COHORT_KEY,
     DISEASE_MODEL_KEY,
     TRUE_OR_PER_SAMPLE_SD_KEY,
@@ -439,7 +439,7 @@ def test_a_non_empty_folder_is_refused_unless_overwrite(tmp_path):
 
 
 def test_truth_files_follow_the_truth_contract(cohort):
-    """The generator writes the truth files that beam_pipeline.truth names and the analysis reads them
+    """The generator writes the truth files that lvmass.core.truth names and the analysis reads them
     back by the same names: truth.csv's required columns, truth.json's true odds ratios, truth_labels/
     per (eid, instance)."""
     from analysis import io as aio

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 
-from beam_pipeline.mass import bsa_dubois_m2
+from lvmass.core.mass import bsa_dubois_m2
 from lvmass.synth.anatomy import build_anatomy, continuous_myocardium_volume_ml, plane_areas_mm2
 from lvmass.synth.population import (
     AGE_MEAN_Y,
@@ -46,7 +46,7 @@ def test_population_matches_table_1(population):
 
 
 def test_bsa_is_the_pipelines_dubois(population):
-    # one definition (beam_pipeline.mass): the population's BSA, which sizes the heart, is the pipeline's
+    # one definition (lvmass.core.mass): the population's BSA, which sizes the heart, is the pipeline's
     assert bsa_dubois_m2(180.0, 80.0) == pytest.approx(0.007184 * 80**0.425 * 180**0.725)
     for p in population[:50]:
         assert p.bsa_m2 == pytest.approx(bsa_dubois_m2(p.height_cm, p.weight_kg), rel=1e-12)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from beam_pipeline import contracts
+from lvmass.core import contracts
 from trainer.slice_stream import ExampleStream, StreamConfig
 
 TINY_STREAM = StreamConfig(seed=5, crop_px=32, batch_size=2, uses=2)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from beam_pipeline import contracts
-from beam_pipeline.study import DecodedStudy
-from beam_pipeline.tensor import build_image_tensor, build_label_volume, pad_or_crop_slice, slice_window_start
+from lvmass.core import contracts
+from lvmass.core.study import DecodedStudy
+from lvmass.core.tensor import build_image_tensor, build_label_volume, pad_or_crop_slice, slice_window_start
 
 
 def study_of(images, outlines=None, spacing=(1.8, 1.9), slice_mm=10.0) -> DecodedStudy:
@@ -116,7 +116,7 @@ class TestBuildImageTensor:
         """``n_slots=None`` (a per-slice model): all 15 slices, in order, z-scored over all of them, no
         padding slot and no truncation flag; the labels are placed alike. Bug caught: apical slices lost
         past 13."""
-        from beam_pipeline.tensor import build_label_volume
+        from lvmass.core.tensor import build_label_volume
 
         images = [np.full((20, 20), float(k), np.float32) + np.eye(20, dtype=np.float32) for k in range(15)]
         tensor = build_image_tensor(study_of(images, [None] * 15), n_slots=None)
@@ -190,7 +190,7 @@ class TestUnplaceLabelVolume:
         [((192, 208, 9), 0), ((41, 36, 5), 0), ((203, 197, 15), 2), ((260, 250, 4), 0)],
     )
     def test_round_trip(self, shape, slice_start):
-        from beam_pipeline.tensor import unplace_label_volume
+        from lvmass.core.tensor import unplace_label_volume
 
         rng = np.random.default_rng(sum(shape))
         acquired = rng.integers(0, contracts.NUM_CLASSES, size=shape).astype(np.uint8)
@@ -211,7 +211,7 @@ class TestUnplaceLabelVolume:
         np.testing.assert_array_equal(again, volume)
 
     def test_rejects_bad_arguments(self):
-        from beam_pipeline.tensor import unplace_label_volume
+        from lvmass.core.tensor import unplace_label_volume
 
         volume = np.zeros(contracts.LABEL_VOLUME_SHAPE, np.uint8)
         with pytest.raises(ValueError, match=r"slice_start 4 outside 0..3"):

@@ -7,10 +7,10 @@ import io
 import numpy as np
 import pytest
 
-from beam_pipeline import contracts
-from beam_pipeline.decode import decode_participant_zip
 from beam_pipeline.pipeline import run
-from beam_pipeline.tfrecord import parse_example, record_dataset
+from lvmass.core import contracts
+from lvmass.core.decode import decode_participant_zip
+from lvmass.storage.tfrecord import parse_example, record_dataset
 from tests.dicom_factory import FactoryZip, StackGeometry, ukbb_participant_zip
 from tests.test_overlay import ml4h_reference_labels
 
@@ -114,8 +114,9 @@ def test_tensorize_writes_parseable_examples(tmp_path):
 def test_n_slices_is_the_slices_in_the_tensor():
     """The TFRecord's n_slices counts the slices placed in the 13-slot tensor (what the trainer masks
     by), not the acquired ones: 15 acquired -> 13."""
-    from beam_pipeline.measure import participant_from_study, tfrecord_bytes
-    from beam_pipeline.phenotypes import Phenotype
+    from lvmass.core.measure import participant_from_study
+    from lvmass.core.phenotypes import Phenotype
+    from lvmass.storage.tfrecord import tfrecord_bytes
 
     z = ukbb_participant_zip(1000015, n_slices=15, n_phases=2, seed=15)
     study = decode_participant_zip(io.BytesIO(z.data), z.name)

@@ -14,8 +14,8 @@ from typing import Any
 import hcl2
 import pytest
 
-from beam_pipeline import bigquery
-from beam_pipeline.schema import ERRORS_MANIFEST, RESULTS_MANIFEST, RESULTS_PARTITION_COLUMNS
+from lvmass.core.schema import ERRORS_MANIFEST, RESULTS_MANIFEST, RESULTS_PARTITION_COLUMNS
+from lvmass.storage import bigquery
 
 ROOT = Path(__file__).resolve().parents[1]
 TERRAFORM = ROOT / "terraform"

@@ -9,8 +9,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from beam_pipeline import contracts  # noqa: E402
-from beam_pipeline.tfrecord import decode_example, encode_example, feature_spec, parse_example  # noqa: E402
+from lvmass.core import contracts  # noqa: E402
+from lvmass.storage.tfrecord import decode_example, encode_example, feature_spec, parse_example  # noqa: E402
 
 
 def _volume(seed: int) -> tuple[np.ndarray, np.ndarray]:

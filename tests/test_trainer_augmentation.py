@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from beam_pipeline import contracts
+from lvmass.core import contracts
 from trainer import portable
 from trainer.augmentation import AugmentConfig, augment_crop, augment_volume, example_rng
 

@@ -9,7 +9,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from beam_pipeline import contracts  # noqa: E402
+from lvmass.core import contracts  # noqa: E402
 from tests.phantom import toy_example  # noqa: E402
 from trainer import models  # noqa: E402
 

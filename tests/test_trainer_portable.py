@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from beam_pipeline import contracts
-from beam_pipeline.decode import decode_participant_zip
 from beam_pipeline.inference import ModelInput, SavedModelHandler
-from beam_pipeline.model_card import ModelCard
+from lvmass.core import contracts
+from lvmass.core.decode import decode_participant_zip
+from lvmass.core.model_card import ModelCard
 from trainer import models, portable
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def cohorts(tmp_path_factory):
 
 
 def test_examples_are_the_pipelines_tensors_and_inlinevf_labels(cohorts):
-    from beam_pipeline.measure import participant_from_study
+    from lvmass.core.measure import participant_from_study
 
     _, train, _ = cohorts
     path = sorted(train.zips_dir.glob("41000*_20209_2_0.zip"))[0]

@@ -10,7 +10,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from beam_pipeline import contracts  # noqa: E402
+from lvmass.core import contracts  # noqa: E402
 from tests.phantom import toy_example, write_toy_tfrecords  # noqa: E402
 from trainer import augmentation, data, task  # noqa: E402
 from trainer.export import load_card  # noqa: E402

@@ -19,31 +19,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipeline import PIPELINE_VERSION, contracts
-from beam_pipeline.dead_letters import error_record
-from beam_pipeline.decode import decode_dicom_members, decode_participant_zip
-from beam_pipeline.identity import participant_ids
 from beam_pipeline.inference import SavedModelHandler
-from beam_pipeline.mass import SexCentering
-from beam_pipeline.measure import (
-    Measurement,
-    apply_p90,
-    calibrate,
-    measure_inlinevf,
-    participant_from_study,
-    recalibrated_inlinevf,
-    results_file_row,
-)
-from beam_pipeline.phenotypes import Phenotype, PhenotypeTable
-from beam_pipeline.schema import (
-    CALIBRATION_LINEAR,
-    CALIBRATION_NONE,
-    CALIBRATION_SEX_CENTERED,
-    RESULTS_FILE_SCHEMA,
-    ErrorRecord,
-)
-from beam_pipeline.study import DecodedStudy, DecodeError
-from beam_pipeline.summary import OutputRow, build_summary, error_reason
 from beam_pipeline.transforms import (
     CalibrateAndIndex,
     DecodeFn,
@@ -53,6 +29,31 @@ from beam_pipeline.transforms import (
     ToErrorRecords,
     load_phenotypes,
 )
+from lvmass.core import contracts
+from lvmass.core.contracts import PIPELINE_VERSION
+from lvmass.core.dead_letters import error_record
+from lvmass.core.decode import decode_dicom_members, decode_participant_zip
+from lvmass.core.identity import participant_ids
+from lvmass.core.mass import SexCentering
+from lvmass.core.measure import (
+    Measurement,
+    apply_p90,
+    calibrate,
+    measure_inlinevf,
+    participant_from_study,
+    recalibrated_inlinevf,
+    results_file_row,
+)
+from lvmass.core.phenotypes import Phenotype, PhenotypeTable
+from lvmass.core.schema import (
+    CALIBRATION_LINEAR,
+    CALIBRATION_NONE,
+    CALIBRATION_SEX_CENTERED,
+    RESULTS_FILE_SCHEMA,
+    ErrorRecord,
+)
+from lvmass.core.study import DecodedStudy, DecodeError
+from lvmass.core.summary import OutputRow, build_summary, error_reason
 from tests.dicom_factory import BlockFetchingReader, any_vendor_members, ukbb_participant_zip, zip_members
 from tests.savedmodel_factory import save_band_segmenter
 
@@ -421,7 +422,7 @@ class TestParticipantIds:
 
 def test_geometry_flags_come_from_the_decoder_once(monkeypatch):
     """participant_from_study keeps the decoder's geometry flags and does not recompute them."""
-    import beam_pipeline.qc as qc
+    import lvmass.core.qc as qc
 
     z = ukbb_participant_zip(1000001, n_slices=9, drop_slice=4, seed=7)
     study = decode_participant_zip(io.BytesIO(z.data), z.name)

@@ -17,9 +17,9 @@ import pytest
 from analysis import io as aio
 from analysis import ukbb_phenotypes as ukb
 from analysis.cohort import phenotypes_at_visit
-from beam_pipeline.phenotypes import read_phenotype_table
-from beam_pipeline.schema import DISEASE_COLUMNS, PHENOTYPE_COLUMNS
 from lvmass import cli
+from lvmass.core.phenotypes import read_phenotype_table
+from lvmass.core.schema import DISEASE_COLUMNS, PHENOTYPE_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 

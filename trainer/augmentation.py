@@ -11,7 +11,7 @@ drop a slice (image and labels), and z-score the acquired voxels again, as the t
 Every random number of one call comes from the one ``numpy.random.Generator`` passed in, in a fixed order,
 so a seed reproduces the result exactly; :func:`example_rng` seeds one generator per example from
 ``(run seed, example index)``, the way ``tf.data`` does. Arrays are ``(rows, cols, slices)``: the tensor of
-``beam_pipeline.contracts`` without its channel axis. Inputs are never modified.
+``lvmass.core.contracts`` without its channel axis. Inputs are never modified.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def augment_crop(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One randomised ``(crop_px, crop_px, slices)`` training crop of a contract tensor and its labels.
 
-    ``image`` is ``(rows, cols, slices)`` z-scored with zero padding (``beam_pipeline.contracts``),
+    ``image`` is ``(rows, cols, slices)`` z-scored with zero padding (``lvmass.core.contracts``),
     ``labels`` the matching uint8 volume. The crop is centred near the labelled LV with ``foreground_prob``
     (:func:`crop_centre`). Appearance is randomised on the whole volume and its z-score statistics taken
     there (what the served model sees), then only the crop is resampled: a rotation and scale about the crop

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from beam_pipeline import contracts
 from lvmass.cli_args import ArgumentParser, configure_logging
+from lvmass.core import contracts
 
 
 def _time(fn, repeats: int) -> float:

@@ -1,6 +1,6 @@
 """The trainer's ``tf.data`` input: TFRecords -> split -> (augment) -> batches for ML4H_seg / ML4H_reg.
 
-Records are parsed with :func:`beam_pipeline.tfrecord.parse_example` (the one feature spec). The
+Records are parsed with :func:`lvmass.storage.tfrecord.parse_example` (the one feature spec). The
 train / validation / test split is a deterministic function of the eid (FarmHash of its decimal string,
 ``tf.strings.to_hash_bucket_fast``), so a participant never moves between splits when files are added,
 re-sharded or read in another order; a ``--holdout`` eid list replaces the hash test split.
@@ -12,7 +12,7 @@ contrast, per-slice gain), a smooth bias field, blur, Rician noise and slice dro
 z-score of the tensor contract again, so the network learns anatomy rather than one renderer's
 appearance. Geometric transforms move the labels with the image (nearest neighbour). ML4H_seg crops
 (``crop_px``) are drawn by the same function as ``trainer.portable``'s. Tensors keep the layout of
-``beam_pipeline.contracts``: ``(rows, cols, slices, 1)``.
+``lvmass.core.contracts``: ``(rows, cols, slices, 1)``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from beam_pipeline import contracts
-from beam_pipeline.tfrecord import parse_example, record_dataset
+from lvmass.core import contracts
+from lvmass.storage.tfrecord import parse_example, record_dataset
 from trainer import augmentation
 from trainer.augmentation import AugmentConfig
 
@@ -283,7 +283,7 @@ def make_dataset(
 def eids_in(files: Iterable[str], *, kind: str, split: str, spec: SplitSpec) -> list[int]:
     """The usable eids of a split, in file order (for counts, model cards and evaluation reports)."""
     _check_kind(kind)
-    from beam_pipeline.tfrecord import feature_spec
+    from lvmass.storage.tfrecord import feature_spec
 
     wanted = (contracts.FEATURE_EID, contracts.FEATURE_HAS_LABELS, contracts.FEATURE_HAS_MANUAL_MASS)
     scalars = {k: v for k, v in feature_spec().items() if k in wanted}

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from beam_pipeline import contracts
 from lvmass.cli_args import ArgumentParser, configure_logging
+from lvmass.core import contracts
 from trainer import metrics as m
 
 Predictor = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
@@ -66,7 +66,7 @@ def saved_model_predictor(export_dir: str) -> tuple[Predictor, str]:
 
 def _records(files: Sequence[str], split: str, spec):
 
-    from beam_pipeline.tfrecord import parse_example, record_dataset
+    from lvmass.storage.tfrecord import parse_example, record_dataset
     from trainer import data
 
     ds = record_dataset(list(files)).map(parse_example)

@@ -10,9 +10,9 @@ Layout of an export directory (the pipeline loads the directory itself with ``tf
                                  serving_window [ml4h_seg]: the same crop -> probabilities of its inner
                                  window only, (B,rows-2m,cols-2m,13,3), m = SEG_WINDOW_MARGIN_PX (32)
     model.keras                  the Keras model (custom layers registered in trainer.models / metrics)
-    model_card.json              beam_pipeline.model_card.ModelCard
+    model_card.json              lvmass.core.model_card.ModelCard
 
-Names and shapes come from ``beam_pipeline.contracts``. ML4H_seg ignores ``spacing_mm`` (its mass comes
+Names and shapes come from ``lvmass.core.contracts``. ML4H_seg ignores ``spacing_mm`` (its mass comes
 from voxel counts), but the signature takes it so that one handler serves both kinds.
 
 A U-Net is fully convolutional, so ML4H_seg also gets ``serving_crop``: rows and columns left open, for
@@ -44,8 +44,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from beam_pipeline import contracts
-from beam_pipeline.model_card import ModelCard
+from lvmass.core import contracts
+from lvmass.core.model_card import ModelCard
 from trainer.windowed import window_demands, windowed_forward
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ SAVED_MODEL_ENTRIES = ("saved_model.pb", "variables", "fingerprint.pb", "assets"
 
 
 def serving_input_signature(slices: int | None = contracts.TENSOR_SLICES) -> list[tf.TensorSpec]:
-    """The two inputs of ``serving_default``, as in ``beam_pipeline.model_card.signature_contract``:
+    """The two inputs of ``serving_default``, as in ``lvmass.core.model_card.signature_contract``:
     ``slices`` slots (13) or any number (None, a per-slice model)."""
     return [
         tf.TensorSpec([None, contracts.TENSOR_ROWS, contracts.TENSOR_COLS, slices, contracts.TENSOR_CHANNELS],

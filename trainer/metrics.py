@@ -1,6 +1,6 @@
 """Numpy measures shared by training reports and the evaluation script (pure functions).
 
-Mass from a label volume is the pipeline's own (``beam_pipeline.mass``), so evaluation and production agree.
+Mass from a label volume is the pipeline's own (``lvmass.core.mass``), so evaluation and production agree.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from beam_pipeline import contracts
-from beam_pipeline.mass import measure_label_volume
+from lvmass.core import contracts
+from lvmass.core.mass import measure_label_volume
 
 
 def myocardium_mass_g(labels: np.ndarray, spacing_mm: Sequence[float]) -> float:
     """LV mass (g) of one label volume ``(rows, cols, slices)``, measured as the pipeline measures it
-    (``beam_pipeline.mass.measure_label_volume``: voxel count x voxel volume x 1.05 g/mL)."""
+    (``lvmass.core.mass.measure_label_volume``: voxel count x voxel volume x 1.05 g/mL)."""
     return measure_label_volume(labels, spacing_mm).lv_mass_raw_g
 
 

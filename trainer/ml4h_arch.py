@@ -38,7 +38,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from beam_pipeline import contracts
+from lvmass.core import contracts
 from trainer.models import SegConfig, seg_config
 
 Triple = tuple[int, int, int]

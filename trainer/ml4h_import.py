@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from beam_pipeline import contracts
-from beam_pipeline.model_card import LABEL_SOURCE_INLINEVF, ModelCard
+from lvmass.core import contracts
+from lvmass.core.model_card import LABEL_SOURCE_INLINEVF, ModelCard
 from trainer import ml4h_arch, ml4h_h5, ml4h_match
 
 logger = logging.getLogger(__name__)

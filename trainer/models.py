@@ -1,6 +1,6 @@
 """Builders for ML4H_seg (3D U-Net segmenter) and ML4H_reg (3D CNN regressor), Khurshid et al. 2021.
 
-Both take the tensor of ``beam_pipeline.contracts`` (float32 ``(256, 256, 13, 1)``: rows, columns,
+Both take the tensor of ``lvmass.core.contracts`` (float32 ``(256, 256, 13, 1)``: rows, columns,
 slices base to apex, channel). Sizes come from a frozen config; two presets each:
 
 * ``paper``: the released ml4h configuration (Conv3D 32 3x3x3 stem, three dense blocks of 32 filters x
@@ -26,7 +26,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from beam_pipeline import contracts
+from lvmass.core import contracts
 
 PRESETS = ("paper", "cpu")
 ACTIVATIONS = ("mish", "relu", "swish", "elu")

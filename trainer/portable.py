@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from beam_pipeline import contracts
 from lvmass.cli_args import ArgumentParser, configure_logging
+from lvmass.core import contracts
 
 LOG = logging.getLogger("trainer.portable")
 WEIGHTS_FILENAME = "weights.npz"  # model.get_weights() in layer order: any backend, no optimizer state
@@ -62,9 +62,9 @@ def load_example(path: str, *, grid_pixel_mm: float | None = None) -> Example:
     grid ``grid_pixel_mm`` (None: the pixels as acquired), exactly as the pipeline will at inference.
 
     Raises ValueError naming the file when it has no InlineVF contours (nothing to learn from)."""
-    from beam_pipeline.decode import decode_participant_zip
-    from beam_pipeline.overlay import inlinevf_labels
-    from beam_pipeline.tensor import build_image_tensor, build_label_volume
+    from lvmass.core.decode import decode_participant_zip
+    from lvmass.core.overlay import inlinevf_labels
+    from lvmass.core.tensor import build_image_tensor, build_label_volume
 
     with open(path, "rb") as handle:
         study = decode_participant_zip(handle, path)
@@ -171,7 +171,7 @@ def augmented_crops(
 
 def read_sex_and_manual_mass(paths: Sequence[str]) -> dict[int, tuple[str | None, float]]:
     """eid -> (sex, manual mass or NaN) from the ``phenotypes.csv`` beside each zips folder, if present."""
-    from beam_pipeline.phenotypes import read_phenotypes
+    from lvmass.core.phenotypes import read_phenotypes
 
     out: dict[int, tuple[str | None, float]] = {}
     for folder in sorted({os.path.dirname(os.path.dirname(os.path.abspath(p))) for p in paths}):
@@ -435,8 +435,8 @@ def save_and_stop(weights_path: str, *, stop_at: float):
 
 def export(args: argparse.Namespace) -> str:
     """Rebuild the fixed-shape model from ``fit.json``, load the weights, write the pipeline's export."""
-    from beam_pipeline.model_card import ModelCard
     from lvmass import __version__
+    from lvmass.core.model_card import ModelCard
     from trainer import export as exporter
     from trainer import models
 

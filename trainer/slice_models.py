@@ -25,7 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from beam_pipeline import contracts
+from lvmass.core import contracts
 
 IMAGE_INPUT = contracts.SIGNATURE_INPUT_IMAGE
 

@@ -436,9 +436,9 @@ DEFAULT_CROP_PX = 160  # the first crop of the pipeline's handler: a dilated hea
 
 
 def model_card(config: FitConfig, state: RunState, which: str, *, version: str) -> Any:
-    """The card of an exported default model (``beam_pipeline.model_card.ModelCard``)."""
-    from beam_pipeline import contracts
-    from beam_pipeline.model_card import LABEL_SOURCE_TRUE_ANATOMY, ModelCard, tensor_contract
+    """The card of an exported default model (``lvmass.core.model_card.ModelCard``)."""
+    from lvmass.core import contracts
+    from lvmass.core.model_card import LABEL_SOURCE_TRUE_ANATOMY, ModelCard, tensor_contract
 
     seg = which == SEG
     prefix = "val_" if seg else "reg_val_"
@@ -511,7 +511,7 @@ def model_card(config: FitConfig, state: RunState, which: str, *, version: str) 
 def export(run_dir: Path, export_dir: Path, *, which: str | None = None, version: str = "1.0.0") -> Path:
     """The run's network ``which`` as the pipeline's SavedModel (``trainer.export``: per-slice contract, crop
     and window signatures for ML4H_seg), its 2-D Keras model (``slice_model.keras``) and card."""
-    from beam_pipeline import contracts
+    from lvmass.core import contracts
     from trainer.export import export_model
     from trainer.slice_models import mass_model, model_levels, volume_twin
 

@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from beam_pipeline import contracts
-from beam_pipeline.model_card import LABEL_SOURCE_INLINEVF, LABEL_SOURCE_MANUAL_MASS
 from lvmass.cli_args import ArgumentParser, configure_logging
+from lvmass.core import contracts
+from lvmass.core.model_card import LABEL_SOURCE_INLINEVF, LABEL_SOURCE_MANUAL_MASS
 
 KINDS = {"seg": contracts.MODEL_KIND_SEG, "reg": contracts.MODEL_KIND_REG}
 # Vertex AI worker pools -> TF_CONFIG task types (Vertex AI docs, "Distributed training").
@@ -60,7 +60,7 @@ def _float_pair(text: str) -> list[float]:
 def grid_pixel_mm(files: Sequence[str]) -> float:
     """The tensor grid's in-plane pixel size the TFRecords were written on (``--mode tensorize`` puts
     every slice on one grid), read from the first example: the card tells the pipeline to use it."""
-    from beam_pipeline.tfrecord import parse_example, record_dataset
+    from lvmass.storage.tfrecord import parse_example, record_dataset
 
     for serialized in record_dataset(list(files)).take(1):
         return float(parse_example(serialized)[contracts.FEATURE_SPACING].numpy()[0])
@@ -208,7 +208,7 @@ def _mass_target_stats(files: Sequence[str], spec) -> tuple[float, float, float]
     import numpy as np
     import tensorflow as tf
 
-    from beam_pipeline.tfrecord import feature_spec, record_dataset
+    from lvmass.storage.tfrecord import feature_spec, record_dataset
     from trainer import data
     from trainer.models import REFERENCE_SPACING_MM
 
@@ -251,8 +251,8 @@ def train(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any
     import keras
     import tensorflow as tf
 
-    from beam_pipeline.model_card import ModelCard
     from lvmass import __version__
+    from lvmass.core.model_card import ModelCard
     from trainer import data, evaluate, export, models
 
     kind = KINDS[args.model]

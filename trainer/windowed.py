@@ -25,7 +25,7 @@ from typing import Any
 
 import keras
 
-from beam_pipeline import contracts
+from lvmass.core import contracts
 
 POINTWISE = (keras.layers.Activation, keras.layers.BatchNormalization, keras.layers.Dropout,
              keras.layers.Concatenate, keras.layers.Add, keras.layers.Multiply, keras.layers.InputLayer)

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from beam_pipeline import contracts
 from beam_pipeline.inference import BUNDLED_PREFIX
 from beam_pipeline.pipeline import build_parser
+from lvmass.core import contracts
 
 METADATA_FILE = Path(__file__).resolve().parent / "metadata.json"
 TEMPLATE_NAME = "lvmass"

@@ -3,7 +3,7 @@
 ``generate_cohort`` writes a cohort to disk; ``render_participant`` builds one participant in memory
 (zip bytes, phenotype and truth rows, truth labels) for tests of special cases; ``participant_truth``
 draws a participant's population, anatomy and disease truth without images. The names of the truth files
-and truth.json entries are the truth-file contract, ``beam_pipeline.truth``; the cohort's own folder
+and truth.json entries are the truth-file contract, ``lvmass.core.truth``; the cohort's own folder
 names are in ``lvmass.synth.layout``.
 
 The public names are loaded on first use, so importing ``lvmass.synth.layout`` does not load the

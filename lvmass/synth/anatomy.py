@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from beam_pipeline.contracts import MYOCARDIAL_DENSITY_G_PER_ML
+from lvmass.core.contracts import MYOCARDIAL_DENSITY_G_PER_ML
 
 THETA_SAMPLES = 360
 TRUTH_SUBPLANES = 8

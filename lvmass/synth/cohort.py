@@ -1,10 +1,10 @@
 """A cohort on disk: participant zips, phenotypes, truth tables, truth label volumes.
 
 Layout of ``out_dir`` (the folder names are in ``lvmass.synth.layout``, the truth files' in the truth-file
-contract ``beam_pipeline.truth``)::
+contract ``lvmass.core.truth``)::
 
     zips/{eid}_20209_{instance}_0.zip      participant zips (docs/ukbb_format.md)
-    phenotypes.csv                          beam_pipeline.schema.PHENOTYPE_COLUMNS
+    phenotypes.csv                          lvmass.core.schema.PHENOTYPE_COLUMNS
     truth.csv                               one row per participant (see participant.render_participant)
     truth.json                              parameters, seed, versions, disease model, InlineVF bias
     truth_labels/{eid}_20209_{instance}_0.npz   ``labels``: uint8 (rows, cols, n_slices) ED truth labels
@@ -33,16 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from beam_pipeline.contracts import MYOCARDIAL_DENSITY_G_PER_ML, SAX_FIELD_ID
-from beam_pipeline.schema import DISEASE_COLUMNS, PHENOTYPE_COLUMNS
-from beam_pipeline.truth import (
+from lvmass.core.contracts import MYOCARDIAL_DENSITY_G_PER_ML, SAX_FIELD_ID
+from lvmass.core.schema import DISEASE_COLUMNS, PHENOTYPE_COLUMNS
+from lvmass.core.truth import (
     COHORT_KEY,
     DISEASE_MODEL_KEY,
     TRUE_OR_PER_SAMPLE_SD_KEY,
     TRUTH_CSV,
     TRUTH_JSON,
 )
-from beam_pipeline.truth import TRUTH_LABELS_DIRNAME as LABELS_DIRNAME
+from lvmass.core.truth import TRUTH_LABELS_DIRNAME as LABELS_DIRNAME
 from lvmass.synth.anatomy import SLICE_SPACING_MM, SLICE_THICKNESS_MM, THETA_SAMPLES, TRUTH_SUBPLANES
 from lvmass.synth.config import SynthConfig
 from lvmass.synth.inlinevf import FAILURE_KINDS
@@ -346,7 +346,7 @@ def generate_population(
 
     Every participant's population, anatomy, true mass and disease status are those ``generate_cohort``
     writes for the same seed and eids (``participant_truth``); truth.csv has the columns known without
-    images and truth.json the same keys (``beam_pipeline.truth``) apart from the InlineVF summary.
+    images and truth.json the same keys (``lvmass.core.truth``) apart from the InlineVF summary.
     About 2 ms per participant: for checking population statistics (e.g. odds ratio recovery) at scale.
     """
     _check_run(1, seed)

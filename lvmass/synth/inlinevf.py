@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from beam_pipeline.contracts import MYOCARDIAL_DENSITY_G_PER_ML
+from lvmass.core.contracts import MYOCARDIAL_DENSITY_G_PER_ML
 from lvmass.synth.anatomy import LVAnatomy, contraction, ed_height_mm, profile_mm, radii_mm
 
 FAILURE_KINDS = ("below_apex", "outflow_tract", "mistrace")

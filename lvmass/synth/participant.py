@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from beam_pipeline.contracts import MYOCARDIAL_DENSITY_G_PER_ML, SAX_FIELD_ID
-from beam_pipeline.mass import bsa_dubois_m2
+from lvmass.core.contracts import MYOCARDIAL_DENSITY_G_PER_ML, SAX_FIELD_ID
+from lvmass.core.mass import bsa_dubois_m2
 from lvmass.synth import dicom_writer as dw
 from lvmass.synth.anatomy import (
     N_PHASES,

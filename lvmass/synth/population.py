@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from beam_pipeline.mass import bsa_dubois_m2
-from beam_pipeline.schema import DISEASE_COLUMNS
+from lvmass.core.mass import bsa_dubois_m2
+from lvmass.core.schema import DISEASE_COLUMNS
 
 FEMALE_FRACTION = 0.52
 AGE_MEAN_Y, AGE_SD_Y, AGE_RANGE_Y = 64.0, 7.6, (44.0, 84.0)
@@ -65,7 +65,7 @@ class Demographics:
     target_lv_mass_g: float
 
 
-# The pipeline's DuBois BSA (beam_pipeline.mass, the one definition), element-wise over arrays.
+# The pipeline's DuBois BSA (lvmass.core.mass, the one definition), element-wise over arrays.
 _bsa_m2 = np.vectorize(bsa_dubois_m2, otypes=[np.float64])
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from beam_pipeline.contracts import BACKGROUND, LV_CAVITY, MYOCARDIUM
+from lvmass.core.contracts import BACKGROUND, LV_CAVITY, MYOCARDIUM
 from lvmass.synth.anatomy import (
     SLICE_THICKNESS_MM,
     TRUTH_SUBPLANES,

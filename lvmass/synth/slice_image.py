@@ -7,7 +7,7 @@ flow artefacts in the blood pools, vessels in the lungs, dark chemical-shift lin
 partial volume (the heart labelled on a grid ``supersample`` times finer and on ``subplanes`` planes across
 the slab, then averaged) -> k-space blur and sometimes Gibbs ringing -> bias field and surface-coil hot spots
 -> ghosting, wrap-around and off-resonance dark bands -> Rician noise -> stored integers. Then exactly what
-the pipeline does (``beam_pipeline.tensor``): z-score over the acquired field of view, resample to the model's
+the pipeline does (``lvmass.core.tensor``): z-score over the acquired field of view, resample to the model's
 grid (anti-aliased linear), place centred in 256 x 256.
 
 Targets: the class (background, LV cavity, myocardium) holding the largest fraction of each grid pixel, from
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from beam_pipeline import contracts
-from beam_pipeline.tensor import pad_or_crop_slice, resample_slice
+from lvmass.core import contracts
+from lvmass.core.tensor import pad_or_crop_slice, resample_slice
 from lvmass.synth import slice_scene as ss
 
 GRID = (contracts.TENSOR_ROWS, contracts.TENSOR_COLS)
@@ -212,7 +212,7 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int], knots: int) -
 class SliceSample:
     """One rendered slice in the pipeline's tensor layout, with its targets.
 
-    ``image`` float32 (256, 256): z-scored and on the grid, as ``beam_pipeline.tensor`` builds a slice;
+    ``image`` float32 (256, 256): z-scored and on the grid, as ``lvmass.core.tensor`` builds a slice;
     ``labels`` uint8 (256, 256) in ``contracts.LABEL_MAP``; ``myocardium_fraction`` float32 (256, 256),
     whose sum x grid pixel area is the true myocardial area; ``lv_centre_px`` (row, col) of the LV axis on the
     256 grid; the acquisition's pixel size and the slice's height as a fraction of the LV (0 base plane, 1
@@ -397,7 +397,7 @@ def fractions_on_grid(
     grid_mm: float,
     supersample: int,
 ) -> np.ndarray:
-    """The fine fractions carried to the resampled grid of ``beam_pipeline.tensor.resample_slice``
+    """The fine fractions carried to the resampled grid of ``lvmass.core.tensor.resample_slice``
     (centres aligned; anti-aliased like an image), shape ``(2, round(rows a / g), round(cols a / g))``."""
     out_shape = tuple(max(1, round(n * app.pixel_mm / grid_mm)) for n in acquired_shape)
     out = np.zeros((2, *out_shape), dtype=np.float32)

@@ -41,7 +41,7 @@ from functools import cached_property
 import numpy as np
 from scipy.special import erfinv
 
-from beam_pipeline import contracts
+from lvmass.core import contracts
 
 # --- The labels of a scene ------------------------------------------------------------------------
 AIR = 0
@@ -90,7 +90,7 @@ NUM_LABELS = len(LABEL_NAMES)
 BLOOD_LABELS = (LV_BLOOD, RV_BLOOD, ATRIAL_BLOOD, VESSEL_BLOOD)
 CLUTTER_LABELS = (CLUTTER_A, CLUTTER_B)
 LV_LABELS = (LV_BLOOD, LV_MYOCARDIUM, LV_TRABECULAE)
-# Scene label -> the contract's label (beam_pipeline.contracts.LABEL_MAP): trabeculae are cavity.
+# Scene label -> the contract's label (lvmass.core.contracts.LABEL_MAP): trabeculae are cavity.
 TARGET_OF_LABEL = np.zeros(NUM_LABELS, dtype=np.uint8)
 TARGET_OF_LABEL[[LV_BLOOD, LV_TRABECULAE]] = contracts.LV_CAVITY
 TARGET_OF_LABEL[LV_MYOCARDIUM] = contracts.MYOCARDIUM

@@ -3,7 +3,7 @@
 Why: the default models learn from single slices (:mod:`lvmass.synth.slice_image`), but what a user gets is a
 participant's mass from a stack. A stack here is the same scene cut at heights ``slice_spacing_mm`` apart
 from above the base to beyond the apex, every slice rendered with the same appearance and acquisition (its
-own noise), handed over as the decoder would hand it (:class:`beam_pipeline.study.DecodedStudy`: standard
+own noise), handed over as the decoder would hand it (:class:`lvmass.core.study.DecodedStudy`: standard
 view, base to apex, positions along the normal), with the truth of each slice.
 
 Truth: each slice's myocardial area is averaged over its slab (the planes the renderer draws, papillary
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from beam_pipeline import contracts
-from beam_pipeline.study import DecodedStudy
+from lvmass.core import contracts
+from lvmass.core.study import DecodedStudy
 from lvmass.synth import slice_image as si
 from lvmass.synth import slice_scene as ss
 

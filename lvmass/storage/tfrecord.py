@@ -1,6 +1,6 @@
 """The TFRecord contract between ``--mode tensorize`` and the trainer, defined once.
 
-One ``tf.train.Example`` per participant x instance. Keys come from ``beam_pipeline.contracts``
+One ``tf.train.Example`` per participant x instance. Keys come from ``lvmass.core.contracts``
 (``FEATURE_*``); arrays travel as raw C-order bytes so that a round trip is bit-exact:
 
 ==================  ===========  =====================================================================
@@ -29,10 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from beam_pipeline import contracts
+from lvmass.core import contracts
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import tensorflow as tf
+
+    from lvmass.core.measure import ParticipantTensor
+    from lvmass.core.phenotypes import Phenotype
 
 SEX_UNKNOWN_CODE = -1
 _N_SPACING = len(contracts.SPACING_FIELDS)
@@ -195,3 +198,20 @@ def record_dataset(files: Any) -> tf.data.Dataset:
     name = tf.convert_to_tensor(files)
     gz = tf.strings.regex_full_match(name, r".*\.gz")
     return tf.data.TFRecordDataset(name, compression_type=tf.where(gz, "GZIP", ""))
+
+
+def tfrecord_bytes(participant: ParticipantTensor, phenotype: Phenotype | None) -> bytes:
+    """One ``tf.train.Example`` (:func:`encode_example`) of a participant: tensor, InlineVF labels, sex,
+    manual mass, and ``n_slices`` = the slices placed in the tensor (at most 13), which is what the
+    trainer needs. ``phenotype`` is the row for this participant *and visit* (``PhenotypeTable.lookup``)."""
+    manual = phenotype.manual_lv_mass_g if phenotype is not None else None
+    return encode_example(
+        eid=participant.eid if participant.eid is not None else contracts.UNKNOWN_EID,
+        instance=participant.instance,
+        image=participant.image,
+        labels=participant.inlinevf_labels,
+        spacing_mm=participant.spacing_mm,
+        sex=phenotype.sex if phenotype is not None else None,
+        manual_lv_mass_g=manual,
+        n_slices=participant.n_slices_used,
+    )

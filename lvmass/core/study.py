@@ -1,8 +1,8 @@
 """What decoding one participant produces: the end-diastolic short-axis stack and its geometry.
 
-A ``DecodedStudy`` is the hand-off between decoding (``beam_pipeline.decode``) and everything
+A ``DecodedStudy`` is the hand-off between decoding (``lvmass.core.decode``) and everything
 downstream (tensor building, InlineVF labels, inference, measurement). It holds plain numpy arrays in
-the acquisition's own grid; padding to the model's tensor layout happens in ``beam_pipeline.tensor``.
+the acquisition's own grid; padding to the model's tensor layout happens in ``lvmass.core.tensor``.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ class DecodedStudy:
     (0028,0030) of that view: (row spacing, column spacing).
     ``eid``/``instance`` are what the file name says (UK Biobank zips), else None; ``patient_id`` is the
     PatientID (0010,0020) shared by the chosen frames ("" when absent or not shared), the last resort
-    for identifying a participant (``beam_pipeline.identity.participant_ids``).
+    for identifying a participant (``lvmass.core.identity.participant_ids``).
     ``affine_lps`` maps voxel (row, col, plane) of these slices to the patient (LPS, mm; row-major 4 x 4;
-    slice k on plane ``beam_pipeline.acquisition.slice_planes(...)[k]``), None where the decoder knew no
-    geometry (``beam_pipeline.acquisition`` says how it is built).
+    slice k on plane ``lvmass.core.acquisition.slice_planes(...)[k]``), None where the decoder knew no
+    geometry (``lvmass.core.acquisition`` says how it is built).
     """
 
     eid: int | None

@@ -1,6 +1,6 @@
 """Participant phenotypes (not in the zip): sex, age, height, weight, diseases, manual LV mass.
 
-Reads the columns ``lvmass synth`` writes (:data:`beam_pipeline.schema.PHENOTYPE_COLUMNS`) from CSV or
+Reads the columns ``lvmass synth`` writes (:data:`lvmass.core.schema.PHENOTYPE_COLUMNS`) from CSV or
 Parquet. Sex may be ``female``/``male`` (any case, or ``F``/``M``) or UK Biobank's field 31 coding
 ``0`` = female, ``1`` = male. Only ``eid`` and ``sex`` are required; other columns may be absent
 (unknown); columns other than :data:`FILE_COLUMNS` are ignored (in Parquet, never decoded). Values that
@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 import pandas as pd
 import pyarrow.parquet as pq
 
-from beam_pipeline.schema import DISEASE_COLUMNS, PHENOTYPE_COLUMNS
+from lvmass.core.schema import DISEASE_COLUMNS, PHENOTYPE_COLUMNS
 
 logger = logging.getLogger(__name__)
 

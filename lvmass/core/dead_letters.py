@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from beam_pipeline import PIPELINE_VERSION
-from beam_pipeline.identity import check_input_name, ids_from_name, name_stem
-from beam_pipeline.measure import Measurement, ParticipantTensor
-from beam_pipeline.schema import STAGE_DECODE, STAGE_READ, ErrorRecord, ResultRecord
-from beam_pipeline.study import DecodedStudy, DecodeError
+from lvmass.core.contracts import PIPELINE_VERSION
+from lvmass.core.identity import check_input_name, ids_from_name, name_stem
+from lvmass.core.measure import Measurement, ParticipantTensor
+from lvmass.core.schema import STAGE_DECODE, STAGE_READ, ErrorRecord, ResultRecord
+from lvmass.core.study import DecodedStudy, DecodeError
 
 
 def _qualified_name(exc_type: type) -> str:

@@ -1,7 +1,7 @@
 """The model card that travels next to every exported SavedModel (``model_card.json``).
 
 The trainer writes it; the pipeline reads it (kind, version, calibration) and refuses a model whose
-tensor contract differs from ``beam_pipeline.contracts``.
+tensor contract differs from ``lvmass.core.contracts``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from beam_pipeline import contracts
+from lvmass.core import contracts
 
 LABEL_SOURCE_INLINEVF = "inlinevf_outline"
 LABEL_SOURCE_TRUE_ANATOMY = "true_anatomy"

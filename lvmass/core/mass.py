@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from beam_pipeline import contracts
+from lvmass.core import contracts
 
 DUBOIS_COEFFICIENT = 0.007184
 DUBOIS_WEIGHT_EXPONENT = 0.425

@@ -50,5 +50,5 @@ def check(frame_pixels: Sequence[int], largest_read_bytes: int = 0, *, what: str
     if needed > budget:
         raise ParticipantTooLarge(
             f"{what} would take about {needed / MIB:.0f} MiB to decode and resample, more than the "
-            f"{budget / MIB:.0f} MiB one participant may use (beam_pipeline.budget.MAX_PARTICIPANT_BYTES)")
+            f"{budget / MIB:.0f} MiB one participant may use (lvmass.core.budget.MAX_PARTICIPANT_BYTES)")
     return needed

@@ -4,12 +4,15 @@ Everything here is plain Python on numpy arrays, tested without Beam; ``beam_pip
 composes it into PTransforms. In pipeline order:
 
 * :func:`participant_from_study`: a ``DecodedStudy`` -> :class:`ParticipantTensor` (the model tensor of
-  ``beam_pipeline.tensor`` and, on request, the InlineVF label volume);
+  ``lvmass.core.tensor`` and, on request, the InlineVF label volume);
 * :func:`measure_labels` / :func:`measure_inlinevf` / :func:`measure_regression`: one method's raw
-  :class:`Measurement` (volumes and raw mass, ``beam_pipeline.mass``; QC flags, ``beam_pipeline.qc``);
+  :class:`Measurement` (volumes and raw mass, ``lvmass.core.mass``; QC flags, ``lvmass.core.qc``);
 * :func:`calibrate` and :func:`apply_p90`: raw -> calibrated mass, BSA, LVMI, LVH, LVH_p90 as a
-  ``schema.ResultRecord`` (docs/architecture.md, "Where each number is computed");
-* :func:`tfrecord_bytes`: the training example of ``--mode tensorize``.
+  ``schema.ResultRecord`` (docs/architecture.md, "Where each number is computed").
+
+
+The training example of ``--mode tensorize`` is built from a :class:`ParticipantTensor` by
+``lvmass.storage.tfrecord.tfrecord_bytes`` (TensorFlow's format, outside the core).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from beam_pipeline import PIPELINE_VERSION, contracts
-from beam_pipeline.acquisition import AcquisitionGrid, acquisition_grid
-from beam_pipeline.identity import participant_identity
-from beam_pipeline.mass import (
+from lvmass.core import contracts
+from lvmass.core.acquisition import AcquisitionGrid, acquisition_grid
+from lvmass.core.contracts import PIPELINE_VERSION
+from lvmass.core.identity import participant_identity
+from lvmass.core.mass import (
     bsa_dubois_m2,
     is_lvh,
     is_lvh_percentile,
@@ -34,8 +38,8 @@ from beam_pipeline.mass import (
     merge_sex_centering,
     recalibrate_inlinevf_g,
 )
-from beam_pipeline.overlay import inlinevf_labels
-from beam_pipeline.qc import (
+from lvmass.core.overlay import inlinevf_labels
+from lvmass.core.qc import (
     body_size_plausible,
     image_qc_flags,
     inlinevf_qc_flags,
@@ -44,20 +48,19 @@ from beam_pipeline.qc import (
     mass_qc_flags,
     qc_pass,
 )
-from beam_pipeline.schema import (
+from lvmass.core.schema import (
     CALIBRATION_LINEAR,
     CALIBRATION_NONE,
     CALIBRATION_SEX_CENTERED,
     ResultRecord,
 )
-from beam_pipeline.study import DecodedStudy
-from beam_pipeline.tensor import (
+from lvmass.core.study import DecodedStudy
+from lvmass.core.tensor import (
     build_image_tensor,
     build_label_volume,
     grid_pixel_spacing_mm,
     unplace_label_volume,
 )
-from beam_pipeline.tfrecord import encode_example
 
 logger = logging.getLogger(__name__)
 
@@ -416,26 +419,3 @@ def merged_centering(
                         dict(merged.sources_by_sex))
             out[method] = merged
     return out
-
-
-
-# --- Tensorize (training data for the trainer) -----------------------------------------------------
-
-
-def tfrecord_bytes(participant: ParticipantTensor, phenotype: Any | None) -> bytes:
-    """One ``tf.train.Example`` (``beam_pipeline.tfrecord``): tensor, InlineVF labels, sex, manual mass,
-    and ``n_slices`` = the slices placed in the tensor (at most 13), which is what the trainer needs.
-    ``phenotype`` is the row for this participant *and visit* (``PhenotypeTable.lookup``)."""
-
-    manual = phenotype.manual_lv_mass_g if phenotype is not None else None
-    return encode_example(
-        eid=participant.eid if participant.eid is not None else contracts.UNKNOWN_EID,
-        instance=participant.instance,
-        image=participant.image,
-        labels=participant.inlinevf_labels,
-        spacing_mm=participant.spacing_mm,
-        sex=phenotype.sex if phenotype is not None else None,
-        manual_lv_mass_g=manual,
-        n_slices=participant.n_slices_used,
-    )
-

@@ -41,6 +41,11 @@ from __future__ import annotations
 
 from typing import Final
 
+from lvmass import __version__
+
+# The version every result and dead-letter row records (``pipeline_version``): the package's own.
+PIPELINE_VERSION: Final = __version__
+
 # --- Tensor layout --------------------------------------------------------------------------------
 TENSOR_ROWS: Final = 256
 TENSOR_COLS: Final = 256
@@ -106,7 +111,7 @@ SEG_CROP_SIGNATURE: Final = "serving_crop"
 SEG_WINDOW_SIGNATURE: Final = "serving_window"
 SEG_WINDOW_MARGIN_PX: Final = 32
 
-# --- TFRecord feature keys (the spec itself lives in beam_pipeline.tfrecord, which imports TF) -----
+# --- TFRecord feature keys (the spec itself lives in lvmass.storage.tfrecord, which imports TF) -----
 FEATURE_EID: Final = "eid"
 FEATURE_INSTANCE: Final = "instance"
 FEATURE_IMAGE: Final = "image"  # bytes: float32 TENSOR_SHAPE, C order

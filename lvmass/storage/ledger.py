@@ -4,7 +4,7 @@ Why: a run can be killed at any moment (a preempted worker, a cancelled job, a S
 incremental run (``--skip_existing``) trusts what the folder says it holds. Files that merely exist prove
 nothing (a sink finalises its files one by one), so what counts is what a committed run says it wrote.
 
-Layout of ``OUTPUT`` (names from ``beam_pipeline.schema``)::
+Layout of ``OUTPUT`` (names from ``lvmass.core.schema``)::
 
     _runs/<run_id>/measurements/*.parquet  a run's facts: one row per input x method (MEASUREMENTS_SCHEMA),
     _runs/<run_id>/errors/*.parquet        its dead letters, and (tensorize) its TFRecords, with the
@@ -45,19 +45,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beam_pipeline import contracts, filesystems
-from beam_pipeline.dead_letters import error_record
-from beam_pipeline.derive import (
+from lvmass.core import contracts
+from lvmass.core.dead_letters import error_record
+from lvmass.core.derive import (
     DerivationSettings,
     derive_results,
     measurement_from_row,
     ordered_errors,
     phenotype_error_records,
 )
-from beam_pipeline.identity import input_key
-from beam_pipeline.measure import results_file_row
-from beam_pipeline.phenotypes import PhenotypeTable
-from beam_pipeline.schema import (
+from lvmass.core.identity import input_key
+from lvmass.core.measure import results_file_row
+from lvmass.core.phenotypes import PhenotypeTable
+from lvmass.core.schema import (
     ERRORS_DIRNAME,
     ERRORS_MANIFEST,
     ERRORS_SCHEMA,
@@ -74,7 +74,8 @@ from beam_pipeline.schema import (
     check_result_row,
     writable_error_row,
 )
-from beam_pipeline.summary import OutputRow, folder_summary, summary_json
+from lvmass.core.summary import OutputRow, folder_summary, summary_json
+from lvmass.storage import filesystems
 
 logger = logging.getLogger(__name__)
 

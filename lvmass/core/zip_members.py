@@ -18,7 +18,7 @@ that lies about its size):
   CRC-32 differs from the central directory's;
 - an encrypted member is refused with its name (lvmass does not decrypt).
 
-Errors are :class:`MemberError` (step ``read`` of :class:`~beam_pipeline.study.DecodeError`); the caller
+Errors are :class:`MemberError` (step ``read`` of :class:`~lvmass.core.study.DecodeError`); the caller
 adds the file's name.
 """
 

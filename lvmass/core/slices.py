@@ -1,6 +1,6 @@
 """Choose the short-axis slices and their end-diastolic frames from parsed DICOM headers (pure).
 
-Slice selection is separate from zip streaming (``beam_pipeline.decode``): it takes the header fields of
+Slice selection is separate from zip streaming (``lvmass.core.decode``): it takes the header fields of
 every candidate member (:class:`HeaderInfo`) and returns a :class:`SliceSelection`: the slices ordered
 base to apex with their end-diastolic (ED) frames, the stack normal, the InlineVF candidates and the QC
 flags. One function per layout (docs/ukbb_format.md, "Series"):
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from beam_pipeline import contracts, geometry
-from beam_pipeline.study import DecodeError
+from lvmass.core import contracts, geometry
+from lvmass.core.study import DecodeError
 
 ED_RULES = ("first_trigger_time", "first_instance")
 BK_SERIES = re.compile(r"^cine_segmented_sax_b(\d+)$")

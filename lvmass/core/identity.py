@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from beam_pipeline.study import DecodedStudy
+from lvmass.core.study import DecodedStudy
 
 ANY_VENDOR_INSTANCE = 0  # the visit of an input whose name does not say it
 UKBB_SHORT_AXIS_FIELD = 20209  # UK Biobank bulk field of the short-axis cine zips

@@ -1,4 +1,4 @@
-"""NIfTI in and out: a short-axis cine ``.nii.gz`` -> :class:`~beam_pipeline.study.DecodedStudy`, and the
+"""NIfTI in and out: a short-axis cine ``.nii.gz`` -> :class:`~lvmass.core.study.DecodedStudy`, and the
 label and image volumes ``--save_labels`` writes.
 
 Reading. Public cardiac data sets (ACDC, M&Ms) and UK Biobank groups that converted the CMR with the
@@ -25,7 +25,7 @@ everything downstream is unchanged:
 
 Only the ED frame is kept in memory, but the whole file is read: gzip's length and CRC are checked at its
 end, so a truncated or damaged file is a dead letter, never a study built from part of one. Every failure
-is a :class:`~beam_pipeline.study.DecodeError` naming the file, the step and the reason (``read``: not
+is a :class:`~lvmass.core.study.DecodeError` naming the file, the step and the reason (``read``: not
 NIfTI, truncated or corrupt gzip; ``header``: a 2-D image, an unsupported layout; ``geometry``: no affine,
 a sheared one; ``pixels``: NaN or infinite voxels).
 
@@ -46,11 +46,11 @@ import nibabel as nib
 import numpy as np
 from nibabel.spatialimages import HeaderDataError
 
-from beam_pipeline import acquisition, budget, contracts, geometry
-from beam_pipeline.identity import base_name
-from beam_pipeline.qc import geometry_qc_flags
-from beam_pipeline.slices import ED_RULES
-from beam_pipeline.study import DecodedStudy, DecodeError
+from lvmass.core import acquisition, budget, contracts, geometry
+from lvmass.core.identity import base_name
+from lvmass.core.qc import geometry_qc_flags
+from lvmass.core.slices import ED_RULES
+from lvmass.core.study import DecodedStudy, DecodeError
 
 GZIP_MAGIC = b"\x1f\x8b"
 NIFTI1_HEADER_BYTES = 348
@@ -212,7 +212,7 @@ def _read_frame(stream, header: nib.Nifti1Header, xyz: tuple[int, int, int], n_f
                 budget_bytes: int = budget.MAX_PARTICIPANT_BYTES) -> np.ndarray:
     """The voxels of ``frame`` (x, y, slices) as float32 after scl_slope/scl_inter; the rest of the file
     is read and dropped, so a truncated or corrupt file fails here. A frame that would take more than
-    ``budget_bytes`` to convert and resample (``beam_pipeline.budget``) is refused before it is read."""
+    ``budget_bytes`` to convert and resample (``lvmass.core.budget``) is refused before it is read."""
     dtype = header.get_data_dtype()
     if dtype.kind not in "iuf" or dtype.fields is not None:
         raise DecodeError(source_uri, "header", f"voxels of type {dtype} (complex or RGB): expected a "

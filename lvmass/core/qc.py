@@ -1,4 +1,4 @@
-"""Quality-control flags per participant and method, from the vocabulary in :mod:`beam_pipeline.contracts`.
+"""Quality-control flags per participant and method, from the vocabulary in :mod:`lvmass.core.contracts`.
 
 Flags describe; they never drop a participant. ``qc_pass`` is False when any flag outside
 ``QC_INFORMATIONAL_FLAGS`` is raised. Each function returns flags in vocabulary order, without
@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy.ndimage import binary_fill_holes, label
 
-from beam_pipeline import contracts, geometry
-from beam_pipeline.study import DecodedStudy
+from lvmass.core import contracts, geometry
+from lvmass.core.study import DecodedStudy
 
 # A mid-ventricular slice's cavity should lie inside its myocardium: at least this share of cavity pixels.
 RING_ENCLOSED_CAVITY_MIN = 0.9

@@ -8,13 +8,13 @@
 ``OUTPUT/labels/image/<participant_id>_<instance>.nii.gz``       the ED image on that grid, beside them
 ==========================================================  ==============================================
 
-``participant_id`` is the eid for UK Biobank inputs (``beam_pipeline.identity``). Paths are joined with
+``participant_id`` is the eid for UK Biobank inputs (``lvmass.core.identity``). Paths are joined with
 ``/``, right for local paths and ``gs://`` alike. Pure: no Beam.
 """
 
 from __future__ import annotations
 
-from beam_pipeline.schema import LABELS_DIRNAME
+from lvmass.core.schema import LABELS_DIRNAME
 
 ED_IMAGE_DIRNAME = "image"
 NPZ_SUFFIX = ".npz"

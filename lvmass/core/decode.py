@@ -1,4 +1,4 @@
-"""Decode one participant's short-axis cine CMR into a :class:`~beam_pipeline.study.DecodedStudy`.
+"""Decode one participant's short-axis cine CMR into a :class:`~lvmass.core.study.DecodedStudy`.
 
 Reads only what the mass needs (docs/architecture.md, "Read only what is needed"):
 
@@ -6,7 +6,7 @@ Reads only what the mass needs (docs/architecture.md, "Read only what is needed"
    it clearly describes as something other than short-axis cine;
 2. read the DICOM *headers* of the remaining ``.dcm`` members, as far as the tags slice selection needs;
 3. choose the short-axis series, the stack normal, the end-diastolic (ED) frame of each slice and the
-   base-to-apex order: ``beam_pipeline.slices`` (pure, over the parsed headers; docs/ukbb_format.md);
+   base-to-apex order: ``lvmass.core.slices`` (pure, over the parsed headers; docs/ukbb_format.md);
 4. decode pixels of the chosen ED frames only, and InlineVF overlays of the matching
    ``CINE_segmented_SAX_InlineVF`` instances only (none at all with ``with_inlinevf=False``).
 
@@ -22,7 +22,7 @@ UK Biobank zip (tested on the synthetic cohorts and a real study):
     header drops the trust altogether. Everything else (no manifest, other layouts, other vendors) is read
     as ``all_headers``.
 ``all_headers``
-    every candidate header, with the minimal tag reader of :mod:`beam_pipeline.dicom_headers` (pydicom
+    every candidate header, with the minimal tag reader of :mod:`lvmass.core.dicom_headers` (pydicom
     for a member it cannot read), up to PixelSpacing (0028,0030); for an InlineVF frame on through the
     Siemens CSA group to the overlay group.
 ``scan_all_headers``
@@ -31,11 +31,11 @@ UK Biobank zip (tested on the synthetic cohorts and a real study):
 
 With ``fast`` and ``all_headers`` the chosen frames are parsed by the minimal reader too, and a native
 16-bit grey-scale image is unpacked with numpy exactly as pydicom unpacks it (:func:`_native_pixels`);
-anything else goes to pydicom. Every member is read through :mod:`beam_pipeline.zip_members`, which
+anything else goes to pydicom. Every member is read through :mod:`lvmass.core.zip_members`, which
 refuses members beyond a size limit (:data:`MAX_MEMBER_BYTES`, :data:`MAX_MANIFEST_BYTES`,
 :data:`MAX_HEADER_BYTES`), never inflates a member past its declared size and names encrypted members.
 Each chosen member is inflated once. :class:`DecodeStats` counts what was read, so tests can prove the
-decoder never touches more than it needs. Every failure raises :class:`~beam_pipeline.study.DecodeError`
+decoder never touches more than it needs. Every failure raises :class:`~lvmass.core.study.DecodeError`
 naming the file/member and the reason.
 """
 
@@ -57,15 +57,15 @@ from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
-from beam_pipeline import acquisition, budget, contracts, geometry
-from beam_pipeline import dicom_headers as dh
-from beam_pipeline.budget import MAX_PARTICIPANT_BYTES
-from beam_pipeline.identity import base_name, is_nifti_name, parse_ukbb_zip_name
-from beam_pipeline.manifest import ManifestError, is_manifest_name, series_descriptions
-from beam_pipeline.nifti import decode_nifti
-from beam_pipeline.overlay import overlay_outline
-from beam_pipeline.qc import geometry_qc_flags
-from beam_pipeline.slices import (
+from lvmass.core import acquisition, budget, contracts, geometry
+from lvmass.core import dicom_headers as dh
+from lvmass.core.budget import MAX_PARTICIPANT_BYTES
+from lvmass.core.identity import base_name, is_nifti_name, parse_ukbb_zip_name
+from lvmass.core.manifest import ManifestError, is_manifest_name, series_descriptions
+from lvmass.core.nifti import decode_nifti
+from lvmass.core.overlay import overlay_outline
+from lvmass.core.qc import geometry_qc_flags
+from lvmass.core.slices import (
     BK_SERIES,
     ED_RULES,
     INLINEVF_SERIES,
@@ -82,8 +82,8 @@ from beam_pipeline.slices import (
     normalise_description,
     select_slices,
 )
-from beam_pipeline.study import DecodedStudy, DecodeError
-from beam_pipeline.zip_members import (
+from lvmass.core.study import DecodedStudy, DecodeError
+from lvmass.core.zip_members import (
     MAX_HEADER_BYTES,
     MAX_MANIFEST_BYTES,
     MAX_MEMBER_BYTES,
@@ -93,7 +93,7 @@ from beam_pipeline.zip_members import (
     ZipMembers,
 )
 
-__all__ = [  # choose_ed_frame and HeaderInfo live in beam_pipeline.slices; decoding callers find them here
+__all__ = [  # choose_ed_frame and HeaderInfo live in lvmass.core.slices; decoding callers find them here
     "ED_RULES", "MAX_MANIFEST_BYTES", "MAX_MEMBER_BYTES", "STRATEGIES", "DecodeStats", "HeaderInfo",
     "ParticipantFolder", "choose_ed_frame", "decode_dicom_members", "decode_frame_pixels",
     "decode_participant_file", "decode_participant_zip", "folder_member_name", "header_info",
@@ -1201,7 +1201,7 @@ def _read_chosen(
 def _check_budget(slices: Sequence[ChosenSlice], matched: Sequence[HeaderInfo | None],
                   members: ZipMembers | StreamMembers, source_uri: str, budget_bytes: int) -> None:
     """Refuse, before a pixel is read, a participant whose chosen frames would take more memory than
-    ``budget_bytes`` (``beam_pipeline.budget``): their sizes come from the headers (Rows x Columns), the
+    ``budget_bytes`` (``lvmass.core.budget``): their sizes come from the headers (Rows x Columns), the
     largest read from the zip's declared sizes (a folder's files: up to :data:`MAX_MEMBER_BYTES`)."""
     shapes = [(s.ed.rows or 0, s.ed.cols or 0) for s in slices]
     chosen = [s.ed.member for s in slices] + [vf.member for vf in matched if vf is not None]
@@ -1301,7 +1301,7 @@ def decode_participant_zip(
     decoded, and members the manifest describes as InlineVF are not even read, unless it turns out to
     be the only short-axis series (then its frames supply the images, still without outlines).
     ``strategy`` chooses how headers are read (module docstring); the result does not depend on it.
-    ``budget_bytes``: the memory the participant may take (``beam_pipeline.budget``); beyond it, a
+    ``budget_bytes``: the memory the participant may take (``lvmass.core.budget``); beyond it, a
     ``DecodeError`` at step ``budget`` before any pixel is read.
     """
     _check_strategy(strategy, ed_rule)
@@ -1385,7 +1385,7 @@ def decode_participant_file(
     budget_bytes: int = MAX_PARTICIPANT_BYTES,
 ) -> DecodedStudy:
     """Decode one participant file by its name: a NIfTI short-axis cine or ED volume (``.nii``,
-    ``.nii.gz``: ``beam_pipeline.nifti.decode_nifti``, which has no InlineVF and no header strategies), else
+    ``.nii.gz``: ``lvmass.core.nifti.decode_nifti``, which has no InlineVF and no header strategies), else
     a zip of DICOMs (:func:`decode_participant_zip`); either within ``budget_bytes``."""
     _check_strategy(strategy, ed_rule)
     if is_nifti_name(source_uri):

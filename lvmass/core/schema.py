@@ -20,9 +20,9 @@ RESULTS_PARTITION_COLUMNS: tuple[str, ...] = ("method",)
 RESULTS_DIRNAME = "lvmass"
 ERRORS_DIRNAME = "errors"
 SUMMARY_FILENAME = "summary.json"
-SUCCESS_FILENAME = "_SUCCESS"  # the folder's commit record (beam_pipeline.ledger): what a reader may read
+SUCCESS_FILENAME = "_SUCCESS"  # the folder's commit record (lvmass.storage.ledger): what a reader may read
 LABELS_DIRNAME = "labels"  # --save_labels: OUTPUT/labels/method=<m>/<eid>_<instance>.npz
-# The ledger (beam_pipeline.ledger). Names that begin with "_" are not for readers: Hive, pyarrow's
+# The ledger (lvmass.storage.ledger). Names that begin with "_" are not for readers: Hive, pyarrow's
 # datasets and the documented globs never list them.
 RUNS_DIRNAME = "_runs"  # OUTPUT/_runs/<run_id>/: what one run wrote (measurements, errors; its temp files)
 LEDGER_DIRNAME = "_ledger"  # OUTPUT/_ledger/runs/<run_id>.json: one manifest per committed run
@@ -158,7 +158,7 @@ RESULTS_FILE_SCHEMA = pa.schema(
 # What a run measured (``measure.Measurement``, one row per input x method), before anything that depends
 # on the cohort or the phenotypes: the facts the ledger keeps, written once per input and never rewritten.
 # Every column is a ``RESULTS_SCHEMA`` column of the same type, so the derived table is these facts plus
-# the cohort's values (beam_pipeline.derive).
+# the cohort's values (lvmass.core.derive).
 MEASUREMENT_COLUMNS: tuple[str, ...] = (
     "participant_id", "eid", "instance", "method", "lv_mass_raw_g", "myocardium_volume_ml",
     "lv_cavity_volume_ml", "n_slices", "pixel_spacing_row_mm", "pixel_spacing_col_mm", "slice_spacing_mm",

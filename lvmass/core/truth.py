@@ -13,7 +13,7 @@ entry                                                  content
                                                        disease model (:data:`DISEASE_MODEL_KEY`) and the
                                                        written cohort's summary (:data:`COHORT_KEY`)
 ``truth_labels/`` (:data:`TRUTH_LABELS_DIRNAME`)       ``{eid}_20209_{instance}_0.npz``, named as the zip
-                                                       (``beam_pipeline.identity`` parses it): ``labels``,
+                                                       (``lvmass.core.identity`` parses it): ``labels``,
                                                        uint8 (rows, cols, n_slices) ED truth labels
 =====================================================  ======================================================
 

@@ -6,7 +6,7 @@ LVH_p90 are not: they depend on the cohort (the sex centering is fitted on every
 manual mass, the 90th percentiles on every QC-passing mass) and on the phenotype file. Computing them
 per run made them depend on how the work was split into runs; computing them here, from all the
 measurements a folder holds, makes an incremental folder's derived table equal a one-shot run's, bit for
-bit (``beam_pipeline.ledger.finalise`` calls :func:`derive_results` at the end of every run).
+bit (``lvmass.storage.ledger.finalise`` calls :func:`derive_results` at the end of every run).
 
 * :func:`measurement_row` / :func:`measurement_from_row`: a ``measure.Measurement`` as a row of
   ``schema.MEASUREMENTS_SCHEMA`` and back, exactly (float64 all the way);
@@ -29,10 +29,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from beam_pipeline import PIPELINE_VERSION, contracts
-from beam_pipeline.dead_letters import error_record
-from beam_pipeline.mass import SexCentering, fit_sex_centering, sex_percentile_thresholds
-from beam_pipeline.measure import (
+from lvmass.core import contracts
+from lvmass.core.contracts import PIPELINE_VERSION
+from lvmass.core.dead_letters import error_record
+from lvmass.core.mass import SexCentering, fit_sex_centering, sex_percentile_thresholds
+from lvmass.core.measure import (
     CENTERED_METHODS,
     DEFAULT_MIN_CALIBRATION_N,
     Measurement,
@@ -41,9 +42,9 @@ from beam_pipeline.measure import (
     merged_centering,
     recalibrated_inlinevf,
 )
-from beam_pipeline.phenotypes import PhenotypeTable
-from beam_pipeline.qc import qc_pass
-from beam_pipeline.schema import (
+from lvmass.core.phenotypes import PhenotypeTable
+from lvmass.core.qc import qc_pass
+from lvmass.core.schema import (
     MEASUREMENT_COLUMNS,
     STAGE_PHENOTYPES,
     ErrorRecord,

@@ -1,14 +1,14 @@
 """Where a decoded study's voxels lie in the patient: the affine of its grid.
 
-A :class:`~beam_pipeline.study.DecodedStudy` holds its slices in the standard in-plane view, base to apex
-(``beam_pipeline.geometry``). Its ``affine_lps`` (4 x 4, row-major) maps voxel ``(row, col, plane)`` of that
+A :class:`~lvmass.core.study.DecodedStudy` holds its slices in the standard in-plane view, base to apex
+(``lvmass.core.geometry``). Its ``affine_lps`` (4 x 4, row-major) maps voxel ``(row, col, plane)`` of that
 grid to the DICOM patient coordinate system (LPS: x to the patient's left, y posterior, z head; mm).
 Slice ``k`` lies on plane :func:`slice_planes` ``[k]``: ``k`` itself in a regular stack, one plane further for
 each missing slice, so a stack with a gap keeps its slices where they were acquired and the gap stays empty.
 
 The decoders build the affine from what they read: DICOM from ImagePositionPatient (0020,0032),
 ImageOrientationPatient (0020,0037) and PixelSpacing (0028,0030) of each chosen frame (PS3.3 C.7.6.2.1.1),
-NIfTI from the file's own affine turned to the same slices (``beam_pipeline.nifti``). ``--save_labels``
+NIfTI from the file's own affine turned to the same slices (``lvmass.core.nifti``). ``--save_labels``
 writes labels and the ED image on this grid (NIfTI, whose affine is RAS: :func:`lps_to_ras`), so they open
 over each other, and over any other image of the participant, in ITK-SNAP or 3D Slicer.
 
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from beam_pipeline.geometry import ViewTransform
-from beam_pipeline.study import DecodedStudy
+from lvmass.core.geometry import ViewTransform
+from lvmass.core.study import DecodedStudy
 
 # Slices farther than this from the one affine fitted to the stack (in-plane drift, a skewed stack) are
 # reported: the saved NIfTI files then place them approximately (half a typical 1.8 mm pixel).

@@ -1,7 +1,7 @@
 """The summary (``OUTPUT/summary.json``): what went in, what came out, what failed and why.
 
 Pure functions over plain records, so the arithmetic is tested without Beam. :func:`folder_summary`
-describes an output folder (every committed run, ``beam_pipeline.ledger.finalise``): it holds nothing
+describes an output folder (every committed run, ``lvmass.storage.ledger.finalise``): it holds nothing
 that depends on how the work was split into runs (no run id, no output path), so an incremental folder's
 summary equals a one-shot run's byte for byte. :func:`build_summary` counts one set of inputs (a run's,
 in its manifest). The invariant the summary states (``reconciled``): every matched
@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping
 from importlib import metadata
 from typing import Any, NamedTuple
 
-from beam_pipeline import PIPELINE_VERSION
-from beam_pipeline.schema import STAGE_PHENOTYPES, ErrorRecord
+from lvmass.core.contracts import PIPELINE_VERSION
+from lvmass.core.schema import STAGE_PHENOTYPES, ErrorRecord
 
 SUMMARY_SCHEMA_VERSION = 3  # 3: the folder's summary (every committed run), from the ledger
 _VERSIONED_PACKAGES = ("apache-beam", "tensorflow", "numpy", "pyarrow", "pydicom", "scipy")
@@ -49,7 +49,7 @@ def package_versions() -> dict[str, str | None]:
 def error_reason(error: ErrorRecord) -> str:
     """A short, countable reason: the error type, plus the decoder's own step for a ``DecodeError``.
 
-    A ``DecodeError`` message reads ``"<source>: <step>: <reason>"`` (``beam_pipeline.study``), so the
+    A ``DecodeError`` message reads ``"<source>: <step>: <reason>"`` (``lvmass.core.study``), so the
     step (``manifest``, ``series``, ``pixels``...) is what separates "zip without SAX series" from
     "DICOM without pixels".
     """

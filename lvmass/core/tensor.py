@@ -1,6 +1,6 @@
 """Build the model tensor ``(256, 256, 13, 1)`` from a decoded study; the one shared layout function.
 
-The layout is documented once in :mod:`beam_pipeline.contracts`: slices base to apex at indices
+The layout is documented once in :mod:`lvmass.core.contracts`: slices base to apex at indices
 ``0..n-1``, each slice resampled in-plane to the grid's pixel size (the model's; linear with Gaussian
 anti-aliasing for images, nearest neighbour for labels), zero-padded centred (odd remainder bottom/right),
 centre-cropped and flagged when larger than 256, intensities z-scored over the acquired pixels with
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from beam_pipeline import contracts
-from beam_pipeline.study import DecodedStudy
+from lvmass.core import contracts
+from lvmass.core.study import DecodedStudy
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from beam_pipeline.schema import ERRORS_DIRNAME, RESULTS_DIRNAME
+from lvmass.core.schema import ERRORS_DIRNAME, RESULTS_DIRNAME
 
 EXAMPLE_QUERIES_FILE = Path(__file__).resolve().parent / "sql" / "example_queries.sql"
 
@@ -29,13 +29,13 @@ def connect(output: str) -> Any:
     """An in-memory DuckDB connection with the views ``lvmass`` (hive-partitioned by method) and
     ``lvmass_errors`` over a pipeline output folder.
 
-    The views read the files the folder's ledger commit names (``beam_pipeline.ledger.committed_files``),
+    The views read the files the folder's ledger commit names (``lvmass.storage.ledger.committed_files``),
     so a run in progress, or one that was stopped, is never half read; a folder without a ledger (files
     written by hand, or by an lvmass older than the ledger) is read as every ``lvmass/*/*.parquet`` and
     ``errors/*.parquet``."""
     import duckdb
 
-    from beam_pipeline import ledger  # reads through Beam's FileSystems: imported here, not with the module
+    from lvmass.storage import ledger  # reads through Beam's FileSystems: imported here, not with the module
 
     root = str(output).rstrip("/")
     committed = ledger.committed_files(root, RESULTS_DIRNAME)

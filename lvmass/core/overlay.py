@@ -15,8 +15,8 @@ import numpy as np
 import pydicom
 from scipy.signal import fftconvolve
 
-from beam_pipeline import contracts
-from beam_pipeline.study import DecodedStudy
+from lvmass.core import contracts
+from lvmass.core.study import DecodedStudy
 
 # ml4h's constants (ml4h/tensorize/tensor_writer_ukbb.py).
 MIN_RADIUS_PX = 2
