@@ -67,3 +67,18 @@ def test_slices_without_an_lv_and_a_whole_volume():
     np.testing.assert_array_equal(close_ring(empty), empty)
     volume = np.stack([ring(), np.zeros((100, 100), np.uint8)], axis=-1)
     np.testing.assert_array_equal(close_rings(volume), volume)
+
+
+def test_a_blob_fused_to_the_ring_is_cut_off():
+    """A vessel-sized blob touching the ring's outside (labelled cavity and myocardium, as a model may):
+    removed, the ring kept."""
+    whole = ring()
+    fused = whole.copy()
+    yy, xx = np.mgrid[0:100, 0:100]
+    blob = np.hypot(yy - 50, xx - 80) < 9
+    fused[blob & (whole == 0)] = contracts.MYOCARDIUM
+    fused[np.hypot(yy - 50, xx - 82) < 5] = contracts.LV_CAVITY
+    closed = close_ring(fused)
+    assert not (closed[blob & (whole == 0)] != 0).any()
+    myo, myo_whole = (closed == contracts.MYOCARDIUM).sum(), (whole == contracts.MYOCARDIUM).sum()
+    assert abs(int(myo) - int(myo_whole)) <= 0.03 * myo_whole

@@ -1,13 +1,15 @@
-"""Close the myocardial ring where a per-slice segmentation lost a short stretch of wall.
+"""Close the myocardial ring where a per-slice segmentation lost a short stretch of wall; cut what is fused
+to it.
 
 Why: in short axis the LV myocardium encloses the cavity on every slice the experts contour (at the base they
 close it across the outflow tract). A per-slice model loses a stretch of a thin, low-contrast wall now and
 then (against the lung, a thin septum against a bright RV): the cavity then runs into the background, the
 mass misses that stretch and the ring check of QC (``qc.label_qc_flags``) fails a slice that is otherwise
-right. Around the cavity's centroid, each ray's cavity radius and outer radius (cavity and myocardium) are
-read off the labels; rays with no wall beyond the cavity get both radii interpolated from the nearest rays
-that have one, and only those rays' pixels are repainted. A slice that lost its wall on more than
-``max_gap_fraction`` of its rays is left alone: that is no short gap, and QC should see it.
+right. Something fused to the ring's outside (a vessel, part of the RV) adds its mass. Around the LV's centre,
+each ray's cavity radius and outer radius (cavity and myocardium) are read off the labels; rays with no
+proper wall beyond the cavity, or whose outer radius jumps far beyond the neighbouring rays', get both radii
+interpolated from the nearest good rays, and only those rays' pixels are repainted. A slice where more than
+``max_gap_fraction`` of the rays are bad is left alone: that is no short gap, and QC should see it.
 """
 
 from __future__ import annotations
@@ -49,26 +51,54 @@ def _interpolate_circular(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.interp(np.arange(n), extended, np.tile(values[index], 3))
 
 
+def _running_median(values: np.ndarray, half_width: int) -> np.ndarray:
+    """The median of each ray's neighbourhood (``half_width`` rays each side) around the circle."""
+    n = values.size
+    index = (np.arange(n)[:, None] + np.arange(-half_width, half_width + 1)[None, :]) % n
+    return np.median(values[index], axis=1)
+
+
+def _bad_rays(r_cavity: np.ndarray, r_outer: np.ndarray) -> np.ndarray | None:
+    """Rays without a proper wall (none, or under half the slice's typical wall: they graze a gap's edge)
+    or with something fused to the ring (the outer radius far beyond the neighbouring rays'); None when the
+    slice has no wall at all."""
+    wall = r_outer - r_cavity
+    solid = wall[(wall >= MIN_WALL_PX) & (r_cavity > 0)]
+    if solid.size == 0:
+        return None
+    thin = (wall < max(MIN_WALL_PX, 0.5 * float(np.median(solid)))) | (r_cavity <= 0)
+    # over half the circle: a fused blob up to a third of the rays wide stays a minority of the window
+    usual = _running_median(r_outer, RAYS // 4)
+    fused = r_outer > usual + np.maximum(3.0, 0.25 * usual)
+    return thin | fused
+
+
 def close_ring(labels: np.ndarray, *, max_gap_fraction: float = 0.35) -> np.ndarray:
-    """One slice's labels ``(rows, cols)`` with short gaps in the myocardial ring closed; a new array."""
+    """One slice's labels ``(rows, cols)`` with short gaps in the myocardial ring closed and what is fused to
+    its outside cut off; a new array."""
     out = np.array(labels, copy=True)
     cavity = out == contracts.LV_CAVITY
     if cavity.sum() < 20 or not (out == contracts.MYOCARDIUM).any():
         return out
-    # the LV's centre, not the cavity's: a stretch of wall taken for cavity does not move it
+    # the LV's centre, refined once from the fitted outline: neither a stretch of wall taken for cavity nor
+    # a blob fused to the ring moves it much
     lv = np.argwhere(out != contracts.BACKGROUND)
     centre = (float(lv[:, 0].mean()), float(lv[:, 1].mean()))
+    for _ in range(2):
+        r_cavity, r_outer = _ray_radii(out, centre)
+        bad = _bad_rays(r_cavity, r_outer)
+        if bad is None or bad.mean() > max_gap_fraction or (~bad).sum() < 3:
+            return out
+        outer_fit = _interpolate_circular(r_outer, ~bad)
+        theta = 2 * math.pi * np.arange(RAYS) / RAYS
+        centre = (centre[0] + float(np.mean(outer_fit * np.sin(theta))),
+                  centre[1] + float(np.mean(outer_fit * np.cos(theta))))
     r_cavity, r_outer = _ray_radii(out, centre)
-    wall = r_outer - r_cavity
-    solid = wall[(wall >= MIN_WALL_PX) & (r_cavity > 0)]
-    if solid.size == 0:
+    bad = _bad_rays(r_cavity, r_outer)
+    if bad is None or not bad.any() or bad.mean() > max_gap_fraction or (~bad).sum() < 3:
         return out
-    # a ray whose wall is less than half the slice's typical wall is part of the gap too (it grazes its edge)
-    has_wall = (wall >= max(MIN_WALL_PX, 0.5 * float(np.median(solid)))) & (r_cavity > 0)
-    if has_wall.all() or (~has_wall).mean() > max_gap_fraction or has_wall.sum() < 3:
-        return out
-    cavity_fit = _interpolate_circular(r_cavity, has_wall)
-    outer_fit = _interpolate_circular(r_outer, has_wall)
+    cavity_fit = _interpolate_circular(r_cavity, ~bad)
+    outer_fit = _interpolate_circular(r_outer, ~bad)
     rows, cols = np.mgrid[0 : out.shape[0], 0 : out.shape[1]]
     dy, dx = rows - centre[0], cols - centre[1]
     radius = np.hypot(dy, dx)
@@ -76,11 +106,14 @@ def close_ring(labels: np.ndarray, *, max_gap_fraction: float = 0.35) -> np.ndar
     nearest = np.rint(position).astype(np.int64) % RAYS
     cavity_here = np.interp(position, np.arange(RAYS + 1), np.append(cavity_fit, cavity_fit[0]))
     outer_here = np.interp(position, np.arange(RAYS + 1), np.append(outer_fit, outer_fit[0]))
-    in_gap = ~has_wall[nearest] & (radius <= outer_here + 1.0)
+    # as far as the LV reaches on this ray or its neighbours (a pixel lies between rays)
+    widest = np.maximum(np.maximum(r_outer, np.roll(r_outer, 1)), np.roll(r_outer, -1))
+    reach = np.maximum(outer_here, widest[nearest]) + 1.5
+    on_bad = bad[nearest] & (radius <= reach)
     repaint = np.where(
         radius <= cavity_here, contracts.LV_CAVITY,
         np.where(radius <= outer_here, contracts.MYOCARDIUM, contracts.BACKGROUND))
-    out[in_gap] = repaint[in_gap].astype(out.dtype)
+    out[on_bad] = repaint[on_bad].astype(out.dtype)
     return out
 
 
