@@ -9,7 +9,7 @@ DEMO_PARTICIPANTS ?= 200
 CHECKOV_VENV ?= build/venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: venv demo test lint browser checkov clean
+.PHONY: venv demo test lint imports typecheck browser checkov clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,14 @@ browser:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# The import rules of docs/architecture.md ([tool.importlinter] in pyproject.toml).
+imports: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+# The type checker over the domain package, lvmass/core ([tool.mypy] in pyproject.toml).
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
 # terraform/ scanned offline by checkov's built-in policies (no terraform binary or registry needed); any
 # failed check fails `make test`, and every skipped check states its reason beside it in the .tf file.
 # checkov lives in its own virtualenv: its bc-python-hcl2 and the tests' python-hcl2 are both `hcl2`.
@@ -39,7 +47,7 @@ $(CHECKOV_STAMP): terraform/checkov-requirements.txt
 checkov: $(CHECKOV_STAMP)
 	$(CHECKOV_VENV)/bin/checkov -d terraform --framework terraform --skip-download --compact --quiet
 
-test: $(STAMP) browser lint checkov
+test: $(STAMP) browser lint imports typecheck checkov
 	$(PY) -m pytest
 
 demo: $(STAMP)

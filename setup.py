@@ -31,6 +31,8 @@ TEST_REQUIRES = [
     "pydicom-data>=1.0",
     "python-hcl2>=8.1,<9",  # tests/test_terraform.py parses terraform/*.tf (checkov has its own virtualenv)
     "hypothesis>=6.100",  # tests/test_fuzz.py: DICOM bytes and zip structure
+    "mypy>=2.4,<3",  # `make typecheck`: the domain package (lvmass/core), [tool.mypy] in pyproject.toml
+    "import-linter>=2.1",  # `make imports`: the layers of docs/architecture.md, [tool.importlinter]
 ]
 
 setup(

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from analysis import io as aio
-from analysis.stats import DICE_LABELS, dice_by_label
 from lvmass.core.contracts import LABEL_VOLUME_SHAPE, TENSOR_SLICES
 from lvmass.core.identity import parse_input_name
+from lvmass.core.metrics import DICE_LABELS, dice_by_label
 from lvmass.core.tensor import slice_window_start, unplace_label_volume
 
 DICE_COLUMNS: tuple[str, ...] = ("method", "eid", "instance", "structure", "dice", "status")

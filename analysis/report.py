@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -330,6 +331,24 @@ def _provenance(results: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+@dataclass
+class _Analysis:
+    """What every section of the report draws on: the options, the cohort (all rows and the holdout set),
+    the methods with their labels and mass columns, and the tables and figures written so far."""
+
+    args: argparse.Namespace
+    frame: pd.DataFrame
+    methods: list[str]
+    labels: dict[str, str]
+    mass_columns: dict[str, str]
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+    @property
+    def holdout(self) -> pd.DataFrame:
+        return self.frame[self.frame["holdout"]]
+
+
 def build_report(args: argparse.Namespace) -> tuple[Report, dict[str, pd.DataFrame], dict[str, Figure]]:
     """Run every analysis; return the report and the tables and figures to write."""
     results = aio.read_results(args.results)
@@ -348,12 +367,25 @@ def build_report(args: argparse.Namespace) -> tuple[Report, dict[str, pd.DataFra
     if frame.empty:
         raise aio.InputError(args.results, "no result rows match the phenotype file's eids at this instance")
     labels = {m: method_label(m) for m in methods}
-    mass_columns = agr.method_columns(methods, labels)
-    holdout_frame = frame[frame["holdout"]]
-    out_tables: dict[str, pd.DataFrame] = {}
-    out_figures: dict[str, Figure] = {}
+    analysis = _Analysis(args, frame, methods, labels, agr.method_columns(methods, labels))
     report = Report("lvmass: left-ventricular mass, agreement and disease associations")
+    _overview_section(report, analysis, cohort, results, holdout)
+    _table1_section(report, analysis)
+    _agreement_section(report, analysis)
+    if METHOD_INLINEVF in methods:
+        _recalibration_section(report, analysis)
+    _figures_section(report, analysis)
+    _associations_section(report, analysis)
+    if truth is not None:
+        _truth_section(report, truth, frame, methods, labels, args, analysis.tables, analysis.figures)
+    _dice_section(report, truth, args, analysis.tables)
+    return report, analysis.tables, analysis.figures
 
+
+def _overview_section(report: Report, analysis: _Analysis, cohort: Any, results: pd.DataFrame,
+                      holdout: set[int] | None) -> None:
+    """Inputs and settings, the rows read and excluded per method, versions, and the QC gallery."""
+    args, frame = analysis.args, analysis.frame
     overview = report.section("Overview")
     overview.paragraphs.append(
         "Reproduces the analyses of Khurshid et al. 2021 on the pipeline's output: "
@@ -362,7 +394,7 @@ def build_report(args: argparse.Namespace) -> tuple[Report, dict[str, pd.DataFra
         "All methods are shown side by side."
     )
     overview.tables.append(
-        ("overview", "Inputs and settings", _overview(args, frame, methods, cohort.holdout_source))
+        ("overview", "Inputs and settings", _overview(args, frame, analysis.methods, cohort.holdout_source))
     )
     exclusions = cohort.exclusions.assign(method=lambda d: d["method"].map(method_label))
     overview.tables.append(("exclusions", "Rows read and excluded, per method", exclusions))
@@ -380,17 +412,21 @@ def build_report(args: argparse.Namespace) -> tuple[Report, dict[str, pd.DataFra
             "known only by participant_id): they cannot be joined to the phenotypes and are left out "
             "(column 'no eid' of the exclusions)."
         )
-    out_tables["exclusions"] = exclusions
+    analysis.tables["exclusions"] = exclusions
     _link_gallery(overview, args)
 
-    # Table 1
-    t1 = tables.table1(frame, methods, labels)
-    out_tables["table1_baseline"] = t1
+
+def _table1_section(report: Report, analysis: _Analysis) -> None:
+    t1 = tables.table1(analysis.frame, analysis.methods, analysis.labels)
+    analysis.tables["table1_baseline"] = t1
     report.section("Table 1. Baseline characteristics").tables.append(
         ("table1", "Training and holdout sets: mean ± SD, or n (% of those with a known value)", t1)
     )
 
-    # Agreement with manual mass
+
+def _agreement_section(report: Report, analysis: _Analysis) -> None:
+    """Agreement of each method with manual LV mass in the holdout set."""
+    args = analysis.args
     sec = report.section("Agreement with manually labelled LV mass (holdout set)")
     sec.paragraphs.append(
         "Pearson r with Fisher-z 95% CI; MAE with a percentile bootstrap 95% CI "
@@ -399,74 +435,69 @@ def build_report(args: argparse.Namespace) -> tuple[Report, dict[str, pd.DataFra
         "holdout participants with both values. Dunn & Clark's z compares two methods' correlations with the "
         "same manual values (participants with all three values); the CI is Zou's (2007) for r_a − r_b."
     )
-    manual = agr.agree(holdout_frame, MANUAL_MASS, mass_columns, n_boot=args.bootstrap, seed=args.seed)
-    _add_agreement_tables(sec, out_tables, manual, "manual", "Agreement with manual LV mass",
+    manual = agr.agree(analysis.holdout, MANUAL_MASS, analysis.mass_columns, n_boot=args.bootstrap,
+                       seed=args.seed)
+    _add_agreement_tables(sec, analysis.tables, manual, "manual", "Agreement with manual LV mass",
                           "Dunn & Clark comparisons of correlations with manual LV mass")
 
-    # Recalibration
-    if METHOD_INLINEVF in methods:
-        training_manual = (~frame["holdout"]) & frame[MANUAL_MASS].notna()
-        raw_col = mcol(METHOD_INLINEVF, "lv_mass_raw_g")
-        n_fit = int((training_manual & frame[raw_col].notna()).sum())
-        if n_fit >= 4:
-            fit_mask, fit_set = training_manual, "training set"
-        else:
-            fit_mask, fit_set = frame["holdout"], "holdout set (in-sample: no training manual masses)"
-        recal, _ = agr.recalibration_table(
-            frame,
-            fit_mask=fit_mask,
-            evaluate_mask=frame["holdout"],
-            fit_set=fit_set,
-            n_boot=args.bootstrap,
-            seed=args.seed,
-        )
-        out_tables["recalibration_inlinevf"] = recal
-        rsec = report.section("InlineVF linear recalibration")
-        rsec.paragraphs.append(
-            "Manual LV mass regressed on raw InlineVF mass (OLS; slope and intercept with t 95% CIs), "
-            f"fitted on the {fit_set}, and evaluated on the holdout set beside the paper's published "
-            "equation (0.543487 × raw + 5.808005) and the sex-centred InlineVF mass."
-        )
-        rsec.tables.append(("recalibration", "Recalibration of InlineVF against manual LV mass", recal))
 
-    # Figures 2-4
+def _recalibration_section(report: Report, analysis: _Analysis) -> None:
+    """InlineVF's linear recalibration on manual mass: fitted on the training set where it has manual
+    masses (else in-sample on the holdout set), evaluated on the holdout set."""
+    args, frame = analysis.args, analysis.frame
+    training_manual = (~frame["holdout"]) & frame[MANUAL_MASS].notna()
+    raw_col = mcol(METHOD_INLINEVF, "lv_mass_raw_g")
+    n_fit = int((training_manual & frame[raw_col].notna()).sum())
+    if n_fit >= 4:
+        fit_mask, fit_set = training_manual, "training set"
+    else:
+        fit_mask, fit_set = frame["holdout"], "holdout set (in-sample: no training manual masses)"
+    recal, _ = agr.recalibration_table(
+        frame,
+        fit_mask=fit_mask,
+        evaluate_mask=frame["holdout"],
+        fit_set=fit_set,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+    )
+    analysis.tables["recalibration_inlinevf"] = recal
+    rsec = report.section("InlineVF linear recalibration")
+    rsec.paragraphs.append(
+        "Manual LV mass regressed on raw InlineVF mass (OLS; slope and intercept with t 95% CIs), "
+        f"fitted on the {fit_set}, and evaluated on the holdout set beside the paper's published "
+        "equation (0.543487 × raw + 5.808005) and the sex-centred InlineVF mass."
+    )
+    rsec.tables.append(("recalibration", "Recalibration of InlineVF against manual LV mass", recal))
+
+
+def _figures_section(report: Report, analysis: _Analysis) -> None:
+    """Figures 2-4: mass distributions by sex, and the holdout set against manual mass."""
+    frame, mass_columns, holdout = analysis.frame, analysis.mass_columns, analysis.holdout
     dist_columns = dict(mass_columns)
-    if METHOD_INLINEVF in methods:
+    if METHOD_INLINEVF in analysis.methods:
         dist_columns = {"InlineVF (raw)": mcol(METHOD_INLINEVF, "lv_mass_raw_g"), **dist_columns}
     fsec = report.section("Figures")
-    out_figures["fig2_mass_distributions"] = figs.figure_mass_distributions(frame, dist_columns)
-    fsec.figures.append(
-        (
-            "fig2_mass_distributions",
-            f"Figure 2. LV mass by sex for each method, all {len(frame):,} participants.",
-            figs.png_bytes(out_figures["fig2_mass_distributions"]),
-        )
-    )
-    out_figures["fig3_scatter_manual"] = figs.figure_agreement_scatter(
-        holdout_frame, MANUAL_MASS, mass_columns
-    )
-    fsec.figures.append(
-        (
-            "fig3_scatter_manual",
-            "Figure 3. Manual LV mass against each method in the holdout set; dashed: identity.",
-            figs.png_bytes(out_figures["fig3_scatter_manual"]),
-        )
-    )
-    out_figures["fig4_bland_altman"] = figs.figure_bland_altman(holdout_frame, MANUAL_MASS, mass_columns)
-    fsec.figures.append(
-        (
-            "fig4_bland_altman",
-            "Figure 4. Bland-Altman plots against manual LV mass (holdout set): bias (solid) and "
-            "limits of agreement (dashed).",
-            figs.png_bytes(out_figures["fig4_bland_altman"]),
-        )
-    )
+    for name, figure, caption in (
+        ("fig2_mass_distributions", lambda: figs.figure_mass_distributions(frame, dist_columns),
+         f"Figure 2. LV mass by sex for each method, all {len(frame):,} participants."),
+        ("fig3_scatter_manual", lambda: figs.figure_agreement_scatter(holdout, MANUAL_MASS, mass_columns),
+         "Figure 3. Manual LV mass against each method in the holdout set; dashed: identity."),
+        ("fig4_bland_altman", lambda: figs.figure_bland_altman(holdout, MANUAL_MASS, mass_columns),
+         "Figure 4. Bland-Altman plots against manual LV mass (holdout set): bias (solid) and "
+         "limits of agreement (dashed)."),
+    ):
+        analysis.figures[name] = figure()
+        fsec.figures.append((name, caption, figs.png_bytes(analysis.figures[name])))
 
-    # Associations
-    models = assoc.association_results(frame, methods, labels=labels, min_events=args.min_events)
+
+def _associations_section(report: Report, analysis: _Analysis) -> None:
+    """Table 2 and Figure 5: odds ratios of prevalent disease per method and exposure."""
+    args = analysis.args
+    models = assoc.association_results(analysis.frame, analysis.methods, labels=analysis.labels,
+                                       min_events=args.min_events)
     associations = assoc.results_frame(models)
-    out_tables["associations"] = associations
-    out_tables["table2_associations"] = tables.table2(models)
+    analysis.tables["associations"] = associations
+    analysis.tables["table2_associations"] = tables.table2(models)
     asec = report.section("Table 2. Associations with prevalent disease")
     asec.paragraphs.append(
         "Logistic regression (statsmodels Logit) of each disease on LVMI per 1 SD, LVH (LVMI > 72 g/m² men, "
@@ -475,21 +506,16 @@ def build_report(args: argparse.Namespace) -> tuple[Report, dict[str, pd.DataFra
         "separation, or no convergence are shown with that status instead of an odds ratio."
     )
     asec.tables.append(
-        ("table2", "Odds ratio (95% CI) per method and exposure", out_tables["table2_associations"])
+        ("table2", "Odds ratio (95% CI) per method and exposure", analysis.tables["table2_associations"])
     )
-    out_figures["fig5_forest"] = figs.plot_forest(associations, title="Odds ratios (95% CI)")
+    analysis.figures["fig5_forest"] = figs.plot_forest(associations, title="Odds ratios (95% CI)")
     asec.figures.append(
         (
             "fig5_forest",
             "Figure 5. Odds ratios for prevalent disease, every method side by side.",
-            figs.png_bytes(out_figures["fig5_forest"]),
+            figs.png_bytes(analysis.figures["fig5_forest"]),
         )
     )
-
-    if truth is not None:
-        _truth_section(report, truth, frame, methods, labels, args, out_tables, out_figures)
-    _dice_section(report, truth, args, out_tables)
-    return report, out_tables, out_figures
 
 
 def _link_gallery(section: Section, args: argparse.Namespace) -> None:

@@ -14,7 +14,6 @@ the style of statsmodels' results classes. Formulas are stated in each docstring
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -22,8 +21,6 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats as sps
-
-from lvmass.core.contracts import LV_CAVITY, MYOCARDIUM
 
 DEFAULT_N_BOOT = 1000
 DEFAULT_SEED = 20210101
@@ -443,32 +440,3 @@ def mean_with_ci(values: ArrayLike, *, name: str = "mean") -> MeanResult:
         raise ValueError("no finite values to average")
     sd = float(v.std(ddof=1)) if v.size > 1 else float("nan")
     return MeanResult(estimate=float(v.mean()), sd=sd, n=int(v.size), name=name)
-
-
-# --- Dice ------------------------------------------------------------------------------------------
-DICE_LABELS: Mapping[str, int] = {"myocardium": MYOCARDIUM, "lv_cavity": LV_CAVITY}
-
-
-def dice_coefficient(predicted: ArrayLike, reference: ArrayLike) -> float:
-    """Dice = 2 |A and B| / (|A| + |B|) for two boolean masks of the same shape; NaN when both are empty
-    (undefined, so it is left out of averages rather than counted as perfect)."""
-    a = np.asarray(predicted, dtype=bool)
-    b = np.asarray(reference, dtype=bool)
-    if a.shape != b.shape:
-        raise ValueError(f"masks must have the same shape. Received {a.shape} and {b.shape}")
-    total = int(a.sum()) + int(b.sum())
-    if total == 0:
-        return float("nan")
-    return 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
-def dice_by_label(
-    predicted_labels: ArrayLike, reference_labels: ArrayLike, labels: Mapping[str, int] = DICE_LABELS
-) -> dict[str, float]:
-    """Dice per structure between two label volumes coded with the project's LABEL_MAP
-    (myocardium 2, LV cavity 1 by default)."""
-    pred = np.asarray(predicted_labels)
-    ref = np.asarray(reference_labels)
-    if pred.shape != ref.shape:
-        raise ValueError(f"label volumes must have the same shape. Received {pred.shape} and {ref.shape}")
-    return {name: dice_coefficient(pred == value, ref == value) for name, value in labels.items()}

@@ -20,11 +20,10 @@ participants of those medians. Methods, all in the same run on the same zips:
     the central directory plus inflating, whole, only the members the decoder parses for pixels and
     overlays (its ``DecodeStats.members_decoded``), nothing parsed: about what no decoder can beat;
 ``old``
-    ``decode_participant_zip(..., strategy="scan_all_headers")``: pydicom header pass over every
-    candidate member, as the decoder did before (run against the earlier code, where ``strategy`` does
-    not exist, it times that code's only path);
+    ``decode_zip`` with ``strategy="scan_all_headers"``: pydicom header pass over every candidate
+    member, as the decoder did before;
 ``new``
-    ``decode_participant_zip(...)`` with the default strategy.
+    ``decode_zip`` with the default strategy.
 
 The run checks that ``old`` and ``new`` decode every participant to the same study (bit-identical images
 and outlines, same geometry and flags) and records it. ``--cohort DIR`` keeps the generated zips there and
@@ -46,7 +45,6 @@ layout (commit ee1746a; both ``old`` and ``new`` time its only path), on the sam
 from __future__ import annotations
 
 import argparse
-import inspect
 import io
 import json
 import os
@@ -202,15 +200,13 @@ def floor(path: Path, members: list[str]) -> int:
 
 
 def decoder(path: Path, *, old: bool):
-    from lvmass.core.decode import DecodeStats, decode_participant_zip
+    """(study, stats) of one zip: ``old`` reads every header with pydicom (``scan_all_headers``)."""
+    from lvmass.core.decode import DecodeRequest, decode_zip
 
-    kwargs: dict[str, Any] = {}
-    if old and "strategy" in inspect.signature(decode_participant_zip).parameters:
-        kwargs["strategy"] = "scan_all_headers"
-    stats = DecodeStats()
+    request = DecodeRequest(str(path), strategy="scan_all_headers" if old else "fast")
     with path.open("rb") as handle:
-        study = decode_participant_zip(handle, str(path), stats=stats, **kwargs)
-    return study, stats
+        decoded = decode_zip(handle, request)
+    return decoded.study, decoded.stats
 
 
 def _cpu(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
@@ -297,8 +293,8 @@ def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                              cwd=root)
-        modules = [f"beam_pipeline/{m}.py" for m in ("decode", "dicom_headers", "zip_members", "slices",
-                                                       "manifest")]
+        modules = ["lvmass/core/decode/", *(f"lvmass/core/{m}.py" for m in ("dicom_headers", "zip_members",
+                                                                            "slices", "manifest"))]
         dirty = subprocess.run(["git", "status", "--porcelain", "--", *modules], capture_output=True,
                                text=True, cwd=root).stdout.strip()
         return out.stdout.strip() + (" (decoder modules modified)" if dirty else "")

@@ -40,7 +40,7 @@ Three figures, one command each; every result file records its command, the mach
     the batch sizes, floored at the bytes one participant in a batch really holds (its tensor and the
     batch's stacked copy). The tensors are noise: ML4H_seg finds no heart in its crops and falls back to
     the whole field of view, the most memory a participant can take; the whole field of view alone
-    (``crop_px=None``) is measured too.
+    (``crop_policy=None``) is measured too.
 
 ``startup`` -> ``benchmarks/results/inference_startup.json``::
 
@@ -135,10 +135,10 @@ def run_child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
 
 def write_tensors(cohort: Path, participants: int, seed: int, out: Path) -> list[dict[str, Any]]:
     """Decode the cohort's zips and the real study into ``out/<name>.npz`` (image, spacing_mm)."""
-    from beam_pipeline.inference import bundled_model_dir, read_model_card
     from lvmass.core import contracts
     from lvmass.core.decode import decode_participant_zip
     from lvmass.core.measure import participant_from_study
+    from lvmass.storage.models import bundled_model_dir, read_model_card
     from lvmass.synth.cohort import generate_cohort
 
     zips_dir = cohort / "zips"
@@ -236,8 +236,10 @@ def child_speed(mode: str, tensors: Path, labels_out: Path, repeats: int) -> dic
     """Time one configuration (``MODES``) on every tensor; write each label volume to ``labels_out``."""
     import dataclasses
 
-    from beam_pipeline.inference import ModelInput, SavedModelHandler, bundled_model_dir, resolve_model_dir
+    from beam_pipeline.inference import SavedModelHandler
     from lvmass.core import contracts
+    from lvmass.core.model_input import ModelInput
+    from lvmass.storage.models import bundled_model_dir, resolve_model_dir
 
     model_dir = bundled_model_dir(contracts.MODEL_KIND_SEG)
     crop = MODES[mode]["crop"]
@@ -290,7 +292,7 @@ def child_speed(mode: str, tensors: Path, labels_out: Path, repeats: int) -> dic
             if windowed:
                 if (r, c, slices) not in window_gflop:
                     window_gflop[(r, c, slices)] = conv_gflop_window(
-                        keras_file, r, c, model.card.crop_inference["window_margin_px"], slices)
+                        keras_file, r, c, model.card.crop_inference.window_margin_px, slices)
                 gflop += window_gflop[(r, c, slices)]
             else:
                 gflop += full_gflop[slices] * r * c / (contracts.TENSOR_ROWS * contracts.TENSOR_COLS)
@@ -406,8 +408,10 @@ def speed(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def child_memory(kind: str, batch: int, crop: bool) -> dict[str, Any]:
-    from beam_pipeline.inference import ModelInput, SavedModelHandler, bundled_model_dir
+    from beam_pipeline.inference import SavedModelHandler
     from lvmass.core import contracts
+    from lvmass.core.model_input import ModelInput
+    from lvmass.storage.models import bundled_model_dir
 
     handler = SavedModelHandler(bundled_model_dir(kind), kind=kind, max_batch_size=max(batch, 1),
                                 **({} if crop else {"crop_px": None}))
@@ -429,8 +433,9 @@ def child_memory(kind: str, batch: int, crop: bool) -> dict[str, Any]:
 
 
 def memory(args: argparse.Namespace, argv: list[str]) -> int:
-    from beam_pipeline.inference import PROCESS_MEMORY_BUDGET_MB, bundled_model_dir, resolve_model_dir
     from lvmass.core import contracts
+    from lvmass.core.model_card import PROCESS_MEMORY_BUDGET_MB
+    from lvmass.storage.models import bundled_model_dir, resolve_model_dir
 
     started = machine()
     tensor_mb = float(np.prod(contracts.TENSOR_SHAPE)) * 4 / 2**20
@@ -471,8 +476,7 @@ def memory(args: argparse.Namespace, argv: list[str]) -> int:
                 "machine": {"cpu_model": started["cpu_model"], "python": started["python"]}}
             path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
             cards_written.append(str(path.relative_to(REPO)))
-    from beam_pipeline.inference import batch_size_for_memory
-    from lvmass.core.model_card import ModelCard
+    from lvmass.core.model_card import ModelCard, batch_size_for_memory
 
     cards = [ModelCard(kind=k, version="estimate", inference_memory={"peak_mb": e["peak_mb"],
                                                                     "per_example_mb": e["per_example_mb"]})
@@ -497,10 +501,11 @@ def child_startup() -> dict[str, Any]:
     steps = {}
     _, *steps["import_beam_and_pipeline"] = timed(lambda: __import__("beam_pipeline.pipeline"))
     _, *steps["import_tensorflow"] = timed(lambda: __import__("tensorflow"))
-    from beam_pipeline.inference import SavedModelHandler, bundled_model_dir, read_model_card
+    from beam_pipeline.inference import SavedModelHandler
     from lvmass.core import contracts
     from lvmass.core.decode import decode_participant_zip
     from lvmass.core.measure import participant_from_study
+    from lvmass.storage.models import bundled_model_dir, read_model_card
 
     with REAL_STUDY.open("rb") as handle:  # a real participant, so ML4H_seg takes its usual path
         study = decode_participant_zip(handle, REAL_STUDY.name, with_inlinevf=False)

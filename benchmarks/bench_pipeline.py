@@ -1,7 +1,7 @@
 """End to end: CPU-seconds and wall time of ``python -m beam_pipeline`` against the number of participants.
 
 Two figures, one command each; each result file records its command, the machine, its load, the date and
-the decoder measured (the last commit that touched ``lvmass/core/decode.py``, and whether the working tree
+the decoder measured (the last commit that touched ``lvmass/core/decode/``, and whether the working tree
 differs from it).
 
 ``scaling`` -> ``benchmarks/results/pipeline_scaling.json``::
@@ -99,7 +99,7 @@ def decoder_measured() -> dict[str, Any]:
         done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
         return done.stdout.strip()
 
-    decode = "lvmass/core/decode.py"
+    decode = "lvmass/core/decode/"
     return {"last_commit": git("log", "-1", "--format=%h %ad %s", "--date=iso", "--", decode),
             "working_tree_differs": bool(git("status", "--porcelain", "--", decode))}
 
@@ -233,7 +233,7 @@ def memory(args: argparse.Namespace, argv: list[str]) -> int:
             runs.append(result)
             print(json.dumps(result), flush=True)
             shutil.rmtree(output, ignore_errors=True)
-    from beam_pipeline.inference import PROCESS_MEMORY_BUDGET_MB
+    from lvmass.core.model_card import PROCESS_MEMORY_BUDGET_MB
 
     peak = max(r.get("sdk_process_peak_rss_mb", 0.0) for r in runs)
     body = {"runner": "FnApiRunner, multi_processing, 1 SDK worker process", "fidelity": args.fidelity,

@@ -96,25 +96,18 @@ def _first_crop_pass(handler: Any, model: Any, participant: Any, crop_px: int) -
     callable to time, and the window it takes."""
     import numpy as np
 
-    from beam_pipeline.inference import (
-        CROP_MARGIN_PX,
-        MIN_LV_ML,
-        crop_window,
-        lv_box,
-        lv_hint_box,
-        window_around,
-    )
     from lvmass.core import contracts
+    from lvmass.core.crop import CROP_MARGIN_PX, CropPolicy, crop_window, lv_box, lv_hint_box, window_around
 
     grid = contracts.LABEL_VOLUME_SHAPE[:2]
-    align = int(model.card.crop_inference["align_px"])
+    align = int(model.card.crop_inference.align_px)
     hint = lv_hint_box(participant)
     window = (window_around(hint, crop_px=crop_px, margin_px=CROP_MARGIN_PX, grid=grid, align=align)
               if hint is not None else None) or crop_window((grid[0] / 2, grid[1] / 2), (crop_px, crop_px),
                                                             grid, align)
     image = np.asarray(participant.image, np.float32)[None]
     spacing = np.asarray(participant.spacing_mm, np.float32)[None]
-    min_voxels = max(1, int(np.ceil(MIN_LV_ML / (float(np.prod(spacing[0], dtype=np.float64)) / 1000.0))))
+    min_voxels = CropPolicy().min_voxels(spacing[0])
 
     def first_pass():
         kept, labels = handler._kept_labels(image, spacing, window, model)
@@ -164,8 +157,9 @@ def measure_released_seg(participants: list[Any], rows: list[dict[str, float]], 
     import numpy as np
     from scipy import ndimage
 
-    from beam_pipeline.inference import CROP_MARGIN_PX, SavedModelHandler
+    from beam_pipeline.inference import SavedModelHandler
     from lvmass.core import contracts
+    from lvmass.core.crop import CROP_MARGIN_PX, CropPolicy
     from lvmass.core.model_card import ModelCard
     from trainer import export, ml4h_arch
 
@@ -176,9 +170,10 @@ def measure_released_seg(participants: list[Any], rows: list[dict[str, float]], 
                      pixel_spacing_mm=None, notes="random weights, for timing (benchmarks/bench_stages.py)")
     export.export_model(net, kind=contracts.MODEL_KIND_SEG, export_dir=model_dir, card=card)
     kind = contracts.MODEL_KIND_SEG
-    whole = SavedModelHandler(model_dir, kind=kind, max_batch_size=1, crop_px=None)
+    whole = SavedModelHandler(model_dir, kind=kind, max_batch_size=1, crop_policy=None)
     whole_model, load_cpu, _ = _timed(whole.load_model)
-    crops = {n: SavedModelHandler(model_dir, kind=kind, max_batch_size=1, crop_px=n) for n in crop_sizes}
+    crops = {n: SavedModelHandler(model_dir, kind=kind, max_batch_size=1, crop_policy=CropPolicy(crop_px=n))
+             for n in crop_sizes}
     loaded = {n: handler.load_model() for n, handler in crops.items()}
     comparisons: list[dict[str, Any]] = []
     for row, participant in zip(rows, participants, strict=True):
@@ -200,8 +195,8 @@ def measure_released_seg(participants: list[Any], rows: list[dict[str, float]], 
         print(json.dumps({k: round(v, 3) for k, v in row.items() if k.startswith("ml4h_seg_released")}),
               flush=True)
     return {"parameters": int(net.count_params()),
-            "align_px": int(whole_model.card.crop_inference["align_px"]),
-            "receptive_field_px": int(whole_model.card.crop_inference["receptive_field_px"]),
+            "align_px": int(whole_model.card.crop_inference.align_px),
+            "receptive_field_px": int(whole_model.card.crop_inference.receptive_field_px),
             "window_margin_px": CROP_MARGIN_PX, "crop_px": crop_sizes, "model_load_cpu_s": round(load_cpu, 3),
             "weights": "random (He-normal), seed 0: speed does not depend on them",
             "grid": "pixels as acquired (the imported card has no pixel_spacing_mm)",
@@ -215,10 +210,11 @@ def measure(zips: list[Path], *, paper_seg: bool, paper_crop_px: list[int] | Non
     is left out of the statistics: model loading and graph tracing happen once per worker)."""
     import numpy as np
 
-    from beam_pipeline.inference import SavedModelHandler, bundled_model_dir, read_model_card
+    from beam_pipeline.inference import SavedModelHandler
     from lvmass.core import contracts
-    from lvmass.core.decode import DecodeStats, decode_participant_zip
+    from lvmass.core.decode import DecodeRequest, decode_zip
     from lvmass.core.measure import measure_inlinevf, participant_from_study
+    from lvmass.storage.models import bundled_model_dir, read_model_card
 
     handlers = {}
     load_s = {}
@@ -237,14 +233,14 @@ def measure(zips: list[Path], *, paper_seg: bool, paper_crop_px: list[int] | Non
     acquired = []  # the same participants on the acquired grid, for ml4h's released graph (--paper_seg)
     for path in zips:
         row: dict[str, float] = {"zip_mb": path.stat().st_size / 1e6}
-        stats = DecodeStats()
 
-        def decode(path=path, stats=stats):
+        def decode(path=path):
             with path.open("rb") as handle:
-                return decode_participant_zip(handle, path.name, stats=stats, with_inlinevf=True)
+                return decode_zip(handle, DecodeRequest(path.name, with_inlinevf=True))
 
-        study, row["decode_cpu_s"], row["decode_wall_s"] = _timed(decode)
-        row["bytes_read_mb"] = stats.bytes_read / 1e6
+        decoded, row["decode_cpu_s"], row["decode_wall_s"] = _timed(decode)
+        study = decoded.study
+        row["bytes_read_mb"] = decoded.stats.bytes_read / 1e6
         participant, row["tensor_cpu_s"], row["tensor_wall_s"] = _timed(
             lambda study=study: participant_from_study(study, with_inlinevf=True, grid_pixel_mm=grid_mm))
         _, row["inlinevf_cpu_s"], row["inlinevf_wall_s"] = _timed(

@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_studies as rs
 
 from lvmass.core import contracts
+from lvmass.core.metrics import mask_dice
 from lvmass.core.study import DecodedStudy
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -58,11 +59,7 @@ TARGETS = {"myocardium_dice_mean_min": 0.75, "cavity_dice_mean_min": 0.90, "mass
 Predictor = Callable[[Any], np.ndarray]
 
 
-def dice(predicted: np.ndarray, reference: np.ndarray) -> float:
-    """2|A and B| / (|A| + |B|) of two masks; NaN when both are empty (no overlap to measure)."""
-    from trainer.metrics import mask_dice
-
-    return mask_dice(predicted, reference)
+dice = mask_dice  # 2|A and B| / (|A| + |B|); NaN when both are empty (lvmass.core.metrics' convention)
 
 
 def is_ring(labels_slice: np.ndarray) -> bool:
@@ -230,9 +227,9 @@ def handler_predictor(model_dir: str) -> tuple[Predictor, Any]:
 
 def checkpoint_predictor(run_dir: str) -> tuple[Predictor, float]:
     """A training run's per-slice network on every slice's whole field of view (no export needed), then the
-    post-processing its export's card names (the LV alone); the run's grid."""
-    from beam_pipeline.inference import largest_lv_component
-    from trainer.synthslice import SEG, trained_model
+    post-processing its export's card names (the LV alone, rings closed); the run's grid."""
+    from lvmass.core.postprocess import POSTPROCESSING
+    from trainer.synthslice import SEG, SEG_POSTPROCESS, trained_model
 
     model, config = trained_model(run_dir, SEG)
 
@@ -241,7 +238,7 @@ def checkpoint_predictor(run_dir: str) -> tuple[Predictor, float]:
         probabilities = model.predict(image, batch_size=4, verbose=0)
         labels = np.argmax(probabilities, axis=-1).astype(np.uint8)
         labels[participant.n_slices_used :] = 0
-        return largest_lv_component(np.moveaxis(labels, 0, 2), spacing_mm=participant.spacing_mm)
+        return POSTPROCESSING[SEG_POSTPROCESS](np.moveaxis(labels, 0, 2), spacing_mm=participant.spacing_mm)
 
     return predict, config.stream.grid_mm
 
@@ -254,8 +251,8 @@ def evaluate_regression(
 ) -> dict[str, Any]:
     """ML4H_reg on one study's expert frame: its mass of the slices with both contours (a per-slice model
     takes any slices, so it is given just those) against the reference, and of the whole stack."""
-    from beam_pipeline.inference import ModelInput
     from lvmass.core.measure import participant_from_study
+    from lvmass.core.model_input import ModelInput
 
     expert = rs.load_expert_study(real)
     participant = participant_from_study(
@@ -498,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta: dict[str, Any] = {"model": args.checkpoint, "grid_pixel_mm": grid}
         training_range = None
     else:
-        from beam_pipeline.inference import bundled_model_dir
+        from lvmass.storage.models import bundled_model_dir
 
         model_dir = args.model_seg or bundled_model_dir(contracts.MODEL_KIND_SEG)
         if model_dir is None:

@@ -87,7 +87,7 @@ def measure_stack(
 
 def agreement(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
     """r, MAE and mean difference of ``key`` against the true mass; QC passes, and passes > 15% off."""
-    from trainer.metrics import agreement as mass_agreement
+    from lvmass.core.metrics import mass_agreement
 
     predicted = [r[f"{key}_mass_g"] for r in rows]
     truth = [r["true_lv_mass_g"] for r in rows]
@@ -109,7 +109,7 @@ def evaluate(
     resolution_participants: int,
     seed: int = SEED,
 ) -> dict[str, Any]:
-    from beam_pipeline.inference import read_model_card
+    from lvmass.storage.models import read_model_card
     from lvmass.synth.slice_stack import draw_stack
     from trainer.slice_stream import PURPOSE_EVALUATION
 

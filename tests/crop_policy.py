@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from beam_pipeline.inference import LoadedModel, ModelInput, SavedModelHandler
+from beam_pipeline.inference import LoadedModel, SavedModelHandler
 from lvmass.core import contracts
+from lvmass.core.model_input import ModelInput
 
 GRID = contracts.LABEL_VOLUME_SHAPE[:2]
 LOW, HIGH = 0.5, 1.5  # the band segmenters' thresholds: below LOW background, from HIGH myocardium
@@ -66,9 +67,9 @@ def segment(model_dir: Path, image: np.ndarray, *, inlinevf_labels: np.ndarray |
 
 def participant_tensor(path: Path, *, with_inlinevf: bool):
     """The pipeline's participant tensor of a zip, on the bundled ML4H_seg's grid."""
-    from beam_pipeline.inference import bundled_model_dir, read_model_card
     from lvmass.core.decode import decode_participant_zip
     from lvmass.core.measure import participant_from_study
+    from lvmass.storage.models import bundled_model_dir, read_model_card
 
     grid_mm = read_model_card(bundled_model_dir(contracts.MODEL_KIND_SEG, "paper")).pixel_spacing_mm
     with path.open("rb") as handle:

@@ -41,13 +41,13 @@ class FaultPoint:
 
 
 POINTS: dict[str, FaultPoint] = {
-    "read": FaultPoint("beam_pipeline.transforms:decode_participant_file",
+    "read": FaultPoint("beam_pipeline.transforms.inputs:decode_file",
                        "inputs matched and shuffled; before a zip is decoded"),
-    "decode": FaultPoint("beam_pipeline.transforms:participant_from_study",
+    "decode": FaultPoint("beam_pipeline.transforms.inputs:participant_from_study",
                          "studies decoded; before a tensor is built"),
-    "measure": FaultPoint("beam_pipeline.transforms:measure_inlinevf",
+    "measure": FaultPoint("beam_pipeline.transforms.methods:measure_inlinevf",
                           "tensors built; before a participant is measured"),
-    "write": FaultPoint("beam_pipeline.transforms:measurement_row",
+    "write": FaultPoint("beam_pipeline.transforms.outputs:measurement_row",
                         "measured; before a row reaches the sink"),
     "sink_rename": FaultPoint("os:rename", "a Beam sink moving its temp file to its final name",
                               only_under_output=True),

@@ -11,7 +11,6 @@ import statsmodels.api as sm
 from scipy import stats as sps
 
 from analysis import stats
-from lvmass.core.contracts import LV_CAVITY, MYOCARDIUM
 
 REFERENCE_VALUES = json.loads(
     (Path(__file__).parent / "data" / "analysis" / "reference_values.json").read_text(encoding="utf-8")
@@ -217,29 +216,8 @@ class TestRecalibration:
         assert result.intercept == pytest.approx(5.808005)
 
 
-class TestDice:
-    def test_hand_worked_masks(self):
-        a = np.array([[1, 1], [1, 0]], dtype=bool)  # 3 voxels
-        b = np.array([[1, 1], [0, 0]], dtype=bool)  # 2 voxels, 2 shared: 2 x 2 / 5
-        assert stats.dice_coefficient(a, b) == pytest.approx(0.8)
-        assert stats.dice_coefficient(a, a) == 1.0
-        assert stats.dice_coefficient(a, ~a) == 0.0
-        assert np.isnan(stats.dice_coefficient(np.zeros(4, bool), np.zeros(4, bool)))
-
-    def test_by_label_uses_the_label_map(self):
-        ref = np.zeros((4, 4, 2), dtype=np.uint8)
-        ref[1:3, 1:3, 0] = LV_CAVITY  # 4 cavity voxels
-        ref[0, :, 0] = MYOCARDIUM  # 4 myocardium voxels
-        pred = ref.copy()
-        pred[0, 0, 0] = 0  # one myocardium voxel missed: 2 x 3 / (3 + 4)
-        pred[1, 1, 0] = MYOCARDIUM  # one cavity voxel called myocardium: cavity 2 x 3 / (3 + 4)
-        scores = stats.dice_by_label(pred, ref)
-        assert scores["lv_cavity"] == pytest.approx(6 / 7)
-        assert scores["myocardium"] == pytest.approx(2 * 3 / (4 + 4))
-
-    def test_shape_mismatch(self):
-        with pytest.raises(ValueError, match="same shape"):
-            stats.dice_by_label(np.zeros((2, 2, 1)), np.zeros((2, 3, 1)))
+class TestMeanOfDice:
+    """Dice itself is ``lvmass.core.metrics``' (tests/core/test_metrics.py)."""
 
     def test_mean_with_t_interval_leaves_out_undefined_values(self):
         values = [0.9, 0.8, np.nan, 0.85, 0.95]

@@ -29,16 +29,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beam_pipeline.inference import (
-    ModelInput,
-    SavedModelHandler,
-    bundled_model_dir,
-    read_model_card,
-    resolve_model_dir,
-)
+from beam_pipeline.inference import SavedModelHandler
 from lvmass.core import contracts
 from lvmass.core.decode import decode_participant_zip
+from lvmass.core.metrics import mask_dice
+from lvmass.core.model_input import ModelInput
 from lvmass.core.tensor import build_image_tensor, build_label_volume
+from lvmass.storage.models import bundled_model_dir, read_model_card, resolve_model_dir
 
 KINDS = (contracts.MODEL_KIND_SEG, contracts.MODEL_KIND_REG)
 EVALUATION = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "model_evaluation.json"
@@ -56,10 +53,6 @@ def recorded(method: str) -> dict:
     fresh = json.loads(EVALUATION.read_text())["cohorts"]["fresh"]
     return {"mass": fresh["mass_vs_truth"]["all"]["methods"][f"{method}/calibrated"],
             "dice": {k.split("/")[1]: v for k, v in fresh["dice_vs_truth"].items() if k.startswith(method)}}
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
 def error_sd(mae_g: float) -> float:
@@ -116,8 +109,8 @@ def test_bundled_segmenter_matches_its_recorded_evaluation(participants):
         labels = result.inference
         assert labels.shape == contracts.LABEL_VOLUME_SHAPE and labels.dtype == np.uint8
         truth = p["truth_labels"]
-        myo_dice.append(dice(labels == contracts.MYOCARDIUM, truth == contracts.MYOCARDIUM))
-        cavity_dice.append(dice(labels == contracts.LV_CAVITY, truth == contracts.LV_CAVITY))
+        myo_dice.append(mask_dice(labels == contracts.MYOCARDIUM, truth == contracts.MYOCARDIUM))
+        cavity_dice.append(mask_dice(labels == contracts.LV_CAVITY, truth == contracts.LV_CAVITY))
         voxel_ml = float(np.prod(tensor.spacing_mm.astype(np.float64))) / 1000.0
         raw_g = np.count_nonzero(labels == contracts.MYOCARDIUM) * voxel_ml * 1.05
         sex = p["sex"]

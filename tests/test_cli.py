@@ -39,7 +39,7 @@ class TestDispatch:
 
 # Every command's parser, for the conventions of lvmass.cli_args (spelling, help, --log_level).
 PARSERS = {
-    "lvmass run": ("beam_pipeline.pipeline", "build_parser"),
+    "lvmass run": ("beam_pipeline.options", "build_parser"),
     "lvmass synth": ("lvmass.synth.cli", "build_parser"),
     "lvmass analyze": ("analysis.report", "build_parser"),
     "lvmass phenotypes": ("analysis.ukbb_phenotypes", "build_parser"),
@@ -83,7 +83,7 @@ class TestConventions:
         assert "LOUD" not in action.choices
 
     def test_hyphen_spelling_is_accepted_and_unknown_options_pass_through(self):
-        from beam_pipeline.pipeline import parse_args
+        from beam_pipeline.options import parse_args
 
         config, beam_args = parse_args(["--input", "x/*.zip", "--output", "out", "--methods", "inlinevf",
                                         "--min-calibration-n=3", "--save-labels", "--runner", "FnApiRunner",

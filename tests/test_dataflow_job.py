@@ -58,7 +58,7 @@ flex_metadata = _load("lvmass_flex_metadata", FLEX_DIR / "metadata.py")
 def test_metadata_is_generated_from_the_run_options():
     assert (FLEX_DIR / "metadata.json").read_text() == flex_metadata.metadata_text(), (
         "run: python docker/flex-template/metadata.py --write")
-    from beam_pipeline.pipeline import build_parser
+    from beam_pipeline.options import build_parser
 
     options = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}
     metadata = json.loads((FLEX_DIR / "metadata.json").read_text())
@@ -107,7 +107,7 @@ def test_metadata_regexes_accept_and_refuse(name, good, bad):
 def test_metadata_refuses_an_option_without_a_rule():
     import argparse
 
-    from beam_pipeline.pipeline import build_parser
+    from beam_pipeline.options import build_parser
 
     parser = build_parser()
     parser.add_argument("--region_hint", help="a new free-text option")
@@ -261,7 +261,7 @@ def test_job_holds_no_local_paths(cpu_job, gpu_job):
 
 
 def test_launch_refuses_a_missing_phenotype_file(staging):
-    from beam_pipeline.pipeline import ConfigError
+    from beam_pipeline.options import ConfigError
 
     with pytest.raises(ConfigError, match=r"inputs/missing\.csv: file not found"):
         flex_main.launch(["--input=gs://b/*.zip", "--output=gs://b/out",

@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beam_pipeline.inference import SavedModelHandler, bundled_model_dir, read_model_card
+from beam_pipeline.inference import SavedModelHandler
 from lvmass.core import contracts
+from lvmass.core.postprocess import LV_WITH_CLOSED_RINGS
+from lvmass.storage.models import bundled_model_dir, read_model_card
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -66,7 +68,7 @@ def test_default_cards_say_what_the_models_are(kind):
     assert low <= 1.17 and high >= 1.92  # ordinary clinical pixels are inside the drawn range
     assert card.inference_memory is not None  # the pipeline's default batch size comes from it
     if kind == contracts.MODEL_KIND_SEG:
-        assert card.postprocess == "largest_component" and card.crop_inference["window_signature"]
+        assert card.postprocess == LV_WITH_CLOSED_RINGS and card.crop_inference.window_signature
 
 
 def test_segmenter_on_the_real_study_is_what_was_recorded(er):

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from beam_pipeline.inference import bundled_model_dir
 from lvmass import demo
 from lvmass.core import contracts
+from lvmass.storage.models import bundled_model_dir
 from lvmass.storage.queries import connect
 
 pytestmark = pytest.mark.slow

@@ -13,13 +13,10 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that
 
-from beam_pipeline.inference import (
-    ModelInput,
-    SavedModelHandler,
-    read_model_card,
-    resolve_model_dir,
-)
+from beam_pipeline.inference import SavedModelHandler
 from lvmass.core import contracts
+from lvmass.core.model_input import ModelInput
+from lvmass.storage.models import read_model_card, resolve_model_dir
 from tests.savedmodel_factory import band_labels, band_mass_g, save_band_regressor, save_band_segmenter
 
 LOW, HIGH = 0.5, 1.5
@@ -163,12 +160,12 @@ class TestBundledModel:
     (a Dataflow worker), not at the launcher's absolute install path."""
 
     def test_marker_resolved_where_the_model_is_loaded(self, seg_dir, tmp_path, monkeypatch):
-        from beam_pipeline import inference
-        from beam_pipeline.pipeline import parse_args
+        from beam_pipeline.options import parse_args
+        from lvmass.storage import models
 
         launcher, worker = tmp_path / "launcher" / "models", tmp_path / "worker" / "models"
         shutil.copytree(seg_dir, launcher / "ml4h_seg")
-        monkeypatch.setattr(inference, "bundled_models_root", lambda: launcher)
+        monkeypatch.setattr(models, "bundled_models_root", lambda: launcher)
         config, _ = parse_args([f"--input={tmp_path}/*.zip", f"--output={tmp_path}/out",
                                 "--methods=ml4h_seg,inlinevf"])
         assert config.model_seg == "bundled:ml4h_seg"
@@ -178,7 +175,7 @@ class TestBundledModel:
         # the "worker": the package lives elsewhere and the launcher's path does not exist there
         shutil.copytree(seg_dir, worker / "ml4h_seg")
         shutil.rmtree(launcher)
-        monkeypatch.setattr(inference, "bundled_models_root", lambda: worker)
+        monkeypatch.setattr(models, "bundled_models_root", lambda: worker)
         model = handler.load_model()
         assert model.card.version == "band-seg-1"
         assert read_model_card("bundled:ml4h_seg", expected_kind="ml4h_seg").kind == "ml4h_seg"
@@ -199,7 +196,7 @@ class TestBatchSizeFromTheCards:
                                                                   "per_example_mb": per_example_mb})
 
     def test_largest_batch_within_the_budget_smallest_over_the_models(self):
-        from beam_pipeline.inference import batch_size_for_memory
+        from lvmass.core.model_card import batch_size_for_memory
 
         seg = self._card(contracts.MODEL_KIND_SEG, 1500.0, 10.0)  # (2500 - 1500) / 10 = 100
         reg = self._card(contracts.MODEL_KIND_REG, 900.0, 40.0)
@@ -224,8 +221,9 @@ class TestBatchSizeFromTheCards:
         assert card.crop_inference is None and card.inference_memory is None
 
     def test_pipeline_default_comes_from_the_bundled_cards(self, tmp_path):
-        from beam_pipeline.inference import batch_size_for_memory, bundled_model_dir
-        from beam_pipeline.pipeline import parse_args
+        from beam_pipeline.options import parse_args
+        from lvmass.core.model_card import batch_size_for_memory
+        from lvmass.storage.models import bundled_model_dir
 
         cards = [read_model_card(bundled_model_dir(k)) for k in (contracts.MODEL_KIND_SEG,
                                                                  contracts.MODEL_KIND_REG)]
@@ -239,7 +237,7 @@ class TestBatchSizeFromTheCards:
         assert parse_args([*argv, "--batch_size=3"])[0].batch_size == 3
 
     def test_a_card_without_an_estimate_gives_batches_of_one(self, seg_dir, tmp_path):
-        from beam_pipeline.pipeline import parse_args
+        from beam_pipeline.options import parse_args
 
         config, _ = parse_args([f"--input={tmp_path}/*.zip", f"--output={tmp_path}/out",
                                 "--methods=ml4h_seg", f"--model_seg={seg_dir}"])
@@ -258,7 +256,7 @@ class TestLVPostProcessing:
         )
 
     def test_blobs_beside_the_lv_go_even_when_they_touch_it_on_another_slice(self):
-        from beam_pipeline.inference import largest_lv_component
+        from lvmass.core.postprocess import largest_lv_component
 
         volume = np.stack([self._ring((96, 96), (48, 48), 12, 18) for _ in range(5)], axis=-1)
         volume[40:56, 5:20, 1] = contracts.MYOCARDIUM  # an "RV" 35 px from the axis on slice 1 ...
@@ -271,7 +269,7 @@ class TestLVPostProcessing:
         assert volume[40:56, 5:20, 1].any()  # the input is not changed
 
     def test_empty_and_single_component_volumes_are_returned_as_they_are(self):
-        from beam_pipeline.inference import largest_lv_component
+        from lvmass.core.postprocess import largest_lv_component
 
         empty = np.zeros((32, 32, 3), np.uint8)
         np.testing.assert_array_equal(largest_lv_component(empty), empty)

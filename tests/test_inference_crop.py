@@ -20,16 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beam_pipeline.inference import (
-    CROP_MARGIN_PX,
-    CROP_PX,
-    SavedModelHandler,
-    Window,
-    crop_window,
-    lv_box,
-    window_around,
-)
+from beam_pipeline.inference import SavedModelHandler
 from lvmass.core import contracts
+from lvmass.core.crop import CROP_MARGIN_PX, CROP_PX, CropPolicy, Window, crop_window, lv_box, window_around
 from lvmass.core.model_card import ModelCard
 from tests.crop_policy import GRID, HIGH, LOW, REAL_STUDY, heart_image, participant_tensor, segment
 from tests.savedmodel_factory import band_labels, save_band_segmenter_with_crops
@@ -131,15 +124,16 @@ class TestCropPolicy:
         image = heart_image((128, 128))
         _, calls = segment(band_dir, image, argmax=False)
         assert calls == [("full", GRID)]
-        labels, calls = segment(band_dir, image, crop_px=None)
+        labels, calls = segment(band_dir, image, crop_policy=None)
         assert calls == [("full", GRID)]
         np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
 
     def test_bad_crop_settings_are_refused(self, band_dir, tmp_path):
         with pytest.raises(ValueError, match=r"need 0 <= 2 \* crop_margin_px < crop_px"):
-            SavedModelHandler(str(band_dir), kind=contracts.MODEL_KIND_SEG, crop_px=64, crop_margin_px=32)
+            CropPolicy(crop_px=64, margin_px=32)
         with pytest.raises(ValueError, match="crop_px must be a multiple of the model's align_px 8"):
-            SavedModelHandler(str(band_dir), kind=contracts.MODEL_KIND_SEG, crop_px=100).load_model()
+            SavedModelHandler(str(band_dir), kind=contracts.MODEL_KIND_SEG,
+                              crop_policy=CropPolicy(crop_px=100)).load_model()
         card = json.loads((band_dir / contracts.MODEL_CARD_FILENAME).read_text())
         card["crop_inference"]["signature"] = "serving_tile"
         import shutil
@@ -156,7 +150,7 @@ class TestCropPolicy:
 
 @pytest.fixture(scope="module")
 def bundled():
-    from beam_pipeline.inference import bundled_model_dir
+    from lvmass.storage.models import bundled_model_dir
 
     model_dir = bundled_model_dir(contracts.MODEL_KIND_SEG, "paper")
     crop = SavedModelHandler(model_dir, kind=contracts.MODEL_KIND_SEG)
@@ -285,7 +279,7 @@ def test_export_has_a_crop_signature_equal_to_keras(tiny_seg, tmp_path):
 
     export_model(tiny_seg, kind=contracts.MODEL_KIND_SEG, export_dir=str(tmp_path / "m"),
                  card=ModelCard(kind=contracts.MODEL_KIND_SEG, version="t-1"))
-    assert load_card(str(tmp_path / "m")).crop_inference == {
+    assert load_card(str(tmp_path / "m")).crop_inference.to_dict() == {
         "signature": "serving_crop", "align_px": 4, "receptive_field_px": receptive_field_px(tiny_seg),
         "window_signature": "serving_window", "window_margin_px": contracts.SEG_WINDOW_MARGIN_PX}
     module = tf.saved_model.load(str(tmp_path / "m"))
@@ -331,7 +325,7 @@ def test_add_crop_signature_keeps_weights_and_serving_default(tiny_seg, tmp_path
         np.testing.assert_array_equal(a, b)
     assert (folder / KERAS_FILENAME).read_bytes() == keras_bytes
     card = load_card(str(folder))
-    assert card.crop_inference == report["crop_inference"] and card.notes == "before serving_crop"
+    assert card.crop_inference.to_dict() == report["crop_inference"] and card.notes == "before serving_crop"
     with pytest.raises(ValueError, match="serving_crop is for ml4h_seg"):
         reg_folder = tmp_path / "reg"
         reg_folder.mkdir()

@@ -17,14 +17,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from beam_pipeline.inference import (
-    CROP_PX,
-    ModelInput,
-    SavedModelHandler,
-    Window,
-    lv_hint_box,
-)
+from beam_pipeline.inference import SavedModelHandler
 from lvmass.core import contracts
+from lvmass.core.crop import CROP_PX, CropPolicy, Window, lv_hint_box
+from lvmass.core.model_input import ModelInput
 from tests.crop_policy import (
     GRID,
     HIGH,
@@ -92,7 +88,7 @@ class TestWindowPolicy:
         assert calls == [("window", (CROP_PX, CROP_PX))]
         np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
         # another margin: the window signature does not fit, serving_crop is used
-        labels, calls = segment(band_dir, image, crop_margin_px=24)
+        labels, calls = segment(band_dir, image, crop_policy=CropPolicy(margin_px=24))
         assert calls == [("crop", (CROP_PX, CROP_PX))]
         np.testing.assert_array_equal(labels, band_labels(image, low=LOW, high=HIGH))
 
@@ -140,7 +136,7 @@ class TestWindowPolicy:
 def bundled_module():
     import tensorflow as tf
 
-    from beam_pipeline.inference import bundled_model_dir, resolve_model_dir
+    from lvmass.storage.models import bundled_model_dir, resolve_model_dir
 
     return tf.saved_model.load(resolve_model_dir(bundled_model_dir(contracts.MODEL_KIND_SEG, "paper")))
 
@@ -165,7 +161,7 @@ def test_bundled_window_equals_the_crop_on_the_real_study(bundled_module):
 def test_bundled_handler_takes_one_window_on_synthetic_participants(tmp_path):
     """With the InlineVF hint every participant takes one window, and its labels are those of the whole
     field of view inside the kept window (bar coin tosses)."""
-    from beam_pipeline.inference import bundled_model_dir
+    from lvmass.storage.models import bundled_model_dir
     from lvmass.synth.cohort import generate_cohort
 
     cohort = generate_cohort(tmp_path / "cohort", participants=2, seed=4244, fidelity="lite")

@@ -20,6 +20,7 @@ from analysis import io as aio
 from lvmass.core import contracts
 from lvmass.core.contracts import PIPELINE_VERSION
 from lvmass.core.derive import DerivationSettings, measurement_from_row, measurement_row
+from lvmass.core.identity import input_identity
 from lvmass.core.measure import Measurement
 from lvmass.core.phenotypes import Phenotype, PhenotypeTable
 from lvmass.core.schema import ERRORS_SCHEMA, MEASUREMENTS_SCHEMA, SUCCESS_FILENAME, ErrorRecord
@@ -35,8 +36,8 @@ FACTS = {"mode": "infer", "methods": ["inlinevf"]}
 def measurement(eid: int, raw: float) -> Measurement:
     return Measurement(source_uri=f"gs://b/{eid}_20209_2_0.zip", participant_id=str(eid), eid=eid, instance=2,
                        method=contracts.METHOD_INLINEVF, lv_mass_raw_g=raw, myocardium_volume_ml=raw / 1.05,
-                       lv_cavity_volume_ml=120.0 + eid % 7, n_slices=10, spacing_mm=(1.8, 1.9, 10.0),
-                       tensor_pixel_spacing_mm=1.86, in_plane_scale=1.8 / 1.86, qc_flags=(),
+                       lv_cavity_volume_ml=120.0 + eid % 7, n_slices=10, acquired_voxel_mm=(1.8, 1.9, 10.0),
+                       grid_pixel_mm=1.86, in_plane_scale=1.8 / 1.86, qc_flags=(),
                        model_version=None)
 
 
@@ -61,7 +62,8 @@ def stage_run(output: Path, run_id: str, measurements: list[Measurement], errors
     if commit:
         uris = [m.source_uri for m in measurements] + [e.source_uri for e in errors]
         ledger.commit_run(str(output), run_id=run_id, mode="infer", fact_options=FACTS, options={},
-                          inputs=ledger.input_entries(uris, [m.source_uri for m in measurements],
+                          inputs=ledger.input_entries([input_identity(u) for u in uris],
+                                                      [m.source_uri for m in measurements],
                                                       [e.source_uri for e in errors]),
                           inputs_skipped_existing=0, files=files,
                           expected_rows={ledger.KIND_MEASUREMENTS: len(measurements) + missing_rows,

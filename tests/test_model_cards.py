@@ -31,8 +31,8 @@ import duckdb
 import numpy as np
 import pytest
 
-from beam_pipeline.inference import bundled_model_dir, read_model_card, resolve_model_dir
 from lvmass.core import contracts
+from lvmass.storage.models import bundled_model_dir, read_model_card, resolve_model_dir
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 
-from beam_pipeline.pipeline import ConfigError, fallback_centering, main, parse_args, run
+from beam_pipeline.options import ConfigError, fallback_centering, parse_args
+from beam_pipeline.pipeline import main, run
 from lvmass.core import contracts
 from lvmass.core.schema import ERRORS_SCHEMA, RESULTS_FILE_SCHEMA, RESULTS_SCHEMA
 from tests.dicom_factory import ukbb_participant_zip
@@ -29,7 +30,6 @@ from tests.savedmodel_factory import save_band_regressor, save_band_segmenter
 pytestmark = pytest.mark.slow
 
 GOOD_PARTICIPANTS = 10
-SQL_FILE = Path(__file__).resolve().parent.parent / "beam_pipeline" / "sql" / "example_queries.sql"
 
 
 # --- broken inputs, each made from a real participant zip -------------------------------------------
@@ -226,7 +226,7 @@ def test_example_sql_runs(e2e):
     from lvmass.storage.queries import connect, example_queries
 
     con = connect(str(e2e["out"]))
-    statements = example_queries(SQL_FILE)
+    statements = example_queries()
     assert len(statements) == 5
     outputs = [con.execute(s).fetchall() for s in statements]
     per_method = {r[0]: r[1] for r in outputs[0]}
@@ -331,10 +331,10 @@ def test_bundled_models_are_the_default(tmp_path):
 
 
 def test_missing_model_fails_fast_naming_the_flag(tmp_path, monkeypatch):
-    import beam_pipeline.pipeline
+    import beam_pipeline.options
 
     # an installation without bundled models
-    monkeypatch.setattr(beam_pipeline.pipeline, "bundled_model_dir", lambda kind: None)
+    monkeypatch.setattr(beam_pipeline.options, "bundled_model_dir", lambda kind: None)
     argv = [f"--input={tmp_path}/*.zip", f"--output={tmp_path}/out", "--methods=ml4h_seg,inlinevf"]
     with pytest.raises(ConfigError, match="pass --model_seg DIR"):
         parse_args(argv)

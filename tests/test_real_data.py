@@ -78,7 +78,7 @@ class TestSunnybrookStudy:
         assert (frame["participant_id"] == REAL_ID).all() and frame["eid"].isna().all()
         assert frame["pixel_spacing_row_mm"].tolist() == pytest.approx([1.3672] * 4)
         assert frame["slice_spacing_mm"].tolist() == pytest.approx([8.0] * 4, abs=0.01)
-        from beam_pipeline.inference import bundled_model_dir, read_model_card
+        from lvmass.storage.models import bundled_model_dir, read_model_card
 
         card = read_model_card(bundled_model_dir(contracts.MODEL_KIND_SEG))
         grid_mm, trained = card.pixel_spacing_mm, card.training_pixel_spacing_mm

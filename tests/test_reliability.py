@@ -18,7 +18,7 @@ import pyarrow.dataset as pads
 import pydicom
 import pytest
 
-from beam_pipeline.inference import ModelInput, SavedModelHandler, bundled_model_dir
+from beam_pipeline.inference import SavedModelHandler
 from beam_pipeline.pipeline import (
     EXIT_BAD_OPTIONS,
     EXIT_BAD_OUTPUT,
@@ -28,7 +28,9 @@ from beam_pipeline.pipeline import (
     run,
 )
 from lvmass.core import contracts
+from lvmass.core.model_input import ModelInput
 from lvmass.core.schema import SUCCESS_FILENAME, SUMMARY_FILENAME
+from lvmass.storage.models import bundled_model_dir
 from tests.dicom_factory import StackGeometry, ukbb_participant_zip
 
 pytestmark = pytest.mark.slow

@@ -163,7 +163,9 @@ def test_mass_window_counts_where_the_myocardium_is():
 def test_export_runs_in_the_handler_on_every_slice(tmp_path, tiny_config):
     """An export takes a 15-slice stack (more than the paper's 13 slots) and labels every slice, through the
     pipeline's own handler and crop policy; the card says per-slice, true anatomy, its grid and range."""
-    from beam_pipeline.inference import ModelInput, SavedModelHandler, read_model_card
+    from beam_pipeline.inference import SavedModelHandler
+    from lvmass.core.model_input import ModelInput
+    from lvmass.storage.models import read_model_card
     from trainer.synthslice import export, fit
 
     fit(
@@ -177,10 +179,10 @@ def test_export_runs_in_the_handler_on_every_slice(tmp_path, tiny_config):
     card = read_model_card(str(out), expected_kind=contracts.MODEL_KIND_SEG)
     assert card.per_slice and card.label_source == "true_anatomy"
     assert card.pixel_spacing_mm == TINY_STREAM.grid_mm
-    assert card.crop_inference["window_signature"] == contracts.SEG_WINDOW_SIGNATURE
+    assert card.crop_inference.window_signature == contracts.SEG_WINDOW_SIGNATURE
     image = np.random.default_rng(2).standard_normal((256, 256, 15, 1)).astype(np.float32)
     example = ModelInput(image=image, spacing_mm=np.float32([1.5, 1.5, 8.0]))
-    whole = SavedModelHandler(str(out), kind=contracts.MODEL_KIND_SEG, crop_px=None)
+    whole = SavedModelHandler(str(out), kind=contracts.MODEL_KIND_SEG, crop_policy=None)
     [full] = whole.run_inference([example], whole.load_model())
     assert full.inference.shape == (256, 256, 15)
     cropped = SavedModelHandler(str(out), kind=contracts.MODEL_KIND_SEG)

@@ -11,8 +11,8 @@ from beam_pipeline.pipeline import run
 from lvmass.core import contracts
 from lvmass.core.decode import decode_participant_zip
 from lvmass.storage.tfrecord import parse_example, record_dataset
+from tests.core.test_overlay import ml4h_reference_labels
 from tests.dicom_factory import FactoryZip, StackGeometry, ukbb_participant_zip
-from tests.test_overlay import ml4h_reference_labels
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from beam_pipeline.inference import ModelInput, SavedModelHandler  # noqa: E402
+from beam_pipeline.inference import SavedModelHandler  # noqa: E402
 from lvmass.core import contracts  # noqa: E402
 from lvmass.core.model_card import ModelCard  # noqa: E402
+from lvmass.core.model_input import ModelInput  # noqa: E402
 from tests.phantom import toy_example  # noqa: E402
 from trainer import models  # noqa: E402
 from trainer.export import KERAS_FILENAME, export_model, load_card, load_serving  # noqa: E402

@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from beam_pipeline.inference import ModelInput, SavedModelHandler
+from beam_pipeline.inference import SavedModelHandler
 from lvmass.core import contracts
 from lvmass.core.decode import decode_participant_zip
 from lvmass.core.model_card import ModelCard
+from lvmass.core.model_input import ModelInput
 from trainer import models, portable
 
 pytestmark = pytest.mark.slow

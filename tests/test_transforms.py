@@ -30,112 +30,24 @@ from beam_pipeline.transforms import (
     load_phenotypes,
 )
 from lvmass.core import contracts
-from lvmass.core.contracts import PIPELINE_VERSION
-from lvmass.core.dead_letters import error_record
-from lvmass.core.decode import decode_dicom_members, decode_participant_zip
-from lvmass.core.identity import participant_ids
+from lvmass.core.decode import decode_participant_zip
 from lvmass.core.mass import SexCentering
 from lvmass.core.measure import (
-    Measurement,
-    apply_p90,
-    calibrate,
-    measure_inlinevf,
     participant_from_study,
-    recalibrated_inlinevf,
-    results_file_row,
 )
 from lvmass.core.phenotypes import Phenotype, PhenotypeTable
 from lvmass.core.schema import (
-    CALIBRATION_LINEAR,
-    CALIBRATION_NONE,
     CALIBRATION_SEX_CENTERED,
-    RESULTS_FILE_SCHEMA,
-    ErrorRecord,
 )
-from lvmass.core.study import DecodedStudy, DecodeError
-from lvmass.core.summary import OutputRow, build_summary, error_reason
 from tests.dicom_factory import BlockFetchingReader, any_vendor_members, ukbb_participant_zip, zip_members
+from tests.hand_made import (
+    MALE,
+    band_thresholds,
+    expected_mass_g,
+    label_study,
+    measurement,
+)
 from tests.savedmodel_factory import save_band_segmenter
-
-# float32-exact spacings, so the float32 tensor spacing and the float64 headers agree bit for bit
-ROW_MM, COL_MM, SLICE_MM = 1.875, 1.75, 10.0
-INTENSITY_PER_LABEL = 100.0
-
-
-def ring_labels(rows: int, cols: int, *, r_in: float, r_out: float, centre=(100.0, 104.0)) -> np.ndarray:
-    """A cavity disk inside a myocardial ring: uint8 labels (0 background, 1 cavity, 2 myocardium)."""
-    y, x = np.ogrid[:rows, :cols]
-    r = np.hypot(y - centre[0], x - centre[1])
-    labels = np.zeros((rows, cols), np.uint8)
-    labels[r <= r_out] = contracts.MYOCARDIUM
-    labels[r <= r_in] = contracts.LV_CAVITY
-    return labels
-
-
-def label_study(n_slices: int = 9, *, eid: int | None = 1000001, uri: str = "mem://1000001_20209_2_0.zip"):
-    """A study whose ED images are its labels x 100 (and InlineVF-free), plus those labels."""
-    labels = [ring_labels(200, 208, r_in=12 + k % 3, r_out=20 + k % 4) for k in range(n_slices)]
-    study = DecodedStudy(
-        eid=eid, instance=2, source_uri=uri,
-        images=tuple(lab.astype(np.float32) * INTENSITY_PER_LABEL for lab in labels),
-        outlines=(None,) * n_slices,
-        pixel_spacing_mm=(ROW_MM, COL_MM), slice_spacing_mm=SLICE_MM, slice_thickness_mm=8.0,
-        slice_positions_mm=tuple(float(SLICE_MM * k) for k in range(n_slices)),
-    )
-    return study, labels
-
-
-def band_thresholds(image: np.ndarray) -> tuple[float, float]:
-    """Thresholds between the normalised background/padding, cavity and myocardium values."""
-    values = np.unique(image)
-    assert values.size == 4  # background (< 0), padding (0), cavity, myocardium
-    background, padding, cavity, myocardium = values
-    assert background < padding == 0.0 < cavity < myocardium
-    return float((padding + cavity) / 2), float((cavity + myocardium) / 2)
-
-
-def expected_mass_g(labels) -> float:
-    voxels = sum(int(np.sum(lab == contracts.MYOCARDIUM)) for lab in labels)
-    return voxels * ROW_MM * COL_MM * SLICE_MM / 1000.0 * contracts.MYOCARDIAL_DENSITY_G_PER_ML
-
-
-def measurement(method=contracts.METHOD_ML4H_SEG, raw=150.0, eid=1, flags=()) -> Measurement:
-    return Measurement(
-        source_uri=f"gs://b/{eid}_20209_2_0.zip", participant_id=str(eid), eid=eid, instance=2, method=method,
-        lv_mass_raw_g=raw, myocardium_volume_ml=None if raw is None else raw / 1.05,
-        lv_cavity_volume_ml=120.0, n_slices=10, spacing_mm=(1.8, 1.8, 10.0), tensor_pixel_spacing_mm=1.8,
-        in_plane_scale=1.0, qc_flags=tuple(flags), model_version="v1",
-    )
-
-
-MALE = Phenotype(eid=1, sex="male", age=60.0, height_cm=180.0, weight_kg=80.0, manual_lv_mass_g=100.0)
-
-
-class TestParticipantFromStudy:
-    def test_tensor_and_flags(self):
-        study, _ = label_study()
-        participant = participant_from_study(study, with_inlinevf=True)
-        assert participant.image.shape == contracts.TENSOR_SHAPE
-        assert participant.n_slices == participant.n_slices_used == 9
-        assert participant.spacing_mm.tolist() == [ROW_MM, COL_MM, SLICE_MM]
-        assert participant.inlinevf_labels is None  # no outlines
-        assert contracts.QC_INLINEVF_CONTOUR_MISSING in participant.inlinevf_flags
-
-    def test_without_an_eid_the_participant_is_known_by_its_file_stem(self):
-        study, _ = label_study(eid=None, uri="mem://SCD0000501.zip")
-        participant = participant_from_study(study, with_inlinevf=False)
-        assert (participant.participant_id, participant.eid, participant.instance) == ("SCD0000501", None, 0)
-
-    def test_participant_ids_still_refuses_a_study_without_eid(self):
-        study, _ = label_study(eid=None, uri="mem://scan.zip")
-        with pytest.raises(ValueError, match=r"mem://scan.zip: no participant id"):
-            participant_ids(study)
-
-    def test_inlinevf_without_contours_is_flagged_not_measured(self):
-        study, _ = label_study()
-        result = measure_inlinevf(participant_from_study(study, with_inlinevf=True))
-        assert result.lv_mass_raw_g is None
-        assert contracts.QC_INLINEVF_CONTOUR_MISSING in result.qc_flags
 
 
 def test_read_and_decode_composites(tmp_path):
@@ -190,69 +102,6 @@ def test_ml4h_seg_path_reproduces_the_exact_mass(tmp_path):
         assert_that(errors, equal_to([]), label="NoErrors")
 
 
-class TestCalibrate:
-    def test_worked_example_sex_centred(self):
-        centering = {contracts.METHOD_ML4H_SEG: SexCentering(offsets_g={"male": -40.0, "female": -30.0})}
-        record = calibrate(measurement(raw=150.0), MALE, centering)
-        bsa = 0.007184 * 80.0**0.425 * 180.0**0.725  # DuBois, worked by hand: 1.9964 m2
-        assert record.calibration == CALIBRATION_SEX_CENTERED
-        assert record.lv_mass_g == pytest.approx(110.0)
-        assert record.bsa_m2 == pytest.approx(bsa)
-        assert record.lvmi_g_m2 == pytest.approx(110.0 / bsa)
-        assert record.lvh is False  # 55.1 g/m2 <= 72 (men)
-        assert record.qc_pass and record.qc_flags == []
-        assert record.pipeline_version == PIPELINE_VERSION
-
-    def test_lvh_threshold_depends_on_sex(self):
-        female = Phenotype(eid=1, sex="female", height_cm=180.0, weight_kg=80.0)
-        record = calibrate(measurement(method=contracts.METHOD_ML4H_REG, raw=120.0), female, {})
-        assert record.calibration == CALIBRATION_NONE and record.lv_mass_g == 120.0
-        assert record.lvmi_g_m2 == pytest.approx(60.1, abs=0.1)
-        assert record.lvh is True  # 60.1 > 55 (women)
-
-    def test_inlinevf_recalibration(self):
-        raw = 155.0
-        record = calibrate(recalibrated_inlinevf(measurement(method=contracts.METHOD_INLINEVF, raw=raw)),
-                           MALE, {})
-        assert record.method == contracts.METHOD_INLINEVF_RECALIBRATED
-        assert record.calibration == CALIBRATION_LINEAR
-        assert record.lv_mass_g == pytest.approx(0.543487 * 155.0 + 5.808005)
-        assert record.lv_mass_raw_g == raw
-
-    def test_no_phenotype_keeps_masses(self):
-        record = calibrate(measurement(method=contracts.METHOD_ML4H_REG, raw=130.0), None, {})
-        assert record.lv_mass_raw_g == record.lv_mass_g == 130.0
-        assert record.sex is None and record.bsa_m2 is None
-        assert record.lvmi_g_m2 is None and record.lvh is None
-        assert record.qc_flags == [contracts.QC_NO_PHENOTYPE]
-        assert record.qc_pass  # informational flag
-
-    def test_centred_method_without_centering_has_no_calibrated_mass(self):
-        centering = {contracts.METHOD_ML4H_SEG: SexCentering(offsets_g={"male": -40.0})}
-        female = Phenotype(eid=1, sex="female", height_cm=160.0, weight_kg=60.0)
-        for phenotype, table in ((None, centering), (female, centering), (MALE, {})):
-            record = calibrate(measurement(raw=150.0), phenotype, table)
-            assert record.lv_mass_raw_g == 150.0
-            assert record.lv_mass_g is None and record.calibration == CALIBRATION_NONE
-            assert record.lvmi_g_m2 is None and record.lvh is None
-
-    def test_failed_qc(self):
-        record = calibrate(measurement(flags=(contracts.QC_MYOCARDIUM_NOT_RING,)), MALE, {})
-        assert not record.qc_pass
-        assert record.qc_flags == [contracts.QC_MYOCARDIUM_NOT_RING]
-
-    def test_p90(self):
-        record = calibrate(measurement(method=contracts.METHOD_ML4H_REG, raw=130.0), MALE, {})
-        above = apply_p90(record, {contracts.METHOD_ML4H_REG: {"male": 129.0}})
-        below = apply_p90(record, {contracts.METHOD_ML4H_REG: {"male": 130.0}})
-        assert above.lvh_p90 is True and below.lvh_p90 is False  # strictly above
-        assert apply_p90(record, {}).lvh_p90 is None
-
-    def test_file_row_matches_the_file_schema(self):
-        row = results_file_row(calibrate(measurement(), MALE, {}))
-        assert list(row) == RESULTS_FILE_SCHEMA.names
-
-
 def test_calibrate_and_index_fits_centering_and_p90(tmp_path):
     """Centring moves each sex's mean raw mass onto its manual mean; p90 flags the top 10%."""
     rng = np.random.default_rng(7)
@@ -299,30 +148,7 @@ def _manual(eid: int, rows: list[str]) -> float | None:
     return None
 
 
-class TestDeadLetters:
-    URI = "gs://b/1000123_20209_2_0.zip"
-
-    def test_decode_error_keeps_message_and_stage(self):
-        exc = DecodeError(self.URI, "series", "no short-axis series")
-        record = error_record("decode", self.URI, DecodeError, repr(exc), traceback.format_exception(exc))
-        assert record == ErrorRecord(
-            source_uri=self.URI, participant_id="1000123", eid=1000123, instance=2, stage="decode",
-            error_type="DecodeError",
-            message=f"{self.URI}: series: no short-axis series", pipeline_version=PIPELINE_VERSION)
-        assert error_reason(record) == "DecodeError.series"
-
-    def test_read_failures_are_stage_read(self):
-        exc = DecodeError(self.URI, "read", "not a zip file (starts with b'%PDF')")
-        assert error_record("decode", self.URI, DecodeError, repr(exc),
-                            traceback.format_exception(exc)).stage == "read"
-
-    def test_other_names_have_no_eid(self):
-        exc = ValueError("bad 'x'")
-        record = error_record("tensor", "gs://b/scan.zip", ValueError, repr(exc),
-                              traceback.format_exception(exc))
-        assert (record.eid, record.instance, record.message) == (None, None, "bad 'x'")
-        assert record.participant_id == "scan"  # the file stem
-
+class TestToErrorRecords:
     def test_failed_batch_gives_one_row_per_participant(self):
         batch = [(f"gs://b/{eid}_20209_2_0.zip", object()) for eid in (1, 2, 3)]
         oom = RuntimeError("OOM")
@@ -331,33 +157,6 @@ class TestDeadLetters:
             records = p | beam.Create(bad) | ToErrorRecords("inference", batched=True)
             assert_that(records | beam.Map(lambda r: (r.eid, r.stage, r.message)),
                         equal_to([(1, "inference", "OOM"), (2, "inference", "OOM"), (3, "inference", "OOM")]))
-
-
-class TestSummary:
-    def test_counts_reconcile(self):
-        errors = [
-            ErrorRecord("a.zip", "a", None, None, "read", "DecodeError", "a.zip: read: not a zip file"),
-            ErrorRecord("b.zip", "2", 2, 2, "decode", "DecodeError", "b.zip: series: no SAX"),
-            ErrorRecord("c.zip", "3", 3, 2, "inference", "RuntimeError", "OOM"),  # c still has inlinevf rows
-        ]
-        rows = [OutputRow("c.zip", "inlinevf", True), OutputRow("d.zip", "inlinevf", False),
-                OutputRow("d.zip", "ml4h_seg", True)]
-        summary = build_summary(input_uris=["a.zip", "b.zip", "c.zip", "d.zip"], rows=rows, errors=errors,
-                                mode="infer", options={"x": 1})
-        counts = (summary["inputs_matched"], summary["participants_written"], summary["participants_failed"])
-        assert counts == (4, 2, 2)
-        assert summary["reconciled"] is True
-        assert summary["failed_by_stage"] == {"decode": 1, "read": 1}
-        assert summary["failed_by_reason"] == {"decode/DecodeError.series": 1, "read/DecodeError.read": 1}
-        assert summary["partial_failures"] == {"inference/RuntimeError": 1}
-        assert summary["rows_per_method"] == {"inlinevf": 2, "ml4h_seg": 1}
-        assert summary["qc_pass_per_method"] == {"inlinevf": 1, "ml4h_seg": 1}
-
-    def test_a_lost_input_breaks_reconciliation(self):
-        summary = build_summary(input_uris=["a.zip", "b.zip"], rows=[OutputRow("a.zip", "inlinevf", True)],
-                                errors=[], mode="infer", options={})
-        assert summary["reconciled"] is False
-        assert summary["unaccounted_inputs"] == ["b.zip"]
 
 
 # --- Findings of the pipeline review -----------------------------------------------------------------
@@ -399,27 +198,6 @@ class TestRemoteZipIsFetchedOnce:
         assert reader.fetches > 1  # read on demand, never in one request
 
 
-class TestParticipantIds:
-    """File or folder name first, a numeric PatientID (0010,0020) only as the last resort."""
-
-    @pytest.fixture(scope="class")
-    def vendor(self):
-        return any_vendor_members(n_slices=6, n_phases=2, patient_id="555")
-
-    def test_zip_name_beats_numeric_patient_id(self, vendor):
-        study = decode_participant_zip(io.BytesIO(zip_members(vendor.members)), "gs://b/1000077_3.zip")
-        assert participant_ids(study) == (1000077, 3)
-
-    def test_folder_names(self, vendor):
-        for uri, expected in (("gs://b/dicoms/1000078/", (1000078, 0)),
-                              ("/data/1000079_20209_3_0", (1000079, 3))):
-            assert participant_ids(decode_dicom_members(vendor.opener_mapping(), uri)) == expected
-
-    def test_patient_id_is_the_last_resort(self, vendor):
-        study = decode_participant_zip(io.BytesIO(zip_members(vendor.members)), "gs://b/scan.zip")
-        assert participant_ids(study) == (555, 0)
-
-
 def test_geometry_flags_come_from_the_decoder_once(monkeypatch):
     """participant_from_study keeps the decoder's geometry flags and does not recompute them."""
     import lvmass.core.qc as qc
@@ -436,12 +214,12 @@ def test_geometry_flags_come_from_the_decoder_once(monkeypatch):
 def test_a_record_calibration_rejects_is_a_dead_letter(monkeypatch):
     """A phenotype the arithmetic rejects (height 0: DuBois raises) costs that participant one error row
     at stage ``phenotypes``; the others are written and the job goes on."""
-    from beam_pipeline import transforms
+    from beam_pipeline.transforms import outputs
 
     bad = Phenotype(eid=2, sex="intersex", height_cm=160.0, weight_kg=60.0)  # not through the reader:
     # the LVH thresholds know female and male only, so calibrating this row raises
     table = PhenotypeTable(rows={(1, None): MALE, (2, None): bad})
-    monkeypatch.setattr(transforms, "load_phenotypes", lambda path: table)
+    monkeypatch.setattr(outputs, "load_phenotypes", lambda path: table)
     measurements = [measurement(method=contracts.METHOD_ML4H_REG, raw=130.0, eid=1),
                     measurement(method=contracts.METHOD_INLINEVF, raw=150.0, eid=2)]
     with BeamTestPipeline(runner="FnApiRunner") as p:

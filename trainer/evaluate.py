@@ -21,7 +21,8 @@ import numpy as np
 
 from lvmass.cli_args import ArgumentParser, configure_logging
 from lvmass.core import contracts
-from trainer import metrics as m
+from lvmass.core.mass import measure_label_volume
+from lvmass.core.metrics import label_dice, mass_agreement
 
 Predictor = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
 _SEX_NAMES = {code: name for name, code in contracts.SEX_CODE.items()}
@@ -97,13 +98,14 @@ def predict_rows(
                 "sex": _SEX_NAMES.get(int(batch[contracts.FEATURE_SEX][i])),
                 "manual_lv_mass_g": (float(batch[contracts.FEATURE_MANUAL_MASS][i])
                                      if batch[contracts.FEATURE_HAS_MANUAL_MASS][i] else float("nan")),
-                "label_mass_g": m.myocardium_mass_g(labels, spacing) if has_labels else float("nan"),
+                "label_mass_g": (measure_label_volume(labels, spacing).lv_mass_raw_g if has_labels
+                                 else float("nan")),
                 "seconds": seconds,
             }
             if kind == contracts.MODEL_KIND_SEG:
                 predicted = np.argmax(out[contracts.SIGNATURE_OUTPUT_PROBABILITIES][i], axis=-1)
-                row["predicted_mass_g"] = m.myocardium_mass_g(predicted, spacing)
-                row["myocardium_dice"] = m.dice(predicted, labels) if has_labels else float("nan")
+                row["predicted_mass_g"] = measure_label_volume(predicted, spacing).lv_mass_raw_g
+                row["myocardium_dice"] = label_dice(predicted, labels) if has_labels else float("nan")
             else:
                 row["predicted_mass_g"] = float(out[contracts.SIGNATURE_OUTPUT_MASS][i])
             rows.append(row)
@@ -116,14 +118,14 @@ def summarise(rows: Sequence[dict[str, Any]], kind: str) -> dict[str, Any]:
     manual = [r["manual_lv_mass_g"] for r in rows]
     out: dict[str, Any] = {
         "n": len(rows),
-        "vs_manual_mass": m.agreement(predicted, manual),
+        "vs_manual_mass": mass_agreement(predicted, manual),
         "seconds_per_participant": float(np.mean([r["seconds"] for r in rows])) if rows else float("nan"),
     }
     if kind == contracts.MODEL_KIND_SEG:
         dices = [r["myocardium_dice"] for r in rows if np.isfinite(r["myocardium_dice"])]
         out["myocardium_dice_vs_labels"] = float(np.mean(dices)) if dices else float("nan")
-        out["vs_label_mass"] = m.agreement(predicted, [r["label_mass_g"] for r in rows])
-        out["labels_vs_manual_mass"] = m.agreement([r["label_mass_g"] for r in rows], manual)
+        out["vs_label_mass"] = mass_agreement(predicted, [r["label_mass_g"] for r in rows])
+        out["labels_vs_manual_mass"] = mass_agreement([r["label_mass_g"] for r in rows], manual)
         raw, ref = {}, {}
         for sex in contracts.SEXES:
             pairs = [(r["predicted_mass_g"], r["manual_lv_mass_g"]) for r in rows

@@ -215,8 +215,8 @@ def export_model(model: keras.Model, *, kind: str, export_dir: str, card: ModelC
 
     if is_seg:
         crop = crop_inference_card(model)
-        if card.crop_inference and card.crop_inference.get("crop_px"):  # the trainer's preferred first crop
-            crop["crop_px"] = int(card.crop_inference["crop_px"])
+        if card.crop_inference is not None and card.crop_inference.crop_px:  # the trainer's first crop
+            crop["crop_px"] = int(card.crop_inference.crop_px)
         card = dataclasses.replace(card, crop_inference=crop)
     _write_archive(model, export_dir, is_seg=is_seg, slices=card.tensor_slices)
     keras_path = os.path.join(export_dir, KERAS_FILENAME)

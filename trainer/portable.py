@@ -37,6 +37,7 @@ import numpy as np
 
 from lvmass.cli_args import ArgumentParser, configure_logging
 from lvmass.core import contracts
+from trainer.weights import load_weights, save_weights
 
 LOG = logging.getLogger("trainer.portable")
 WEIGHTS_FILENAME = "weights.npz"  # model.get_weights() in layer order: any backend, no optimizer state
@@ -241,12 +242,26 @@ def _glob(pattern: str) -> list[str]:
     return paths
 
 
-def fit(args: argparse.Namespace) -> dict[str, Any]:
-    """Decode, augment (all before Keras starts its threads: workers are forked), fit, validate, save."""
+@dataclass(frozen=True)
+class FitData:
+    """What a fit trains and validates on: the augmented crops and their labels, the training examples'
+    metadata, the zips left out (with why), the validation cohort, and the seconds it took."""
+
+    crops: np.ndarray
+    crop_labels: np.ndarray
+    meta: list[dict]
+    skipped: list[dict]
+    validation: tuple | None
+    validation_paths: list[str]
+    augment: Any
+    seconds: float
+
+
+def _fit_data(args: argparse.Namespace) -> FitData:
+    """Decode and augment, all before Keras starts its threads (workers are forked)."""
     from trainer.augmentation import AugmentConfig
 
     started = time.perf_counter()
-    os.makedirs(args.out, exist_ok=True)
     train_paths = _glob(args.zips)
     val_paths = _glob(args.validation_zips) if args.validation_zips else []
     images, labels, meta, skipped = load_examples(train_paths, args.workers, args.pixel_spacing_mm)
@@ -264,53 +279,66 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
         images, labels, per_example=args.crops_per_participant, crop_px=args.crop_px, augment=augment,
         seed=args.seed, workers=args.workers,
     )
-    del images, labels
-    data_seconds = time.perf_counter() - started
+    return FitData(crops, crop_labels, meta, skipped, val, val_paths, augment, time.perf_counter() - started)
+
+
+def fit(args: argparse.Namespace) -> dict[str, Any]:
+    """Decode, augment, fit (``trainer.fit``), validate, save the weights and ``fit.json``."""
+    os.makedirs(args.out, exist_ok=True)
+    data = _fit_data(args)
 
     import keras
 
     from trainer import models
+    from trainer.fit import FitRequest, Schedule, fit_model
 
     keras.utils.set_random_seed(args.seed)
     config = models.seg_config(args.preset)
-    model = models.build_ml4h_seg(config, fully_convolutional=True)
-    if args.initial_weights:
-        load_weights(model, args.initial_weights)
-    schedule = keras.optimizers.schedules.ExponentialDecay(
-        args.learning_rate, decay_steps=args.lr_decay_steps, decay_rate=args.lr_decay_rate
-    )
-    loss = keras.losses.SparseCategoricalCrossentropy()
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
-    batches = crop_batches(crops, crop_labels, args.batch_size, args.steps_per_epoch, seed=args.seed)
     weights_path = os.path.join(args.out, WEIGHTS_FILENAME)
-    fit_started = time.perf_counter()
-    history = model.fit(
-        batches, epochs=args.epochs, verbose=2,
-        callbacks=[
-            keras.callbacks.CSVLogger(os.path.join(args.out, LOG_FILENAME)),
-            save_and_stop(weights_path, stop_at=min(args.train_until, time.time() + args.max_train_seconds)),
-        ],
-    )
-    train_seconds = time.perf_counter() - fit_started
-    save_weights(model, weights_path)
-
+    fitted = fit_model(
+        lambda: models.build_ml4h_seg(config, fully_convolutional=True),
+        FitRequest(
+            data=crop_batches(data.crops, data.crop_labels, args.batch_size, args.steps_per_epoch,
+                              seed=args.seed),
+            epochs=args.epochs, verbose=2, initial_weights=args.initial_weights,
+            schedule=Schedule(args.learning_rate, args.lr_decay_steps, args.lr_decay_rate),
+            objective=lambda: (keras.losses.SparseCategoricalCrossentropy(), []),
+            callbacks=[keras.callbacks.CSVLogger(os.path.join(args.out, LOG_FILENAME)),
+                       save_and_stop(weights_path,
+                                     stop_at=min(args.train_until, time.time() + args.max_train_seconds))]))
+    save_weights(fitted.model, weights_path)
     validation: dict[str, Any] = {}
-    if val is not None:
-        validation = validate(model, val, read_sex_and_manual_mass(val_paths))
+    if data.validation is not None:
+        validation = validate(fitted.model, data.validation, read_sex_and_manual_mass(data.validation_paths))
         validation.pop("rows", None)
-    summary = {
+    summary = _fit_summary(args, config, data, fitted, validation)
+    with open(os.path.join(args.out, FIT_FILENAME), "w") as handle:
+        json.dump(summary, handle, indent=2, sort_keys=True, default=_jsonable)
+    LOG.info("fit done: %s", json.dumps(summary["validation"], default=_jsonable))
+    return summary
+
+
+def _fit_summary(args: argparse.Namespace, config: Any, data: FitData, fitted: Any,
+                 validation: dict[str, Any]) -> dict[str, Any]:
+    """``fit.json``: what ``export`` needs to rebuild the model and write its card."""
+    import keras
+
+    from trainer import models
+
+    val = data.validation
+    return {
         "kind": contracts.MODEL_KIND_SEG,
         "backend": keras.backend.backend(),
         "preset": args.preset,
         "architecture": models.config_to_dict(config),
         "training_data": {
             "source": args.data_source or args.zips,
-            "train_participants": len(meta),
+            "train_participants": len(data.meta),
             "validation_participants": 0 if val is None else len(val[2]),
-            "skipped": skipped + ([] if val is None else val[3]),
+            "skipped": data.skipped + ([] if val is None else val[3]),
             "labels": "InlineVF contours",
             "pixel_spacing_mm": args.pixel_spacing_mm,
-            "acquired_pixel_spacing_mm_range": _spacing_range(meta),
+            "acquired_pixel_spacing_mm_range": _spacing_range(data.meta),
             "split": "separate validation cohort" if val is not None else "none",
             "seed": args.seed,
         },
@@ -319,21 +347,17 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
             "optimizer": "adam", "learning_rate": args.learning_rate, "lr_decay_steps": args.lr_decay_steps,
             "lr_decay_rate": args.lr_decay_rate, "batch_size": args.batch_size, "crop_px": args.crop_px,
             "crops_per_participant": args.crops_per_participant, "epochs_requested": args.epochs,
-            "epochs_run": len(history.history.get("loss", [])), "steps_per_epoch": args.steps_per_epoch,
+            "epochs_run": fitted.epochs_run, "steps_per_epoch": args.steps_per_epoch,
             "max_train_seconds": args.max_train_seconds if math.isfinite(args.max_train_seconds) else None,
             "train_until_unix": args.train_until if math.isfinite(args.train_until) else None,
             "loss": "sparse_categorical_crossentropy",
-            "augmentation": None if augment is None else augment.__dict__,
-            "data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1),
-            "steps_run": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+            "augmentation": None if data.augment is None else data.augment.__dict__,
+            "data_seconds": round(data.seconds, 1), "train_seconds": round(fitted.train_seconds, 1),
+            "steps_run": int(keras.ops.convert_to_numpy(fitted.model.optimizer.iterations)),
         },
-        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "history": {k: [float(v) for v in vals] for k, vals in fitted.history.items()},
         "validation": validation,
     }
-    with open(os.path.join(args.out, FIT_FILENAME), "w") as handle:
-        json.dump(summary, handle, indent=2, sort_keys=True, default=_jsonable)
-    LOG.info("fit done: %s", json.dumps(summary["validation"], default=_jsonable))
-    return summary
 
 
 def _jsonable(value: Any) -> Any:
@@ -347,8 +371,9 @@ def _jsonable(value: Any) -> Any:
 def validate(model, val, phenotypes: dict[int, tuple[str | None, float]]) -> dict[str, Any]:
     """Full-tensor predictions on the validation cohort: Dice vs its InlineVF labels, mass agreement with
     its manual masses, per-sex means for the card's calibration (``trainer.evaluate.summarise``)."""
+    from lvmass.core.mass import measure_label_volume
+    from lvmass.core.metrics import label_dice
     from trainer import evaluate
-    from trainer import metrics as m
 
     images, labels, meta, _ = val
     rows = []
@@ -363,9 +388,9 @@ def validate(model, val, phenotypes: dict[int, tuple[str | None, float]]) -> dic
             reference = labels[start + i]
             rows.append({
                 "eid": info["eid"], "sex": sex, "manual_lv_mass_g": manual, "seconds": seconds,
-                "label_mass_g": m.myocardium_mass_g(reference, info["spacing_mm"]),
-                "predicted_mass_g": m.myocardium_mass_g(predicted, info["spacing_mm"]),
-                "myocardium_dice": m.dice(predicted, reference),
+                "label_mass_g": measure_label_volume(reference, info["spacing_mm"]).lv_mass_raw_g,
+                "predicted_mass_g": measure_label_volume(predicted, info["spacing_mm"]).lv_mass_raw_g,
+                "myocardium_dice": label_dice(predicted, reference),
             })
     return evaluate.summarise(rows, contracts.MODEL_KIND_SEG)
 
@@ -399,19 +424,6 @@ def crop_batches(crops: np.ndarray, labels: np.ndarray, batch_size: int, steps_p
                 self.order, self.start = self.rng.permutation(n), 0
 
     return CropBatches()
-
-
-def save_weights(model, path: str) -> None:
-    """``model.get_weights()`` as ``arr_0, arr_1, ...`` (layer order; the fixed-shape twin loads them)."""
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, *model.get_weights())
-    os.replace(tmp, path)
-
-
-def load_weights(model, path: str) -> None:
-    with np.load(path) as stored:
-        arrays = [stored[f"arr_{i}"] for i in range(len(stored.files))]
-    model.set_weights(arrays)
 
 
 def save_and_stop(weights_path: str, *, stop_at: float):

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from lvmass.core.metrics import mask_dice
+from lvmass.core.postprocess import LV_WITH_CLOSED_RINGS
 from lvmass.synth import slice_image as si
 from lvmass.synth import slice_scene as ss
 from trainer.slice_stream import ExampleStream, StreamConfig, validation_examples
@@ -247,8 +249,7 @@ def validate(which: str, model: Any, examples: Sequence[Any], config: FitConfig)
     predicted = np.argmax(out, axis=-1)
     scores = {}
     for name, k in (("cavity", 1), ("myocardium", 2)):
-        a, b = predicted == k, labels == k
-        scores[f"val_{name}_dice"] = float(2.0 * (a & b).sum() / max(1, a.sum() + b.sum()))
+        scores[f"val_{name}_dice"] = mask_dice(predicted == k, labels == k)  # pooled over all examples
     scores["val_area_mae_mm2"] = float(np.mean(np.abs((predicted == 2).sum(axis=(1, 2)) * grid_area - areas)))
     return scores
 
@@ -432,6 +433,7 @@ def _save(
 # --- Export ------------------------------------------------------------------------------------------
 
 SLICE_MODEL_FILENAME = "slice_model.keras"
+SEG_POSTPROCESS = LV_WITH_CLOSED_RINGS  # the exported ML4H_seg's card: the LV alone, short ring gaps closed
 DEFAULT_CROP_PX = 160  # the first crop of the pipeline's handler: a dilated heart and its margin fit
 
 
@@ -504,7 +506,7 @@ def model_card(config: FitConfig, state: RunState, which: str, *, version: str) 
         crop_inference={"signature": contracts.SEG_CROP_SIGNATURE, "align_px": 1, "crop_px": DEFAULT_CROP_PX}
         if seg
         else None,
-        postprocess="largest_component" if seg else None,
+        postprocess=SEG_POSTPROCESS if seg else None,
     )
 
 

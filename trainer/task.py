@@ -18,7 +18,6 @@ import json
 import math
 import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -246,25 +245,48 @@ def _callbacks(paths: RunPaths, *, monitor: str, patience: int, chief: bool, tas
     ]
 
 
-def train(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
-    """Fit, evaluate and (on the chief) export. Returns a summary (paths, counts, metrics)."""
-    import keras
+@dataclass(frozen=True)
+class Cluster:
+    """Where this process trains: its paths, the cluster's TF_CONFIG, whether it is the chief (which
+    exports), its task index and the distribution strategy."""
+
+    paths: RunPaths
+    tf_config: dict[str, Any] | None
+    chief: bool
+    task_index: int
+    strategy: Any
+
+
+def _cluster(args: argparse.Namespace, environ: Mapping[str, str]) -> Cluster:
     import tensorflow as tf
 
-    from lvmass import __version__
-    from lvmass.core.model_card import ModelCard
-    from trainer import data, evaluate, export, models
-
-    kind = KINDS[args.model]
-    is_seg = kind == contracts.MODEL_KIND_SEG
     paths = resolve_paths(args.job_dir, environ)
     tf_config = cluster_config(environ)
     if tf_config is not None and "TF_CONFIG" not in os.environ:
         os.environ["TF_CONFIG"] = json.dumps(tf_config)  # MultiWorkerMirroredStrategy reads it
-    chief = is_chief(tf_config)
-    task_index = int((tf_config or {}).get("task", {}).get("index", 0))
     strategy = make_strategy(strategy_kind(tf_config, len(tf.config.list_physical_devices("GPU"))))
-    keras.utils.set_random_seed(args.seed)
+    task_index = int((tf_config or {}).get("task", {}).get("index", 0))
+    return Cluster(paths, tf_config, is_chief(tf_config), task_index, strategy)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The run's TFRecords, split by eid hash (or a holdout file), with each split's example count; the
+    training and validation datasets; the steps per epoch and the global batch."""
+
+    files: list[str]
+    spec: Any
+    counts: dict[str, int]
+    train: Any
+    validation: Any
+    steps_per_epoch: int
+    global_batch: int
+    augment_config: Any
+    crop_px: int | None
+
+
+def _training_data(args: argparse.Namespace, kind: str, replicas: int) -> TrainingData:
+    from trainer import data
 
     files = data.list_files(args.train_data)
     holdout = tuple(int(e) for e in data.read_holdout_eids(args.holdout)) if args.holdout else None
@@ -272,14 +294,9 @@ def train(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any
     counts = {s: data.count_examples(files, kind=kind, split=s, spec=spec) for s in data.SPLITS}
     if counts["train"] == 0:
         raise ValueError(f"{args.train_data}: no usable {kind} training examples after the split: {counts}")
-    config = model_config(args)
-    if not is_seg:
-        mean_g, sd_g, volume_rel = _mass_target_stats(files, spec)
-        config = models.RegConfig(**{**config.__dict__, "mass_offset_g": mean_g / volume_rel,
-                                     "mass_scale_g": sd_g / volume_rel})
-    crop = args.crop_px if is_seg else None
+    crop = args.crop_px if kind == contracts.MODEL_KIND_SEG else None
     augment_config = None if args.no_augment else data.AugmentConfig()
-    global_batch = args.batch_size * strategy.num_replicas_in_sync
+    global_batch = args.batch_size * replicas
     steps = args.steps_per_epoch or max(1, math.ceil(counts["train"] / global_batch))
     train_ds = data.make_dataset(
         files, kind=kind, split="train", spec=spec, batch_size=global_batch, training=True, seed=args.seed,
@@ -291,50 +308,88 @@ def train(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any
                                    training=False)
         if args.max_eval_examples:
             val_ds = val_ds.take(math.ceil(args.max_eval_examples / global_batch))
+    return TrainingData(files, spec, counts, train_ds, val_ds, steps, global_batch, augment_config, crop)
 
-    with strategy.scope():
-        model = (models.build_ml4h_seg(config, fully_convolutional=True) if is_seg
-                 else models.build_ml4h_reg(config))
-        schedule = keras.optimizers.schedules.ExponentialDecay(
-            args.learning_rate, decay_steps=args.lr_decay_steps, decay_rate=args.lr_decay_rate
-        )
-        if is_seg:
-            from trainer.metrics import MyocardiumDice
 
-            loss, metrics = keras.losses.SparseCategoricalCrossentropy(), [MyocardiumDice()]
-        else:
-            loss, metrics = keras.losses.LogCosh(), [keras.metrics.MeanAbsoluteError(name="mae_g")]
-        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=metrics)
+def _objective(kind: str) -> tuple[Any, list[Any]]:
+    """The paper's loss and the reported metric: cross-entropy and myocardium Dice for ML4H_seg, log-cosh
+    and MAE (g) for ML4H_reg."""
+    import keras
 
-    monitor = "val_loss" if val_ds is not None else "loss"
-    tf.io.gfile.makedirs(paths.log_dir)
-    started = time.perf_counter()
-    history = model.fit(
-        train_ds, epochs=args.epochs, steps_per_epoch=steps, validation_data=val_ds, verbose=args.verbose,
-        callbacks=_callbacks(
-            paths, monitor=monitor, patience=args.patience, chief=chief, task_index=task_index
-        ),
-    )
-    train_seconds = time.perf_counter() - started
+    if kind == contracts.MODEL_KIND_SEG:
+        from trainer.metrics import MyocardiumDice
 
+        return keras.losses.SparseCategoricalCrossentropy(), [MyocardiumDice()]
+    return keras.losses.LogCosh(), [keras.metrics.MeanAbsoluteError(name="mae_g")]
+
+
+def train(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Fit, evaluate and (on the chief) export. Returns a summary (paths, counts, metrics)."""
+    import keras
+    import tensorflow as tf
+
+    from trainer import export, models
+    from trainer.fit import FitRequest, Schedule, fit_model
+
+    kind = KINDS[args.model]
+    is_seg = kind == contracts.MODEL_KIND_SEG
+    cluster = _cluster(args, environ)
+    keras.utils.set_random_seed(args.seed)
+    data = _training_data(args, kind, cluster.strategy.num_replicas_in_sync)
+    config = model_config(args)
+    if not is_seg:
+        mean_g, sd_g, volume_rel = _mass_target_stats(data.files, data.spec)
+        config = models.RegConfig(**{**config.__dict__, "mass_offset_g": mean_g / volume_rel,
+                                     "mass_scale_g": sd_g / volume_rel})
+    monitor = "val_loss" if data.validation is not None else "loss"
+    tf.io.gfile.makedirs(cluster.paths.log_dir)
+    fitted = fit_model(
+        lambda: (models.build_ml4h_seg(config, fully_convolutional=True) if is_seg
+                 else models.build_ml4h_reg(config)),
+        FitRequest(data=data.train, epochs=args.epochs, steps_per_epoch=data.steps_per_epoch,
+                   validation_data=data.validation, verbose=args.verbose,
+                   schedule=Schedule(args.learning_rate, args.lr_decay_steps, args.lr_decay_rate),
+                   objective=lambda: _objective(kind), scope=cluster.strategy.scope,
+                   callbacks=_callbacks(cluster.paths, monitor=monitor, patience=args.patience,
+                                        chief=cluster.chief, task_index=cluster.task_index)))
     # A fixed-shape copy for export: the contract's (256, 256, 13, 1) input.
     final = models.build_ml4h_seg(config) if is_seg else models.build_ml4h_reg(config)
-    final.set_weights(model.get_weights())
+    final.set_weights(fitted.model.get_weights())
+    split_metrics = _evaluate_splits(final, kind, data, args.max_eval_examples)
+    card = _model_card(args, kind, config, data, fitted, split_metrics, cluster.strategy.num_replicas_in_sync)
+    if cluster.chief:
+        export.export_model(final, kind=kind, export_dir=cluster.paths.model_dir, card=card)
+    return {"model_dir": cluster.paths.model_dir, "chief": cluster.chief, "counts": data.counts,
+            "metrics": card.metrics}
+
+
+def _evaluate_splits(final: Any, kind: str, data: TrainingData, limit: int | None) -> dict[str, dict]:
+    """Full, unaugmented tensors of the validation and test splits through the fixed-shape model."""
+    from trainer import evaluate
+
     predict = evaluate.keras_predictor(final, kind)
-    split_metrics = {}
-    for split in ("validation", "test"):
-        if counts[split]:
-            split_metrics[split] = evaluate.evaluate_records(
-                predict, files, kind=kind, split=split, spec=spec, limit=args.max_eval_examples
-            )
+    return {split: evaluate.evaluate_records(predict, data.files, kind=kind, split=split, spec=data.spec,
+                                             limit=limit)
+            for split in ("validation", "test") if data.counts[split]}
+
+
+def _model_card(args: argparse.Namespace, kind: str, config: Any, data: TrainingData, fitted: Any,
+                split_metrics: dict[str, dict], replicas: int) -> Any:
+    """The exported model's card: data, hyperparameters, history and split metrics, calibration."""
+    from lvmass import __version__
+    from lvmass.core.model_card import ModelCard
+    from trainer import models
+
+    is_seg = kind == contracts.MODEL_KIND_SEG
+    holdout = bool(args.holdout)
     calibration = split_metrics.get("validation", {}).get("calibration", {}) if is_seg else {}
-    card = ModelCard(
+    return ModelCard(
         kind=kind,
         version=args.version or __version__,
         training_data={
             "source": args.data_source or args.train_data,
-            "files": len(files),
-            "examples": counts,
+            "files": len(data.files),
+            "examples": data.counts,
             "split": {"method": "holdout_file" if holdout else "eid_farmhash",
                       "validation_fraction": args.validation_fraction, "test_fraction": args.test_fraction,
                       "holdout_file": args.holdout},
@@ -345,33 +400,30 @@ def train(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any
             "architecture": models.config_to_dict(config),
             "preset": args.preset,
             "epochs_requested": args.epochs,
-            "epochs_run": len(history.history.get("loss", [])),
-            "steps_per_epoch": steps,
+            "epochs_run": fitted.epochs_run,
+            "steps_per_epoch": data.steps_per_epoch,
             "batch_size": args.batch_size,
-            "global_batch_size": global_batch,
+            "global_batch_size": data.global_batch,
             "optimizer": "adam",
             "learning_rate": args.learning_rate,
             "lr_decay_steps": args.lr_decay_steps,
             "lr_decay_rate": args.lr_decay_rate,
             "loss": "sparse_categorical_crossentropy" if is_seg else "log_cosh",
-            "augmentation": None if augment_config is None else augment_config.__dict__,
-            "crop_px": crop,
-            "replicas": strategy.num_replicas_in_sync,
-            "train_seconds": round(train_seconds, 1),
+            "augmentation": None if data.augment_config is None else data.augment_config.__dict__,
+            "crop_px": data.crop_px,
+            "replicas": replicas,
+            "train_seconds": round(fitted.train_seconds, 1),
         },
-        metrics={"history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        metrics={"history": {k: [float(v) for v in vals] for k, vals in fitted.history.items()},
                  **{s: {k: v for k, v in m.items() if k != "calibration"} for s, m in split_metrics.items()}},
         calibration=calibration,
-        pixel_spacing_mm=grid_pixel_mm(files),
+        pixel_spacing_mm=grid_pixel_mm(data.files),
         training_pixel_spacing_mm=args.training_pixel_spacing_mm,
         label_source=LABEL_SOURCE_INLINEVF if is_seg else LABEL_SOURCE_MANUAL_MASS,
         trained_on_synthetic_data=bool(args.synthetic),
         notes=("Trained on SYNTHETIC data (lvmass.synth), not UK Biobank; retrain on real tensors before use."
                if args.synthetic else ""),
     )
-    if chief:
-        export.export_model(final, kind=kind, export_dir=paths.model_dir, card=card)
-    return {"model_dir": paths.model_dir, "chief": chief, "counts": counts, "metrics": card.metrics}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,7 @@ return without waiting.
 
 Dataflow's launcher runs ``python main.py --input=... --output=... --runner=DataflowRunner --project=...``
 with the template's parameters (``metadata.json``) and the job's environment. Our options go to
-``beam_pipeline.pipeline.parse_args``, the rest to Beam's ``PipelineOptions``, and the output is prepared
+``beam_pipeline.options.parse_args``, the rest to Beam's ``PipelineOptions``, and the output is prepared
 (``prepare_output``: refused when it holds files, unless ``--overwrite``; with ``--skip_existing`` what a
 stopped run left is cleaned and the committed inputs are left out), exactly as ``lvmass run`` does. The job's
 last step commits the run and finalises the folder on a worker (``transforms.CommitRun``), so nothing is
@@ -27,14 +27,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from beam_pipeline.pipeline import (
-    ConfigError,
-    build_parser,
-    build_pipeline,
-    check_inputs,
-    parse_args,
-    prepare_output,
-)
+from beam_pipeline.options import ConfigError, build_parser, check_inputs, parse_args
+from beam_pipeline.pipeline import build_pipeline, prepare_output
 
 logger = logging.getLogger("lvmass.flex_template")
 TRUE_VALUES = ("true", "1", "yes")

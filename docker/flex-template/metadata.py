@@ -1,6 +1,6 @@
 """The Flex Template's ``metadata.json``, generated from ``lvmass run``'s own options.
 
-Every option of ``beam_pipeline.pipeline.build_parser()`` becomes a template parameter, with its help text
+Every option of ``beam_pipeline.options.build_parser()`` becomes a template parameter, with its help text
 and a validation that Dataflow applies before the launcher starts: ``regexes`` (anchored) and a
 ``paramType`` for the console's input picker. The validation comes from the option itself where argparse
 knows it (choices -> ENUM, int -> NUMBER, on/off -> BOOLEAN); paths and lists get the rule in
@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from beam_pipeline.inference import BUNDLED_PREFIX
-from beam_pipeline.pipeline import build_parser
+from beam_pipeline.options import build_parser
 from lvmass.core import contracts
+from lvmass.storage.models import BUNDLED_PREFIX
 
 METADATA_FILE = Path(__file__).resolve().parent / "metadata.json"
 TEMPLATE_NAME = "lvmass"

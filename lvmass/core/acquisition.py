@@ -38,7 +38,7 @@ def as_affine_tuple(affine: np.ndarray) -> Affine:
     arr = np.asarray(affine, dtype=np.float64)
     if arr.shape != (4, 4) or not np.all(np.isfinite(arr)):
         raise ValueError(f"an affine must be a finite 4 x 4 matrix. Received shape {arr.shape}")
-    return tuple(tuple(float(v) for v in row) for row in arr)  # type: ignore[return-value]
+    return tuple((float(a), float(b), float(c), float(d)) for a, b, c, d in arr)
 
 
 def lps_to_ras(affine_lps: np.ndarray | Affine) -> np.ndarray:

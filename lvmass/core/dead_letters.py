@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lvmass.core.contracts import PIPELINE_VERSION
-from lvmass.core.identity import check_input_name, ids_from_name, name_stem
+from lvmass.core.identity import InputIdentity, input_identity
 from lvmass.core.measure import Measurement, ParticipantTensor
 from lvmass.core.schema import STAGE_DECODE, STAGE_READ, ErrorRecord, ResultRecord
 from lvmass.core.study import DecodedStudy, DecodeError
@@ -37,32 +37,35 @@ def exception_message(exc_type: type, exc_repr: str, traceback_lines: Sequence[s
     return exc_repr
 
 
-def _name_identity(uri: str) -> tuple[str | None, int | None, int | None]:
-    """(participant_id, eid, instance) from the input's name alone; Nones where the name says nothing
-    usable (``identity.check_input_name`` rejects it)."""
-    try:
-        check_input_name(uri)
-    except ValueError:
+def _name_identity(name: InputIdentity) -> tuple[str | None, int | None, int | None]:
+    """(participant_id, eid, instance) from what the input's name says; Nones where it says nothing usable
+    (a name ``identity.check_input_name`` rejects), and no visit where it names no participant."""
+    if name.problem is not None:
         return None, None, None
-    eid, instance = ids_from_name(uri)
-    return (str(eid) if eid is not None else name_stem(uri)), eid, instance
+    return name.participant_id, name.eid, name.instance if name.eid is not None else None
 
 
 def identity_of(element: Any) -> tuple[str, str | None, int | None, int | None]:
-    """(source URI, participant_id, eid, instance) of any element a step may fail on."""
+    """(source URI, participant_id, eid, instance) of any element a step may fail on: the identity it
+    carries (a selected input's, a study's name, a participant's or a measurement's), else what the name of
+    the file it names says."""
     if isinstance(element, tuple) and len(element) == 2 and isinstance(element[0], str):
         key, element = element  # keyed by source URI (RunInference's KeyedModelHandler)
         if not isinstance(element, ParticipantTensor | Measurement | DecodedStudy):
-            return (key, *_name_identity(key))
+            return (key, *_name_identity(input_identity(key)))
     if isinstance(element, tuple) and element and isinstance(element[0], Measurement):
         element = element[0]  # (measurement, phenotype) joined for calibration
     if isinstance(element, ParticipantTensor | Measurement | ResultRecord):
         return element.source_uri, element.participant_id, element.eid, element.instance
     if isinstance(element, DecodedStudy):
-        return (element.source_uri, *_name_identity(element.source_uri))
+        name = element.name if element.name is not None else input_identity(element.source_uri)
+        return (element.source_uri, *_name_identity(name))
+    carried = getattr(element, "identity", None)  # a selected input (beam_pipeline's ParticipantInput)
+    if isinstance(carried, InputIdentity):
+        return (carried.uri, *_name_identity(carried))
     metadata = getattr(element, "metadata", None)
     uri = getattr(metadata, "path", None) or getattr(element, "path", None) or str(element)
-    return (uri, *_name_identity(uri))
+    return (uri, *_name_identity(input_identity(uri)))
 
 
 def error_record(

@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 def measurement_row(measurement: Measurement, *, pipeline_version: str) -> dict[str, Any]:
     """One ``MEASUREMENTS_SCHEMA`` row: the measurement as it was taken, nothing derived from others."""
-    row_mm, col_mm, slice_mm = measurement.spacing_mm
+    row_mm, col_mm, slice_mm = measurement.acquired_voxel_mm
     return {
         "participant_id": measurement.participant_id,
         "eid": measurement.eid,
@@ -72,7 +72,7 @@ def measurement_row(measurement: Measurement, *, pipeline_version: str) -> dict[
         "pixel_spacing_row_mm": float(row_mm),
         "pixel_spacing_col_mm": float(col_mm),
         "slice_spacing_mm": float(slice_mm),
-        "tensor_pixel_spacing_mm": float(measurement.tensor_pixel_spacing_mm),
+        "tensor_pixel_spacing_mm": float(measurement.grid_pixel_mm),
         "in_plane_scale": float(measurement.in_plane_scale),
         "qc_flags": list(measurement.qc_flags),
         "model_version": measurement.model_version,
@@ -98,9 +98,9 @@ def measurement_from_row(row: Mapping[str, Any]) -> Measurement:
         myocardium_volume_ml=_float_or_none(row["myocardium_volume_ml"]),
         lv_cavity_volume_ml=_float_or_none(row["lv_cavity_volume_ml"]),
         n_slices=int(row["n_slices"]),
-        spacing_mm=(float(row["pixel_spacing_row_mm"]), float(row["pixel_spacing_col_mm"]),
-                    float(row["slice_spacing_mm"])),
-        tensor_pixel_spacing_mm=float(row["tensor_pixel_spacing_mm"]),
+        acquired_voxel_mm=(float(row["pixel_spacing_row_mm"]), float(row["pixel_spacing_col_mm"]),
+                           float(row["slice_spacing_mm"])),
+        grid_pixel_mm=float(row["tensor_pixel_spacing_mm"]),
         in_plane_scale=float(row["in_plane_scale"]),
         qc_flags=tuple(row["qc_flags"] or ()),
         model_version=None if row["model_version"] is None else str(row["model_version"]),

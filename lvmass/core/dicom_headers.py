@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import TypeVar
 
 PREAMBLE_BYTES = 128
 MAGIC = b"DICM"
@@ -321,7 +322,10 @@ _DECIMAL_CHARACTERS = str.maketrans("", "", "0123456789.+-eE ")
 _INTEGER_CHARACTERS = str.maketrans("", "", "0123456789+- ")
 
 
-def _number(item: str, characters: dict, convert):
+_Number = TypeVar("_Number", int, float)
+
+
+def _number(item: str, characters: dict[int, int | None], convert: Callable[[str], _Number]) -> _Number:
     """``convert(item)`` (``float`` or ``int``, as pydicom's DSfloat and IS do) when ``item`` holds only
     ``characters`` and converts; Unsupported otherwise (no "nan", "inf", underscores, tabs or NULs)."""
     if not item or item.translate(characters):

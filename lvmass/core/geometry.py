@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import numpy as np
 
@@ -141,7 +142,7 @@ def slice_spacing_mm(
     disagree on what the tag holds (some write the gap between slabs), so a value the positions
     contradict is ignored. One slice only: SpacingBetweenSlices, else SliceThickness (0018,0050).
     """
-    def usable(value: float | None) -> bool:
+    def usable(value: float | None) -> TypeGuard[float]:
         return value is not None and bool(np.isfinite(value)) and value > 0
 
     gaps = slice_gaps_mm(sorted_positions_mm)
@@ -150,12 +151,12 @@ def slice_spacing_mm(
         if usable(spacing_between_slices_mm) and abs(float(spacing_between_slices_mm) - measured) <= max(
             SPACING_ABS_TOL_MM, SPACING_REL_TOL * measured
         ):
-            return float(spacing_between_slices_mm)  # type: ignore[arg-type]
+            return float(spacing_between_slices_mm)
         return measured
     if usable(spacing_between_slices_mm):
-        return float(spacing_between_slices_mm)  # type: ignore[arg-type]
+        return float(spacing_between_slices_mm)
     if usable(slice_thickness_mm):
-        return float(slice_thickness_mm)  # type: ignore[arg-type]
+        return float(slice_thickness_mm)
     raise ValueError(
         "cannot determine slice spacing: fewer than two distinct slice positions, and no "
         "SpacingBetweenSlices (0018,0088) or SliceThickness (0018,0050)"

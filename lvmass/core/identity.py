@@ -1,9 +1,12 @@
 """Who a participant input is: the one parser of input names (zips, folders, label files).
 
 Every place that needs a participant's UK Biobank eid and imaging visit (``instance``) from a name uses
-:func:`parse_input_name`: the decoder (a UK Biobank zip's name is the authority over anything inside
-it), the pipeline's dead letters, the analysis' label files and the generator's truth labels. The
-names understood, in order (only the last path component counts, any extensions are ignored):
+:func:`parse_input_name`. An input of the pipeline is parsed once, where it is read: :func:`input_identity`
+gives its :class:`InputIdentity`, which travels with it (the decoder takes a UK Biobank zip's eid and visit
+from it, the name being the authority over anything inside the zip; the measurements, the dead letters
+and the ledger take theirs from it). The analysis' label files and the generator's truth labels parse
+their own names with :func:`parse_input_name`. The names understood, in order (only the last path
+component counts, any extensions are ignored):
 
 ============================================  ==============================  ======================
 name                                          example                         (eid, instance)
@@ -26,8 +29,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from lvmass.core.study import DecodedStudy
+if TYPE_CHECKING:  # pragma: no cover - typing only (the study module names this one the same way)
+    from lvmass.core.study import DecodedStudy
 
 ANY_VENDOR_INSTANCE = 0  # the visit of an input whose name does not say it
 UKBB_SHORT_AXIS_FIELD = 20209  # UK Biobank bulk field of the short-axis cine zips
@@ -163,6 +168,51 @@ def input_key(uri: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
+class InputIdentity:
+    """What an input's name says about its participant (:func:`input_identity`), parsed once and carried.
+
+    ``participant_id`` is the eid as text where the name has one, else the name's stem (``SCD0000501``);
+    ``instance`` is ``ANY_VENDOR_INSTANCE`` where the name says no visit (:attr:`key` is what two inputs of
+    one participant and visit share). ``ukbb_zip``: a UK Biobank bulk-file zip name
+    (``{eid}_{field}_{instance}_{array}.zip``), whose eid and visit the decoder takes as the study's.
+    ``problem``: why the name cannot identify a participant (:func:`check_input_name`'s message), None when
+    it can; the pipeline turns it into a ``read`` dead letter before any byte is read."""
+
+    uri: str
+    participant_id: str
+    eid: int | None
+    instance: int
+    ukbb_zip: bool = False
+    problem: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """(participant_id, instance): the same for two inputs of one participant and visit."""
+        return self.participant_id, self.instance
+
+    def check(self) -> None:
+        """Raise ValueError (naming the input) when the name cannot identify a participant."""
+        if self.problem is not None:
+            raise ValueError(self.problem)
+
+
+def input_identity(uri: str) -> InputIdentity:
+    """The :class:`InputIdentity` of an input, from its name alone (never raises: a name that cannot
+    identify a participant says why in ``problem``)."""
+    problem = None
+    try:
+        check_input_name(uri)
+    except ValueError as exc:
+        problem = str(exc)
+    parsed = parse_input_name(uri)
+    if parsed is None:
+        return InputIdentity(uri, name_stem(uri), None, ANY_VENDOR_INSTANCE, problem=problem)
+    instance = parsed.instance if parsed.instance is not None else ANY_VENDOR_INSTANCE
+    return InputIdentity(uri, str(parsed.eid), parsed.eid, instance,
+                         ukbb_zip=parse_ukbb_zip_name(uri) is not None, problem=problem)
+
+
+@dataclass(frozen=True)
 class ParticipantIdentity:
     """Who a study is: ``participant_id`` (text, always set), the UK Biobank ``eid`` when known, and the
     imaging visit (``ANY_VENDOR_INSTANCE`` when nothing says it)."""
@@ -176,26 +226,27 @@ def participant_identity(study: DecodedStudy) -> ParticipantIdentity:
     """The identity of a study, the file or folder name first, the DICOM PatientID last.
 
     1. the decoder's (a UK Biobank zip name ``{eid}_20209_{instance}_{array}.zip``);
-    2. the name of any other zip or folder (:func:`ids_from_name`: ``{eid}.zip``, ``{eid}_{instance}.zip``,
-       a folder named by the eid); the instance defaults to ``ANY_VENDOR_INSTANCE`` (0: visit unknown);
+    2. the name of any other zip or folder (``study.name``, the :class:`InputIdentity` the input was read
+       with: ``{eid}.zip``, ``{eid}_{instance}.zip``, a folder named by the eid); the instance defaults to
+       ``ANY_VENDOR_INSTANCE`` (0: visit unknown);
     3. a numeric PatientID (0010,0020) shared by the slices (instance ``ANY_VENDOR_INSTANCE``): scanners
        and anonymisers put all sorts of numbers there, so it never overrides a name;
     4. otherwise the participant has no eid and is known by the stem of its file or folder name
        (``SCD0000501`` for ``SCD0000501.zip``).
 
-    ``participant_id`` is the eid as text whenever there is an eid.
+    ``participant_id`` is the eid as text whenever there is an eid. A study built by hand, without
+    ``name``, is known by its ``source_uri``.
     """
-    check_input_name(study.source_uri)
+    name = study.name if study.name is not None else input_identity(study.source_uri)
+    name.check()
     if study.eid is not None:
         instance = int(study.instance if study.instance is not None else ANY_VENDOR_INSTANCE)
         return ParticipantIdentity(str(int(study.eid)), int(study.eid), instance)
-    eid, instance = ids_from_name(study.source_uri)
-    if eid is not None:
-        visit = int(instance if instance is not None else ANY_VENDOR_INSTANCE)
-        return ParticipantIdentity(str(eid), eid, visit)
+    if name.eid is not None:
+        return ParticipantIdentity(name.participant_id, name.eid, name.instance)
     if study.patient_id.isdigit() and int(study.patient_id) <= MAX_EID:
         return ParticipantIdentity(str(int(study.patient_id)), int(study.patient_id), ANY_VENDOR_INSTANCE)
-    return ParticipantIdentity(name_stem(study.source_uri), None, ANY_VENDOR_INSTANCE)
+    return ParticipantIdentity(name.participant_id, None, ANY_VENDOR_INSTANCE)
 
 
 def participant_ids(study: DecodedStudy) -> tuple[int, int]:

@@ -42,16 +42,16 @@ class LabelMeasurement:
     voxel_volume_ml: float = 0.0
 
 
-def _check_spacing(spacing_mm: Sequence[float]) -> tuple[float, float, float]:
+def _check_spacing(spacing_mm: Sequence[float] | np.ndarray) -> tuple[float, float, float]:
     values = tuple(float(s) for s in spacing_mm)
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError(
             f"spacing_mm must be 3 positive finite numbers (row_mm, col_mm, slice_mm), got {values}"
         )
-    return values  # type: ignore[return-value]
+    return values  # the length check above narrows it to three floats
 
 
-def measure_label_volume(labels: np.ndarray, spacing_mm: Sequence[float]) -> LabelMeasurement:
+def measure_label_volume(labels: np.ndarray, spacing_mm: Sequence[float] | np.ndarray) -> LabelMeasurement:
     """Myocardium and LV cavity volumes (mL) and raw mass (g) of a label volume ``(H, W, S)``.
 
     ``spacing_mm`` is (row_mm, col_mm, slice_mm): PixelSpacing (0028,0030) and the slice centre
@@ -277,13 +277,13 @@ def merge_sex_centering(
         raise ValueError(f"min_manual_n must be >= 1, got {min_manual_n}")
     chosen: dict[str, SexCentering] = {}
     for sex in contracts.SEXES:
-        fit_ok = fitted is not None and sex in fitted.offsets_g
-        if fit_ok and int(fitted.n_manual.get(sex, 0)) >= min_manual_n:  # type: ignore[union-attr]
-            chosen[sex] = fitted  # type: ignore[assignment]
+        fit = fitted if fitted is not None and sex in fitted.offsets_g else None
+        if fit is not None and int(fit.n_manual.get(sex, 0)) >= min_manual_n:
+            chosen[sex] = fit
         elif fallback is not None and sex in fallback.offsets_g:
             chosen[sex] = fallback
-        elif fit_ok:
-            chosen[sex] = fitted  # type: ignore[assignment]
+        elif fit is not None:
+            chosen[sex] = fit
     if not chosen:
         return None
 

@@ -58,7 +58,7 @@ from lvmass.core.study import DecodedStudy
 from lvmass.core.tensor import (
     build_image_tensor,
     build_label_volume,
-    grid_pixel_spacing_mm,
+    grid_pixel_pair_mm,
     unplace_label_volume,
 )
 
@@ -107,22 +107,29 @@ class ParticipantTensor:
         return float(self.spacing_mm[2])
 
     @property
-    def grid_pixel_spacing_mm(self) -> float:
+    def grid_pixel_mm(self) -> float:
         """The tensor grid's in-plane pixel size (mm): square pixels."""
         return float(self.spacing_mm[0])
 
     @property
+    def acquired_voxel_mm(self) -> tuple[float, float, float]:
+        """The acquisition's voxel (mm): PixelSpacing (row, col), in the standard view, and slice spacing."""
+        return (float(self.acquired_pixel_spacing_mm[0]), float(self.acquired_pixel_spacing_mm[1]),
+                self.slice_spacing_mm)
+
+    @property
     def in_plane_scale(self) -> float:
         """Acquired / grid pixel size along the rows (> 1: the acquisition's pixels were larger)."""
-        return float(self.acquired_pixel_spacing_mm[0]) / self.grid_pixel_spacing_mm
+        return float(self.acquired_pixel_spacing_mm[0]) / self.grid_pixel_mm
 
 
 @dataclass(frozen=True)
 class Measurement:
     """One method's raw measurement of one participant, before phenotypes and calibration.
 
-    ``spacing_mm`` is the acquisition's (row, col, slice) spacing; ``tensor_pixel_spacing_mm`` and
-    ``in_plane_scale`` say which grid the model saw (``ParticipantTensor``)."""
+    ``acquired_voxel_mm`` is the acquisition's (row, col, slice) voxel; ``grid_pixel_mm`` (the Parquet's
+    ``tensor_pixel_spacing_mm``) and ``in_plane_scale`` say which grid the model saw
+    (``ParticipantTensor``)."""
 
     source_uri: str
     participant_id: str
@@ -133,8 +140,8 @@ class Measurement:
     myocardium_volume_ml: float | None
     lv_cavity_volume_ml: float | None
     n_slices: int
-    spacing_mm: tuple[float, float, float]
-    tensor_pixel_spacing_mm: float = float("nan")
+    acquired_voxel_mm: tuple[float, float, float]
+    grid_pixel_mm: float = float("nan")
     in_plane_scale: float = 1.0
     qc_flags: tuple[str, ...] = ()
     model_version: str | None = None
@@ -177,7 +184,7 @@ def participant_from_study(
         instance=identity.instance,
         image=tensor.image,
         # float64 (the tensor's copy is float32): masses and Parquet keep full precision
-        spacing_mm=np.array([*grid_pixel_spacing_mm(study.pixel_spacing_mm, grid_pixel_mm),
+        spacing_mm=np.array([*grid_pixel_pair_mm(study.pixel_spacing_mm, grid_pixel_mm),
                              study.slice_spacing_mm], dtype=np.float64),
         acquired_pixel_spacing_mm=(float(study.pixel_spacing_mm[0]), float(study.pixel_spacing_mm[1])),
         n_slices=int(study.n_slices),
@@ -196,8 +203,8 @@ def _measurement(participant: ParticipantTensor, method: str, **fields: Any) -> 
     return Measurement(
         source_uri=participant.source_uri, participant_id=participant.participant_id, eid=participant.eid,
         instance=participant.instance, method=method, n_slices=participant.n_slices,
-        spacing_mm=(*participant.acquired_pixel_spacing_mm, participant.slice_spacing_mm),
-        tensor_pixel_spacing_mm=participant.grid_pixel_spacing_mm, in_plane_scale=participant.in_plane_scale,
+        acquired_voxel_mm=participant.acquired_voxel_mm, grid_pixel_mm=participant.grid_pixel_mm,
+        in_plane_scale=participant.in_plane_scale,
         **fields,
     )
 
@@ -258,7 +265,7 @@ def acquisition_label_volume(participant: ParticipantTensor, labels: np.ndarray,
     else:
         acquired = tuple(float(v) for v in participant.acquired_pixel_spacing_mm)
         resampled = (float(participant.spacing_mm[0]), float(participant.spacing_mm[1])) != acquired
-        grid_mm = participant.grid_pixel_spacing_mm if resampled else None
+        grid_mm = participant.grid_pixel_mm if resampled else None
         on_slices = unplace_label_volume(arr, (rows, cols, n_slices), slice_start=participant.slice_start,
                                          acquired_pixel_spacing_mm=acquired, grid_pixel_mm=grid_mm)
     return grid.on_planes(on_slices)
@@ -278,7 +285,7 @@ def measure_inlinevf(participant: ParticipantTensor) -> Measurement:
             qc_flags=unique_flags([*participant.qc_flags, *participant.inlinevf_flags,
                                    contracts.QC_INLINEVF_CONTOUR_MISSING]),
         )
-    voxel = (*participant.acquired_pixel_spacing_mm, participant.slice_spacing_mm)
+    voxel = participant.acquired_voxel_mm
     return measure_labels(participant, participant.inlinevf_native_labels, method=contracts.METHOD_INLINEVF,
                           model_version=None, extra_flags=participant.inlinevf_flags, voxel_mm=voxel)
 
@@ -334,7 +341,7 @@ def calibrate(
     elif measurement.method in CENTERED_METHODS:
         sex_centering = centering.get(measurement.method)
         mass = sex_centering.apply(raw, sex) if sex_centering is not None else None
-        if mass is not None:
+        if sex_centering is not None and mass is not None:
             calibration = calibration_label(sex_centering.source_for(sex))
         elif measurement.method in raw_is_estimate:
             mass = raw  # a model of true anatomy (card label_source): its raw mass is the estimate
@@ -353,7 +360,7 @@ def calibrate(
             flags.append(contracts.QC_BODY_SIZE_IMPLAUSIBLE)
 
     flags_t = unique_flags(flags)
-    row_mm, col_mm, slice_mm = measurement.spacing_mm
+    row_mm, col_mm, slice_mm = measurement.acquired_voxel_mm
     return ResultRecord(
         participant_id=measurement.participant_id,
         eid=measurement.eid,
@@ -374,7 +381,7 @@ def calibrate(
         pixel_spacing_row_mm=row_mm,
         pixel_spacing_col_mm=col_mm,
         slice_spacing_mm=slice_mm,
-        tensor_pixel_spacing_mm=measurement.tensor_pixel_spacing_mm,
+        tensor_pixel_spacing_mm=measurement.grid_pixel_mm,
         in_plane_scale=measurement.in_plane_scale,
         qc_flags=list(flags_t),
         qc_pass=bool(qc_pass(flags_t)) and measurement.lv_mass_raw_g is not None,

@@ -119,11 +119,23 @@ def is_image_series(description: str) -> bool:
 
 
 
+def _orientation(h: HeaderInfo) -> tuple[float, ...]:
+    """ImageOrientationPatient (0020,0037) of a frame that :func:`_require_geometry` accepted."""
+    assert h.orientation is not None, f"member {h.member!r}: geometry not checked"
+    return h.orientation
+
+
+def _position(h: HeaderInfo) -> tuple[float, float, float]:
+    """ImagePositionPatient (0020,0032) of a frame that :func:`_require_geometry` accepted."""
+    assert h.position is not None, f"member {h.member!r}: geometry not checked"
+    return h.position
+
+
 def _normal(h: HeaderInfo, source_uri: str) -> np.ndarray:
     """The slice normal of ``h`` (``geometry.slice_normal``); an ImageOrientationPatient that gives none
     (all zeros, parallel cosines) is a ``DecodeError`` naming the input and the member."""
     try:
-        return geometry.slice_normal(h.orientation)  # type: ignore[arg-type]
+        return geometry.slice_normal(_orientation(h))
     except ValueError as exc:
         raise DecodeError(source_uri, "geometry", f"member {h.member!r}: {exc}") from exc
 
@@ -189,7 +201,7 @@ def _latest_series(frames: Sequence[HeaderInfo]) -> tuple[list[HeaderInfo], bool
     if len(by_uid) == 1:
         return list(frames), False
 
-    def key(uid: str):
+    def key(uid: str) -> tuple[tuple[str, str, str, str], int, str]:
         hs = by_uid[uid]
         acq = max(h.acquisition_key for h in hs)
         number = max((h.series_number or -1) for h in hs)
@@ -201,7 +213,7 @@ def _latest_series(frames: Sequence[HeaderInfo]) -> tuple[list[HeaderInfo], bool
 def _group_by_position(frames: Sequence[HeaderInfo], normal: np.ndarray) -> list[list[HeaderInfo]]:
     """Group frames into slices by their projected position (tolerance: a quarter of the smallest
     plausible slice gap, 1 mm)."""
-    positions = [geometry.project_position_mm(h.position, normal) for h in frames]  # type: ignore[arg-type]
+    positions = [geometry.project_position_mm(_position(h), normal) for h in frames]
     return [[frames[i] for i in idx] for idx in geometry.cluster_positions_mm(positions, tol_mm=1.0)]
 
 
@@ -253,7 +265,7 @@ def _slices_by_position(
     """Layouts without a series per slice: images parallel to the stack grouped by position along its
     normal (the later series where one position was acquired twice). ``numbered``: number each slice
     by its smallest InstanceNumber (the InlineVF series counts slices that way)."""
-    parallel = [h for h in image_pool if geometry.is_parallel(geometry.slice_normal(h.orientation), normal)]
+    parallel = [h for h in image_pool if geometry.is_parallel(geometry.slice_normal(_orientation(h)), normal)]
     groups: list[tuple[int | None, list[HeaderInfo]]] = []
     for cluster in _group_by_position(parallel, normal):
         frames, duplicated = _latest_series(cluster)
@@ -316,19 +328,20 @@ def _order_base_to_apex(
     chosen: list[tuple[int | None, HeaderInfo]] = []
     for number, frames in groups:
         ed = choose_ed_frame(frames, ed_rule)
-        if not geometry.is_parallel(geometry.slice_normal(ed.orientation), normal):  # type: ignore[arg-type]
+        if not geometry.is_parallel(geometry.slice_normal(_orientation(ed)), normal):
             flags.add(contracts.QC_MISSING_SLICES)  # an off-axis "slice" is dropped; the stack has a hole
             continue
         chosen.append((number, ed))
     if not chosen:
         raise DecodeError(source_uri, "series", "no short-axis slice is parallel to the stack")
 
-    raw_positions = [geometry.project_position_mm(ed.position, normal) for _, ed in chosen]  # type: ignore[arg-type]
+    raw_positions = [geometry.project_position_mm(_position(ed), normal) for _, ed in chosen]
     numbers = [n for n, _ in chosen]
+    known_numbers = [n for n in numbers if n is not None]
     if geometry.apex_direction_is_clear(normal):
         sign = geometry.apex_sign(normal)  # anatomy: patient coordinates do not depend on the numbering
-    elif all(n is not None for n in numbers) and len(set(numbers)) > 1:
-        sign = geometry.numbering_sign(numbers, raw_positions)  # type: ignore[arg-type]
+    elif len(known_numbers) == len(numbers) and len(set(known_numbers)) > 1:
+        sign = geometry.numbering_sign(known_numbers, raw_positions)
     else:
         sign = geometry.apex_sign(normal)
     slices = sorted(
@@ -362,7 +375,7 @@ def select_slices(
 
     normals_pool = [frames for _, frames in groups] if bk else [[h] for h in image_pool]
     normal = geometry.stack_normal(
-        [geometry.slice_normal(frames[0].orientation) for frames in normals_pool])  # type: ignore[arg-type]
+        [geometry.slice_normal(_orientation(frames[0])) for frames in normals_pool])
 
     if not bk:
         groups = _slices_by_position(image_pool, normal, flags,

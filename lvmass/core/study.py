@@ -8,8 +8,12 @@ the acquisition's own grid; padding to the model's tensor layout happens in ``lv
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from lvmass.core.identity import InputIdentity
 
 
 class DecodeError(ValueError):
@@ -19,6 +23,8 @@ class DecodeError(ValueError):
     ``geometry``) and the message names the file and the reason; the pipeline turns it into one
     dead-letter row.
     """
+
+    stats: Any = None  # the decoder's DecodeStats up to the failure, where it raised (what was read)
 
     def __init__(self, source: str, stage: str, reason: str):
         self.source = source
@@ -41,7 +47,9 @@ class DecodedStudy:
     (0028,0030) of that view: (row spacing, column spacing).
     ``eid``/``instance`` are what the file name says (UK Biobank zips), else None; ``patient_id`` is the
     PatientID (0010,0020) shared by the chosen frames ("" when absent or not shared), the last resort
-    for identifying a participant (``lvmass.core.identity.participant_ids``).
+    for identifying a participant (``lvmass.core.identity.participant_identity``). ``name`` is the
+    input's :class:`~lvmass.core.identity.InputIdentity`, parsed once where the input was read (None for a
+    study built by hand: its ``source_uri`` is parsed when needed).
     ``affine_lps`` maps voxel (row, col, plane) of these slices to the patient (LPS, mm; row-major 4 x 4;
     slice k on plane ``lvmass.core.acquisition.slice_planes(...)[k]``), None where the decoder knew no
     geometry (``lvmass.core.acquisition`` says how it is built).
@@ -62,6 +70,7 @@ class DecodedStudy:
     patient_id: str = ""
     in_plane_view: str = "none"  # the geometry.ViewTransform applied to reach contracts.IN_PLANE_VIEW
     affine_lps: tuple[tuple[float, float, float, float], ...] | None = None
+    name: InputIdentity | None = None  # what the input's name says, parsed where it was read
 
     @property
     def n_slices(self) -> int:

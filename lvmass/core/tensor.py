@@ -49,7 +49,7 @@ class ImageTensor:
     in_plane_scale: tuple[float, float] = (1.0, 1.0)
 
 
-def grid_pixel_spacing_mm(
+def grid_pixel_pair_mm(
     acquired_pixel_spacing_mm: Sequence[float], grid_pixel_mm: float | None
 ) -> tuple[float, float]:
     """(row, col) pixel size of the tensor grid: ``grid_pixel_mm`` in both directions, or the acquired
@@ -74,10 +74,10 @@ def _is_same_grid(acquired_mm: Sequence[float], grid_mm: Sequence[float]) -> boo
 
 
 def resample_slice(
-    arr: np.ndarray, acquired_pixel_spacing_mm: Sequence[float], grid_pixel_spacing_mm: Sequence[float], *,
+    arr: np.ndarray, acquired_pixel_spacing_mm: Sequence[float], grid_pixel_pair_mm: Sequence[float], *,
     labels: bool = False,
 ) -> np.ndarray:
-    """One 2-D slice on the grid ``grid_pixel_spacing_mm`` (row, col), centres aligned (module docstring).
+    """One 2-D slice on the grid ``grid_pixel_pair_mm`` (row, col), centres aligned (module docstring).
 
     Images: linear interpolation, after a Gaussian filter along each axis shrunk by ``factor`` (> 1) of
     sigma ``sqrt(factor**2 - 1) / 2`` input pixels, the blur that widens an input pixel's footprint to an
@@ -89,7 +89,7 @@ def resample_slice(
     if src.ndim != 2:
         raise ValueError(f"slice must be 2-D (rows, cols), got shape {src.shape}")
     acquired = tuple(float(v) for v in acquired_pixel_spacing_mm)
-    grid = tuple(float(v) for v in grid_pixel_spacing_mm)
+    grid = tuple(float(v) for v in grid_pixel_pair_mm)
     if _is_same_grid(acquired, grid):
         return src.copy()
     factors = [g / a for a, g in zip(acquired, grid, strict=True)]  # input pixels per output pixel
@@ -179,7 +179,7 @@ def build_image_tensor(study: DecodedStudy, *, grid_pixel_mm: float | None = Non
         raise ValueError(f"{study.source_uri}: study has no slices")
     acquired = (float(study.pixel_spacing_mm[0]), float(study.pixel_spacing_mm[1]))
     try:
-        grid = grid_pixel_spacing_mm(acquired, grid_pixel_mm)
+        grid = grid_pixel_pair_mm(acquired, grid_pixel_mm)
     except ValueError as exc:
         raise ValueError(f"{study.source_uri}: {exc}") from exc
     flags: list[str] = []
@@ -253,7 +253,7 @@ def build_label_volume(
         arr = np.asarray(lab).astype(np.uint8)
         if grid_pixel_mm is not None:
             assert acquired_pixel_spacing_mm is not None
-            grid = grid_pixel_spacing_mm(acquired_pixel_spacing_mm, grid_pixel_mm)
+            grid = grid_pixel_pair_mm(acquired_pixel_spacing_mm, grid_pixel_mm)
             arr = resample_slice(arr, acquired_pixel_spacing_mm, grid, labels=True)
         volume[:, :, k], _ = pad_or_crop_slice(arr)
     return volume
@@ -288,7 +288,7 @@ def unplace_label_volume(
         if acquired_pixel_spacing_mm is None:
             raise ValueError("unplacing labels from a resampled grid needs the acquired pixel spacing")
         acquired = tuple(float(v) for v in acquired_pixel_spacing_mm)
-        grid = grid_pixel_spacing_mm(acquired, grid_pixel_mm)
+        grid = grid_pixel_pair_mm(acquired, grid_pixel_mm)
         if not _is_same_grid(acquired, grid):
             grid_rows = _resampled_size(rows, acquired[0], grid[0])
             grid_cols = _resampled_size(cols, acquired[1], grid[1])

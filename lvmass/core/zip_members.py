@@ -29,7 +29,10 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 # A DICOM member larger than this (declared uncompressed size) is refused. One short-axis frame is ~0.1 MB
 # (UK Biobank, 208 x 192 x 16 bits) and a large single-frame image a few MB; multi-frame files are refused
@@ -224,6 +227,7 @@ class ZipMembers:
 
     def open_stream(self, name: str, *, limit: int = MAX_HEADER_BYTES) -> BinaryIO:
         """A seekable stream over the member (for pydicom), read through :meth:`prefix` (same limits)."""
+        # ignored: a PrefixStream (io.RawIOBase) has the read/seek/tell pydicom uses, not all of BinaryIO
         return PrefixStream(self.prefix(name, limit=limit))  # type: ignore[return-value]
 
 
@@ -268,6 +272,7 @@ class StreamMembers:
 
     def open_stream(self, name: str, *, limit: int = MAX_HEADER_BYTES) -> BinaryIO:
         """A seekable stream over the member (for pydicom), read through :meth:`prefix` (same limits)."""
+        # ignored: a PrefixStream (io.RawIOBase) has the read/seek/tell pydicom uses, not all of BinaryIO
         return PrefixStream(self.prefix(name, limit=limit))  # type: ignore[return-value]
 
 
@@ -312,13 +317,14 @@ class PrefixStream(io.RawIOBase):
         self._pos += len(chunk)
         return chunk
 
-    def readinto(self, buffer) -> int:
-        end = self._pos + len(buffer)
-        data = self._prefix.data
-        if end > len(data) and not self._prefix.complete:
-            data = self._prefix.need(max(end, 2 * len(data), _FIRST_READ_BYTES))
-        chunk = data[self._pos:end]
-        buffer[: len(chunk)] = chunk
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        with memoryview(buffer) as view:
+            end = self._pos + len(view)
+            data = self._prefix.data
+            if end > len(data) and not self._prefix.complete:
+                data = self._prefix.need(max(end, 2 * len(data), _FIRST_READ_BYTES))
+            chunk = data[self._pos:end]
+            view[: len(chunk)] = chunk
         self._pos += len(chunk)
         return len(chunk)
 

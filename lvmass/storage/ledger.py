@@ -54,7 +54,7 @@ from lvmass.core.derive import (
     ordered_errors,
     phenotype_error_records,
 )
-from lvmass.core.identity import input_key
+from lvmass.core.identity import InputIdentity
 from lvmass.core.measure import results_file_row
 from lvmass.core.phenotypes import PhenotypeTable
 from lvmass.core.schema import (
@@ -186,7 +186,7 @@ class FileEntry:
 @dataclass(frozen=True)
 class InputEntry:
     """One input a run processed: its URI, the (participant_id, instance) its name promises
-    (``identity.input_key``, what ``--skip_existing`` compares) and its outcome."""
+    (its ``identity.InputIdentity.key``, what ``--skip_existing`` compares) and its outcome."""
 
     uri: str
     participant_id: str
@@ -276,16 +276,18 @@ class Commit:
 
 
 def input_entries(
-    uris: Iterable[str], written: Iterable[str], failed: Iterable[str]
+    inputs: Iterable[InputIdentity], written: Iterable[str], failed: Iterable[str]
 ) -> tuple[InputEntry, ...]:
-    """Each input once, sorted, with its outcome: written when it has facts, failed when it has dead
-    letters only, unaccounted otherwise."""
+    """Each input once, sorted by URI, keyed by what its name promised (its identity, parsed when it was
+    selected), with its outcome: written when its URI has facts, failed when it has dead letters only,
+    unaccounted otherwise."""
     written_set, failed_set = set(written), set(failed)
     out = []
-    for uri in sorted(set(uris)):
+    for identity in sorted({i.uri: i for i in inputs}.values(), key=lambda i: i.uri):
+        uri = identity.uri
         outcome = (OUTCOME_WRITTEN if uri in written_set else OUTCOME_FAILED if uri in failed_set
                    else OUTCOME_UNACCOUNTED)
-        participant_id, instance = input_key(uri)
+        participant_id, instance = identity.key
         out.append(InputEntry(uri=uri, participant_id=participant_id, instance=instance, outcome=outcome))
     return tuple(out)
 

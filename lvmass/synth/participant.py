@@ -432,12 +432,49 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
     streams = participant_rngs(seed, eid)
     r_app, r_vf, r_noise, r_dicom, r_extra, r_jitter = streams[3:9]
     scene = _draw_scene(eid, cfg, streams)
-    truth_p, app, body = scene.truth, scene.appearance, scene.body
-    demo, anatomy, acq = truth_p.demographics, truth_p.anatomy, truth_p.acquisition
-    truth_vol = truth_p.volumes
-    n_slices = acq.n_slices
+    images = _render_images(cfg, scene, r_app, r_noise, r_extra)
+    contours = _render_inlinevf(cfg, scene, images.slices, r_vf, r_jitter)
+    study, uids = _study_header(eid, scene, r_dicom)
+    members, manifest_rows, info = _assemble(cfg, eid, scene.truth.acquisition, study, uids, images,
+                                             contours.overlays, r_extra)
+    zip_name = f"{eid}_{SAX_FIELD_ID}_{cfg.instance}_0.zip"
+    if cfg.layout == "ukbb":
+        manifest = dw.manifest_text(
+            manifest_rows,
+            patient_id=str(eid),
+            study_id=study["study_uid"],
+            study_description="CardiacMR",
+            when=study["when"],
+            aet=study["station_name"],
+            host="ANON_HOST",
+            with_modality=bool(r_extra.random() < cfg.modality_column_fraction),
+        )
+        members.insert(0, ("manifest.cvs", manifest.encode("ascii")))
+    zip_bytes = dw.write_zip(members, study["when"], cfg.zip_compresslevel)
+    return ParticipantData(
+        eid=eid, zip_name=zip_name, zip_bytes=zip_bytes, phenotype=scene.truth.phenotype_row(),
+        truth=_truth_row(cfg, scene, images, contours, study, info), labels=images.labels,
+    )
 
-    # --- images
+
+@dataclass(frozen=True)
+class _Images:
+    """A participant's cine: each slice's heart, every written phase's pixels, the repeated slice (index and
+    pixels of its discarded acquisition; -1: none) and the ED truth labels."""
+
+    slices: list[HeartSlice]
+    pixels: dict[tuple[int, int], bytes]
+    duplicate: int
+    duplicate_pixels: dict[int, bytes]
+    labels: np.ndarray
+
+
+def _render_images(cfg: SynthConfig, scene: Scene, r_app: np.random.Generator, r_noise: np.random.Generator,
+                   r_extra: np.random.Generator) -> _Images:
+    """Every slice and phase as quantised Rician-noisy pixels, in the streams' fixed order."""
+    app, body = scene.appearance, scene.body
+    anatomy, acq = scene.truth.anatomy, scene.truth.acquisition
+    n_slices = acq.n_slices
     width_mm = app.edge_blur * max(acq.pixel_spacing_mm)
     sigma = app.blood_signal / app.snr
     phases = cfg.phases
@@ -474,8 +511,24 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
         for p in phases:
             dup_pixels[p] = quantise(rician(hs.heart_signal(p) * hs.bias, sigma, r_noise)).tobytes()
     labels = np.stack([hs.labels_ed() for hs in slices], axis=-1)
+    return _Images(slices, pixels, duplicate, dup_pixels, labels)
 
-    # --- InlineVF
+
+@dataclass(frozen=True)
+class _Contours:
+    """The scanner's InlineVF contours: the draw (offsets, failure), the slices contoured at ED, each
+    outlined frame's overlay plane and the raw mass the ED outlines give."""
+
+    vf: Any
+    contoured_ed: list[int]
+    overlays: dict[tuple[int, int], np.ndarray]
+    expected_raw_mass_g: float
+
+
+def _render_inlinevf(cfg: SynthConfig, scene: Scene, slices: list[HeartSlice], r_vf: np.random.Generator,
+                     r_jitter: np.random.Generator) -> _Contours:
+    anatomy, acq = scene.truth.anatomy, scene.truth.acquisition
+    n_slices = acq.n_slices
     vf = draw_inlinevf(
         r_vf,
         failure_rate=cfg.inlinevf_failure_rate,
@@ -491,7 +544,7 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
     if cfg.layout == "ukbb":
         shape = (acq.rows, acq.cols)
         for k, hs in enumerate(slices):
-            for p in phases:
+            for p in cfg.phases:
                 curves = slice_curves(
                     anatomy,
                     vf,
@@ -507,8 +560,13 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
                 if p == 0:
                     ed_myo.append(outline_labels_myocardium(curves, shape))
     expected_vf = raw_mass_g(ed_myo, acq.pixel_spacing_mm, SLICE_SPACING_MM) if ed_myo else float("nan")
+    return _Contours(vf, contoured_ed, overlays, expected_vf)
 
-    # --- DICOM files and the zip
+
+def _study_header(eid: int, scene: Scene,
+                  r_dicom: np.random.Generator) -> tuple[dict[str, Any], dw.UidFactory]:
+    """The study's shared DICOM values (date, station, UIDs, heart rate, windowing) and its UID factory."""
+    demo, app = scene.truth.demographics, scene.appearance
     when = dt.datetime(2014, 5, 1, 8, 0, 0) + dt.timedelta(
         days=int(r_dicom.integers(0, 2100)), minutes=int(r_dicom.integers(0, 600))
     )
@@ -531,45 +589,34 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
         "window_centre": round(app.blood_signal * 0.6),
         "window_width": round(app.blood_signal * 1.4),
     }
-    members, manifest_rows, info = _assemble(
-        cfg, eid, acq, study, uids, phases, pixels, overlays, duplicate, dup_pixels, r_extra
-    )
-    zip_name = f"{eid}_{SAX_FIELD_ID}_{cfg.instance}_0.zip"
-    if cfg.layout == "ukbb":
-        manifest = dw.manifest_text(
-            manifest_rows,
-            patient_id=str(eid),
-            study_id=study["study_uid"],
-            study_description="CardiacMR",
-            when=when,
-            aet=study["station_name"],
-            host="ANON_HOST",
-            with_modality=bool(r_extra.random() < cfg.modality_column_fraction),
-        )
-        members.insert(0, ("manifest.cvs", manifest.encode("ascii")))
-    zip_bytes = dw.write_zip(members, when, cfg.zip_compresslevel)
+    return study, uids
 
+
+def _truth_row(cfg: SynthConfig, scene: Scene, images: _Images, contours: _Contours, study: dict[str, Any],
+               info: dict[str, Any]) -> dict[str, Any]:
+    """The participant's ``truth.csv`` row: the generator's truth and what it drew."""
+    truth_p, app, acq = scene.truth, scene.appearance, scene.truth.acquisition
+    vf, expected_vf, duplicate = contours.vf, contours.expected_raw_mass_g, images.duplicate
     label_mass = (
-        float((labels == 2).sum())
+        float((images.labels == 2).sum())
         * acq.pixel_spacing_mm[0]
         * acq.pixel_spacing_mm[1]
         * SLICE_SPACING_MM
         / 1000.0
         * MYOCARDIAL_DENSITY_G_PER_ML
     )
-    phenotype = truth_p.phenotype_row()
-    truth = {
+    return {
         **truth_p.truth_row(cfg.instance),
         "inlinevf_failure": vf.failure,
         "label_lv_mass_g": round(label_mass, 3),
         "expected_inlinevf_raw_mass_g": round(expected_vf, 3),
-        "expected_inlinevf_bias_factor": round(expected_vf / truth_vol.lv_mass_g, 5),
+        "expected_inlinevf_bias_factor": round(expected_vf / truth_p.volumes.lv_mass_g, 5),
         "inlinevf_epi_offset_mm": round(vf.epi_offset_mm, 4),
         "inlinevf_endo_offset_mm": round(vf.endo_offset_mm, 4),
         "inlinevf_failure_slices": " ".join(str(k + 1) for k in vf.failure_slices),
-        "contoured_slices": " ".join(str(k + 1) for k in contoured_ed),
-        "n_phases_written": len(phases),
-        "rr_ms": round(rr_ms, 2),
+        "contoured_slices": " ".join(str(k + 1) for k in contours.contoured_ed),
+        "n_phases_written": len(cfg.phases),
+        "rr_ms": round(study["rr_ms"], 2),
         "layout": cfg.layout,
         "duplicate_slice": duplicate + 1 if duplicate >= 0 else "",
         **info,
@@ -579,64 +626,41 @@ def render_participant(eid: int, seed: int, config: SynthConfig | None = None) -
         "edge_blur_px": round(app.edge_blur, 3),
         "appearance_scale": cfg.appearance_scale,
     }
-    return ParticipantData(
-        eid=eid, zip_name=zip_name, zip_bytes=zip_bytes, phenotype=phenotype, truth=truth, labels=labels
-    )
 
 
-def _assemble(
-    cfg: SynthConfig,
-    eid: int,
-    acq: Acquisition,
-    study: dict[str, Any],
-    uids: dw.UidFactory,
-    phases: tuple[int, ...],
-    pixels: dict[tuple[int, int], bytes],
-    overlays: dict[tuple[int, int], np.ndarray],
-    duplicate: int,
-    dup_pixels: dict[int, bytes],
-    rng: np.random.Generator,
-) -> tuple[list[tuple[str, bytes]], list[dw.ManifestRow], dict[str, Any]]:
-    """All DICOM members of the zip (and the manifest rows) for the configured layout."""
-    ukbb = cfg.layout == "ukbb"
-    spacing_between = bool(rng.random() < cfg.spacing_between_slices_fraction)
-    base = _mr_dataset(study, acq, siemens=ukbb, spacing_between=spacing_between)
-    meta = dw.file_meta(dw.MR_IMAGE_STORAGE)
-    plain = dw.InstanceTemplate(meta, base, _VAR_TAGS.values())
-    with_overlay = base.copy()
-    dw.add_overlay_placeholders(with_overlay, acq.rows, acq.cols)
-    vf_template = dw.InstanceTemplate(meta, with_overlay, [*_VAR_TAGS.values(), _OVERLAY_DATA])
-    members: list[tuple[str, bytes]] = []
-    rows: list[dw.ManifestRow] = []
-    when: dt.datetime = study["when"]
-    rr = study["rr_ms"]
-    n = acq.n_slices
-    normal = acq.slice_normal  # SliceLocation: the position along the image normal (apex -> base)
+class _Members:
+    """The zip's DICOM members and manifest rows, written one instance at a time from two templates (plain,
+    and with an overlay plane) that share everything but the per-instance values."""
 
-    def add(
-        template: dw.InstanceTemplate,
-        *,
-        description: str,
-        series_uid: str,
-        series_number: int,
-        instance: int,
-        k: int,
-        phase: int,
-        pixel_bytes: bytes,
-        minutes: float,
-        overlay: np.ndarray | None = None,
-        name: str | None = None,
-    ) -> None:
-        uid = uids.next()
-        t = (when + dt.timedelta(minutes=minutes)).strftime("%H%M%S.%f")[:13]
-        ipp = acq.ipp(k)
+    def __init__(self, cfg: SynthConfig, acq: Acquisition, study: dict[str, Any], uids: dw.UidFactory,
+                 spacing_between: bool):
+        base = _mr_dataset(study, acq, siemens=cfg.layout == "ukbb", spacing_between=spacing_between)
+        meta = dw.file_meta(dw.MR_IMAGE_STORAGE)
+        self.plain = dw.InstanceTemplate(meta, base, _VAR_TAGS.values())
+        with_overlay = base.copy()
+        dw.add_overlay_placeholders(with_overlay, acq.rows, acq.cols)
+        self.with_overlay = dw.InstanceTemplate(meta, with_overlay, [*_VAR_TAGS.values(), _OVERLAY_DATA])
+        self.members: list[tuple[str, bytes]] = []
+        self.rows: list[dw.ManifestRow] = []
+        self._acq, self._uids = acq, uids
+        self._when: dt.datetime = study["when"]
+        self._rr = study["rr_ms"]
+
+    def add(self, template: dw.InstanceTemplate, *, description: str, series_uid: str, series_number: int,
+            instance: int, k: int, phase: int, pixel_bytes: bytes, minutes: float,
+            overlay: np.ndarray | None = None, name: str | None = None) -> None:
+        """One instance of slice ``k`` at ``phase``, ``minutes`` after the study's start."""
+        uid = self._uids.next()
+        t = (self._when + dt.timedelta(minutes=minutes)).strftime("%H%M%S.%f")[:13]
+        ipp = self._acq.ipp(k)
+        normal = self._acq.slice_normal  # SliceLocation: the position along the image normal (apex -> base)
         values: dict[int, bytes | str] = {
             _VAR_TAGS["SOPInstanceUID"]: uid,
             _VAR_TAGS["SeriesTime"]: t,
             _VAR_TAGS["AcquisitionTime"]: t,
             _VAR_TAGS["ContentTime"]: t,
             _VAR_TAGS["SeriesDescription"]: description,
-            _VAR_TAGS["TriggerTime"]: dw.ds_str(round(phase * rr / N_PHASES, 4)),
+            _VAR_TAGS["TriggerTime"]: dw.ds_str(round(phase * self._rr / N_PHASES, 4)),
             _VAR_TAGS["ProtocolName"]: description,
             _VAR_TAGS["SeriesInstanceUID"]: series_uid,
             _VAR_TAGS["SeriesNumber"]: str(series_number),
@@ -648,46 +672,69 @@ def _assemble(
         if overlay is not None:
             values[_OVERLAY_DATA] = dw.pack_overlay(overlay)
         filename = name or f"{uid}.dcm"
-        members.append((filename, template.encode(values)))
-        rows.append(dw.ManifestRow(filename, series_uid, description))
+        self.append(filename, template.encode(values), series_uid, description)
 
+    def append(self, filename: str, data: bytes, series_uid: str, description: str) -> None:
+        self.members.append((filename, data))
+        self.rows.append(dw.ManifestRow(filename, series_uid, description))
+
+
+def _assemble(
+    cfg: SynthConfig,
+    eid: int,
+    acq: Acquisition,
+    study: dict[str, Any],
+    uids: dw.UidFactory,
+    images: _Images,
+    overlays: dict[tuple[int, int], np.ndarray],
+    rng: np.random.Generator,
+) -> tuple[list[tuple[str, bytes]], list[dw.ManifestRow], dict[str, Any]]:
+    """All DICOM members of the zip (and the manifest rows) for the configured layout."""
+    spacing_between = bool(rng.random() < cfg.spacing_between_slices_fraction)
+    out = _Members(cfg, acq, study, uids, spacing_between)
     info: dict[str, Any] = {
         "has_lax_extras": 0,
         "has_vf_results": 0,
         "spacing_between_slices_tag": int(spacing_between),
     }
-    if not ukbb:  # another vendor: one series, slice-major instance numbers, generic names, no InlineVF
-        series_uid = uids.next()
-        counter = 0
-        for k in range(n):
-            for p in phases:
-                counter += 1
-                add(
-                    plain,
-                    description=SINGLE_SERIES_DESCRIPTION,
-                    series_uid=series_uid,
-                    series_number=5,
-                    instance=k * N_PHASES + p + 1,
-                    k=k,
-                    phase=p,
-                    pixel_bytes=pixels[(k, p)],
-                    minutes=1.0,
-                    name=f"IM_{counter:05d}.dcm",
-                )
-        order = rng.permutation(len(members))
-        return [members[i] for i in order], rows, info
+    if cfg.layout != "ukbb":  # another vendor: one series, slice-major numbers, generic names, no InlineVF
+        _single_series(out, cfg, acq, uids, images)
+        order = rng.permutation(len(out.members))
+        return [out.members[i] for i in order], out.rows, info
+    _ukbb_series(out, cfg, acq, study, uids, images, overlays, rng, info)
+    return out.members, out.rows, info
+
+
+def _single_series(out: _Members, cfg: SynthConfig, acq: Acquisition, uids: dw.UidFactory,
+                   images: _Images) -> None:
+    series_uid = uids.next()
+    counter = 0
+    for k in range(acq.n_slices):
+        for p in cfg.phases:
+            counter += 1
+            out.add(out.plain, description=SINGLE_SERIES_DESCRIPTION, series_uid=series_uid, series_number=5,
+                    instance=k * N_PHASES + p + 1, k=k, phase=p, pixel_bytes=images.pixels[(k, p)],
+                    minutes=1.0, name=f"IM_{counter:05d}.dcm")
+
+
+def _ukbb_series(out: _Members, cfg: SynthConfig, acq: Acquisition, study: dict[str, Any],
+                 uids: dw.UidFactory, images: _Images, overlays: dict[tuple[int, int], np.ndarray],
+                 rng: np.random.Generator, info: dict[str, Any]) -> None:
+    """UK Biobank's layout: a ``bK`` series per slice, the InlineVF series (its outlined frames with an
+    overlay plane), maybe long-axis extras and the InlineVF results, and a repeated slice last."""
+    n, phases, pixels, duplicate = acq.n_slices, cfg.phases, images.pixels, images.duplicate
 
     def add_slice_series(k: int, number: int, pixel_bytes, minutes: float) -> None:
         """One ``CINE_segmented_SAX_b{k+1}`` series: every written phase of slice ``k``."""
         s_uid = uids.next()
         for p in phases:
-            add(plain, description=f"{SAX_PREFIX}{k + 1}", series_uid=s_uid, series_number=number,
-                instance=p + 1, k=k, phase=p, pixel_bytes=pixel_bytes(p), minutes=minutes)
+            out.add(out.plain, description=f"{SAX_PREFIX}{k + 1}", series_uid=s_uid, series_number=number,
+                    instance=p + 1, k=k, phase=p, pixel_bytes=pixel_bytes(p), minutes=minutes)
 
     series_number = 10
     for k in range(n):
         # a repeated slice: the earlier acquisition keeps this series number, the re-acquisition comes last
-        source = dup_pixels.__getitem__ if k == duplicate else (lambda p, k=k: pixels[(k, p)])
+        source = images.duplicate_pixels.__getitem__ if k == duplicate else (lambda p, k=k: pixels[(k, p)])
         add_slice_series(k, series_number, source, 2.0 + k)
         series_number += 1
     vf_uid, vf_number = uids.next(), series_number
@@ -695,34 +742,22 @@ def _assemble(
     for k in range(n):
         for p in phases:
             ov = overlays.get((k, p))
-            add(
-                vf_template if ov is not None else plain,
-                description=INLINEVF_DESCRIPTION,
-                series_uid=vf_uid,
-                series_number=vf_number,
-                instance=k * N_PHASES + p + 1,
-                k=k,
-                phase=p,
-                pixel_bytes=pixels[(k, p)],
-                minutes=2.0 + n,
-                overlay=ov,
-            )
+            out.add(out.with_overlay if ov is not None else out.plain, description=INLINEVF_DESCRIPTION,
+                    series_uid=vf_uid, series_number=vf_number, instance=k * N_PHASES + p + 1, k=k, phase=p,
+                    pixel_bytes=pixels[(k, p)], minutes=2.0 + n, overlay=ov)
     if rng.random() < cfg.lax_extras_fraction:  # mitral-valve long-axis images inside the InlineVF series
         info["has_lax_extras"] = 1
-        members_lax = _lax_instances(study, acq, uids, vf_uid, vf_number, n, int(rng.integers(2, 4)), rng)
-        for filename, data in members_lax:
-            members.append((filename, data))
-            rows.append(dw.ManifestRow(filename, vf_uid, INLINEVF_DESCRIPTION))
+        for filename, data in _lax_instances(study, acq, uids, vf_uid, vf_number, n, int(rng.integers(2, 4)),
+                                             rng):
+            out.append(filename, data, vf_uid, INLINEVF_DESCRIPTION)
     if rng.random() < cfg.vf_results_fraction:
         info["has_vf_results"] = 1
         res_uid = uids.next()
         filename, data = _vf_results_instance(study, uids, res_uid, series_number, rng)
         series_number += 1
-        members.append((filename, data))
-        rows.append(dw.ManifestRow(filename, res_uid, VF_RESULTS_DESCRIPTION))
+        out.append(filename, data, res_uid, VF_RESULTS_DESCRIPTION)
     if duplicate >= 0:
         add_slice_series(duplicate, series_number, lambda p: pixels[(duplicate, p)], 4.0 + n)
-    return members, rows, info
 
 
 def _to_bytes(ds: Dataset, meta_sop_class: str) -> bytes:

@@ -1,7 +1,7 @@
-"""NIfTI in and out: a short-axis cine ``.nii.gz`` -> :class:`~lvmass.core.study.DecodedStudy`, and the
-label and image volumes ``--save_labels`` writes.
+"""NIfTI in: a short-axis cine ``.nii.gz`` -> :class:`~lvmass.core.study.DecodedStudy` (the files
+``--save_labels`` writes are :mod:`lvmass.core.nifti`'s).
 
-Reading. Public cardiac data sets (ACDC, M&Ms) and UK Biobank groups that converted the CMR with the
+Public cardiac data sets (ACDC, M&Ms) and UK Biobank groups that converted the CMR with the
 reference pipeline of Bai et al. (``subjects/{eid}/sa.nii.gz``, a 4-D cine, and its ``sa_ED.nii.gz``) hold
 the short-axis stack as NIfTI-1 or NIfTI-2: voxel ``(i, j, k, t)``, ``k`` the slice, ``t`` the cine frame,
 placed in the patient by the file's affine (sform when its code is set, else qform; RAS).
@@ -28,10 +28,6 @@ end, so a truncated or damaged file is a dead letter, never a study built from p
 is a :class:`~lvmass.core.study.DecodeError` naming the file, the step and the reason (``read``: not
 NIfTI, truncated or corrupt gzip; ``header``: a 2-D image, an unsupported layout; ``geometry``: no affine,
 a sheared one; ``pixels``: NaN or infinite voxels).
-
-Writing. :func:`nifti_bytes` writes a volume on a study's acquisition grid
-(``acquisition.AcquisitionGrid``) as gzipped NIfTI-1 with the grid's affine as both qform and sform
-(code 1, scanner), byte for byte the same for the same volume.
 """
 
 from __future__ import annotations
@@ -39,18 +35,22 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
-from collections.abc import Sequence
-from typing import BinaryIO
+from dataclasses import replace
+from typing import TYPE_CHECKING, BinaryIO, Protocol, SupportsFloat
 
 import nibabel as nib
 import numpy as np
 from nibabel.spatialimages import HeaderDataError
 
 from lvmass.core import acquisition, budget, contracts, geometry
+from lvmass.core.decode.request import Decoded, DecodeRequest, DecodeStats
 from lvmass.core.identity import base_name
 from lvmass.core.qc import geometry_qc_flags
 from lvmass.core.slices import ED_RULES
 from lvmass.core.study import DecodedStudy, DecodeError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 GZIP_MAGIC = b"\x1f\x8b"
 NIFTI1_HEADER_BYTES = 348
@@ -68,11 +68,17 @@ SPACING_SIGNIFICANT_DIGITS = 7  # float32's precision: 1.8269230 stays, 1.800000
 _TIME_UNIT_MS = {"sec": 1000.0, "msec": 1.0, "usec": 1e-3}
 
 
-def _float32_decimal(value: float) -> float:
+def _float32_decimal(value: SupportsFloat) -> float:
     """A length computed from the file's float32 affine, rounded to :data:`SPACING_SIGNIFICANT_DIGITS`
     (1.7999999523 or 1.80000011 -> 1.8): digits beyond float32's precision are noise of the float32
     entries and of the sums an oblique affine's length takes."""
     return float(f"{float(value):.{SPACING_SIGNIFICANT_DIGITS}g}")
+
+
+class _Readable(Protocol):
+    """What the reader needs of a stream: ``read`` (the file, :class:`_Counter`, gzip's stream)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class _Counter:
@@ -91,7 +97,7 @@ class _Counter:
         return True
 
 
-def _read_exactly(stream, n: int, source_uri: str, what: str) -> bytes:
+def _read_exactly(stream: _Readable, n: int, source_uri: str, what: str) -> bytes:
     """``n`` bytes or a DecodeError saying the file ends first (truncated)."""
     chunks, left = [], n
     while left > 0:
@@ -105,7 +111,7 @@ def _read_exactly(stream, n: int, source_uri: str, what: str) -> bytes:
     return b"".join(chunks)
 
 
-def _skip_exactly(stream, n: int, source_uri: str, what: str) -> None:
+def _skip_exactly(stream: _Readable, n: int, source_uri: str, what: str) -> None:
     """Read ``n`` bytes and drop them, a chunk at a time (the cine frames around the ED one are read so
     that gzip checks its length and CRC, never held: a 4 GiB cine would otherwise sit in memory); a
     DecodeError when the file ends first."""
@@ -127,7 +133,8 @@ def _header(block: bytes, source_uri: str) -> nib.Nifti1Header:
     """The NIfTI-1 or NIfTI-2 header at the start of ``block`` (either byte order)."""
     sizes = {int.from_bytes(block[:4], "little"), int.from_bytes(block[:4], "big")}
     if NIFTI2_HEADER_BYTES in sizes:
-        klass, size = nib.Nifti2Header, NIFTI2_HEADER_BYTES
+        klass: type[nib.Nifti1Header] = nib.Nifti2Header  # a subclass of Nifti1Header
+        size = NIFTI2_HEADER_BYTES
     elif NIFTI1_HEADER_BYTES in sizes:
         klass, size = nib.Nifti1Header, NIFTI1_HEADER_BYTES
     else:
@@ -207,7 +214,7 @@ def _ed_time_ms(header: nib.Nifti1Header) -> float:
     return toffset * _TIME_UNIT_MS[unit] if unit in _TIME_UNIT_MS else float("nan")
 
 
-def _read_frame(stream, header: nib.Nifti1Header, xyz: tuple[int, int, int], n_frames: int,
+def _read_frame(stream: _Readable, header: nib.Nifti1Header, xyz: tuple[int, int, int], n_frames: int,
                 frame: int, source_uri: str, *,
                 budget_bytes: int = budget.MAX_PARTICIPANT_BYTES) -> np.ndarray:
     """The voxels of ``frame`` (x, y, slices) as float32 after scl_slope/scl_inter; the rest of the file
@@ -246,7 +253,7 @@ def _read_frame(stream, header: nib.Nifti1Header, xyz: tuple[int, int, int], n_f
     return voxels.astype(np.float32)
 
 
-def _open(raw: BinaryIO, source_uri: str):
+def _open(raw: _Readable, source_uri: str) -> gzip.GzipFile | io.BufferedReader[_Prepended]:
     """A stream of the NIfTI bytes: ``raw`` itself, or its gzip decompression."""
     try:
         start = raw.read(2)
@@ -254,38 +261,37 @@ def _open(raw: BinaryIO, source_uri: str):
         raise DecodeError(source_uri, "read", f"cannot read the file ({exc})") from exc
     if not start:
         raise DecodeError(source_uri, "read", "empty file, not NIfTI")
-    rest = io.BufferedReader(_Prepended(start, raw))  # type: ignore[arg-type]
+    rest = io.BufferedReader(_Prepended(start, raw))
     return gzip.GzipFile(fileobj=rest, mode="rb") if start == GZIP_MAGIC else rest
 
 
 class _Prepended(io.RawIOBase):
     """``head`` (already read to sniff the format) followed by the rest of ``raw``."""
 
-    def __init__(self, head: bytes, raw: BinaryIO):
+    def __init__(self, head: bytes, raw: _Readable):
         self._head = head
         self._raw = raw
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
-        if self._head:
-            n = min(len(buffer), len(self._head))
-            buffer[:n], self._head = self._head[:n], self._head[n:]
-            return n
-        data = self._raw.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        with memoryview(buffer) as view:
+            if self._head:
+                n = min(len(view), len(self._head))
+                view[:n], self._head = self._head[:n], self._head[n:]
+                return n
+            data = self._raw.read(len(view))
+            view[: len(data)] = data
+            return len(data)
 
 
-def decode_nifti(
-    fileobj: BinaryIO, source_uri: str, *, ed_rule: str = "first_trigger_time", stats=None,
-    budget_bytes: int = budget.MAX_PARTICIPANT_BYTES,
-) -> DecodedStudy:
+def decode_nifti(fileobj: BinaryIO, request: DecodeRequest) -> Decoded:
     """Decode one participant's short-axis NIfTI (``.nii`` or ``.nii.gz``, a 4-D cine or its ED volume)
-    into the study the DICOM decoder gives for the same acquisition (module docstring). ``stats``: a
-    ``decode.DecodeStats`` to count into (bytes read, frames decoded). Raises DecodeError naming the file,
-    the step and the reason."""
+    into the study the DICOM decoder gives for the same acquisition (module docstring), with what was
+    read. NIfTI has no InlineVF and no header strategies: ``request.with_inlinevf`` and ``strategy`` change
+    nothing. Raises DecodeError naming the file, the step and the reason (its ``stats``: what was read)."""
+    source_uri, stats = request.source_uri, DecodeStats()
     stem = base_name(source_uri).split(".", 1)[0].lower()
     if stem in END_SYSTOLIC_STEMS or stem.endswith("_es"):
         raise DecodeError(source_uri, "series", "an end-systolic volume (its name ends in _ES): the mass is "
@@ -293,7 +299,7 @@ def decode_nifti(
     counted = _Counter(fileobj)
     try:
         stream = _open(counted, source_uri)
-        study = _decode_stream(stream, source_uri, ed_rule=ed_rule, budget_bytes=budget_bytes)
+        study = _decode_stream(stream, source_uri, ed_rule=request.ed_rule, budget_bytes=request.budget_bytes)
     except EOFError as exc:
         raise DecodeError(source_uri, "read", f"truncated gzip: the compressed stream ends before its end "
                           f"marker ({exc})") from exc
@@ -302,16 +308,14 @@ def decode_nifti(
     except OSError as exc:
         raise DecodeError(source_uri, "read", f"cannot read the file ({type(exc).__name__}: {exc})") from exc
     finally:
-        if stats is not None:
-            stats.bytes_read += counted.bytes_read
-    if stats is not None:
-        stats.strategy = "nifti"
-        stats.members_listed += 1
-        stats.pixel_frames_decoded += study.n_slices
-    return study
+        stats.bytes_read += counted.bytes_read
+    stats.strategy = "nifti"
+    stats.members_listed += 1
+    stats.pixel_frames_decoded += study.n_slices
+    return Decoded(replace(study, name=request.name), stats)
 
 
-def _decode_stream(stream, source_uri: str, *, ed_rule: str,
+def _decode_stream(stream: _Readable, source_uri: str, *, ed_rule: str,
                    budget_bytes: int = budget.MAX_PARTICIPANT_BYTES) -> DecodedStudy:
     first = stream.read(NIFTI1_HEADER_BYTES)
     if len(first) >= 4 and NIFTI2_HEADER_BYTES in {int.from_bytes(first[:4], o) for o in ("little", "big")}:
@@ -378,57 +382,3 @@ def study_from_volume(
         in_plane_view=view.describe(),
         affine_lps=acquisition.as_affine_tuple(affine),
     )
-
-
-# --- writing --------------------------------------------------------------------------------------
-
-
-def nifti_bytes(volume: np.ndarray, grid: acquisition.AcquisitionGrid, *, description: str = "",
-                labels: bool = False) -> bytes:
-    """``volume`` (rows, cols, planes) on ``grid`` as gzipped NIfTI-1: the grid's affine (RAS) as qform
-    and sform (code 1, scanner), mm units; labels as uint8 with the NIfTI label intent. Deterministic
-    (no time stamp in the gzip header)."""
-    arr = np.asarray(volume)
-    if arr.shape != grid.shape:
-        raise ValueError(f"volume of shape {arr.shape} is not on the grid {grid.shape}")
-    if labels:
-        arr = arr.astype(np.uint8)
-    image = nib.Nifti1Image(arr, grid.affine_ras())
-    header = image.header
-    header.set_qform(grid.affine_ras(), code=1)
-    header.set_sform(grid.affine_ras(), code=1)
-    header.set_xyzt_units(xyz="mm")
-    header.set_dim_info(slice=2)
-    if labels:
-        header.set_intent("label")
-    header["descrip"] = description[:79].encode("ascii", "replace")
-    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
-
-
-def image_volume(images: Sequence[np.ndarray], grid: acquisition.AcquisitionGrid) -> np.ndarray:
-    """A study's slices on ``grid``'s planes, as int16 when every value is a whole number that fits
-    (scanner values usually are: half the bytes of float32), else float32."""
-    stack = np.stack([np.asarray(img, dtype=np.float32) for img in images], axis=-1)
-    info = np.iinfo(np.int16)
-    whole = bool(np.all(np.isfinite(stack)) and np.array_equal(np.round(stack), stack))
-    if whole and stack.size and info.min <= float(stack.min()) and float(stack.max()) <= info.max:
-        stack = stack.astype(np.int16)
-    return grid.on_planes(stack)
-
-
-def read_nifti_volume(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """(voxels, RAS affine) of a whole NIfTI file in memory (``.nii`` or ``.nii.gz`` bytes), for readers
-    of the files this module writes (the QC gallery, tests). ValueError naming ``source`` otherwise."""
-    try:
-        raw = gzip.decompress(data) if data[:2] == GZIP_MAGIC else data
-        image = nib.Nifti1Image.from_bytes(raw)
-    except (OSError, EOFError, zlib.error, ValueError, HeaderDataError) as exc:
-        raise ValueError(f"{source}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
-    return np.asarray(image.dataobj), np.asarray(image.affine, dtype=np.float64)
-
-
-def voxel_volume_ml(affine_ras: np.ndarray) -> float:
-    """The volume of one voxel of ``affine_ras`` (mL): |det| of its 3 x 3 part / 1000."""
-    return abs(float(np.linalg.det(np.asarray(affine_ras, dtype=np.float64)[:3, :3]))) / 1000.0
-
-

@@ -9,22 +9,20 @@ import numpy as np
 import pytest
 
 from lvmass.core import contracts
-from lvmass.core.decode import (
-    DecodeStats,
-    choose_ed_frame,
-    decode_dicom_members,
-    decode_participant_zip,
-    header_info,
-    parse_ukbb_zip_name,
-)
+from lvmass.core.decode import decode_dicom_members, decode_participant_zip
 from lvmass.core.study import DecodeError
 from tests import dicom_factory as fac
+from tests.decoding import folder_with_stats, zip_with_stats
 
 URI = "gs://bucket/20209/"
 
 
 def decode(fz: fac.FactoryZip, **kwargs):
     return decode_participant_zip(io.BytesIO(fz.data), URI + fz.name, **kwargs)
+
+
+def decode_with_stats(fz: fac.FactoryZip, **kwargs):
+    return zip_with_stats(io.BytesIO(fz.data), URI + fz.name, **kwargs)
 
 
 def assert_images_are(study, fz: fac.FactoryZip, phase: int = 0) -> None:
@@ -39,42 +37,6 @@ def assert_images_are(study, fz: fac.FactoryZip, phase: int = 0) -> None:
 @pytest.fixture(scope="module")
 def standard_zip() -> fac.FactoryZip:
     return fac.ukbb_participant_zip(eid=1000123, n_slices=8, n_phases=4)
-
-
-class TestParseUkbbZipName:
-    def test_parses_four_parts(self):
-        assert parse_ukbb_zip_name("1000123_20209_2_0.zip") == (1000123, 20209, 2, 0)
-
-    def test_parses_from_uri(self):
-        assert parse_ukbb_zip_name("gs://b/20209/1000123_20209_3_0.zip") == (1000123, 20209, 3, 0)
-
-    @pytest.mark.parametrize("name", ["1000123_20209_2.zip", "abc_20209_2_0.zip", "1000123_20209_2_0.tar"])
-    def test_rejects_other_names(self, name):
-        assert parse_ukbb_zip_name(name) is None
-
-
-class TestChooseEdFrame:
-    def _headers(self, trigger_times, instance_numbers):
-        out = []
-        for tt, num in zip(trigger_times, instance_numbers, strict=True):
-            data = fac.plain_frame(rows=4, cols=4, instance_number=num, trigger_time_ms=tt)
-            import pydicom
-
-            out.append(header_info(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True), f"m{num}"))
-        return out
-
-    def test_first_trigger_time_wins_over_instance_number(self):
-        frames = self._headers([40.0, 0.0, 20.0], [1, 3, 2])
-        assert choose_ed_frame(frames).member == "m3"
-
-    def test_first_instance_rule(self):
-        frames = self._headers([40.0, 0.0, 20.0], [1, 3, 2])
-        assert choose_ed_frame(frames, "first_instance").member == "m1"
-
-    def test_unknown_rule_raises(self):
-        frames = self._headers([0.0], [1])
-        with pytest.raises(ValueError, match="unknown ED rule 'largest'"):
-            choose_ed_frame(frames, "largest")
 
 
 class TestDecodeParticipantZip:
@@ -175,8 +137,7 @@ class TestDecodeParticipantZip:
             decode(standard_zip, ed_rule="largest_cavity")
 
     def test_stats_count_headers_and_decodes(self, standard_zip):
-        stats = DecodeStats()
-        study = decode(standard_zip, stats=stats)
+        study, stats = decode_with_stats(standard_zip)
         assert stats.pixel_frames_decoded == study.n_slices == 8
         assert stats.overlay_frames_decoded == 6  # outlined slices 1..6 only
         assert stats.manifest_rows == standard_zip.n_dicoms
@@ -194,8 +155,7 @@ class TestReadsOnlyWhatItNeeds:
             n_slices=6, n_phases=10, geometry=g, compression=zipfile.ZIP_STORED, seed=11
         )
         frame_bytes = 192 * 208 * 2
-        stats = DecodeStats()
-        study = decode(fz, stats=stats)
+        study, stats = decode_with_stats(fz)
         assert stats.pixel_frames_decoded == 6
         assert stats.overlay_frames_decoded == 4
         # The zip holds 6 x 10 x 2 = 120 frames. Reading costs the 6 ED frames' pixels plus, per header
@@ -252,8 +212,7 @@ class TestWithoutInlineVF:
     overlay, unless InlineVF is the only short-axis series (then it supplies the images)."""
 
     def test_inlinevf_headers_and_overlays_skipped(self, standard_zip):
-        stats = DecodeStats()
-        study = decode(standard_zip, stats=stats, with_inlinevf=False)
+        study, stats = decode_with_stats(standard_zip, with_inlinevf=False)
         assert_images_are(study, standard_zip)
         assert study.outlines == (None,) * 8
         assert stats.overlay_frames_decoded == 0
@@ -269,16 +228,14 @@ class TestWithoutInlineVF:
         entries = [(n, str(pydicom.dcmread(io.BytesIO(d), stop_before_pixels=True).SeriesDescription))
                    for n, d in members.items()]
         data = fac.zip_members({"manifest.cvs": fac.manifest_text(entries).encode(), **members})
-        stats = DecodeStats()
-        study = decode_participant_zip(io.BytesIO(data), URI + "1000001_20209_2_0.zip", stats=stats,
+        study, stats = zip_with_stats(io.BytesIO(data), URI + "1000001_20209_2_0.zip",
                                        with_inlinevf=False)
         assert_images_are(study, fz)
         assert study.outlines == (None,) * 7 and stats.overlay_frames_decoded == 0
 
     def test_folder_without_inlinevf(self):
         fz = fac.ukbb_participant_zip(n_slices=7, seed=23)
-        stats = DecodeStats()
-        study = decode_dicom_members(fz.opener_mapping(), "file:///f", stats=stats, with_inlinevf=False)
+        study, stats = folder_with_stats(fz.opener_mapping(), "file:///f", with_inlinevf=False)
         assert_images_are(study, fz)
         assert stats.overlay_frames_decoded == 0 and not study.has_inlinevf
 
@@ -300,8 +257,7 @@ class TestInlineVFFrameChoice:
 class TestAnyVendor:
     def test_folder_one_series_shuffled_instances(self):
         fz = fac.any_vendor_members(n_slices=7, n_phases=5, ed_phase_offset=2)
-        stats = DecodeStats()
-        study = decode_dicom_members(fz.opener_mapping(), "file:///data/vendor", stats=stats)
+        study, stats = folder_with_stats(fz.opener_mapping(), "file:///data/vendor")
         assert_images_are(study, fz, phase=2)  # the phase with the first TriggerTime
         assert stats.pixel_frames_decoded == 7
         assert study.eid is None
@@ -315,8 +271,8 @@ class TestAnyVendor:
         fz = fac.any_vendor_members(n_slices=6, n_phases=2)
         members = fz.opener_mapping()
         members["README"] = lambda: io.BytesIO(b"hello")
-        study = decode_dicom_members(members, "file:///data/vendor", eid=5, instance=2)
-        assert (study.eid, study.instance, study.n_slices) == (5, 2, 6)
+        study = decode_dicom_members(members, "file:///data/vendor")
+        assert (study.eid, study.instance, study.n_slices) == (None, None, 6)
 
     def test_patient_id_recorded_not_taken_as_eid(self):
         fz = fac.any_vendor_members(n_slices=6, n_phases=2, patient_id="555")
@@ -443,9 +399,8 @@ class TestSyntheticCohort:
         assert len(truth) == 4
         for row in truth:
             zip_path = paths.zips_dir / f"{row['eid']}_20209_{row['instance']}_0.zip"
-            stats = DecodeStats()
             with zip_path.open("rb") as fp:
-                study = decode_participant_zip(fp, str(zip_path), stats=stats)
+                study, stats = zip_with_stats(fp, str(zip_path))
             assert (study.eid, study.instance) == (int(row["eid"]), int(row["instance"]))
             assert study.n_slices == int(row["n_slices"]) == stats.pixel_frames_decoded
             assert study.images[0].shape == (int(row["rows"]), int(row["cols"]))

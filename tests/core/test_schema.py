@@ -1,13 +1,11 @@
-"""The contracts agree with each other: records vs pyarrow schemas, model card round trip."""
+"""lvmass.core.schema: the records agree with their pyarrow schemas (the model card: test_model_card.py)."""
 
 import dataclasses
-import json
 
 import pyarrow as pa
 import pytest
 
 from lvmass.core import contracts, schema
-from lvmass.core.model_card import ModelCard
 
 
 def _python_type_of(field_type: str) -> str:
@@ -47,22 +45,3 @@ class TestSchemas:
     def test_file_schema_is_results_schema_without_partition_columns(self):
         assert "method" not in schema.RESULTS_FILE_SCHEMA.names
         assert len(schema.RESULTS_FILE_SCHEMA) == len(schema.RESULTS_SCHEMA) - 1
-
-
-class TestModelCard:
-    def test_json_round_trip(self):
-        card = ModelCard(kind=contracts.MODEL_KIND_SEG, version="2026.11.27", metrics={"dice": 0.9})
-        again = ModelCard.from_json(card.to_json())
-        assert again == card
-        assert json.loads(card.to_json())["signature"]["outputs"]["probabilities"] == [None, 256, 256, 13, 3]
-
-    def test_unknown_kind_is_refused(self):
-        with pytest.raises(ValueError, match="Received: 'unet'"):
-            ModelCard(kind="unet", version="1")
-
-    def test_incompatible_tensor_contract_is_refused(self):
-        card = ModelCard(
-            kind=contracts.MODEL_KIND_REG, version="1", tensor={"input_shape": [128, 128, 13, 1]}
-        )
-        with pytest.raises(ValueError, match="input_shape"):
-            card.check_compatible()

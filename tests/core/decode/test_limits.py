@@ -24,8 +24,14 @@ import pydicom
 import pytest
 
 from lvmass.core import budget
-from lvmass.core import decode as decode_module
-from lvmass.core.decode import STRATEGIES, DecodeStats, decode_participant_zip
+from lvmass.core.decode import (
+    STRATEGIES,
+    DecodeRequest,
+    decode_participant_zip,
+    decode_zip,
+    headers,
+    ukbb_layout,
+)
 from lvmass.core.study import DecodeError
 from tests import dicom_factory as fac
 
@@ -74,6 +80,12 @@ def decode(data: bytes, **kwargs):
     return decode_participant_zip(io.BytesIO(data), ZIP_URI, **kwargs)
 
 
+def decode_with_stats(data: bytes, **kwargs):
+    """(study, stats) of the zip ``data``."""
+    decoded = decode_zip(io.BytesIO(data), DecodeRequest(ZIP_URI, **kwargs))
+    return decoded.study, decoded.stats
+
+
 @pytest.fixture(params=STRATEGIES)
 def strategy(request):
     return request.param
@@ -84,9 +96,8 @@ class TestSizeLimits:
 
     def test_a_member_declaring_gigabytes_is_refused_before_it_is_read(self, strategy):
         data = patch_member(with_manifest(stack_members()), "s3.dcm", declared_size=3 * 1024**3)
-        stats = DecodeStats()
         with pytest.raises(DecodeError) as caught:
-            decode(data, strategy=strategy, stats=stats)
+            decode(data, strategy=strategy)
         assert caught.value.stage == "read"
         message = str(caught.value)
         assert message.startswith(f"{ZIP_URI}: read: member 's3.dcm' declares 3221225472 bytes uncompressed")
@@ -141,7 +152,7 @@ class TestSizeLimits:
                 ) in str(caught.value)
 
     def test_a_header_larger_than_its_limit_is_refused(self, strategy, monkeypatch):
-        monkeypatch.setattr(decode_module, "MAX_HEADER_BYTES", 4096)
+        monkeypatch.setattr(headers, "MAX_HEADER_BYTES", 4096)
         ds = pydicom.dcmread(io.BytesIO(fac.stack_frame(fac.StackGeometry(), 0)))
         ds.add_new((0x0019, 0x0010), "LO", "BIG PRIVATE")
         ds.add_new((0x0019, 0x1001), "OB", b"\x01" * 20000)  # before (0020,xxxx): inside the header pass
@@ -155,9 +166,8 @@ class TestSizeLimits:
         assert "member 's1.dcm'" in str(caught.value) and "MiB" in str(caught.value)
 
     def test_a_manifest_above_its_limit_is_ignored(self, strategy, monkeypatch):
-        monkeypatch.setattr(decode_module, "MAX_MANIFEST_BYTES", 100)
-        stats = DecodeStats()
-        study = decode(with_manifest(stack_members()), strategy=strategy, stats=stats)
+        monkeypatch.setattr(ukbb_layout, "MAX_MANIFEST_BYTES", 100)
+        study, stats = decode_with_stats(with_manifest(stack_members()), strategy=strategy)
         assert study.n_slices == 6
         assert "member 'manifest.cvs' declares" in stats.manifest_error
         assert "above the 0.0 MiB limit" in stats.manifest_error
@@ -165,8 +175,8 @@ class TestSizeLimits:
 
     def test_a_manifest_declaring_a_gigabyte_is_not_read(self, strategy):
         data = patch_member(with_manifest(stack_members()), "manifest.cvs", declared_size=1024**3)
-        stats = DecodeStats()
-        assert decode(data, strategy=strategy, stats=stats).n_slices == 6
+        study, stats = decode_with_stats(data, strategy=strategy)
+        assert study.n_slices == 6
         assert ("declares 1073741824 bytes uncompressed (1024.0 MiB), above the 8.0 MiB limit"
                 in stats.manifest_error)
 
@@ -177,21 +187,21 @@ class TestManifestIsOnlyAHint:
     def test_a_200_kb_line(self, strategy):
         members = stack_members()
         manifest = fac.manifest_text([(n, "CINE_segmented_SAX_b1") for n in members]) + "x" * 200_000 + "\n"
-        stats = DecodeStats()
-        assert decode(with_manifest(members, manifest.encode()), strategy=strategy, stats=stats).n_slices == 6
+        study, stats = decode_with_stats(with_manifest(members, manifest.encode()), strategy=strategy)
+        assert study.n_slices == 6
         assert "manifest line 8 has 200000 characters" in stats.manifest_error
 
     def test_binary_garbage(self, strategy):
         members = stack_members()
-        stats = DecodeStats()
         garbage = bytes(range(256)) * 40
-        assert decode(with_manifest(members, garbage), strategy=strategy, stats=stats).n_slices == 6
+        study, stats = decode_with_stats(with_manifest(members, garbage), strategy=strategy)
+        assert study.n_slices == 6
         assert stats.manifest_error
 
     def test_an_encrypted_manifest(self, strategy):
         data = patch_member(with_manifest(stack_members()), "manifest.cvs", encrypted=True)
-        stats = DecodeStats()
-        assert decode(data, strategy=strategy, stats=stats).n_slices == 6
+        study, stats = decode_with_stats(data, strategy=strategy)
+        assert study.n_slices == 6
         assert stats.manifest_error == (f"{ZIP_URI}: member 'manifest.cvs' is encrypted "
                                         "(password-protected); lvmass cannot decrypt zip members")
 
@@ -239,10 +249,9 @@ class TestMessages:
                 instance_number=k + 1, outline=outline)
         described = [(n, "CINE_segmented_SAX_InlineVF" if n.startswith("vf")
                       else f"CINE_segmented_SAX_b{n[1]}") for n in members]
-        stats = DecodeStats()
-        with caplog.at_level(logging.WARNING, logger="lvmass.core.decode"):
-            study = decode(with_manifest(members, fac.manifest_text(described).encode()), strategy=strategy,
-                           stats=stats)
+        with caplog.at_level(logging.WARNING, logger="lvmass.core.decode.assemble"):
+            study, stats = decode_with_stats(with_manifest(members, fac.manifest_text(described).encode()),
+                                             strategy=strategy)
         assert [o is None for o in study.outlines] == [False, False, True, False, False, False]
         (note,) = [n for n in stats.notes if "overlay" in n]
         assert note == ("member 'vf3.dcm': the InlineVF overlay is 20 x 20 but slice 3's image ('s3.dcm') is "
@@ -281,13 +290,12 @@ class TestParticipantBudget:
     def test_refused_before_any_pixel_is_read(self, strategy):
         data = with_manifest(stack_members())
         frames = 6 * fac.StackGeometry().rows * fac.StackGeometry().cols
-        stats = DecodeStats()
         with pytest.raises(DecodeError) as caught:
-            decode(data, strategy=strategy, stats=stats, budget_bytes=budget.HELD_BYTES_PER_PIXEL * frames)
+            decode(data, strategy=strategy, budget_bytes=budget.HELD_BYTES_PER_PIXEL * frames)
         assert caught.value.stage == "budget" and caught.value.source == ZIP_URI
         assert "6 end-diastolic frames of up to 40 x 36 pixels" in str(caught.value)
         assert "one participant may use" in str(caught.value) and ".dcm'" in str(caught.value)
-        assert stats.pixel_frames_decoded == 0
+        assert caught.value.stats.pixel_frames_decoded == 0  # what was read up to the refusal
         decode(data, strategy=strategy)  # the default budget is far beyond a study this size
 
     def test_the_estimate(self):

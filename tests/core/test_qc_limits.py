@@ -17,7 +17,7 @@ def measurement(raw: float = 120.0, method: str = contracts.METHOD_ML4H_REG) -> 
     return Measurement(
         source_uri="mem://1_20209_2_0.zip", participant_id="1", eid=1, instance=2, method=method,
         lv_mass_raw_g=raw, myocardium_volume_ml=None, lv_cavity_volume_ml=None, n_slices=10,
-        spacing_mm=(1.8, 1.8, 10.0), tensor_pixel_spacing_mm=1.86, in_plane_scale=1.8 / 1.86,
+        acquired_voxel_mm=(1.8, 1.8, 10.0), grid_pixel_mm=1.86, in_plane_scale=1.8 / 1.86,
     )
 
 

@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 
 from lvmass.core import acquisition, contracts
-from lvmass.core.decode import DecodeStats, decode_dicom_members, decode_participant_file
+from lvmass.core.decode import DecodeRequest, decode_dicom_members
+from lvmass.core.decode.nifti import decode_nifti
 from lvmass.core.geometry import APEX_DIRECTION_LPS
 from lvmass.core.identity import input_key, parse_input_name
 from lvmass.core.measure import acquisition_label_volume, participant_from_study
-from lvmass.core.nifti import decode_nifti, image_volume, nifti_bytes, read_nifti_volume, voxel_volume_ml
+from lvmass.core.nifti import image_volume, nifti_bytes, read_nifti_volume, voxel_volume_ml
 from lvmass.core.study import DecodeError
 from lvmass.core.tensor import build_label_volume
+from tests.decoding import file_with_stats
 from tests.dicom_factory import StackGeometry, any_vendor_members, mr_dicom
 from tests.nifti_factory import LAYOUTS, LPS_RAS, nifti_twin, plain_nifti
 
@@ -33,7 +35,7 @@ SHEAR = np.array([[1, 0.3, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])  
 
 
 def _decode(data: bytes, uri: str = SOURCE, **kwargs):
-    return decode_nifti(io.BytesIO(data), uri, **kwargs)
+    return decode_nifti(io.BytesIO(data), DecodeRequest(uri, **kwargs)).study
 
 
 def _oblique_affine_ras() -> tuple[np.ndarray, np.ndarray]:
@@ -139,8 +141,7 @@ class TestDecodeNifti:
     def test_uncompressed_nii_and_the_entry_point_count_what_was_read(self):
         dicom = any_vendor_members(n_slices=6, n_phases=2)
         data = nifti_twin(dicom.members.values(), gz=False)
-        stats = DecodeStats()
-        study = decode_participant_file(io.BytesIO(data), "subjects/1000123/sa.nii", stats=stats)
+        study, stats = file_with_stats(io.BytesIO(data), "subjects/1000123/sa.nii")
         assert study.n_slices == 6 and stats.strategy == "nifti" and stats.bytes_read == len(data)
         assert stats.pixel_frames_decoded == 6
 
