@@ -106,6 +106,39 @@ class TestCheckpoints:
                 np.testing.assert_array_equal(a, b)
 
 
+    def test_averaged_snapshots_hold_the_mean_weights_and_export(self, tmp_path, tiny_config):
+        """Two snapshots of one run, 2 steps apart: the averaged checkpoint holds their mean weights for both
+        models, scores the mean and the last snapshot on held-out synthetic slices, and its card names the
+        averaged steps; a run with other shapes is refused by name."""
+        import shutil
+
+        from trainer.synthslice import average_checkpoints, fit, model_card, read_checkpoint
+
+        short = dataclasses.replace(tiny_config, steps=4)
+        fit(tmp_path / "run", short, workers=0, checkpoint_every=2, validation_samples=2, stop_at_step=2)
+        shutil.copy(tmp_path / "run" / "checkpoint.npz", tmp_path / "step_2.npz")
+        fit(tmp_path / "run", short, workers=0, checkpoint_every=2, validation_samples=2)
+        snapshots = [tmp_path / "step_2.npz", tmp_path / "run" / "checkpoint.npz"]
+        averaged = average_checkpoints(snapshots, tmp_path / "mean.npz", validation_samples=2)
+        early, late = (read_checkpoint(p) for p in snapshots)
+        stored = read_checkpoint(tmp_path / "mean.npz")
+        for name in ("seg", "reg"):
+            assert any(not np.array_equal(a, b) for a, b in zip(early.weights[name], late.weights[name],
+                                                                  strict=True))
+            for a, b, mean in zip(early.weights[name], late.weights[name], stored.weights[name], strict=True):
+                np.testing.assert_allclose(mean, (a + b) / 2, rtol=1e-6, atol=1e-7)
+        row = stored.state.history[-1]
+        assert row["averaged_steps"] == [2, 4] and stored.state.step == 4
+        assert {"val_myocardium_dice", "last_val_myocardium_dice", "reg_val_area_mae_mm2"} <= set(row)
+        assert averaged.state.history[-1] == row
+        card = model_card(stored.config, stored.state, "seg", version="0")
+        assert card.hyperparameters["weights_averaged_over_steps"] == [2, 4]
+        assert card.metrics["synthetic_validation"]["val_myocardium_dice"] == row["val_myocardium_dice"]
+        other = dataclasses.replace(short, base_filters=8, steps=0)
+        fit(tmp_path / "other", other, workers=0, checkpoint_every=2, validation_samples=2)
+        with pytest.raises(ValueError, match="only snapshots of one run average"):
+            average_checkpoints([tmp_path / "other" / "checkpoint.npz", snapshots[1]], tmp_path / "x.npz")
+
 class TestVolumeTwin:
     def test_twin_equals_the_slice_model_on_every_slice(self):
         import keras
