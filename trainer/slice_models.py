@@ -2,7 +2,7 @@
 
 Why 2-D: short-axis slices lie 8-10 mm apart, so a slice's neighbours say little about its own boundaries;
 the UK Biobank reference segmenter (Bai et al. 2018) is per-slice 2-D, and a 2-D U-Net trains on this
-project's 2-core CPU (``benchmarks/results/synthslice_training.md`` records its speed).
+project's 2-core CPU (``benchmarks/results/synthslice_training_default_stage*.md`` record its speed).
 
 * :func:`build_slice_unet`: a 2-D U-Net, ``levels`` resolutions of two 3 x 3 convolutions (batch
   normalisation, ReLU), max pooling and nearest upsampling with skip connections, softmax over the

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import signal
 import sys
 import threading
@@ -49,6 +50,7 @@ from trainer.slice_stream import ExampleStream, StreamConfig, validation_example
 LOG = logging.getLogger("trainer.synthslice")
 CHECKPOINT = "checkpoint.npz"
 LOG_FILE = "training_log.csv"
+SNAPSHOTS = "snapshots"
 SEG, REG = "seg", "reg"
 TASKS = (SEG, REG, "both")
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
@@ -327,9 +329,12 @@ def fit(
     threads: int = 1,
     command: str = "",
     stop_at_step: int | None = None,
+    snapshot_every: int | None = None,
 ) -> RunState:
     """Train (or go on training) the run in ``run_dir`` up to ``config.steps`` (this invocation stops at
-    ``stop_at_step`` or after ``max_train_seconds`` if sooner); returns its state."""
+    ``stop_at_step`` or after ``max_train_seconds`` if sooner); returns its state. With ``snapshot_every``
+    (a multiple of ``checkpoint_every``), the checkpoint of every such step is also kept as
+    ``snapshots/step_<step>.npz`` (for ``average``)."""
     import tensorflow as tf
 
     try:
@@ -433,6 +438,9 @@ def fit(
                         entry.update(validate(name, model, validation, config))
                 state.history.append(entry)
                 _save(run_dir, config, models, optimizers, state, began, stream, invocation)
+                if snapshot_every and state.step % snapshot_every == 0:
+                    (run_dir / SNAPSHOTS).mkdir(exist_ok=True)
+                    shutil.copyfile(path, run_dir / SNAPSHOTS / f"step_{state.step}.npz")
                 LOG.info("step %d: %s", state.step, {k: v for k, v in entry.items() if k != "step"})
         if not state.history or state.history[-1]["step"] != state.step:  # where this invocation stopped
             state.history.append(row(stream))
@@ -628,6 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stop_at_step", type=int, default=None, help="stop this invocation at this step")
     p.add_argument("--checkpoint_every", type=int, default=200, help="steps between checkpoints")
+    p.add_argument(
+        "--snapshot_every", type=int, default=None,
+        help="also keep every this many steps' checkpoint in snapshots/ (a multiple of --checkpoint_every)",
+    )
     p.add_argument("--validate_every", type=int, default=1000, help="steps between synthetic validations")
     p.add_argument("--validation_samples", type=int, default=64, help="held-out synthetic slices")
     p.add_argument(
@@ -693,6 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             command=command,
             stop_at_step=args.stop_at_step,
+            snapshot_every=args.snapshot_every,
         )
         print(
             json.dumps(
