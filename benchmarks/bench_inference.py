@@ -244,7 +244,7 @@ def child_speed(mode: str, tensors: Path, labels_out: Path, repeats: int) -> dic
     model_dir = bundled_model_dir(contracts.MODEL_KIND_SEG)
     crop = MODES[mode]["crop"]
     handler = SavedModelHandler(model_dir, kind=contracts.MODEL_KIND_SEG,
-                                **({} if crop else {"crop_px": None}))
+                                **({} if crop else {"crop_policy": None}))
     model = handler.load_model()
     window = MODES[mode]["window"]
     if window and model.serve_window is None:
@@ -414,7 +414,7 @@ def child_memory(kind: str, batch: int, crop: bool) -> dict[str, Any]:
     from lvmass.storage.models import bundled_model_dir
 
     handler = SavedModelHandler(bundled_model_dir(kind), kind=kind, max_batch_size=max(batch, 1),
-                                **({} if crop else {"crop_px": None}))
+                                **({} if crop else {"crop_policy": None}))
     model = handler.load_model()
     after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rng = np.random.default_rng(0)
