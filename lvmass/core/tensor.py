@@ -22,6 +22,7 @@ padding slot: ``(256, 256, n_slices, 1)`` (at most ``contracts.MAX_PER_SLICE_SLI
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -190,15 +191,17 @@ def build_image_tensor(study: DecodedStudy, *, grid_pixel_mm: float | None = Non
     kept = [resample_slice(np.asarray(img, dtype=np.float32), acquired, grid)
             for img in study.images[start : start + slots]]
     placed = []
-    cropped_any = False
+    cut_per_side_mm = 0.0  # the most cut from one side of a slice by the centre crop
     for img in kept:
-        out, cropped = pad_or_crop_slice(img)
-        cropped_any |= cropped
+        out, _ = pad_or_crop_slice(img)
+        cut_per_side_mm = max(cut_per_side_mm,
+                              math.ceil(max(0, img.shape[0] - contracts.TENSOR_ROWS) / 2) * grid[0],
+                              math.ceil(max(0, img.shape[1] - contracts.TENSOR_COLS) / 2) * grid[1])
         # Normalise over the pixels that land in the tensor: crop first, then mark what was acquired.
         dr, _, nr = _offsets(img.shape[0], contracts.TENSOR_ROWS)
         dc, _, nc = _offsets(img.shape[1], contracts.TENSOR_COLS)
         placed.append((out, (slice(dr, dr + nr), slice(dc, dc + nc))))
-    if cropped_any:
+    if cut_per_side_mm > contracts.IMAGE_CROP_TOLERANCE_MM:
         flags.append(contracts.QC_IMAGE_CROPPED)
     values = _normalise([out[window] for out, window in placed], study.source_uri)
     image = np.zeros((contracts.TENSOR_ROWS, contracts.TENSOR_COLS, slots, contracts.TENSOR_CHANNELS),

@@ -85,12 +85,22 @@ class TestBuildImageTensor:
         expected_k3 = (images[3].astype(np.float64) - all_values.mean()) / all_values.std()
         np.testing.assert_allclose(tensor.image[32:224, 24:232, 3, 0], expected_k3, rtol=1e-5, atol=1e-5)
 
+    def test_a_crop_of_a_few_mm_is_not_flagged_one_beyond_the_tolerance_is(self):
+        """UK Biobank's 208 px at 1.86 mm on a 1.5 mm grid: 258 px, 1 px (1.5 mm) cut per side: no flag.
+        300 px at 1.8 mm: 22 px = 39.6 mm cut per side (more than IMAGE_CROP_TOLERANCE_MM): flagged."""
+        rng = np.random.default_rng(0)
+        small = build_image_tensor(study_of([rng.random((208, 200), np.float32)] * 6, spacing=(1.86, 1.86)),
+                                   grid_pixel_mm=1.5)
+        assert contracts.QC_IMAGE_CROPPED not in small.qc_flags
+        large = build_image_tensor(study_of([rng.random((300, 200), np.float32)] * 6, spacing=(1.8, 1.8)))
+        assert large.qc_flags == (contracts.QC_IMAGE_CROPPED,)
+
     def test_crop_over_256_flagged(self):
         """Rows 260 -> 256 (2 cropped at the top, 2 at the bottom), cols 250 -> 256 (3 zeros each side).
         Bugs caught: the cropped-away row entering the mean and sd, an off-centre crop or pad."""
         images = [np.full((260, 250), float(k + 1), np.float32) for k in range(6)]
         images[0][0, :] = 1000.0  # the cropped-away top row must not enter the normalisation
-        tensor = build_image_tensor(study_of(images))
+        tensor = build_image_tensor(study_of(images, spacing=(12.0, 1.9)))  # 2 px of 12 mm cut per side
         assert tensor.qc_flags == (contracts.QC_IMAGE_CROPPED,)
         # what lands in the tensor: 256 x 250 pixels of 1, 2, ..., 6, equally many of each, so mean 3.5 and
         # sd sqrt(mean((v - 3.5)^2)) = sqrt((6.25 + 2.25 + 0.25) x 2 / 6) = sqrt(35 / 12)
