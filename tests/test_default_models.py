@@ -109,7 +109,7 @@ def test_segmenter_crop_gives_the_whole_field_of_views_mass():
     participant = participant_from_study(study, with_inlinevf=False, grid_pixel_mm=card.pixel_spacing_mm,
                                          n_slots=card.tensor_slices)
     labels = {}
-    for name, crop in (("crop", {}), ("whole", {"crop_px": None})):
+    for name, crop in (("crop", {}), ("whole", {"crop_policy": None})):
         handler = SavedModelHandler(model_dir, kind=contracts.MODEL_KIND_SEG, **crop)
         [result] = handler.run_inference([participant], handler.load_model())
         labels[name] = result.inference
