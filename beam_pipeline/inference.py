@@ -72,6 +72,22 @@ class LoadedModel:
     serve_window: Any = None  # serving_window: the crop's inner window only (trainer/windowed.py)
 
 
+def seg_probabilities(serve: Any, inputs: dict[str, Any], *, flips: bool) -> Any:
+    """A segmentation signature's probabilities for ``inputs``; with ``flips``, the mean of those of the
+    image and of its left-right mirror, mirrored back (the card's ``test_time_flips``). The image is
+    ``(1, rows, cols, slices, 1)`` and the probabilities ``(1, rows, cols, slices, classes)``: the columns
+    are axis 2 of both."""
+    import tensorflow as tf
+
+    probabilities = serve(**inputs)[contracts.SIGNATURE_OUTPUT_PROBABILITIES]
+    if not flips:
+        return probabilities
+    mirrored = dict(inputs)
+    mirrored[contracts.SIGNATURE_INPUT_IMAGE] = tf.reverse(inputs[contracts.SIGNATURE_INPUT_IMAGE], axis=[2])
+    back = tf.reverse(serve(**mirrored)[contracts.SIGNATURE_OUTPUT_PROBABILITIES], axis=[2])
+    return (probabilities + back) / 2.0
+
+
 class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
     """Runs an lvmass SavedModel (``serving_default``) on batches of participant tensors.
 
@@ -224,15 +240,16 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
         rows, cols = window.index
         inputs = {contracts.SIGNATURE_INPUT_IMAGE: tf.constant(np.ascontiguousarray(image[:, rows, cols])),
                   contracts.SIGNATURE_INPUT_SPACING: tf.constant(spacing)}
+        flips = model.card.test_time_flips
         if model.serve_window is not None:
-            kept = window.shrunk(margin)
+            kept = window.shrunk(margin)  # the same margin on both sides: the mirror of a window is a window
             offset = (margin, margin)
-            probabilities = model.serve_window(**inputs)[contracts.SIGNATURE_OUTPUT_PROBABILITIES]
+            probabilities = seg_probabilities(model.serve_window, inputs, flips=flips)
             computed = (kept.rows, kept.cols)
         else:
             kept = window.inner(margin, grid)
             offset = (kept.row0 - window.row0, kept.col0 - window.col0)
-            probabilities = model.serve_crop(**inputs)[contracts.SIGNATURE_OUTPUT_PROBABILITIES]
+            probabilities = seg_probabilities(model.serve_crop, inputs, flips=flips)
             computed = (window.rows, window.cols)
         expected = (1, *computed, image.shape[3], contracts.NUM_CLASSES)
         if tuple(probabilities.shape) != expected:
@@ -247,12 +264,10 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
         """The prediction for one example from ``serving_default`` (the whole field of view)."""
         import tensorflow as tf
 
-        outputs = model.serve(**{
-            contracts.SIGNATURE_INPUT_IMAGE: tf.constant(image),
-            contracts.SIGNATURE_INPUT_SPACING: tf.constant(spacing),
-        })
+        inputs = {contracts.SIGNATURE_INPUT_IMAGE: tf.constant(image),
+                  contracts.SIGNATURE_INPUT_SPACING: tf.constant(spacing)}
         if self._kind == contracts.MODEL_KIND_SEG:
-            probabilities = outputs[contracts.SIGNATURE_OUTPUT_PROBABILITIES]
+            probabilities = seg_probabilities(model.serve, inputs, flips=model.card.test_time_flips)
             expected = (1, *image.shape[1:4], contracts.NUM_CLASSES)
             if tuple(probabilities.shape) != expected:
                 raise ValueError(
@@ -262,6 +277,7 @@ class SavedModelHandler(ModelHandler[ModelExample, Any, LoadedModel]):
             if self._argmax:
                 return tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8).numpy()[0]
             return probabilities.numpy()[0]
+        outputs = model.serve(**inputs)
         mass = np.asarray(outputs[contracts.SIGNATURE_OUTPUT_MASS].numpy(), dtype=np.float64).reshape(-1)
         if mass.shape != (1,):
             raise ValueError(

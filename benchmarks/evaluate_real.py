@@ -235,17 +235,22 @@ def handler_predictor(model_dir: str) -> tuple[Predictor, Any]:
     return predict, loaded.card
 
 
-def checkpoint_predictor(run_dir: str) -> tuple[Predictor, float]:
+def checkpoint_predictor(run_dir: str, *, flips: bool | None = None) -> tuple[Predictor, float]:
     """A training run's per-slice network on every slice's whole field of view (no export needed), then the
-    post-processing its export's card names (the LV alone, rings closed); the run's grid."""
+    post-processing and test-time flips its export's card names (``flips`` None: the card's); the run's
+    grid."""
     from lvmass.core.postprocess import POSTPROCESSING
-    from trainer.synthslice import SEG, SEG_POSTPROCESS, trained_model
+    from trainer.synthslice import SEG, SEG_POSTPROCESS, SEG_TEST_TIME_FLIPS, trained_model
 
+    flips = SEG_TEST_TIME_FLIPS if flips is None else flips
     model, config = trained_model(run_dir, SEG)
 
     def predict(participant: Any) -> np.ndarray:
         image = np.moveaxis(np.asarray(participant.image)[..., 0], 2, 0)[..., None]
         probabilities = model.predict(image, batch_size=4, verbose=0)
+        if flips:  # the card's test_time_flips: the mirrored image's probabilities, mirrored back
+            mirrored = model.predict(image[:, :, ::-1], batch_size=4, verbose=0)[:, :, ::-1]
+            probabilities = (probabilities + mirrored) / 2
         labels = np.argmax(probabilities, axis=-1).astype(np.uint8)
         labels[participant.n_slices_used :] = 0
         return POSTPROCESSING[SEG_POSTPROCESS](np.moveaxis(labels, 0, 2), spacing_mm=participant.spacing_mm)

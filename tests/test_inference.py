@@ -107,6 +107,57 @@ class TestSegHandler:
             SavedModelHandler(str(seg_dir), kind="ml4h_seg", min_batch_size=4, max_batch_size=2)
 
 
+class TestTestTimeFlips:
+    def test_the_mirrored_images_probabilities_are_mirrored_back_and_averaged(self):
+        """A signature that is not mirror-symmetric (each column scaled by its index): with flips, the mean
+        of its output and of the mirror of its output on the mirrored image; without, its output."""
+        import tensorflow as tf
+
+        from beam_pipeline.inference import seg_probabilities
+
+        ramp = tf.reshape(tf.range(1.0, 5.0), (1, 1, 4, 1, 1))
+
+        def serve(image, spacing_mm):
+            return {contracts.SIGNATURE_OUTPUT_PROBABILITIES: tf.concat([image * ramp] * 3, axis=-1)}
+
+        image = np.random.default_rng(0).random((1, 3, 4, 2, 1)).astype(np.float32)
+        inputs = {contracts.SIGNATURE_INPUT_IMAGE: tf.constant(image),
+                  contracts.SIGNATURE_INPUT_SPACING: tf.constant(np.ones((1, 3), np.float32))}
+        plain = image * np.arange(1.0, 5.0).reshape(1, 1, 4, 1, 1)
+        mirrored = (image[:, :, ::-1] * np.arange(1.0, 5.0).reshape(1, 1, 4, 1, 1))[:, :, ::-1]
+        unflipped = seg_probabilities(serve, inputs, flips=False).numpy()
+        np.testing.assert_allclose(unflipped[..., 0], plain[..., 0])
+        np.testing.assert_allclose(seg_probabilities(serve, inputs, flips=True).numpy()[..., 0],
+                                   ((plain + mirrored) / 2)[..., 0], rtol=1e-6)
+
+    def test_the_default_ml4h_seg_averages_the_mirror_as_its_card_says(self):
+        """The bundled ML4H_seg's card asks for flips: the handler's probabilities on the whole field of view
+        equal the mean of two direct calls of its SavedModel, on the image and on its mirror."""
+        import dataclasses
+
+        import tensorflow as tf
+
+        from lvmass.storage.models import bundled_model_dir
+
+        model_dir = bundled_model_dir(contracts.MODEL_KIND_SEG)
+        handler = SavedModelHandler(model_dir, kind=contracts.MODEL_KIND_SEG, argmax=False, crop_policy=None)
+        model = handler.load_model()
+        assert model.card.test_time_flips
+        rng = np.random.default_rng(3)
+        image = rng.normal(size=(256, 256, 2, 1)).astype(np.float32)
+        spacing = np.array([1.5, 1.5, 10.0], np.float32)
+        [result] = handler.run_inference([ModelInput(image, spacing)], model)
+        call = tf.saved_model.load(resolve_model_dir(model_dir)).signatures["serving_default"]
+        direct = call(image=tf.constant(image[None]), spacing_mm=tf.constant(spacing[None]))["probabilities"]
+        mirror = call(image=tf.constant(image[None, :, ::-1].copy()),
+                      spacing_mm=tf.constant(spacing[None]))["probabilities"].numpy()[:, :, ::-1]
+        np.testing.assert_allclose(result.inference, ((direct.numpy() + mirror) / 2)[0], atol=1e-6)
+        assert np.abs(direct.numpy() - mirror).max() > 1e-3  # the model is not mirror-symmetric: a real test
+        plain = dataclasses.replace(model, card=dataclasses.replace(model.card, test_time_flips=False))
+        [unflipped] = handler.run_inference([ModelInput(image, spacing)], plain)
+        np.testing.assert_allclose(unflipped.inference, direct.numpy()[0], atol=1e-6)
+
+
 class TestRegHandler:
     def test_batch_masses_equal_reference(self, reg_dir):
         handler = SavedModelHandler(str(reg_dir), kind=contracts.MODEL_KIND_REG)

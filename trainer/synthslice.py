@@ -500,6 +500,7 @@ def _save(
 
 SLICE_MODEL_FILENAME = "slice_model.keras"
 SEG_POSTPROCESS = LV_WITH_CLOSED_RINGS  # the exported ML4H_seg's card: the LV alone, short ring gaps closed
+SEG_TEST_TIME_FLIPS = True  # ... and its probabilities averaged with those of the mirrored image
 DEFAULT_CROP_PX = 160  # the first crop of the pipeline's handler: a dilated heart and its margin fit
 
 
@@ -575,6 +576,7 @@ def model_card(config: FitConfig, state: RunState, which: str, *, version: str) 
         if seg
         else None,
         postprocess=SEG_POSTPROCESS if seg else None,
+        test_time_flips=SEG_TEST_TIME_FLIPS if seg else False,
     )
 
 

@@ -141,6 +141,11 @@ class ModelCard:
     # "largest_component" keeps only the largest 3-D connected LV (cavity and myocardium) and clears the rest;
     # "largest_component+closed_rings" then closes short gaps in each slice's myocardial ring.
     postprocess: str | None = None
+    # ML4H_seg only: the handler averages the probabilities of the image and of its left-right mirror
+    # (mirrored back) before the argmax. Why: a model that never saw a real image errs differently on the
+    # two; the mean is steadier on real hearts (benchmarks/results/real_study_evaluation.md), at twice the
+    # cost.
+    test_time_flips: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in (contracts.MODEL_KIND_SEG, contracts.MODEL_KIND_REG):
@@ -172,6 +177,9 @@ class ModelCard:
         if self.postprocess is not None and self.postprocess not in POSTPROCESSING:
             raise ValueError(f"model card postprocess must be one of {sorted(POSTPROCESSING)} or null. "
                              f"Received: {self.postprocess!r}")
+        if self.test_time_flips and self.kind != contracts.MODEL_KIND_SEG:
+            raise ValueError(f"model card test_time_flips is for an ML4H_seg card. Received it on "
+                             f"{self.kind!r}")
         if self.label_source not in LABEL_SOURCES:
             raise ValueError(f"model card label_source must be one of {LABEL_SOURCES}. "
                              f"Received: {self.label_source!r}")
