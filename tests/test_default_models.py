@@ -17,10 +17,8 @@ sqrt(pi / 2); one stack beyond 4 sd happens about once in 16,000, and the mean |
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from beam_pipeline.inference import SavedModelHandler
 from lvmass.core import contracts
 from lvmass.core.postprocess import LV_WITH_CLOSED_RINGS
 from lvmass.storage.models import bundled_model_dir, read_model_card
+from tests.benchmark_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -39,14 +38,7 @@ SEED = 77
 N_STACKS = 3
 
 
-def _load(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(f"lvmass_{name}", ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
+_load = load_benchmark
 
 
 def recorded_real(name: str) -> dict:
