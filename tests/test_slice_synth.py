@@ -175,3 +175,19 @@ class TestExpertsEndocardium:
         assert 1.0 * ring_width < grown < 3.5 * ring_width  # 1-3 pixels, about the blur
         assert (out[1] > 0).any() and not (out[0][r > 31] > 0).any()
         assert si.experts_cavity(fractions, 2.0, 1.1)[0].sum() == pytest.approx(fractions[0].sum())
+
+    def test_a_thin_wall_keeps_most_of_its_width(self):
+        """A 4-pixel wall under a blur that would reach 3 pixels into it: the cavity takes at most a quarter of
+        the wall (one pixel), and a thick wall under the same blur still loses about the blur."""
+        yy, xx = np.mgrid[0:80, 0:80]
+        r = np.hypot(yy - 40, xx - 40)
+        cavity = (r <= 20).astype(np.float32)
+
+        def grown_px(wall_px: int) -> float:
+            lv = (r <= 20 + wall_px).astype(np.float32)
+            out = si.experts_cavity(np.stack([cavity, lv - cavity]), blur_px=3.0, threshold=0.15)
+            return float((out[0] >= 0.5).sum() - cavity.sum()) / (2 * np.pi * 21)
+
+        assert 0.5 < grown_px(4) < 1.5  # at most a quarter of the wall (plus the ring's curvature)
+        assert grown_px(16) > 2.5  # the cap does not bind: the blur's reach
+        assert si.EXPERTS_MAX_WALL_FRACTION == 0.25
