@@ -177,8 +177,8 @@ class TestExpertsEndocardium:
         assert si.experts_cavity(fractions, 2.0, 1.1)[0].sum() == pytest.approx(fractions[0].sum())
 
     def test_a_thin_wall_keeps_most_of_its_width(self):
-        """A 4-pixel wall under a blur that would reach 3 pixels into it: the cavity takes at most a quarter of
-        the wall (one pixel), and a thick wall under the same blur still loses about the blur."""
+        """A 4-pixel wall under a blur that would reach 3 pixels into it: the cavity takes at most a quarter
+        of the wall (one pixel), and a thick wall under the same blur still loses about the blur."""
         yy, xx = np.mgrid[0:80, 0:80]
         r = np.hypot(yy - 40, xx - 40)
         cavity = (r <= 20).astype(np.float32)
