@@ -121,7 +121,9 @@ def test_fresh_synthetic_stacks_within_the_recorded_error(stacks):
     """ML4H_seg's raw mass and ML4H_reg's mass against the true mass of fresh stacks, within windows from
     the recorded synthetic evaluation (module docstring); every slice of each stack is measured."""
     evaluate_synthetic = _load("evaluate_synthetic")
-    record = json.loads((RESULTS / "synthetic_evaluation.json").read_text())
+    record = json.loads((RESULTS / "synthetic_evaluation.json").read_text())["models"][
+        evaluate_synthetic.DEFAULT_NAME
+    ]
     seg = (SavedModelHandler(bundled_model_dir(contracts.MODEL_KIND_SEG), kind=contracts.MODEL_KIND_SEG),)
     reg = (SavedModelHandler(bundled_model_dir(contracts.MODEL_KIND_REG), kind=contracts.MODEL_KIND_REG),)
     seg, reg = (seg[0], seg[0].load_model()), (reg[0], reg[0].load_model())
@@ -134,3 +136,18 @@ def test_fresh_synthetic_stacks_within_the_recorded_error(stacks):
         assert np.abs(errors).max() < 4 * mae * math.sqrt(math.pi / 2), (key, errors)
         assert np.abs(errors).mean() < 2.5 * mae, (key, errors)
     assert all(r["n_slices"] >= 8 for r in rows)
+
+
+def test_the_synthetic_record_is_the_bundled_models_under_todays_truth():
+    """``synthetic_evaluation.md`` is rendered from its JSON; its bundled models' entry scored the bundled
+    models against the generator's truth as it is now (the experts' endocardium and its wall cap), so the
+    windows above compare like with like."""
+    from lvmass.synth import slice_image as si
+
+    evaluate_synthetic = _load("evaluate_synthetic")
+    recorded = json.loads((RESULTS / "synthetic_evaluation.json").read_text())
+    assert (RESULTS / "synthetic_evaluation.md").read_text() == evaluate_synthetic.markdown(recorded)
+    default = recorded["models"][evaluate_synthetic.DEFAULT_NAME]
+    assert (default["model_seg"], default["model_reg"]) == ("bundled:ml4h_seg", "bundled:ml4h_reg")
+    assert default["experts_max_wall_fraction"] == si.EXPERTS_MAX_WALL_FRACTION
+    assert default["experts_endocardium"] == si.AppearanceRanges().experts_endocardium
