@@ -191,3 +191,20 @@ class TestExpertsEndocardium:
         assert 0.5 < grown_px(4) < 1.5  # at most a quarter of the wall (plus the ring's curvature)
         assert grown_px(16) > 2.5  # the cap does not bind: the blur's reach
         assert si.EXPERTS_MAX_WALL_FRACTION == 0.25
+
+
+def test_the_wall_cap_figure_shows_a_thin_wall_kept_and_a_thick_one_unchanged(tmp_path):
+    """``benchmarks/experts_wall_cap.py`` on its two evaluation participants: the cap gives the 3.5 mm wall
+    back most of what the fixed reach took, leaves the 10 mm wall as the fixed reach made it, and the figure
+    is written."""
+    from tests.benchmark_scripts import load_benchmark
+
+    script = load_benchmark("experts_wall_cap")
+    thin, thick = (script.equator_slice(i) for i in script.PARTICIPANTS)
+    assert thin["wall_mm"] < 4.0 < 10.0 < thick["wall_mm"]
+    drawn, no_cap, cap = (float(thin[k][1].sum()) for k in ("drawn", "no_cap", "cap"))
+    assert no_cap < 0.6 * drawn and 0.7 * drawn < cap < drawn
+    np.testing.assert_array_equal(thick["cap"], thick["no_cap"])
+    assert float(thick["cap"][1].sum()) < float(thick["drawn"][1].sum())
+    script.draw([thin, thick], tmp_path / "cap.png")
+    assert (tmp_path / "cap.png").stat().st_size > 10_000
