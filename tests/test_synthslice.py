@@ -81,6 +81,9 @@ class TestCheckpoints:
         cut = read_checkpoint(tmp_path / "cut" / "checkpoint.npz")
         assert whole.state.step == cut.state.step == 6
         assert len(cut.state.invocations) == 2
+        from lvmass.synth.slice_image import EXPERTS_MAX_WALL_FRACTION as CAP
+
+        assert [i["experts_max_wall_fraction"] for i in cut.state.invocations] == [CAP, CAP]
         for name in ("seg", "reg"):
             for a, b in zip(
                 whole.weights[name] + whole.optimizer[name],
@@ -129,6 +132,7 @@ class TestCheckpoints:
         assert averaged.state.history[-1] == row
         card = model_card(stored.config, stored.state, "seg", version="0")
         assert card.hyperparameters["weights_averaged_over_steps"] == [2, 4]
+        assert card.training_data["experts_max_wall_fraction"] == 0.25  # as the run's pieces recorded it
         assert card.metrics["synthetic_validation"]["val_myocardium_dice"] == row["val_myocardium_dice"]
         other = dataclasses.replace(short, base_filters=8, steps=0)
         fit(tmp_path / "other", other, workers=0, checkpoint_every=2, validation_samples=2)

@@ -208,10 +208,13 @@ def average_checkpoints(
             for name in last.config.models
         ):
             raise ValueError(
-                f"{source}: its models differ from {sources[-1]}'s; only snapshots of one run average")
+                f"{source}: its models differ from {sources[-1]}'s; only snapshots of one run average"
+            )
     weights = {
-        name: [np.mean([c.weights[name][i] for c in checkpoints], axis=0).astype(w.dtype)
-               for i, w in enumerate(last.weights[name])]
+        name: [
+            np.mean([c.weights[name][i] for c in checkpoints], axis=0).astype(w.dtype)
+            for i, w in enumerate(last.weights[name])
+        ]
         for name in last.config.models
     }
     steps = [c.state.step for c in checkpoints]
@@ -396,6 +399,8 @@ def fit(
         "workers": workers,
         "threads": threads,
         "init_from": init_from,
+        # the targets' convention lives in code, not in the run's configuration: say which one this piece used
+        WALL_CAP: si.EXPERTS_MAX_WALL_FRACTION,
     }
     began = time.perf_counter()
     losses: dict[str, list[float]] = {name: [] for name in models}
@@ -501,6 +506,7 @@ def _save(
 SLICE_MODEL_FILENAME = "slice_model.keras"
 SEG_POSTPROCESS = LV_WITH_CLOSED_RINGS  # the exported ML4H_seg's card: the LV alone, short ring gaps closed
 SEG_TEST_TIME_FLIPS = True  # ... and its probabilities averaged with those of the mirrored image
+WALL_CAP = "experts_max_wall_fraction"  # the invocation's and the card's key for the targets' wall cap
 DEFAULT_CROP_PX = 160  # the first crop of the pipeline's handler: a dilated heart and its margin fit
 
 
@@ -544,6 +550,8 @@ def model_card(config: FitConfig, state: RunState, which: str, *, version: str) 
             "labels": "true anatomy (papillary muscles and trabeculae as cavity)"
             if seg
             else "true myocardial area of each crop (no labels)",
+            # the last piece's wall cap (slice_image.EXPERTS_MAX_WALL_FRACTION); None: not recorded
+            WALL_CAP: next((i[WALL_CAP] for i in reversed(state.invocations) if WALL_CAP in i), None),
         },
         hyperparameters={
             "trainer": "trainer.synthslice",
@@ -560,7 +568,8 @@ def model_card(config: FitConfig, state: RunState, which: str, *, version: str) 
             "train_seconds": round(state.train_seconds, 1),
             "invocations": state.invocations,
             "weights_averaged_over_steps": next(
-                (r["averaged_steps"] for r in reversed(state.history) if "averaged_steps" in r), None),
+                (r["averaged_steps"] for r in reversed(state.history) if "averaged_steps" in r), None
+            ),
         },
         metrics={"synthetic_validation": last_validation},
         trained_on_synthetic_data=True,
@@ -641,7 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop_at_step", type=int, default=None, help="stop this invocation at this step")
     p.add_argument("--checkpoint_every", type=int, default=200, help="steps between checkpoints")
     p.add_argument(
-        "--snapshot_every", type=int, default=None,
+        "--snapshot_every",
+        type=int,
+        default=None,
         help="also keep every this many steps' checkpoint in snapshots/ (a multiple of --checkpoint_every)",
     )
     p.add_argument("--validate_every", type=int, default=1000, help="steps between synthetic validations")
@@ -660,7 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("checkpoints", nargs="+", help="checkpoint files of one run, the last one last")
     a.add_argument("--out", required=True, help="the averaged checkpoint to write (.npz)")
     a.add_argument(
-        "--validation_samples", type=int, default=256,
+        "--validation_samples",
+        type=int,
+        default=256,
         help="score the mean and the last snapshot on this many held-out synthetic slices (0: skip)",
     )
     e = sub.add_parser("export", help="write a run's model as the pipeline's SavedModel with its card")
@@ -723,7 +736,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     elif args.command == "average":
         averaged = average_checkpoints(
-            args.checkpoints, Path(args.out), validation_samples=args.validation_samples)
+            args.checkpoints, Path(args.out), validation_samples=args.validation_samples
+        )
         print(json.dumps(averaged.state.history[-1], indent=2))
     elif args.command == "export":
         print(export(Path(args.run_dir), Path(args.export_dir), which=args.task, version=args.version))
