@@ -216,12 +216,9 @@ def entry_markdown(name: str, result: Mapping[str, Any]) -> list[str]:
 
 def record(name: str, entry: dict[str, Any], results_dir: Path = RESULTS_DIR) -> None:
     """Add (or replace) ``name``'s entry in the JSON and rewrite the markdown."""
-    path = results_dir / f"{RESULT_NAME}.json"
-    results = json.loads(path.read_text()) if path.exists() else {"models": {}}
-    results.setdefault("models", {})[name] = entry
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    (results_dir / f"{RESULT_NAME}.md").write_text(markdown(results))
+    from named_results import record_entry
+
+    record_entry(results_dir, RESULT_NAME, name, entry, markdown)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
