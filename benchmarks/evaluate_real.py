@@ -404,10 +404,9 @@ def draw_figure(
             ax.set_title(f"{keep['study']} slice {k}: myo {dice_k:.2f}", fontsize=9)
             ax.axis("off")
     fig.suptitle("experts: endocardium red, epicardium green; model: cavity yellow, epicardium cyan (dashed)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=55)
-    plt.close(fig)
+    from figures import save_figure
+
+    save_figure(fig, path, dpi=55)
 
 
 def markdown(results: Mapping[str, Any]) -> str:

@@ -13,7 +13,6 @@ Why: without the cap the thin wall's truth was one fine pixel wide, thinner than
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,32 +20,26 @@ from pathlib import Path
 import numpy as np
 
 from lvmass.synth import slice_image as si
-from lvmass.synth import slice_scene as ss
 
 SEED = 2026  # benchmarks/evaluate_synthetic.py's cohort
 PARTICIPANTS = (17, 11)  # a 3.5 mm wall around a 41 mm cavity; a 10.4 mm wall around a 37 mm cavity
 NO_CAP = 1.0  # a cap of the whole wall never binds
 ZOOM_HALF_PX = 10  # acquired pixels
+SLAB_MM = 8.0  # the slice's thickness
 
 
 def equator_slice(index: int) -> dict[str, object]:
     """One evaluation participant's slice through the LV's equator: the image, the fine fractions as drawn,
     and the experts' fractions without and with the cap."""
+    from lvmass.synth.slice_stack import draw_participant, render_slice
     from trainer.slice_stream import PURPOSE_EVALUATION
 
     ranges = si.AppearanceRanges()
-    scene_rng, app_rng, noise_rng = si.sample_rngs((SEED, PURPOSE_EVALUATION, index))
-    scene = ss.draw_scene(scene_rng, dataclasses.replace(ss.SceneRanges(), no_heart_prob=0.0), z_fraction=0.5)
+    participant = draw_participant((SEED, PURPOSE_EVALUATION, index), appearance_ranges=ranges)
+    scene, app = participant.scene, participant.appearance
     assert scene.heart is not None
-    app = si.draw_appearance(app_rng, ranges)
-    at = dataclasses.replace(scene, z_mm=scene.heart.equator_z_mm, slab_mm=8.0)
-    image, drawn, origin = si.render(
-        at,
-        app,
-        noise_rng,
-        supersample=ranges.supersample,
-        subplanes=ranges.subplanes,
-        experts_endocardium=0.0,
+    image, drawn, origin = render_slice(
+        participant, scene.heart.equator_z_mm, SLAB_MM, ranges, experts_endocardium=0.0
     )
     blur_px = si.EXPERTS_BLUR_MM / app.pixel_mm * ranges.supersample
     threshold = ranges.experts_endocardium
@@ -103,10 +96,9 @@ def draw(slices: Sequence[dict], path: Path) -> None:
         f"capped at {si.EXPERTS_MAX_WALL_FRACTION:g} of the wall yellow",
         fontsize=10,
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=60)
-    plt.close(fig)
+    from figures import save_figure
+
+    save_figure(fig, path, dpi=60)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -102,10 +102,9 @@ def draw(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path: Path, colum
     fig.suptitle(
         "real (experts' contours) above, synthetic (true labels) below: endocardium red, epicardium green"
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    from figures import save_figure
+
+    save_figure(fig, path, dpi=80)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -208,3 +208,21 @@ def test_the_wall_cap_figure_shows_a_thin_wall_kept_and_a_thick_one_unchanged(tm
     assert float(thick["cap"][1].sum()) < float(thick["drawn"][1].sum())
     script.draw([thin, thick], tmp_path / "cap.png")
     assert (tmp_path / "cap.png").stat().st_size > 10_000
+
+
+def test_a_stack_is_its_participant_rendered_slice_by_slice():
+    """``draw_stack``'s first slice is ``render_slice`` of ``draw_participant`` of the same seed, at the
+    stack's first height and thickness: one definition of a stack's participant, which the wall-cap figure
+    uses to show the evaluation cohort's own hearts."""
+    from lvmass.synth.slice_stack import draw_participant, draw_stack, render_slice
+
+    seed = (2026, 3, 1)
+    stack = draw_stack(seed, pixel_mm=2.0)
+    participant = draw_participant(seed, pixel_mm=2.0)
+    assert participant.appearance.pixel_mm == stack.acquired_pixel_mm == 2.0
+    image, fractions, _ = render_slice(
+        participant, stack.study.slice_positions_mm[0], stack.study.slice_thickness_mm, si.AppearanceRanges()
+    )
+    np.testing.assert_array_equal(image, stack.study.images[0])
+    fine_mm2 = (2.0 / si.AppearanceRanges().supersample) ** 2
+    assert float(fractions[1].sum(dtype=np.float64)) * fine_mm2 == stack.myocardium_area_mm2[0]

@@ -54,6 +54,60 @@ class SyntheticStack:
         return sum(self.cavity_area_mm2) * self.study.slice_spacing_mm / 1000.0
 
 
+@dataclass(frozen=True)
+class StackParticipant:
+    """One participant's heart, chest and acquisition, drawn from its seed alone."""
+
+    scene: ss.SliceScene
+    appearance: si.Appearance
+    appearance_rng: np.random.Generator  # what is left of it draws the stack's slice geometry
+    noise_rng: np.random.Generator  # each rendered slice's noise, in slice order
+
+
+def draw_participant(
+    seed: Sequence[int],
+    *,
+    scene_ranges: ss.SceneRanges | None = None,
+    appearance_ranges: si.AppearanceRanges | None = None,
+    pixel_mm: float | None = None,
+) -> StackParticipant:
+    """The participant of :func:`draw_stack` (always with a heart); ``pixel_mm`` fixes the acquired pixel
+    size and leaves the rest of the appearance the seed's. Other tools (``benchmarks/experts_wall_cap.py``)
+    draw the evaluation cohort's participants through it, so they show the hearts the evaluation scores."""
+    scene_rng, app_rng, noise_rng = si.sample_rngs(seed)
+    scene = ss.draw_scene(
+        scene_rng, dataclasses.replace(scene_ranges or ss.SceneRanges(), no_heart_prob=0.0), z_fraction=0.5
+    )
+    assert scene.heart is not None
+    app = si.draw_appearance(app_rng, appearance_ranges or si.AppearanceRanges())
+    if pixel_mm is not None:
+        app = si.with_pixel_size(app, pixel_mm)
+    return StackParticipant(scene=scene, appearance=app, appearance_rng=app_rng, noise_rng=noise_rng)
+
+
+def render_slice(
+    participant: StackParticipant,
+    z_mm: float,
+    slab_mm: float,
+    ranges: si.AppearanceRanges,
+    *,
+    experts_endocardium: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """The participant's slice at height ``z_mm`` (``si.render``'s image, fine fractions and box origin), with
+    the targets' convention of ``ranges`` unless ``experts_endocardium`` says another."""
+    at = dataclasses.replace(participant.scene, z_mm=z_mm, slab_mm=slab_mm)
+    return si.render(
+        at,
+        participant.appearance,
+        participant.noise_rng,
+        supersample=ranges.supersample,
+        subplanes=ranges.subplanes,
+        experts_endocardium=ranges.experts_endocardium
+        if experts_endocardium is None
+        else experts_endocardium,
+    )
+
+
 def draw_stack(
     seed: Sequence[int],
     *,
@@ -66,14 +120,11 @@ def draw_stack(
     size (the heart, the chest and the rest of the appearance stay the seed's)."""
     ranges = appearance_ranges or si.AppearanceRanges()
     stack = stack_ranges or StackRanges()
-    scene_rng, app_rng, noise_rng = si.sample_rngs(seed)
-    scene = ss.draw_scene(
-        scene_rng, dataclasses.replace(scene_ranges or ss.SceneRanges(), no_heart_prob=0.0), z_fraction=0.5
+    participant = draw_participant(
+        seed, scene_ranges=scene_ranges, appearance_ranges=ranges, pixel_mm=pixel_mm
     )
+    scene, app, app_rng = participant.scene, participant.appearance, participant.appearance_rng
     assert scene.heart is not None
-    app = si.draw_appearance(app_rng, ranges)
-    if pixel_mm is not None:
-        app = si.with_pixel_size(app, pixel_mm)
     spacing = float(app_rng.uniform(*stack.slice_spacing_mm))
     thickness = spacing - float(app_rng.uniform(*stack.slice_gap_mm))
     apex = scene.heart.epi_apex_z_mm
@@ -82,15 +133,7 @@ def draw_stack(
     heights = [first + k * spacing for k in range(n)]
     images, myo, cavity = [], [], []
     for z in heights:
-        at = dataclasses.replace(scene, z_mm=z, slab_mm=thickness)
-        stored, fractions, _ = si.render(
-            at,
-            app,
-            noise_rng,
-            supersample=ranges.supersample,
-            subplanes=ranges.subplanes,
-            experts_endocardium=ranges.experts_endocardium,
-        )
+        stored, fractions, _ = render_slice(participant, z, thickness, ranges)
         fine_mm2 = (app.pixel_mm / ranges.supersample) ** 2
         images.append(stored)
         cavity.append(float(fractions[0].sum(dtype=np.float64)) * fine_mm2)
